@@ -1,0 +1,131 @@
+"""Publisher routes: ``POST /v1/items`` and the history reads.
+
+Every request is validated in full before anything is written, and a publish
+is one atomic Redis script, so a rejected or interrupted request leaves
+nothing half-written.
+"""
+
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+
+from wire.appkeys import SETTINGS, STORE
+from wire.auth import bearer, require
+from wire.errors import (
+    InvalidJSON,
+    NotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    ValidationError,
+)
+from wire.http import raw_json
+from wire.ids import parse_id
+from wire.items import parse_submission
+from wire.store import body_hash
+from wire.tags import WILDCARD, normalize_tags
+
+MAX_BODY = 1024 * 1024
+MAX_LIMIT = 500
+DEFAULT_LIMIT = 50
+JSON_TYPES = ("application/json",)
+
+
+def setup_publisher(app: web.Application) -> None:
+    """Add the publisher's routes to ``app``."""
+    app.router.add_post("/v1/items", post_item)
+    app.router.add_get("/v1/items", list_items)
+    app.router.add_get("/v1/items/{id}", get_item)
+
+
+async def read_json(request: web.Request, types: tuple[str, ...] = JSON_TYPES) -> object:
+    """The request's JSON body, after the media type and size checks."""
+    if request.content_type not in types:
+        raise UnsupportedMediaType(
+            f"Content-Type must be {' or '.join(types)}, got {request.content_type!r}"
+        )
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise PayloadTooLarge(f"the body is larger than {MAX_BODY:,} bytes")
+    try:
+        body = await request.read()  # the app's client_max_size is MAX_BODY
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge(f"the body is larger than {MAX_BODY:,} bytes") from None
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as err:
+        raise InvalidJSON(f"the body is not valid JSON: {err.msg}") from None
+
+
+def idempotency_key(request: web.Request) -> str | None:
+    """The ``Idempotency-Key`` header, checked: 1-255 visible ASCII characters."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not 1 <= len(key) <= 255 or not all(33 <= ord(c) < 127 for c in key):
+        raise ValidationError(
+            "Idempotency-Key must be 1-255 visible ASCII characters", field="Idempotency-Key"
+        )
+    return key
+
+
+async def post_item(request: web.Request) -> web.Response:
+    """Validate and publish one item: 201 when new, 200 for an idempotent repeat."""
+    require(bearer(request.headers), request.app[SETTINGS].editor_tokens, what="editor")
+    key = idempotency_key(request)
+    data = await read_json(request)
+    submission = parse_submission(data)
+    published = await request.app[STORE].publish(
+        submission, idempotency_key=key, digest=body_hash(data) if key else ""
+    )
+    return raw_json(b'{"item":' + published.json + b"}", 201 if published.created else 200)
+
+
+def require_reader(request: web.Request) -> None:
+    """Reads are public unless subscriber tokens are configured."""
+    settings = request.app[SETTINGS]
+    if settings.subscriber_tokens:
+        require(
+            bearer(request.headers, request.query),
+            settings.subscriber_tokens + settings.editor_tokens,
+            what="subscriber",
+        )
+
+
+def query_tags(request: web.Request) -> frozenset[str]:
+    """``?tags=a,b`` normalized; no tags means everything."""
+    raw = [t for t in request.query.get("tags", "").split(",") if t.strip()]
+    return frozenset(normalize_tags(raw, allow_wildcard=True)) if raw else frozenset({WILDCARD})
+
+
+def query_limit(request: web.Request) -> int:
+    """``?limit=N``, 1-500, default 50."""
+    raw = request.query.get("limit")
+    if raw is None:
+        return DEFAULT_LIMIT
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        raise ValidationError(f"limit must be an integer from 1 to {MAX_LIMIT}", field="limit")
+    return int(raw)
+
+
+async def list_items(request: web.Request) -> web.Response:
+    """Latest matching items (newest first), or those after ``after`` (oldest first)."""
+    require_reader(request)
+    tags, limit = query_tags(request), query_limit(request)
+    store = request.app[STORE]
+    after = request.query.get("after")
+    if after is not None:
+        entries = await store.scan_after(parse_id(after, field="after"), tags, limit)
+    else:
+        entries = await store.scan_latest(tags, limit)
+    return raw_json(b'{"items":[' + b",".join(e.json for e in entries) + b"]}")
+
+
+async def get_item(request: web.Request) -> web.Response:
+    """One item by stream id."""
+    require_reader(request)
+    raw = request.match_info["id"]
+    key = parse_id(raw)
+    entry = await request.app[STORE].get(f"{key[0]}-{key[1]}")
+    if entry is None:
+        raise NotFound(f"no item with id {raw}")
+    return raw_json(b'{"item":' + entry.json + b"}")

@@ -1,0 +1,1 @@
+"""The Python subscriber library (see subscriber.client)."""

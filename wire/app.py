@@ -1,0 +1,91 @@
+"""The aiohttp application factory and server runner."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from aiohttp import web
+
+from publisher.app import MAX_BODY, setup_publisher
+from wire.appkeys import REDIS, SETTINGS, STORE
+from wire.gateway import READER, setup_gateway
+from wire.http import REDIS_DOWN, error_middleware, json_response
+from wire.settings import Settings
+from wire.store import Store, connect
+
+log = logging.getLogger("wire")
+STATIC = Path(__file__).parent / "static"
+
+
+def create_app(settings: Settings, *, publisher: bool = True, gateway: bool = True
+               ) -> web.Application:
+    """Build the app: the publisher API, the gateway, or both on one port."""
+    if settings.redis_url is None:
+        raise ValueError("settings.redis_url must be set (the CLI starts Redis when it is not)")
+    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY)
+    app[SETTINGS] = settings
+    app.cleanup_ctx.append(_redis_ctx)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    if publisher:
+        setup_publisher(app)
+    if gateway:
+        setup_gateway(app)
+    return app
+
+
+async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    assert settings.redis_url is not None
+    redis = connect(settings.redis_url)
+    app[REDIS] = redis
+    app[STORE] = Store(redis, settings)
+    yield
+    await redis.aclose()
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """The process is up and serving HTTP."""
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Redis answers (and, on a gateway, the stream reader is reading)."""
+    checks: dict[str, bool] = {}
+    try:
+        checks["redis"] = await request.app[STORE].ping()
+    except REDIS_DOWN:
+        checks["redis"] = False
+    reader = request.app.get(READER)
+    if reader is not None:
+        checks["reader"] = reader.ready
+    ok = all(checks.values())
+    return json_response({"status": "ready" if ok else "unavailable", "checks": checks},
+                         200 if ok else 503)
+
+
+async def serve(app: web.Application, settings: Settings, *, reuse_port: bool = False,
+                ready: asyncio.Event | None = None) -> None:
+    """Run ``app`` until SIGINT/SIGTERM, then shut down gracefully."""
+    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=5.0)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port,
+                       backlog=4096)
+    await site.start()
+    log.info("listening on http://%s:%s", settings.host, settings.port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()

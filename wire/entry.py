@@ -1,0 +1,64 @@
+"""A stored item as read back from the stream, with its encodings cached.
+
+Entries come only from the store (which got them from the validator), so the
+gateway trusts them: it routes by ``tags`` without parsing ``json`` and builds
+each outgoing encoding at most once per process, however many connections
+receive it.
+"""
+
+from __future__ import annotations
+
+from wire import frames
+from wire.ids import StreamKey, parse_id
+
+
+class Entry:
+    """One stream entry: id, routing data and the item's JSON (with ``id``)."""
+
+    __slots__ = ("_sse", "_ws", "guid", "id", "json", "key", "tags", "urgency")
+
+    def __init__(self, entry_id: str, tags: tuple[str, ...], urgency: int, guid: str,
+                 json: bytes) -> None:
+        self.id = entry_id
+        self.key: StreamKey = parse_id(entry_id)
+        self.tags = tags
+        self.urgency = urgency
+        self.guid = guid
+        self.json = json
+        self._ws: bytes | None = None
+        self._sse: bytes | None = None
+
+    @classmethod
+    def from_fields(cls, entry_id: bytes | str, fields: dict[bytes, bytes]) -> Entry:
+        """Build from a raw stream entry (as redis-py returns it)."""
+        eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+        stored = fields[b"j"]
+        return cls(
+            eid,
+            tuple(fields[b"t"].decode().split(" ")),
+            int(fields[b"u"]),
+            fields[b"g"].decode(),
+            with_id(eid, stored),
+        )
+
+    @property
+    def ws_frame(self) -> bytes:
+        """The complete WebSocket frame of ``{"type":"item","item":...}``."""
+        if self._ws is None:
+            self._ws = frames.ws_frame(frames.item_message(self.json))
+        return self._ws
+
+    @property
+    def sse_chunk(self) -> bytes:
+        """The SSE event for this item, already framed as an HTTP chunk."""
+        if self._sse is None:
+            self._sse = frames.http_chunk(frames.sse_event("item", self.json, self.id))
+        return self._sse
+
+    def __repr__(self) -> str:
+        return f"Entry({self.id}, tags={self.tags})"
+
+
+def with_id(entry_id: str, stored: bytes) -> bytes:
+    """Put ``"id"`` first into stored item JSON (which is stored without it)."""
+    return b'{"id":"' + entry_id.encode() + b'",' + stored[1:]

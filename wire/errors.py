@@ -1,0 +1,119 @@
+"""The one exception tree of wire.
+
+Every error a client can cause is a :class:`ClientError` that carries its
+machine-readable ``code``, the HTTP ``status`` it maps to and, for WebSocket
+connections that must end, a ``close_code``. The HTTP and WebSocket edges map
+them to responses in one place each (``publisher.app.error_middleware`` and
+``wire.gateway``); nothing else decides a status.
+"""
+
+from __future__ import annotations
+
+
+class WireError(Exception):
+    """Base class of every error raised by wire."""
+
+
+class ClientError(WireError):
+    """A request or message that the client got wrong."""
+
+    code = "bad_request"
+    status = 400
+    close_code = 1008  # policy violation: the generic "you broke the rules" close
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def as_dict(self) -> dict[str, str]:
+        """The JSON error body: code, message and, when known, the field."""
+        body = {"code": self.code, "message": self.message}
+        if self.field is not None:
+            body["field"] = self.field
+        return body
+
+
+class InvalidJSON(ClientError):
+    code = "invalid_json"
+
+
+class ValidationError(ClientError):
+    code = "invalid_field"
+
+
+class InvalidTag(ValidationError):
+    code = "invalid_tag"
+
+
+class InvalidMessage(ClientError):
+    """A WebSocket message that is not one the protocol knows."""
+
+    code = "invalid_message"
+
+
+class TooManyTags(ClientError):
+    code = "too_many_tags"
+
+
+class RateLimited(ClientError):
+    code = "rate_limited"
+    status = 429
+
+
+class Unauthorized(ClientError):
+    code = "unauthorized"
+    status = 401
+    close_code = 4001
+
+
+class Forbidden(ClientError):
+    code = "forbidden"
+    status = 403
+    close_code = 4003
+
+
+class NotFound(ClientError):
+    code = "not_found"
+    status = 404
+
+
+class MethodNotAllowed(ClientError):
+    code = "method_not_allowed"
+    status = 405
+
+
+class PayloadTooLarge(ClientError):
+    code = "payload_too_large"
+    status = 413
+    close_code = 1009
+
+
+class UnsupportedMediaType(ClientError):
+    code = "unsupported_media_type"
+    status = 415
+
+
+class IdempotencyKeyReused(ClientError):
+    code = "idempotency_key_reused"
+    status = 422
+
+
+class TooManyConnections(ClientError):
+    code = "too_many_connections"
+    status = 503
+    close_code = 1013  # try again later
+
+
+class ServiceUnavailable(WireError):
+    """Redis (or another dependency) cannot be reached; the client may retry."""
+
+    code = "unavailable"
+    status = 503
+
+    def as_dict(self) -> dict[str, str]:
+        return {"code": self.code, "message": str(self) or "service unavailable, retry later"}
+
+
+class RedisMissing(WireError):
+    """No Redis URL was given and no ``redis-server`` binary could be started."""

@@ -1,0 +1,227 @@
+"""The hot path: route each item to the connections whose tags match.
+
+One :class:`Hub` per gateway process. The reader hands it batches of entries;
+for each entry it finds the subscribers through an index from subscription
+key to connections (cost proportional to the item's tags and their prefixes,
+not to the number of subscribers), collects each connection's share of the
+batch, and writes that share with one ``transport.write``. Nothing on this
+path awaits a subscriber: a connection whose unsent data passes the cap is
+closed with 4008 ``slow consumer`` and resumes with ``since``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import operator
+from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
+
+from wire import frames
+from wire.entry import Entry
+from wire.ids import ZERO, StreamKey
+from wire.resume import Window, fresh
+from wire.tags import match_keys
+
+SLOW_CONSUMER = 4008
+_key = operator.attrgetter("key")
+ABORT_AFTER = 5.0  # seconds a closing slow consumer gets to read its close frame
+
+
+class Transport(Protocol):
+    """The part of an asyncio transport the hub uses."""
+
+    def write(self, data: bytes) -> None: ...
+    def get_write_buffer_size(self) -> int: ...
+    def is_closing(self) -> bool: ...
+    def close(self) -> None: ...
+    def abort(self) -> None: ...
+
+
+class Conn:
+    """A subscribed connection as the hub sees it."""
+
+    __slots__ = ("buffer", "buffered_bytes", "closed", "keys", "last_key", "on_close", "out",
+                 "sse", "transport")
+
+    def __init__(self, transport: Transport, *, sse: bool = False) -> None:
+        self.transport = transport
+        self.sse = sse
+        self.keys: frozenset[str] = frozenset()
+        #: The key of the last item written: nothing at or before it is sent again.
+        self.last_key: StreamKey = ZERO
+        #: Live entries held while the connection replays history, else None.
+        self.buffer: list[Entry] | None = None
+        self.buffered_bytes = 0
+        self.out: list[Entry] = []
+        self.closed = False
+        self.on_close: Callable[[int, str], None] | None = None
+
+    def encode(self, entries: Sequence[Entry]) -> bytes:
+        """The bytes of ``entries`` in this connection's encoding."""
+        if self.sse:
+            return b"".join([e.sse_chunk for e in entries])
+        return b"".join([e.ws_frame for e in entries])
+
+
+class Hub:
+    """Subscriptions, the recent-items window and fan-out for one process."""
+
+    def __init__(self, *, max_buffer: int = 1 << 20, recent: int = 10_000) -> None:
+        self.max_buffer = max_buffer
+        self.index: dict[str, set[Conn]] = {}
+        self.conns: set[Conn] = set()
+        #: Everything up to here has been dispatched.
+        self.position: StreamKey = ZERO
+        #: The newest dispatched entries; contiguous after ``recent_base``.
+        self.recent: list[Entry] = []
+        self.recent_base: StreamKey | None = None
+        self.recent_size = recent
+        self.deliveries = 0
+        self.slow_closes = 0
+
+    def start(self, position: StreamKey) -> None:
+        """Set where the reader starts; the recent window begins there."""
+        self.position = position
+        self.recent_base = position
+        self.recent.clear()
+
+    def attach(self, conn: Conn) -> None:
+        self.conns.add(conn)
+
+    def detach(self, conn: Conn) -> None:
+        """Forget a connection (idempotent)."""
+        self.conns.discard(conn)
+        self._unindex(conn, conn.keys)
+        conn.keys = frozenset()
+
+    def retag(self, conn: Conn, keys: frozenset[str]) -> None:
+        """Make ``keys`` the connection's subscription."""
+        self._unindex(conn, conn.keys - keys)
+        for key in keys - conn.keys:
+            self.index.setdefault(key, set()).add(conn)
+        conn.keys = keys
+
+    def _unindex(self, conn: Conn, keys: Iterable[str]) -> None:
+        for key in keys:
+            subs = self.index.get(key)
+            if subs is not None:
+                subs.discard(conn)
+                if not subs:
+                    del self.index[key]
+
+    def dispatch(self, entries: Sequence[Entry]) -> None:
+        """Deliver a batch read from the stream, in order, once per connection."""
+        index = self.index
+        touched: list[Conn] = []
+        for entry in entries:
+            lists = [index[k] for k in match_keys(entry.tags) if k in index]
+            if not lists:
+                continue
+            targets = lists[0] if len(lists) == 1 else set().union(*lists)
+            for conn in targets:
+                if conn.buffer is not None:
+                    conn.buffer.append(entry)
+                    conn.buffered_bytes += len(entry.json)
+                    if conn.buffered_bytes > self.max_buffer:
+                        self.close(conn, SLOW_CONSUMER, "slow consumer")
+                    continue
+                if not conn.out:
+                    touched.append(conn)
+                conn.out.append(entry)
+        for conn in touched:
+            out, conn.out = conn.out, []
+            self.write(conn, out)
+        self._remember(entries)
+
+    def write(self, conn: Conn, entries: Sequence[Entry]) -> None:
+        """Write entries newer than the connection's last one; enforce the cap."""
+        if conn.closed:
+            return
+        if entries and entries[0].key <= conn.last_key:
+            entries = fresh(entries, conn.last_key)
+            if not entries:
+                return
+        conn.last_key = entries[-1].key
+        self.deliveries += len(entries)
+        self.send(conn, conn.encode(entries))
+
+    def send(self, conn: Conn, data: bytes) -> None:
+        """Write raw bytes (a control message or items); close if over the cap."""
+        if conn.closed:
+            return
+        transport = conn.transport
+        if transport.is_closing():
+            self.detach(conn)
+            conn.closed = True
+            return
+        transport.write(data)
+        if transport.get_write_buffer_size() > self.max_buffer:
+            self.close(conn, SLOW_CONSUMER, "slow consumer")
+
+    def close(self, conn: Conn, code: int, reason: str) -> None:
+        """Close a connection from the server side, without awaiting it."""
+        if conn.closed:
+            return
+        conn.closed = True
+        self.detach(conn)
+        if code == SLOW_CONSUMER:
+            self.slow_closes += 1
+        transport = conn.transport
+        if not conn.sse and not transport.is_closing():
+            transport.write(frames.ws_close(code, reason))
+        transport.close()
+        # close() waits for the buffer to drain; a client that never reads would
+        # hold it forever, so it gets a few seconds to read its close frame.
+        asyncio.get_running_loop().call_later(ABORT_AFTER, transport.abort)
+        if conn.on_close is not None:
+            conn.on_close(code, reason)
+
+    def begin_replay(self, conn: Conn) -> None:
+        """Hold live entries for a connection while it replays history."""
+        if conn.buffer is None:
+            conn.buffer = []
+            conn.buffered_bytes = 0
+
+    def end_replay(self, conn: Conn) -> None:
+        """Send what was held during the replay and go live."""
+        held, conn.buffer = conn.buffer or [], None
+        conn.buffered_bytes = 0
+        if held:
+            self.write(conn, held)
+
+    def _remember(self, entries: Sequence[Entry]) -> None:
+        if not entries:
+            return
+        self.position = entries[-1].key
+        self.recent.extend(entries)
+        if len(self.recent) > 2 * self.recent_size:
+            cut = len(self.recent) - self.recent_size
+            self.recent_base = self.recent[cut - 1].key
+            del self.recent[:cut]
+
+    def recent_window(self, window: Window) -> list[Entry] | None:
+        """Entries in ``window`` from memory, or None when memory does not cover it."""
+        if self.recent_base is None or window.after < self.recent_base:
+            return None
+        lo = bisect.bisect_right(self.recent, window.after, key=_key)
+        hi = bisect.bisect_right(self.recent, window.upto, key=_key)
+        return self.recent[lo:hi]
+
+    def recent_latest(self, keys: frozenset[str], limit: int, upto: StreamKey
+                      ) -> list[Entry] | None:
+        """The newest ``limit`` matching entries up to ``upto`` from memory, oldest first.
+
+        None when memory runs out before ``limit`` matches are found and older
+        entries may exist in the stream.
+        """
+        found: list[Entry] = []
+        for entry in reversed(self.recent):
+            if entry.key > upto or match_keys(entry.tags).isdisjoint(keys):
+                continue
+            found.append(entry)
+            if len(found) == limit:
+                return found[::-1]
+        if self.recent_base == ZERO:
+            return found[::-1]
+        return None

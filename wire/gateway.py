@@ -1,0 +1,366 @@
+"""The gateway's asyncio edge: one stream reader, WebSocket and SSE endpoints.
+
+Per process there is one task reading the item stream (a blocking ``XREAD``)
+and one :class:`~wire.fanout.Hub` routing what it reads. Connection handlers
+only parse client messages, change subscriptions and replay history; live
+delivery never passes through them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterator
+
+import orjson
+from aiohttp import WSMsgType, web
+
+from wire import frames
+from wire.appkeys import SETTINGS, STORE
+from wire.auth import bearer, require
+from wire.entry import Entry
+from wire.errors import ClientError, Forbidden, TooManyConnections
+from wire.fanout import Conn, Hub
+from wire.http import REDIS_DOWN, error_response
+from wire.ids import StreamKey
+from wire.protocol import (
+    PONG,
+    Ping,
+    Subscribe,
+    Subscription,
+    Unsubscribe,
+    error_message,
+    parse_message,
+    parse_subscribe,
+    subscribed_message,
+    truncated_message,
+)
+from wire.resume import Window, compact, fresh, is_truncated, replay_window
+from wire.settings import Settings
+from wire.store import Store, connect
+from wire.tags import match_keys
+
+log = logging.getLogger("wire.gateway")
+
+HUB = web.AppKey("hub", Hub)
+PAGE = 1000
+
+
+class Reader:
+    """The one stream reader of a gateway process, with its readiness."""
+
+    def __init__(self, store: Store, hub: Hub, settings: Settings) -> None:
+        self.store = store
+        self.hub = hub
+        self.settings = settings
+        self.ready = False
+        self.errors = 0
+
+    async def run(self) -> None:
+        """Read forever; on Redis trouble retry with backoff from where it stopped."""
+        delay = 0.05
+        started = False
+        while True:
+            try:
+                if not started:
+                    self.hub.start(await self.store.last_key())
+                    started = self.ready = True
+                entries = await self.store.read_new(
+                    self.hub.position, count=self.settings.read_batch, block_ms=5000
+                )
+                self.ready, delay = True, 0.05
+                if entries:
+                    self.hub.dispatch(entries)
+            except REDIS_DOWN as err:
+                self.ready = False
+                self.errors += 1
+                log.warning("stream reader: redis unavailable (%s); retrying in %.2fs", err, delay)
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 2.0)
+
+
+READER = web.AppKey("reader", Reader)
+
+
+def setup_gateway(app: web.Application) -> None:
+    """Add the gateway's routes and its reader to ``app``."""
+    app.router.add_get("/v1/ws", ws_handler)
+    app.router.add_get("/v1/sse", sse_handler)
+    app.cleanup_ctx.append(_reader_ctx)
+    app.on_shutdown.append(_close_all)
+
+
+async def _close_all(app: web.Application) -> None:
+    """On shutdown, tell every client to go elsewhere (1001) before handlers stop."""
+    hub = app[HUB]
+    for conn in list(hub.conns):
+        hub.close(conn, 1001, "server shutting down")
+
+
+async def _reader_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    hub = Hub(max_buffer=settings.max_buffer, recent=settings.recent_items)
+    # The reader blocks for up to 5 s per XREAD, so it gets its own client
+    # whose socket timeout is longer than that.
+    assert settings.redis_url is not None
+    redis = connect(settings.redis_url, socket_timeout=15.0)
+    reader = Reader(Store(redis, settings), hub, settings)
+    app[HUB] = hub
+    app[READER] = reader
+    tasks = [
+        asyncio.create_task(reader.run(), name="wire-reader"),
+        asyncio.create_task(_keepalive(hub, settings.ping_interval), name="wire-keepalive"),
+    ]
+    yield
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await redis.aclose()
+
+
+async def _keepalive(hub: Hub, interval: float) -> None:
+    """SSE comment keep-alives for every SSE connection, from one task."""
+    chunk = frames.http_chunk(frames.sse_comment("keep-alive"))
+    while True:
+        await asyncio.sleep(interval)
+        for conn in [c for c in hub.conns if c.sse]:
+            hub.send(conn, chunk)
+
+
+def _admit(request: web.Request) -> None:
+    """Token, Origin and connection-limit checks, before any upgrade."""
+    settings = request.app[SETTINGS]
+    if settings.subscriber_tokens:
+        require(
+            bearer(request.headers, request.query), settings.subscriber_tokens, what="subscriber"
+        )
+    origin = request.headers.get("Origin")
+    if settings.allowed_origins and origin is not None and origin not in settings.allowed_origins:
+        raise Forbidden(f"origin {origin[:100]!r} is not allowed")
+    if len(request.app[HUB].conns) >= settings.max_connections:
+        raise TooManyConnections("this gateway is at its connection limit; try another or retry")
+
+
+async def ws_handler(request: web.Request) -> web.StreamResponse:
+    """``GET /v1/ws``: the WebSocket subscriber protocol."""
+    settings = request.app[SETTINGS]
+    try:
+        _admit(request)
+        initial = _query_subscribe(request)
+    except ClientError as err:
+        return error_response(err.status, err.as_dict())
+    ws = web.WebSocketResponse(
+        heartbeat=settings.ping_interval, max_msg_size=settings.max_frame, compress=False
+    )
+    await ws.prepare(request)
+    assert request.transport is not None
+    session = Session(request, Conn(request.transport))
+    try:
+        if initial is not None:
+            await session.handle(initial)
+        async for msg in ws:
+            if session.conn.closed:
+                break
+            if msg.type == WSMsgType.TEXT:
+                await session.handle_text(msg.data)
+            elif msg.type == WSMsgType.BINARY:
+                session.reply(
+                    error_message(
+                        ClientError("binary frames are not accepted; send JSON text frames")
+                    )
+                )
+    finally:
+        session.hub.detach(session.conn)
+    return ws
+
+
+def _query_subscribe(request: web.Request) -> Subscribe | None:
+    """``?tags=a,b&since=ID`` (or ``backfill=N``) as a subscribe at connect time."""
+    tags = request.query.get("tags")
+    if tags is None:
+        return None
+    msg: dict[str, object] = {"tags": [t for t in tags.split(",") if t.strip()]}
+    if "since" in request.query:
+        msg["since"] = request.query["since"]
+    if "backfill" in request.query:
+        raw = request.query["backfill"]
+        msg["backfill"] = int(raw) if raw.isdigit() else raw
+    if "compact" in request.query:
+        msg["compact"] = request.query["compact"] in ("1", "true")
+    return parse_subscribe(msg)
+
+
+class Session:
+    """One subscriber connection: its subscription, replies and replays."""
+
+    def __init__(self, request: web.Request, conn: Conn) -> None:
+        settings = request.app[SETTINGS]
+        self.request = request
+        self.hub = request.app[HUB]
+        self.store = request.app[STORE]
+        self.conn = conn
+        self.subscription = Subscription(max_tags=settings.max_tags, rate=settings.subscribe_rate)
+        self.hub.attach(conn)
+
+    def reply(self, message: dict[str, object]) -> None:
+        """Send a control message, ordered with the items around it."""
+        payload = orjson.dumps(message)
+        if self.conn.sse:
+            event = str(message.get("type", "message"))
+            self.hub.send(self.conn, frames.http_chunk(frames.sse_event(event, payload)))
+        else:
+            self.hub.send(self.conn, frames.ws_frame(payload))
+
+    async def handle_text(self, data: str) -> None:
+        try:
+            await self.handle(parse_message(data))
+        except ClientError as err:
+            self.reply(error_message(err))
+
+    async def handle(self, cmd: Subscribe | Unsubscribe | Ping) -> None:
+        """Apply one command; ClientErrors propagate to the caller to be answered."""
+        if isinstance(cmd, Ping):
+            self.reply(PONG)
+            return
+        self.subscription.check_rate(time.monotonic())
+        if isinstance(cmd, Unsubscribe):
+            self.hub.retag(self.conn, self.subscription.unsubscribe(cmd.tags))
+            self.reply(subscribed_message(self.subscription.tags))
+            return
+        keys = self.subscription.subscribe(cmd.tags)
+        replay = cmd.since is not None or cmd.backfill is not None
+        if replay:
+            self.hub.begin_replay(self.conn)
+        # No await between these two lines: no item can slip in between.
+        self.hub.retag(self.conn, keys)
+        self.reply(subscribed_message(keys))
+        if replay:
+            await self.replay(cmd, keys)
+
+    async def replay(self, cmd: Subscribe, keys: frozenset[str]) -> None:
+        """Send history, then what arrived meanwhile, then go live."""
+        position = self.hub.position
+        try:
+            if cmd.since is not None:
+                await self._since(cmd, keys, replay_window(cmd.since, self.conn.last_key, position))
+            elif cmd.backfill:
+                await self._send(await self._latest(keys, cmd.backfill, position))
+        except REDIS_DOWN:
+            # Going live now would skip the history we could not read; the
+            # client resumes with since and loses nothing.
+            self.hub.close(self.conn, 1013, "history unavailable, retry")
+            return
+        self.hub.end_replay(self.conn)
+
+    async def _since(self, cmd: Subscribe, keys: frozenset[str], window: Window) -> None:
+        assert cmd.since is not None
+        trimmed = await self.store.trimmed_before()
+        if is_truncated(cmd.since, trimmed):
+            self.reply(truncated_message(cmd.since, trimmed))
+        if window.empty:
+            return
+        pages = self._pages(window, keys)
+        if cmd.compact:
+            collected: list[Entry] = []
+            async for page in pages:
+                collected.extend(page)
+            await self._send(compact(collected))
+            return
+        async for page in pages:
+            await self._send(page)
+
+    async def _pages(self, window: Window, keys: frozenset[str]) -> AsyncIterator[list[Entry]]:
+        """Matching entries in the window, a page at a time (memory first, then Redis)."""
+        cached = self.hub.recent_window(window)
+        if cached is not None:
+            yield [e for e in cached if not match_keys(e.tags).isdisjoint(keys)]
+            return
+        cursor = window.after
+        while cursor < window.upto:
+            page = await self.store.range_after(cursor, window.upto, count=PAGE)
+            if not page:
+                return
+            cursor = page[-1].key
+            yield [e for e in page if not match_keys(e.tags).isdisjoint(keys)]
+
+    async def _latest(self, keys: frozenset[str], limit: int, upto: StreamKey) -> list[Entry]:
+        found = self.hub.recent_latest(keys, limit, upto)
+        if found is None:
+            found = (await self.store.scan_latest(keys, limit, before=_next(upto)))[::-1]
+        return found
+
+    async def _send(self, entries: list[Entry]) -> None:
+        """Write replayed entries, waiting for the socket to drain between pages."""
+        entries = fresh(entries, self.conn.last_key)
+        for start in range(0, len(entries), 100):
+            if self.conn.closed:
+                return
+            self.hub.write(self.conn, entries[start : start + 100])
+            await _drain(self.request)
+
+
+def _next(key: StreamKey) -> StreamKey:
+    """The smallest key after ``key`` (for inclusive upper bounds)."""
+    return key[0], key[1] + 1
+
+
+async def _drain(request: web.Request) -> None:
+    """Wait until the socket's buffer is below its high-water mark.
+
+    aiohttp's protocol tracks pause/resume from asyncio but exposes the wait
+    only through its writers, and replay writes go straight to the transport.
+    """
+    protocol = request.protocol
+    if protocol.writing_paused and protocol.transport is not None:
+        await protocol._drain_helper()
+
+
+async def sse_handler(request: web.Request) -> web.StreamResponse:
+    """``GET /v1/sse?tags=a,b``: Server-Sent Events with Last-Event-ID resume."""
+    try:
+        _admit(request)
+        cmd = _sse_subscribe(request)
+    except ClientError as err:
+        return error_response(err.status, err.as_dict())
+    resp = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+        }
+    )
+    resp.enable_chunked_encoding()
+    await resp.prepare(request)
+    assert request.transport is not None
+    session = Session(request, Conn(request.transport, sse=True))
+    closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def on_close(code: int, reason: str) -> None:
+        if not closed.done():
+            closed.set_result(None)
+
+    session.conn.on_close = on_close
+    session.hub.send(session.conn, frames.http_chunk(b"retry: 1000\n\n"))
+    try:
+        await session.handle(cmd)
+        await closed
+    except ClientError as err:
+        session.reply(error_message(err))
+    finally:
+        session.hub.detach(session.conn)
+    return resp
+
+
+def _sse_subscribe(request: web.Request) -> Subscribe:
+    q = request.query
+    msg: dict[str, object] = {"tags": [t for t in q.get("tags", "*").split(",") if t.strip()]}
+    since = request.headers.get("Last-Event-ID") or q.get("since")
+    if since:
+        msg["since"] = since
+    if "backfill" in q:
+        msg["backfill"] = int(q["backfill"]) if q["backfill"].isdigit() else q["backfill"]
+    if "compact" in q:
+        msg["compact"] = q["compact"] in ("1", "true")
+    return parse_subscribe(msg)

@@ -1,0 +1,37 @@
+"""Redis stream entry ids: the wire's global order and every client's cursor.
+
+An id is ``<milliseconds>-<sequence>``. Clients echo them back as ``since``,
+``after`` and ``Last-Event-ID``, so they are parsed strictly here and compared
+as integer pairs (string comparison would put ``9-0`` after ``10-0``).
+"""
+
+from __future__ import annotations
+
+import re
+
+from wire.errors import ValidationError
+
+StreamKey = tuple[int, int]
+
+ZERO: StreamKey = (0, 0)
+_ID = re.compile(r"(\d{1,20})(?:-(\d{1,20}))?")
+_MAX = 2**64 - 1
+
+
+def parse_id(raw: str, *, field: str = "id") -> StreamKey:
+    """Parse ``ms-seq`` (or a bare ``ms``, meaning ``ms-0``) into a sortable key."""
+    m = _ID.fullmatch(raw) if isinstance(raw, str) else None
+    if m is None:
+        raise ValidationError(
+            f"{field} must be a stream id like 1717236000000-0, got {str(raw)[:40]!r}",
+            field=field,
+        )
+    ms, seq = int(m.group(1)), int(m.group(2) or 0)
+    if ms > _MAX or seq > _MAX:
+        raise ValidationError(f"{field} is out of range", field=field)
+    return ms, seq
+
+
+def format_id(key: StreamKey) -> str:
+    """The ``ms-seq`` text of a key."""
+    return f"{key[0]}-{key[1]}"

@@ -1,0 +1,153 @@
+"""The item model and its validator: the one door through which news enters.
+
+:func:`parse_submission` turns an editor's JSON object into a
+:class:`Submission` or raises a :class:`~wire.errors.ValidationError` naming
+the field. Nothing else builds a Submission, so code past this boundary
+(store, gateway) trusts it. The stored form adds ``id``, ``version`` and
+``published_at``, set by the server.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import unicodedata
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from wire.errors import ValidationError
+from wire.tags import normalize_tags
+
+MAX_TITLE = 300
+MAX_SUBTITLE = 1_000
+MAX_BODY = 100_000
+MAX_MARK = 40
+MAX_URL = 2_048
+MAX_TAGS = 20
+DEFAULT_URGENCY = 5
+
+FIELDS = ("title", "subtitle", "body", "tags", "mark", "url", "urgency", "guid")
+SERVER_FIELDS = ("id", "version", "published_at")
+_GUID = re.compile(r"[A-Za-z0-9._~:@+=-]{1,200}")
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """A validated item as an editor sent it, before the store numbers it."""
+
+    title: str
+    tags: tuple[str, ...]
+    guid: str
+    subtitle: str | None = None
+    body: str | None = None
+    mark: str | None = None
+    url: str | None = None
+    urgency: int = DEFAULT_URGENCY
+
+
+def new_guid() -> str:
+    """A fresh story id for items whose editor did not choose one."""
+    return "urn:wire:" + secrets.token_hex(12)
+
+
+def published_now() -> str:
+    """Now, as the ISO 8601 UTC timestamp with milliseconds used in items."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_submission(data: object) -> Submission:
+    """Validate an editor's JSON object; raise ValidationError naming the field."""
+    if not isinstance(data, dict):
+        raise ValidationError("the request body must be a JSON object")
+    for name in data:
+        if name in SERVER_FIELDS:
+            raise ValidationError(f"{name} is set by the server", field=name)
+        if name not in FIELDS:
+            raise ValidationError(f"unknown field {str(name)[:40]!r}", field=str(name))
+    return Submission(
+        title=_text(data, "title", MAX_TITLE, required=True, multiline=False) or "",
+        subtitle=_text(data, "subtitle", MAX_SUBTITLE),
+        body=_text(data, "body", MAX_BODY),
+        mark=_text(data, "mark", MAX_MARK, multiline=False),
+        tags=_tags(data.get("tags")),
+        url=_url(data.get("url")),
+        urgency=_urgency(data.get("urgency")),
+        guid=_guid(data.get("guid")),
+    )
+
+
+def _text(
+    data: dict[str, Any], name: str, limit: int, *, required: bool = False, multiline: bool = True
+) -> str | None:
+    value = data.get(name)
+    if value is None:
+        if required:
+            raise ValidationError(f"{name} is required", field=name)
+        return None
+    if not isinstance(value, str):
+        raise ValidationError(f"{name} must be a string", field=name)
+    value = value.strip()
+    if not value:
+        if required:
+            raise ValidationError(f"{name} must not be empty", field=name)
+        return None
+    if len(value) > limit:
+        raise ValidationError(f"{name} is longer than {limit:,} characters", field=name)
+    allowed = "\n\t" if multiline else ""
+    for ch in value:
+        if ch not in allowed and unicodedata.category(ch) == "Cc":
+            raise ValidationError(f"{name} contains control character U+{ord(ch):04X}", field=name)
+    return value
+
+
+def _tags(value: object) -> tuple[str, ...]:
+    if value is None:
+        raise ValidationError("tags is required: 1 to 20 tags", field="tags")
+    if not isinstance(value, list) or not value:
+        raise ValidationError("tags must be a non-empty list of strings", field="tags")
+    tags = normalize_tags(value)
+    if len(tags) > MAX_TAGS:
+        raise ValidationError(f"at most {MAX_TAGS} tags per item", field="tags")
+    return tags
+
+
+def _url(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValidationError("url must be a string", field="url")
+    value = value.strip()
+    if not value:
+        return None
+    if len(value) > MAX_URL or any(ch.isspace() or ord(ch) < 32 for ch in value):
+        raise ValidationError("url must be an absolute http(s) link", field="url")
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname
+    except ValueError:
+        host = None
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not host:
+        raise ValidationError("url must be an absolute http(s) link", field="url")
+    return value
+
+
+def _urgency(value: object) -> int:
+    if value is None:
+        return DEFAULT_URGENCY
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 9:
+        raise ValidationError("urgency must be an integer from 1 (flash) to 9", field="urgency")
+    return value
+
+
+def _guid(value: object) -> str:
+    if value is None:
+        return new_guid()
+    if not isinstance(value, str) or not _GUID.fullmatch(value):
+        raise ValidationError(
+            "guid must be 1-200 characters of letters, digits and . _ ~ : @ + = -",
+            field="guid",
+        )
+    return value
