@@ -15,6 +15,7 @@ from publisher.app import MAX_BODY, setup_publisher
 from wire.appkeys import REDIS, SETTINGS, STORE
 from wire.gateway import READER, setup_gateway
 from wire.http import REDIS_DOWN, error_middleware, json_response
+from wire.pages import setup_pages
 from wire.settings import Settings
 from wire.store import Store, connect
 
@@ -22,8 +23,9 @@ log = logging.getLogger("wire")
 STATIC = Path(__file__).parent / "static"
 
 
-def create_app(settings: Settings, *, publisher: bool = True, gateway: bool = True
-               ) -> web.Application:
+def create_app(
+    settings: Settings, *, publisher: bool = True, gateway: bool = True
+) -> web.Application:
     """Build the app: the publisher API, the gateway, or both on one port."""
     if settings.redis_url is None:
         raise ValueError("settings.redis_url must be set (the CLI starts Redis when it is not)")
@@ -36,6 +38,7 @@ def create_app(settings: Settings, *, publisher: bool = True, gateway: bool = Tr
         setup_publisher(app)
     if gateway:
         setup_gateway(app)
+        setup_pages(app)
     return app
 
 
@@ -65,17 +68,22 @@ async def readyz(request: web.Request) -> web.Response:
     if reader is not None:
         checks["reader"] = reader.ready
     ok = all(checks.values())
-    return json_response({"status": "ready" if ok else "unavailable", "checks": checks},
-                         200 if ok else 503)
+    return json_response(
+        {"status": "ready" if ok else "unavailable", "checks": checks}, 200 if ok else 503
+    )
 
 
-async def serve(app: web.Application, settings: Settings, *, reuse_port: bool = False,
-                ready: asyncio.Event | None = None) -> None:
+async def serve(
+    app: web.Application,
+    settings: Settings,
+    *,
+    reuse_port: bool = False,
+    ready: asyncio.Event | None = None,
+) -> None:
     """Run ``app`` until SIGINT/SIGTERM, then shut down gracefully."""
     runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=5.0)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port,
-                       backlog=4096)
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port, backlog=4096)
     await site.start()
     log.info("listening on http://%s:%s", settings.host, settings.port)
     stop = asyncio.Event()

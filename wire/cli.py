@@ -23,8 +23,11 @@ Command = Callable[[argparse.Namespace], int]
 def _server_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", help="interface to listen on (WIRE_HOST, default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port to listen on (WIRE_PORT, default 8080)")
-    p.add_argument("--redis", metavar="URL",
-                   help="Redis URL (WIRE_REDIS_URL); default: start an embedded redis-server")
+    p.add_argument(
+        "--redis",
+        metavar="URL",
+        help="Redis URL (WIRE_REDIS_URL); default: start an embedded redis-server",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,9 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     gw = sub.add_parser("gateway", help="the WebSocket/SSE gateway alone")
     _server_flags(gw)
     gw.add_argument("--workers", type=int, default=1, help="gateway processes sharing the port")
-    from wire import client_cli
+    from wire import bench, client_cli
 
-    client_cli.add_commands(sub)
+    for module in (client_cli, bench):
+        module.add_commands(sub)
     return parser
 
 
@@ -67,8 +71,9 @@ def _serve_command(args: argparse.Namespace) -> int:
     if args.command in ("run", "publisher") and not settings.editor_tokens:
         settings = settings.with_(editor_tokens=(_announce_token(settings),))
     with _redis_for(settings) as settings:
-        app = create_app(settings, publisher=args.command != "gateway",
-                         gateway=args.command != "publisher")
+        app = create_app(
+            settings, publisher=args.command != "gateway", gateway=args.command != "publisher"
+        )
         asyncio.run(serve(app, settings, reuse_port=getattr(args, "reuse_port", False)))
     return 0
 
@@ -90,7 +95,7 @@ def _announce_token(settings: Settings) -> str:
         f"\nNo WIRE_EDITOR_TOKENS set; this run's editor token is:\n\n  {token}\n\n"
         f"Publish an item:\n\n  curl -s {base}/v1/items -H 'Authorization: Bearer {token}' "
         "-H 'Content-Type: application/json' \\\n"
-        "    -d '{\"title\": \"Hello, wire\", \"tags\": [\"world\"]}'\n\n"
+        '    -d \'{"title": "Hello, wire", "tags": ["world"]}\'\n\n'
         f"Watch the live feed at {base}/  (editor console: {base}/editor)\n",
         flush=True,
     )

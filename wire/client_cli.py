@@ -20,8 +20,9 @@ def add_commands(sub: Any) -> None:
     pub = sub.add_parser("publish", help="publish an item through the HTTP API (token: WIRE_TOKEN)")
     pub.add_argument("--url", default=os.environ.get("WIRE_URL", DEFAULT_URL))
     pub.add_argument("--title", required=True)
-    pub.add_argument("--tag", action="append", dest="tags", required=True,
-                     help="a tag; repeat for more")
+    pub.add_argument(
+        "--tag", action="append", dest="tags", required=True, help="a tag; repeat for more"
+    )
     pub.add_argument("--subtitle")
     pub.add_argument("--body")
     pub.add_argument("--mark")
@@ -31,13 +32,19 @@ def add_commands(sub: Any) -> None:
     pub.set_defaults(handler=publish_command)
 
 
-def post_item(base: str, token: str, item: dict[str, Any], *, key: str | None = None
-              ) -> tuple[int, dict[str, Any]]:
+def post_item(
+    base: str, token: str, item: dict[str, Any], *, key: str | None = None
+) -> tuple[int, dict[str, Any]]:
     """POST one item; return the status and decoded JSON answer."""
     req = urllib.request.Request(
-        base.rstrip("/") + "/v1/items", data=orjson.dumps(item), method="POST",
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json",
-                 "Idempotency-Key": key or str(uuid.uuid4())},
+        base.rstrip("/") + "/v1/items",
+        data=orjson.dumps(item),
+        method="POST",
+        headers={
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/json",
+            "Idempotency-Key": key or str(uuid.uuid4()),
+        },
     )
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
@@ -55,10 +62,20 @@ def publish_command(args: argparse.Namespace) -> int:
     if not token:
         print("wire publish: set WIRE_TOKEN to an editor token", file=sys.stderr)
         return 2
-    item = {k: v for k, v in {
-        "title": args.title, "tags": args.tags, "subtitle": args.subtitle, "body": args.body,
-        "mark": args.mark, "url": args.link, "urgency": args.urgency, "guid": args.guid,
-    }.items() if v is not None}
+    item = {
+        k: v
+        for k, v in {
+            "title": args.title,
+            "tags": args.tags,
+            "subtitle": args.subtitle,
+            "body": args.body,
+            "mark": args.mark,
+            "url": args.link,
+            "urgency": args.urgency,
+            "guid": args.guid,
+        }.items()
+        if v is not None
+    }
     try:
         status, answer = post_item(args.url, token, item)
     except (urllib.error.URLError, OSError) as err:
@@ -67,8 +84,10 @@ def publish_command(args: argparse.Namespace) -> int:
     if status >= 400:
         error = answer.get("error", {})
         where = f" ({error['field']})" if error.get("field") else ""
-        print(f"wire publish: {status} {error.get('code')}{where}: {error.get('message')}",
-              file=sys.stderr)
+        print(
+            f"wire publish: {status} {error.get('code')}{where}: {error.get('message')}",
+            file=sys.stderr,
+        )
         return 1
     print(orjson.dumps(answer["item"]).decode())
     return 0

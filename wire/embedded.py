@@ -32,10 +32,27 @@ def embedded_redis(data_dir: Path, appendfsync: str = "everysec") -> Iterator[st
     sock = home / "redis.sock"
     sock.unlink(missing_ok=True)
     proc = subprocess.Popen(
-        [binary, "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700",
-         "--dir", str(home), "--appendonly", "yes", "--appendfsync", appendfsync,
-         "--save", "", "--logfile", str(home / "redis.log")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            binary,
+            "--port",
+            "0",
+            "--unixsocket",
+            str(sock),
+            "--unixsocketperm",
+            "700",
+            "--dir",
+            str(home),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            appendfsync,
+            "--save",
+            "",
+            "--logfile",
+            str(home / "redis.log"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         _wait_for(sock, proc, home)

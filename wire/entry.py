@@ -17,8 +17,9 @@ class Entry:
 
     __slots__ = ("_sse", "_ws", "guid", "id", "json", "key", "tags", "urgency")
 
-    def __init__(self, entry_id: str, tags: tuple[str, ...], urgency: int, guid: str,
-                 json: bytes) -> None:
+    def __init__(
+        self, entry_id: str, tags: tuple[str, ...], urgency: int, guid: str, json: bytes
+    ) -> None:
         self.id = entry_id
         self.key: StreamKey = parse_id(entry_id)
         self.tags = tags

@@ -41,8 +41,17 @@ class Transport(Protocol):
 class Conn:
     """A subscribed connection as the hub sees it."""
 
-    __slots__ = ("buffer", "buffered_bytes", "closed", "keys", "last_key", "on_close", "out",
-                 "sse", "transport")
+    __slots__ = (
+        "buffer",
+        "buffered_bytes",
+        "closed",
+        "keys",
+        "last_key",
+        "on_close",
+        "out",
+        "sse",
+        "transport",
+    )
 
     def __init__(self, transport: Transport, *, sse: bool = False) -> None:
         self.transport = transport
@@ -208,8 +217,9 @@ class Hub:
         hi = bisect.bisect_right(self.recent, window.upto, key=_key)
         return self.recent[lo:hi]
 
-    def recent_latest(self, keys: frozenset[str], limit: int, upto: StreamKey
-                      ) -> list[Entry] | None:
+    def recent_latest(
+        self, keys: frozenset[str], limit: int, upto: StreamKey
+    ) -> list[Entry] | None:
         """The newest ``limit`` matching entries up to ``upto`` from memory, oldest first.
 
         None when memory runs out before ``limit`` matches are found and older

@@ -34,7 +34,9 @@ def error_response(status: int, body: dict[str, str]) -> web.Response:
 
 
 _HTTP_ERRORS: dict[int, type[ClientError]] = {
-    404: NotFound, 405: MethodNotAllowed, 413: PayloadTooLarge,
+    404: NotFound,
+    405: MethodNotAllowed,
+    413: PayloadTooLarge,
 }
 
 

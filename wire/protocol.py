@@ -83,11 +83,13 @@ def parse_subscribe(msg: dict[str, Any]) -> Subscribe:
     if since is not None and not isinstance(since, str):
         raise ValidationError("since must be a stream id string", field="since")
     if backfill is not None and (
-        isinstance(backfill, bool) or not isinstance(backfill, int)
+        isinstance(backfill, bool)
+        or not isinstance(backfill, int)
         or not 0 <= backfill <= MAX_BACKFILL
     ):
-        raise ValidationError(f"backfill must be an integer from 0 to {MAX_BACKFILL}",
-                              field="backfill")
+        raise ValidationError(
+            f"backfill must be an integer from 0 to {MAX_BACKFILL}", field="backfill"
+        )
     if not isinstance(compact, bool):
         raise ValidationError("compact must be true or false", field="compact")
     return Subscribe(
@@ -161,7 +163,17 @@ def truncated_message(since: StreamKey, trimmed: StreamKey) -> dict[str, object]
 PONG: dict[str, object] = {"type": "pong"}
 
 __all__ = [
-    "MAX_BACKFILL", "PONG", "Command", "InvalidTag", "Ping", "Subscribe", "Subscription",
-    "Unsubscribe", "error_message", "parse_message", "parse_subscribe", "subscribed_message",
+    "MAX_BACKFILL",
+    "PONG",
+    "Command",
+    "InvalidTag",
+    "Ping",
+    "Subscribe",
+    "Subscription",
+    "Unsubscribe",
+    "error_message",
+    "parse_message",
+    "parse_subscribe",
+    "subscribed_message",
     "truncated_message",
 ]

@@ -49,8 +49,7 @@ def fresh(entries: Iterable[Entry], last_sent: StreamKey) -> list[Entry]:
     return [e for e in entries if e.key > last_sent]
 
 
-def merge(history: Sequence[Entry], buffered: Sequence[Entry],
-          last_sent: StreamKey) -> list[Entry]:
+def merge(history: Sequence[Entry], buffered: Sequence[Entry], last_sent: StreamKey) -> list[Entry]:
     """History followed by buffered live entries, each sent at most once, in order."""
     out = fresh(history, last_sent)
     tail = out[-1].key if out else last_sent

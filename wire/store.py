@@ -84,11 +84,14 @@ def connect(url: str, *, socket_timeout: float | None = 5.0) -> aioredis.Redis:
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
             hosts, socket_timeout=socket_timeout, socket_connect_timeout=2.0
         )
-        return cast(aioredis.Redis, sentinel.master_for(
-            service, socket_timeout=socket_timeout, socket_connect_timeout=2.0
-        ))
+        return cast(
+            aioredis.Redis,
+            sentinel.master_for(service, socket_timeout=socket_timeout, socket_connect_timeout=2.0),
+        )
     return aioredis.Redis.from_url(
-        url, socket_timeout=socket_timeout, socket_connect_timeout=2.0,
+        url,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=2.0,
         health_check_interval=30,
     )
 
@@ -106,20 +109,36 @@ class Store:
         self.settings = settings
         self._publish = redis.register_script(_PUBLISH)
 
-    async def publish(self, sub: Submission, *, idempotency_key: str | None = None,
-                      digest: str = "") -> Published:
+    async def publish(
+        self, sub: Submission, *, idempotency_key: str | None = None, digest: str = ""
+    ) -> Published:
         """Append a new version of ``sub``'s story; idempotent per key and body."""
         head, tail = _split_json(sub)
         now_ms = int(time.time() * 1000)
         minid = max(0, now_ms - int(self.settings.retention_days * 86_400_000))
         story_ttl = int(self.settings.retention_days * 86_400) + 86_400
         result = await self._publish(
-            keys=[keys.STREAM, keys.story(sub.guid), keys.story_tags(sub.guid),
-                  keys.story_ids(sub.guid),
-                  keys.idempotency(idempotency_key) if idempotency_key else ""],
-            args=[head, tail, orjson.dumps(sub.mark), " ".join(sub.tags), sub.urgency,
-                  sub.guid, self.settings.max_items, minid, digest,
-                  self.settings.idempotency_ttl, story_ttl, *sub.tags],
+            keys=[
+                keys.STREAM,
+                keys.story(sub.guid),
+                keys.story_tags(sub.guid),
+                keys.story_ids(sub.guid),
+                keys.idempotency(idempotency_key) if idempotency_key else "",
+            ],
+            args=[
+                head,
+                tail,
+                orjson.dumps(sub.mark),
+                " ".join(sub.tags),
+                sub.urgency,
+                sub.guid,
+                self.settings.max_items,
+                minid,
+                digest,
+                self.settings.idempotency_ttl,
+                story_ttl,
+                *sub.tags,
+            ],
         )
         status = result[0].decode()
         if status == "reused":
@@ -157,17 +176,18 @@ class Store:
         """Number of entries currently kept."""
         return await self.redis.xlen(keys.STREAM)
 
-    async def read_new(self, after: StreamKey, *, count: int, block_ms: int | None
-                       ) -> list[Entry]:
+    async def read_new(self, after: StreamKey, *, count: int, block_ms: int | None) -> list[Entry]:
         """Entries after ``after`` (the gateway's one blocking reader uses this)."""
-        reply: Any = await self.redis.xread({keys.STREAM: format_id(after)}, count=count,
-                                       block=block_ms)
+        reply: Any = await self.redis.xread(
+            {keys.STREAM: format_id(after)}, count=count, block=block_ms
+        )
         if not reply:
             return []
         return _entries(reply[0][1])
 
-    async def range_after(self, after: StreamKey, upto: StreamKey | None, *,
-                          count: int) -> list[Entry]:
+    async def range_after(
+        self, after: StreamKey, upto: StreamKey | None, *, count: int
+    ) -> list[Entry]:
         """Up to ``count`` entries with after < id <= upto, oldest first."""
         end = format_id(upto) if upto is not None else "+"
         rows = await self.redis.xrange(keys.STREAM, "(" + format_id(after), end, count=count)
@@ -179,8 +199,13 @@ class Store:
         rows = await self.redis.xrevrange(keys.STREAM, start, "-", count=count)
         return _entries(rows)
 
-    async def scan_after(self, after: StreamKey, subscription: Iterable[str], limit: int,
-                         upto: StreamKey | None = None) -> list[Entry]:
+    async def scan_after(
+        self,
+        after: StreamKey,
+        subscription: Iterable[str],
+        limit: int,
+        upto: StreamKey | None = None,
+    ) -> list[Entry]:
         """Matching entries after ``after`` (up to ``upto``), oldest first, at most ``limit``."""
         wanted = frozenset(subscription)
         found: list[Entry] = []
@@ -193,8 +218,9 @@ class Store:
             cursor = page[-1].key
         return found[:limit]
 
-    async def scan_latest(self, subscription: Iterable[str], limit: int,
-                          before: StreamKey | None = None) -> list[Entry]:
+    async def scan_latest(
+        self, subscription: Iterable[str], limit: int, before: StreamKey | None = None
+    ) -> list[Entry]:
         """The newest ``limit`` matching entries (older than ``before``), newest first."""
         wanted = frozenset(subscription)
         found: list[Entry] = []
@@ -222,14 +248,15 @@ def _split_json(sub: Submission) -> tuple[bytes, bytes]:
     Layout: ``{"guid":..,"version":<v>,"mark":<m>,"published_at":..,...}``.
     """
     head = b'{"guid":' + orjson.dumps(sub.guid) + b',"version":'
-    rest = orjson.dumps({
-        "published_at": published_now(),
-        "urgency": sub.urgency,
-        "title": sub.title,
-        "subtitle": sub.subtitle,
-        "tags": list(sub.tags),
-        "url": sub.url,
-        "body": sub.body,
-    })
+    rest = orjson.dumps(
+        {
+            "published_at": published_now(),
+            "urgency": sub.urgency,
+            "title": sub.title,
+            "subtitle": sub.subtitle,
+            "tags": list(sub.tags),
+            "url": sub.url,
+            "body": sub.body,
+        }
+    )
     return head, b"," + rest[1:]
-

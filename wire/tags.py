@@ -43,9 +43,7 @@ def normalize_tag(raw: object) -> str:
     if not tag:
         raise InvalidTag(f"tag {shown!r} is empty", field="tags")
     if len(tag) > MAX_TAG_LENGTH:
-        raise InvalidTag(
-            f"tag {shown!r} is longer than {MAX_TAG_LENGTH} characters", field="tags"
-        )
+        raise InvalidTag(f"tag {shown!r} is longer than {MAX_TAG_LENGTH} characters", field="tags")
     for ch in tag:
         if ch not in "-/" and unicodedata.category(ch) not in _ALLOWED_CATEGORIES:
             raise InvalidTag(

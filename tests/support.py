@@ -1,0 +1,193 @@
+"""Test support: real redis-server and wire processes on free loopback ports."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import redis
+
+EDITOR_TOKEN = "editor-token-for-tests"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A TCP port that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class RedisServer:
+    """A redis-server child process that tests may kill and restart."""
+
+    dir: Path
+    port: int = field(default_factory=free_port)
+    appendonly: bool = False
+    appendfsync: str = "everysec"
+    extra: tuple[str, ...] = ()
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (apt install redis-server)")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.dir),
+                "--save",
+                "",
+                "--appendonly",
+                "yes" if self.appendonly else "no",
+                "--appendfsync",
+                self.appendfsync,
+                "--logfile",
+                str(self.dir / "redis.log"),
+                *self.extra,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if client.ping():
+                    client.close()
+                    return
+            except (redis.ConnectionError, redis.exceptions.BusyLoadingError):
+                pass
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited: {(self.dir / 'redis.log').read_text()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("redis-server did not become ready")
+            time.sleep(0.02)
+
+    def kill(self) -> None:
+        """kill -9, as a crash would."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port)
+
+
+@dataclass
+class WireProcess:
+    """A ``wire`` command run as a real child process (for kill -9 tests)."""
+
+    args: list[str]
+    env: dict[str, str]
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/ws"
+
+    def start(self) -> WireProcess:
+        env = {**os.environ, **self.env, "WIRE_PORT": str(self.port)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "wire", *self.args],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        return self
+
+    async def ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as http:
+            while time.monotonic() < deadline:
+                assert self.proc is not None
+                if self.proc.poll() is not None:
+                    err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                    raise RuntimeError(f"wire {self.args} exited: {err[-2000:]}")
+                try:
+                    async with http.get(self.base + "/readyz") as resp:
+                        if resp.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.05)
+        raise RuntimeError(f"wire {self.args} did not become ready")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def terminate(self) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        return self.proc.wait(timeout=20)
+
+
+def item(title: str = "Headline", tags: list[str] | None = None, **extra: Any) -> dict[str, Any]:
+    """A valid item body."""
+    return {"title": title, "tags": tags or ["world"], **extra}
+
+
+async def post(
+    http: aiohttp.ClientSession,
+    base: str,
+    body: object,
+    *,
+    token: str | None = EDITOR_TOKEN,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any]:
+    """POST /v1/items; return status and decoded JSON."""
+    hdrs = {"Content-Type": "application/json"}
+    if token is not None:
+        hdrs["Authorization"] = f"Bearer {token}"
+    hdrs.update(headers or {})
+    data = body if isinstance(body, bytes) else orjson.dumps(body)
+    async with http.post(base + "/v1/items", data=data, headers=hdrs) as resp:
+        return resp.status, await resp.json(content_type=None)
+
+
+async def get_json(http: aiohttp.ClientSession, url: str, **kw: Any) -> tuple[int, Any]:
+    async with http.get(url, **kw) as resp:
+        return resp.status, await resp.json(content_type=None)

@@ -1,0 +1,16 @@
+"""A first end-to-end check through the real interfaces."""
+
+import orjson
+import websockets
+
+from tests.conftest import Server
+from tests.support import item, post
+
+
+async def test_published_item_reaches_a_websocket_subscriber(server: Server, http) -> None:
+    async with websockets.connect(server.ws + "?tags=world") as ws:
+        assert orjson.loads(await ws.recv()) == {"type": "subscribed", "tags": ["world"]}
+        status, body = await post(http, server.base, item("Quake", ["world/asia"]))
+        assert status == 201
+        msg = orjson.loads(await ws.recv())
+        assert msg == {"type": "item", "item": body["item"]}
