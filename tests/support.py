@@ -136,8 +136,8 @@ class WireProcess:
         )
         return self
 
-    async def ready(self, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
+    async def ready(self, wait: float = 20.0) -> None:
+        deadline = time.monotonic() + wait
         async with aiohttp.ClientSession() as http:
             while time.monotonic() < deadline:
                 assert self.proc is not None
