@@ -1,5 +1,16 @@
 """The editors' HTTP ingest service: validate, store, answer."""
 
-from publisher.app import setup_publisher
+from aiohttp import web
 
-__all__ = ["setup_publisher"]
+from publisher.app import MAX_BODY, setup_items
+from publisher.embargo import setup_embargoes
+from publisher.stories import setup_stories
+
+__all__ = ["MAX_BODY", "setup_publisher"]
+
+
+def setup_publisher(app: web.Application) -> None:
+    """Add every publisher route (items, stories, embargoes) and the embargo releaser."""
+    setup_items(app)
+    setup_stories(app)
+    setup_embargoes(app)

@@ -7,12 +7,18 @@ nothing half-written.
 
 from __future__ import annotations
 
+import re
+
 import orjson
 from aiohttp import web
 
-from wire.appkeys import SETTINGS, STORE
+from publisher.embargo import accept_embargoed
+from wire.appkeys import ENTITLEMENTS, SETTINGS, STORE
 from wire.auth import bearer, require
+from wire.entitlements import Grant, reader_grant
 from wire.errors import (
+    Forbidden,
+    Gone,
     InvalidJSON,
     NotFound,
     PayloadTooLarge,
@@ -29,10 +35,11 @@ MAX_BODY = 1024 * 1024
 MAX_LIMIT = 500
 DEFAULT_LIMIT = 50
 JSON_TYPES = ("application/json",)
+_LIMIT = re.compile(r"[0-9]{1,4}")
 
 
-def setup_publisher(app: web.Application) -> None:
-    """Add the publisher's routes to ``app``."""
+def setup_items(app: web.Application) -> None:
+    """Add the item routes to ``app``."""
     app.router.add_post("/v1/items", post_item)
     app.router.add_get("/v1/items", list_items)
     app.router.add_get("/v1/items/{id}", get_item)
@@ -74,21 +81,23 @@ async def post_item(request: web.Request) -> web.Response:
     key = idempotency_key(request)
     data = await read_json(request)
     submission = parse_submission(data)
+    if submission.embargo_until is not None:
+        return await accept_embargoed(request, submission)
     published = await request.app[STORE].publish(
         submission, idempotency_key=key, digest=body_hash(data) if key else ""
     )
     return raw_json(b'{"item":' + published.json + b"}", 201 if published.created else 200)
 
 
-def require_reader(request: web.Request) -> None:
-    """Reads are public unless subscriber tokens are configured."""
+def require_reader(request: web.Request) -> Grant:
+    """What the caller may read: public unless subscriber tokens or entitlements exist."""
     settings = request.app[SETTINGS]
-    if settings.subscriber_tokens:
-        require(
-            bearer(request.headers, request.query),
-            settings.subscriber_tokens + settings.editor_tokens,
-            what="subscriber",
-        )
+    return reader_grant(
+        bearer(request.headers, request.query),
+        settings.subscriber_tokens,
+        request.app[ENTITLEMENTS],
+        also=settings.editor_tokens,
+    )
 
 
 def query_tags(request: web.Request) -> frozenset[str]:
@@ -102,15 +111,17 @@ def query_limit(request: web.Request) -> int:
     raw = request.query.get("limit")
     if raw is None:
         return DEFAULT_LIMIT
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    # str.isdigit() is not enough: it accepts "²" (which int() rejects, a 500)
+    # and thousands of digits (which int() refuses to convert).
+    if not _LIMIT.fullmatch(raw) or not 1 <= int(raw) <= MAX_LIMIT:
         raise ValidationError(f"limit must be an integer from 1 to {MAX_LIMIT}", field="limit")
     return int(raw)
 
 
 async def list_items(request: web.Request) -> web.Response:
     """Latest matching items (newest first), or those after ``after`` (oldest first)."""
-    require_reader(request)
-    tags, limit = query_tags(request), query_limit(request)
+    grant = require_reader(request)
+    tags, limit = grant.narrow(query_tags(request)), query_limit(request)
     store = request.app[STORE]
     after = request.query.get("after")
     if after is not None:
@@ -122,10 +133,15 @@ async def list_items(request: web.Request) -> web.Response:
 
 async def get_item(request: web.Request) -> web.Response:
     """One item by stream id."""
-    require_reader(request)
+    grant = require_reader(request)
     raw = request.match_info["id"]
     key = parse_id(raw)
-    entry = await request.app[STORE].get(f"{key[0]}-{key[1]}")
+    store = request.app[STORE]
+    entry = await store.get(f"{key[0]}-{key[1]}")
     if entry is None:
         raise NotFound(f"no item with id {raw}")
+    if not grant.sees(entry.tags):
+        raise Forbidden("this token may not read this item")
+    if not await store.redact([entry]):
+        raise Gone(f"item {raw} belongs to a withdrawn story; see /v1/stories/{entry.guid}")
     return raw_json(b'{"item":' + entry.json + b"}")

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from publisher.app import MAX_BODY, setup_publisher
-from wire.appkeys import REDIS, SETTINGS, STORE
+from publisher import MAX_BODY, setup_publisher
+from wire.appkeys import ENTITLEMENTS, REDIS, SETTINGS, STORE
+from wire.entitlements import Entitlements, load
 from wire.gateway import READER, setup_gateway
 from wire.http import REDIS_DOWN, error_middleware, json_response
 from wire.pages import setup_pages
@@ -31,6 +32,7 @@ def create_app(
         raise ValueError("settings.redis_url must be set (the CLI starts Redis when it is not)")
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY)
     app[SETTINGS] = settings
+    app[ENTITLEMENTS] = load(settings.entitlements) if settings.entitlements else Entitlements()
     app.cleanup_ctx.append(_redis_ctx)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

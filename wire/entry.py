@@ -15,10 +15,16 @@ from wire.ids import StreamKey, parse_id
 class Entry:
     """One stream entry: id, routing data and the item's JSON (with ``id``)."""
 
-    __slots__ = ("_sse", "_ws", "guid", "id", "json", "key", "tags", "urgency")
+    __slots__ = ("_sse", "_ws", "guid", "id", "json", "key", "tags", "urgency", "withdrawal")
 
     def __init__(
-        self, entry_id: str, tags: tuple[str, ...], urgency: int, guid: str, json: bytes
+        self,
+        entry_id: str,
+        tags: tuple[str, ...],
+        urgency: int,
+        guid: str,
+        json: bytes,
+        withdrawal: bool = False,
     ) -> None:
         self.id = entry_id
         self.key: StreamKey = parse_id(entry_id)
@@ -26,6 +32,8 @@ class Entry:
         self.urgency = urgency
         self.guid = guid
         self.json = json
+        #: A kill notice for the story ``guid`` rather than a version of it.
+        self.withdrawal = withdrawal
         self._ws: bytes | None = None
         self._sse: bytes | None = None
 
@@ -40,6 +48,7 @@ class Entry:
             int(fields[b"u"]),
             fields[b"g"].decode(),
             with_id(eid, stored),
+            fields.get(b"k") == b"w",
         )
 
     @property

@@ -78,6 +78,18 @@ class NotFound(ClientError):
     status = 404
 
 
+class Gone(ClientError):
+    """The item existed but its story was withdrawn."""
+
+    code = "withdrawn"
+    status = 410
+
+
+class StoryWithdrawn(ClientError):
+    code = "story_withdrawn"
+    status = 409
+
+
 class MethodNotAllowed(ClientError):
     code = "method_not_allowed"
     status = 405

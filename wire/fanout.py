@@ -123,6 +123,7 @@ class Hub:
         """Deliver a batch read from the stream, in order, once per connection."""
         index = self.index
         touched: list[Conn] = []
+        overflowed: list[Conn] = []
         for entry in entries:
             lists = [index[k] for k in match_keys(entry.tags) if k in index]
             if not lists:
@@ -133,11 +134,15 @@ class Hub:
                     conn.buffer.append(entry)
                     conn.buffered_bytes += len(entry.json)
                     if conn.buffered_bytes > self.max_buffer:
-                        self.close(conn, SLOW_CONSUMER, "slow consumer")
+                        # Closed after the loop: closing removes the connection
+                        # from the index set that ``targets`` may be.
+                        overflowed.append(conn)
                     continue
                 if not conn.out:
                     touched.append(conn)
                 conn.out.append(entry)
+        for conn in overflowed:
+            self.close(conn, SLOW_CONSUMER, "slow consumer")
         for conn in touched:
             out, conn.out = conn.out, []
             self.write(conn, out)
@@ -164,9 +169,14 @@ class Hub:
             self.detach(conn)
             conn.closed = True
             return
-        transport.write(data)
+        # The cap applies to what earlier writes left unread: a client that
+        # reads keeps up even when one write (a burst, a replay page) is
+        # larger than the cap, since the kernel takes it as the client reads.
+        # Unsent data thus stays under the cap plus one write.
         if transport.get_write_buffer_size() > self.max_buffer:
             self.close(conn, SLOW_CONSUMER, "slow consumer")
+            return
+        transport.write(data)
 
     def close(self, conn: Conn, code: int, reason: str) -> None:
         """Close a connection from the server side, without awaiting it."""
@@ -204,6 +214,11 @@ class Hub:
             return
         self.position = entries[-1].key
         self.recent.extend(entries)
+        killed = {e.guid for e in entries if e.withdrawal}
+        if killed:
+            # History never again shows a withdrawn story's versions; the
+            # withdrawal itself stays so resuming clients learn of it.
+            self.recent = [e for e in self.recent if e.withdrawal or e.guid not in killed]
         if len(self.recent) > 2 * self.recent_size:
             cut = len(self.recent) - self.recent_size
             self.recent_base = self.recent[cut - 1].key

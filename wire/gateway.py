@@ -18,8 +18,9 @@ import orjson
 from aiohttp import WSMsgType, web
 
 from wire import frames
-from wire.appkeys import SETTINGS, STORE
-from wire.auth import bearer, require
+from wire.appkeys import ENTITLEMENTS, SETTINGS, STORE
+from wire.auth import bearer
+from wire.entitlements import EVERYTHING, Grant, reader_grant
 from wire.entry import Entry
 from wire.errors import ClientError, Forbidden, TooManyConnections
 from wire.fanout import Conn, Hub
@@ -129,26 +130,30 @@ async def _keepalive(hub: Hub, interval: float) -> None:
             hub.send(conn, chunk)
 
 
-def _admit(request: web.Request) -> None:
+def _admit(request: web.Request) -> Grant:
     """Token, Origin and connection-limit checks, before any upgrade."""
     settings = request.app[SETTINGS]
-    if settings.subscriber_tokens:
-        require(
-            bearer(request.headers, request.query), settings.subscriber_tokens, what="subscriber"
-        )
+    grant = reader_grant(
+        bearer(request.headers, request.query),
+        settings.subscriber_tokens,
+        request.app[ENTITLEMENTS],
+    )
     origin = request.headers.get("Origin")
     if settings.allowed_origins and origin is not None and origin not in settings.allowed_origins:
         raise Forbidden(f"origin {origin[:100]!r} is not allowed")
     if len(request.app[HUB].conns) >= settings.max_connections:
         raise TooManyConnections("this gateway is at its connection limit; try another or retry")
+    return grant
 
 
 async def ws_handler(request: web.Request) -> web.StreamResponse:
     """``GET /v1/ws``: the WebSocket subscriber protocol."""
     settings = request.app[SETTINGS]
     try:
-        _admit(request)
+        grant = _admit(request)
         initial = _query_subscribe(request)
+        if initial is not None:
+            grant.check_subscription(initial.tags)
     except ClientError as err:
         return error_response(err.status, err.as_dict())
     ws = web.WebSocketResponse(
@@ -156,7 +161,7 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
     )
     await ws.prepare(request)
     assert request.transport is not None
-    session = Session(request, Conn(request.transport))
+    session = Session(request, Conn(request.transport), grant)
     try:
         if initial is not None:
             await session.handle(initial)
@@ -195,9 +200,10 @@ def _query_subscribe(request: web.Request) -> Subscribe | None:
 class Session:
     """One subscriber connection: its subscription, replies and replays."""
 
-    def __init__(self, request: web.Request, conn: Conn) -> None:
+    def __init__(self, request: web.Request, conn: Conn, grant: Grant = EVERYTHING) -> None:
         settings = request.app[SETTINGS]
         self.request = request
+        self.grant = grant
         self.hub = request.app[HUB]
         self.store = request.app[STORE]
         self.conn = conn
@@ -229,6 +235,7 @@ class Session:
             self.hub.retag(self.conn, self.subscription.unsubscribe(cmd.tags))
             self.reply(subscribed_message(self.subscription.tags))
             return
+        self.grant.check_subscription(cmd.tags)
         keys = self.subscription.subscribe(cmd.tags)
         replay = cmd.since is not None or cmd.backfill is not None
         if replay:
@@ -283,7 +290,9 @@ class Session:
             if not page:
                 return
             cursor = page[-1].key
-            yield [e for e in page if not match_keys(e.tags).isdisjoint(keys)]
+            yield await self.store.redact(
+                [e for e in page if not match_keys(e.tags).isdisjoint(keys)]
+            )
 
     async def _latest(self, keys: frozenset[str], limit: int, upto: StreamKey) -> list[Entry]:
         found = self.hub.recent_latest(keys, limit, upto)
@@ -320,8 +329,9 @@ async def _drain(request: web.Request) -> None:
 async def sse_handler(request: web.Request) -> web.StreamResponse:
     """``GET /v1/sse?tags=a,b``: Server-Sent Events with Last-Event-ID resume."""
     try:
-        _admit(request)
+        grant = _admit(request)
         cmd = _sse_subscribe(request)
+        grant.check_subscription(cmd.tags)
     except ClientError as err:
         return error_response(err.status, err.as_dict())
     resp = web.StreamResponse(
@@ -334,7 +344,7 @@ async def sse_handler(request: web.Request) -> web.StreamResponse:
     resp.enable_chunked_encoding()
     await resp.prepare(request)
     assert request.transport is not None
-    session = Session(request, Conn(request.transport, sse=True))
+    session = Session(request, Conn(request.transport, sse=True), grant)
     closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def on_close(code: int, reason: str) -> None:

@@ -14,7 +14,9 @@ from wire.errors import ValidationError
 StreamKey = tuple[int, int]
 
 ZERO: StreamKey = (0, 0)
-_ID = re.compile(r"(\d{1,20})(?:-(\d{1,20}))?")
+# ASCII digits only: ``\d`` would also accept Arabic-Indic and other digits that
+# int() reads, so ``١٢٣-٠`` would alias ``123-0``.
+_ID = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?")
 _MAX = 2**64 - 1
 
 

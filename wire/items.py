@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import secrets
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,8 +28,9 @@ MAX_URL = 2_048
 MAX_TAGS = 20
 DEFAULT_URGENCY = 5
 
-FIELDS = ("title", "subtitle", "body", "tags", "mark", "url", "urgency", "guid")
-SERVER_FIELDS = ("id", "version", "published_at")
+FIELDS = ("title", "subtitle", "body", "tags", "mark", "url", "urgency", "guid", "embargo_until")
+SERVER_FIELDS = ("id", "version", "published_at", "pubstatus")
+MAX_EMBARGO_DAYS = 366
 _GUID = re.compile(r"[A-Za-z0-9._~:@+=-]{1,200}")
 
 
@@ -45,6 +46,27 @@ class Submission:
     mark: str | None = None
     url: str | None = None
     urgency: int = DEFAULT_URGENCY
+    #: When set, the item stays invisible until then (see Store.embargo).
+    embargo_until: datetime | None = None
+
+    def pending(self) -> dict[str, Any]:
+        """The JSON of an accepted embargoed item: no id or version until release."""
+        return {
+            "guid": self.guid,
+            "pubstatus": "withheld",
+            "embargo_until": iso(self.embargo_until) if self.embargo_until else None,
+            "urgency": self.urgency,
+            "mark": self.mark,
+            "title": self.title,
+            "subtitle": self.subtitle,
+            "tags": list(self.tags),
+            "url": self.url,
+            "body": self.body,
+        }
+
+    def released(self) -> Submission:
+        """The same item without its embargo, as published when it falls due."""
+        return replace(self, embargo_until=None)
 
 
 def new_guid() -> str:
@@ -54,11 +76,19 @@ def new_guid() -> str:
 
 def published_now() -> str:
     """Now, as the ISO 8601 UTC timestamp with milliseconds used in items."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso(datetime.now(UTC))
 
 
-def parse_submission(data: object) -> Submission:
-    """Validate an editor's JSON object; raise ValidationError naming the field."""
+def iso(moment: datetime) -> str:
+    """``moment`` as ISO 8601 UTC with milliseconds and a ``Z``."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_submission(data: object, *, now: datetime | None = None) -> Submission:
+    """Validate an editor's JSON object; raise ValidationError naming the field.
+
+    ``now`` is when the request arrived; an ``embargo_until`` must be after it.
+    """
     if not isinstance(data, dict):
         raise ValidationError("the request body must be a JSON object")
     for name in data:
@@ -75,6 +105,7 @@ def parse_submission(data: object) -> Submission:
         url=_url(data.get("url")),
         urgency=_urgency(data.get("urgency")),
         guid=_guid(data.get("guid")),
+        embargo_until=_embargo(data.get("embargo_until"), now or datetime.now(UTC)),
     )
 
 
@@ -95,6 +126,10 @@ def _text(
         return None
     if len(value) > limit:
         raise ValidationError(f"{name} is longer than {limit:,} characters", field=name)
+    if multiline:
+        # Editors on Windows send CRLF; store one line-ending convention
+        # rather than reject the text for its carriage returns.
+        value = value.replace("\r\n", "\n").replace("\r", "\n")
     allowed = "\n\t" if multiline else ""
     for ch in value:
         if ch not in allowed and unicodedata.category(ch) == "Cc":
@@ -140,6 +175,26 @@ def _urgency(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 9:
         raise ValidationError("urgency must be an integer from 1 (flash) to 9", field="urgency")
     return value
+
+
+def _embargo(value: object, now: datetime) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValidationError("embargo_until must be an ISO 8601 string", field="embargo_until")
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ValidationError(
+            "embargo_until must be ISO 8601, like 2024-06-01T12:00:00Z", field="embargo_until"
+        ) from None
+    if moment.tzinfo is None:
+        raise ValidationError("embargo_until needs a timezone (Z or +hh:mm)", field="embargo_until")
+    if moment <= now:
+        raise ValidationError("embargo_until must be in the future", field="embargo_until")
+    if (moment - now).days > MAX_EMBARGO_DAYS:
+        raise ValidationError("embargo_until is more than a year ahead", field="embargo_until")
+    return moment
 
 
 def _guid(value: object) -> str:

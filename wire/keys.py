@@ -35,3 +35,12 @@ def story_tags(guid: str) -> str:
 def story_ids(guid: str) -> str:
     """The stream ids of a story's versions, oldest first (a list)."""
     return PREFIX + "story:" + guid + ":ids"
+
+
+#: Pending embargoed items: a sorted set of guids scored by release time (ms).
+EMBARGOES = PREFIX + "embargo:due"
+
+
+def embargo(guid: str) -> str:
+    """The pending (embargoed) item of a story, as JSON."""
+    return PREFIX + "embargo:item:" + guid

@@ -39,6 +39,10 @@ class Settings:
     recent_items: int = 10_000
     read_batch: int = 1_000
     log_level: str = "INFO"
+    #: TOML file of subscriber tokens limited to tags (see wire.entitlements).
+    entitlements: Path | None = None
+    #: How often each publisher looks for due embargoes (seconds).
+    embargo_poll: float = 0.1
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -63,6 +67,7 @@ class Settings:
             "max_tags": int(e.get("WIRE_MAX_TAGS", base.max_tags)),
             "subscribe_rate": int(e.get("WIRE_SUBSCRIBE_RATE", base.subscribe_rate)),
             "log_level": e.get("WIRE_LOG_LEVEL", base.log_level).upper(),
+            "entitlements": Path(e["WIRE_ENTITLEMENTS"]) if e.get("WIRE_ENTITLEMENTS") else None,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

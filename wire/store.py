@@ -19,43 +19,13 @@ import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.sentinel import Sentinel
 
-from wire import keys
+from wire import keys, scripts
 from wire.entry import Entry, with_id
-from wire.errors import IdempotencyKeyReused
+from wire.errors import IdempotencyKeyReused, NotFound, ServiceUnavailable, StoryWithdrawn
 from wire.ids import StreamKey, format_id
 from wire.items import Submission, published_now
 from wire.settings import Settings
 from wire.tags import match_keys
-
-# KEYS: stream, story, story tags, story ids, idempotency key (or "" when none)
-# ARGV: head, tail, explicit mark JSON, tags, urgency, guid, maxlen, minid,
-#       body hash, idempotency ttl, story ttl, tag 1..n
-_PUBLISH = """
-if KEYS[5] ~= '' then
-  local prev = redis.call('GET', KEYS[5])
-  if prev then
-    local sep = string.find(prev, '\\n', 1, true)
-    if string.sub(prev, 1, sep - 1) ~= ARGV[9] then return {'reused'} end
-    local rest = string.sub(prev, sep + 1)
-    local sep2 = string.find(rest, '\\n', 1, true)
-    return {'existing', string.sub(rest, 1, sep2 - 1), string.sub(rest, sep2 + 1)}
-  end
-end
-local v = redis.call('HINCRBY', KEYS[2], 'version', 1)
-local mark = ARGV[3]
-if mark == 'null' and v > 1 then mark = '"Updated"' end
-local json = ARGV[1] .. v .. ',"mark":' .. mark .. ARGV[2]
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[7], '*',
-                      'j', json, 't', ARGV[4], 'u', ARGV[5], 'g', ARGV[6])
-redis.call('XTRIM', KEYS[1], 'MINID', '~', ARGV[8])
-for i = 12, #ARGV do redis.call('SADD', KEYS[3], ARGV[i]) end
-redis.call('RPUSH', KEYS[4], id)
-for i = 2, 4 do redis.call('EXPIRE', KEYS[i], ARGV[11]) end
-if KEYS[5] ~= '' then
-  redis.call('SET', KEYS[5], ARGV[9] .. '\\n' .. id .. '\\n' .. json, 'EX', ARGV[10])
-end
-return {'new', id, json}
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,16 +77,25 @@ class Store:
     def __init__(self, redis: aioredis.Redis, settings: Settings) -> None:
         self.redis = redis
         self.settings = settings
-        self._publish = redis.register_script(_PUBLISH)
+        self._publish = redis.register_script(scripts.PUBLISH)
+        self._withdraw = redis.register_script(scripts.WITHDRAW)
+        self._embargo = redis.register_script(scripts.EMBARGO)
+        self._cancel = redis.register_script(scripts.CANCEL_EMBARGO)
 
     async def publish(
-        self, sub: Submission, *, idempotency_key: str | None = None, digest: str = ""
+        self,
+        sub: Submission,
+        *,
+        idempotency_key: str | None = None,
+        digest: str = "",
+        release: bool = False,
     ) -> Published:
-        """Append a new version of ``sub``'s story; idempotent per key and body."""
+        """Append a new version of ``sub``'s story; idempotent per key and body.
+
+        With ``release`` the item is a due embargo: it is published only if this
+        call is the one that removes it from the schedule (exactly once).
+        """
         head, tail = _split_json(sub)
-        now_ms = int(time.time() * 1000)
-        minid = max(0, now_ms - int(self.settings.retention_days * 86_400_000))
-        story_ttl = int(self.settings.retention_days * 86_400) + 86_400
         result = await self._publish(
             keys=[
                 keys.STREAM,
@@ -124,6 +103,8 @@ class Store:
                 keys.story_tags(sub.guid),
                 keys.story_ids(sub.guid),
                 keys.idempotency(idempotency_key) if idempotency_key else "",
+                keys.EMBARGOES if release else "",
+                keys.embargo(sub.guid) if release else "",
             ],
             args=[
                 head,
@@ -132,25 +113,106 @@ class Store:
                 " ".join(sub.tags),
                 sub.urgency,
                 sub.guid,
-                self.settings.max_items,
-                minid,
-                digest,
-                self.settings.idempotency_ttl,
-                story_ttl,
+                *self._retention(digest),
                 *sub.tags,
             ],
         )
+        return await self._published(result)
+
+    def _retention(self, digest: str = "") -> list[int | str]:
+        """ARGV 7-11 of the publish script: maxlen, minid, digest, idem ttl, story ttl."""
+        now_ms = int(time.time() * 1000)
+        minid = max(0, now_ms - int(self.settings.retention_days * 86_400_000))
+        story_ttl = int(self.settings.retention_days * 86_400) + 86_400
+        return [self.settings.max_items, minid, digest, self.settings.idempotency_ttl, story_ttl]
+
+    async def _published(self, result: list[bytes]) -> Published:
         status = result[0].decode()
         if status == "reused":
             raise IdempotencyKeyReused(
                 "this Idempotency-Key was already used with a different body"
             )
+        if status == "withdrawn":
+            raise StoryWithdrawn("this story was withdrawn; publish it under a new guid")
+        if status in ("gone", "unknown"):
+            raise NotFound("no such story or pending item")
         entry_id = result[1].decode()
-        if self.settings.replica_acks > 0:
-            await self.redis.execute_command(  # type: ignore[no-untyped-call]
-                "WAIT", self.settings.replica_acks, 1000
+        if status == "new" and self.settings.replica_acks > 0:
+            # Answer 201 only once a replica has the entry, so a failover to
+            # that replica cannot lose an acknowledged item.
+            acked = await self.redis.execute_command(  # type: ignore[no-untyped-call]
+                "WAIT", self.settings.replica_acks, 2000
             )
+            if int(acked) < self.settings.replica_acks:
+                raise ServiceUnavailable("no replica acknowledged the write in time; retry")
         return Published(entry_id, with_id(entry_id, result[2]), status == "new")
+
+    async def withdraw(self, guid: str, reason: str) -> Published:
+        """Append the withdrawal of a story (idempotent: a repeat returns the first)."""
+        argv = self._retention()
+        result = await self._withdraw(
+            keys=[keys.STREAM, keys.story(guid), keys.story_tags(guid), keys.story_ids(guid)],
+            args=[guid, orjson.dumps(reason), published_now(), argv[0], argv[1], argv[4]],
+        )
+        return await self._published(result)
+
+    async def story(self, guid: str) -> list[Entry]:
+        """Every kept version of a story (withdrawn content redacted), oldest first."""
+        ids = await self.redis.lrange(keys.story_ids(guid), 0, -1)
+        if not ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for eid in ids:
+                pipe.xrange(keys.STREAM, eid, eid, count=1)
+            rows = await pipe.execute()
+        entries = [_entries(r)[0] for r in rows if r]
+        if any(e.withdrawal for e in entries):
+            entries = [e if e.withdrawal else _stub(e) for e in entries]
+        return entries
+
+    async def redact(self, entries: list[Entry]) -> list[Entry]:
+        """Drop versions of withdrawn stories (their withdrawals stay)."""
+        guids = list({e.guid for e in entries if not e.withdrawal})
+        if not guids:
+            return entries
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for guid in guids:
+                pipe.hexists(keys.story(guid), "withdrawn")
+            flags = await pipe.execute()
+        gone = {g for g, flag in zip(guids, flags, strict=True) if flag}
+        if not gone:
+            return entries
+        return [e for e in entries if e.withdrawal or e.guid not in gone]
+
+    async def embargo(self, sub: Submission, pending: bytes) -> None:
+        """Schedule ``sub`` for release at its embargo time (replacing a pending one)."""
+        assert sub.embargo_until is not None
+        due = int(sub.embargo_until.timestamp() * 1000)
+        await self._embargo(
+            keys=[keys.EMBARGOES, keys.embargo(sub.guid)], args=[sub.guid, due, pending]
+        )
+
+    async def embargoes(self) -> list[bytes]:
+        """Pending embargoed items (JSON), soonest first."""
+        guids: Any = await self.redis.zrange(keys.EMBARGOES, 0, -1)
+        if not guids:
+            return []
+        found: Any = await self.redis.mget([keys.embargo(g.decode()) for g in guids])
+        return [f for f in found if f is not None]
+
+    async def cancel_embargo(self, guid: str) -> bool:
+        """Cancel a pending embargoed item; False when there was none."""
+        return bool(await self._cancel(keys=[keys.EMBARGOES, keys.embargo(guid)], args=[guid]))
+
+    async def due_embargoes(self, now_ms: int, limit: int = 50) -> list[tuple[str, bytes]]:
+        """Embargoed items due by ``now_ms``: (guid, pending JSON)."""
+        guids: Any = await self.redis.zrangebyscore(
+            keys.EMBARGOES, "-inf", now_ms, start=0, num=limit
+        )
+        if not guids:
+            return []
+        found: Any = await self.redis.mget([keys.embargo(g.decode()) for g in guids])
+        return [(g.decode(), f) for g, f in zip(guids, found, strict=True) if f is not None]
 
     async def get(self, entry_id: str) -> Entry | None:
         """One entry by id, or None when unknown (or trimmed)."""
@@ -212,7 +274,7 @@ class Store:
         cursor = after
         while len(found) < limit:
             page = await self.range_after(cursor, upto, count=1000)
-            found.extend(e for e in page if not match_keys(e.tags).isdisjoint(wanted))
+            found.extend(await self.redact(_matching(page, wanted)))
             if len(page) < 1000:
                 break
             cursor = page[-1].key
@@ -227,7 +289,7 @@ class Store:
         cursor = before
         while len(found) < limit:
             page = await self.range_before(cursor, count=1000)
-            found.extend(e for e in page if not match_keys(e.tags).isdisjoint(wanted))
+            found.extend(await self.redact(_matching(page, wanted)))
             if len(page) < 1000:
                 break
             cursor = page[-1].key
@@ -236,6 +298,18 @@ class Store:
     async def ping(self) -> bool:
         """True when Redis answers."""
         return bool(await self.redis.ping())
+
+
+def _matching(entries: list[Entry], wanted: frozenset[str]) -> list[Entry]:
+    return [e for e in entries if not match_keys(e.tags).isdisjoint(wanted)]
+
+
+def _stub(entry: Entry) -> Entry:
+    """A withdrawn version with its content removed: who, when, which version."""
+    item = orjson.loads(entry.json)
+    kept = {k: item[k] for k in ("id", "guid", "version", "published_at", "tags")}
+    kept["pubstatus"] = "canceled"
+    return Entry(entry.id, entry.tags, entry.urgency, entry.guid, orjson.dumps(kept))
 
 
 def _entries(rows: Any) -> list[Entry]:
@@ -250,6 +324,7 @@ def _split_json(sub: Submission) -> tuple[bytes, bytes]:
     head = b'{"guid":' + orjson.dumps(sub.guid) + b',"version":'
     rest = orjson.dumps(
         {
+            "pubstatus": "usable",
             "published_at": published_now(),
             "urgency": sub.urgency,
             "title": sub.title,

@@ -1,0 +1,51 @@
+"""Stories: every version of one guid, and their withdrawal (a kill)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from publisher.app import read_json, require_reader
+from wire.appkeys import SETTINGS, STORE
+from wire.auth import bearer, require
+from wire.errors import Forbidden, NotFound, ValidationError
+from wire.http import raw_json
+
+MAX_REASON = 1_000
+
+
+def setup_stories(app: web.Application) -> None:
+    """Add the story routes."""
+    app.router.add_get("/v1/stories/{guid}", get_story)
+    app.router.add_post("/v1/stories/{guid}/withdraw", withdraw_story)
+
+
+async def get_story(request: web.Request) -> web.Response:
+    """``{"story": {"guid", "current", "versions": [oldest first]}}``."""
+    grant = require_reader(request)
+    guid = request.match_info["guid"]
+    versions = await request.app[STORE].story(guid)
+    if not versions:
+        raise NotFound(f"no story with guid {guid[:200]!r}")
+    if not grant.sees({t for v in versions for t in v.tags}):
+        raise Forbidden("this token may not read this story")
+    body = (
+        b'{"story":{"guid":"'
+        + guid.encode()
+        + b'","current":'
+        + versions[-1].json
+        + b',"versions":['
+        + b",".join(v.json for v in versions)
+        + b"]}}"
+    )
+    return raw_json(body)
+
+
+async def withdraw_story(request: web.Request) -> web.Response:
+    """Kill a story: 200 and the withdrawal, delivered to everyone who matched it."""
+    require(bearer(request.headers), request.app[SETTINGS].editor_tokens, what="editor")
+    data = await read_json(request)
+    reason = data.get("reason") if isinstance(data, dict) else None
+    if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON:
+        raise ValidationError(f"reason must be 1-{MAX_REASON} characters", field="reason")
+    published = await request.app[STORE].withdraw(request.match_info["guid"], reason.strip())
+    return raw_json(b'{"item":' + published.json + b"}")
