@@ -20,8 +20,8 @@ from tests.support import EDITOR_TOKEN, WireProcess, free_port, get_json, item, 
 AUTH = {"Authorization": f"Bearer {EDITOR_TOKEN}"}
 
 
-async def recv(ws: Any, timeout: float = 5.0) -> dict[str, Any]:
-    return orjson.loads(await asyncio.wait_for(ws.recv(), timeout))  # type: ignore[no-any-return]
+async def recv(ws: Any, wait: float = 5.0) -> dict[str, Any]:
+    return orjson.loads(await asyncio.wait_for(ws.recv(), wait))  # type: ignore[no-any-return]
 
 
 async def items_until(ws: Any, count: int) -> list[dict[str, Any]]:
@@ -33,10 +33,12 @@ async def items_until(ws: Any, count: int) -> list[dict[str, Any]]:
     return got
 
 
-async def withdraw(http: aiohttp.ClientSession, base: str, guid: str, reason: str
-                   ) -> tuple[int, Any]:
-    async with http.post(f"{base}/v1/stories/{guid}/withdraw", json={"reason": reason},
-                         headers=AUTH) as resp:
+async def withdraw(
+    http: aiohttp.ClientSession, base: str, guid: str, reason: str
+) -> tuple[int, Any]:
+    async with http.post(
+        f"{base}/v1/stories/{guid}/withdraw", json={"reason": reason}, headers=AUTH
+    ) as resp:
         return resp.status, await resp.json()
 
 
@@ -93,7 +95,7 @@ async def test_withdrawal_reaches_live_and_resuming_subscribers(server: Server, 
     assert status == 200 and again["item"] == kill
     status, refused = await post(http, server.base, item("Back", guid="kill-me"))
     assert status == 409 and refused["error"]["code"] == "story_withdrawn"
-    status, missing = await withdraw(http, server.base, "never-was", "x")
+    status, _ = await withdraw(http, server.base, "never-was", "x")
     assert status == 404
 
 
@@ -105,8 +107,11 @@ async def test_compact_catch_up_sends_latest_version_per_story(server: Server, h
     _, a4 = await post(http, server.base, item("A v4", ["world"], guid="a"))
     since = start["item"]["id"]
     async with websockets.connect(server.ws) as ws:
-        await ws.send(orjson.dumps({"type": "subscribe", "tags": ["world"], "since": since,
-                                    "compact": True}).decode())
+        await ws.send(
+            orjson.dumps(
+                {"type": "subscribe", "tags": ["world"], "since": since, "compact": True}
+            ).decode()
+        )
         assert (await recv(ws))["type"] == "subscribed"
         got = await items_until(ws, 2)
         assert [g["id"] for g in got] == [b["item"]["id"], a4["item"]["id"]]
@@ -121,8 +126,11 @@ def _soon(seconds: float) -> str:
 async def test_embargo_is_invisible_until_released_once(server: Server, http):
     async with websockets.connect(server.ws + "?tags=markets") as ws:
         assert (await recv(ws))["type"] == "subscribed"
-        status, body = await post(http, server.base,
-                                  item("Rates cut", ["markets"], guid="rates", embargo_until=_soon(1.0)))
+        status, body = await post(
+            http,
+            server.base,
+            item("Rates cut", ["markets"], guid="rates", embargo_until=_soon(1.0)),
+        )
         assert status == 202
         assert "id" not in body["item"] and body["item"]["pubstatus"] == "withheld"
         _, listing = await get_json(http, f"{server.base}/v1/items?tags=markets")
@@ -138,8 +146,9 @@ async def test_embargo_is_invisible_until_released_once(server: Server, http):
 
 
 async def test_cancelled_embargo_never_appears(server: Server, http):
-    status, _ = await post(http, server.base, item("Never", ["markets"], guid="never",
-                                                   embargo_until=_soon(0.6)))
+    status, _ = await post(
+        http, server.base, item("Never", ["markets"], guid="never", embargo_until=_soon(0.6))
+    )
     assert status == 202
     async with http.delete(f"{server.base}/v1/embargoes/never", headers=AUTH) as resp:
         assert resp.status == 200
@@ -161,8 +170,12 @@ async def test_cancelled_embargo_never_appears(server: Server, http):
 
 
 async def test_bad_embargo_times_are_rejected(server: Server, http):
-    for value, hint in [("2001-01-01T00:00:00Z", "future"), ("tomorrow", "ISO"),
-                        ("2099-01-01T00:00:00", "timezone"), (5, "string")]:
+    for value, hint in [
+        ("2001-01-01T00:00:00Z", "future"),
+        ("tomorrow", "ISO"),
+        ("2099-01-01T00:00:00", "timezone"),
+        (5, "string"),
+    ]:
         status, body = await post(http, server.base, item(embargo_until=value))
         assert status == 400, value
         assert body["error"]["field"] == "embargo_until" and hint in body["error"]["message"]
@@ -176,8 +189,11 @@ async def test_embargo_released_exactly_once_across_kill_9(redis_url: str, http)
         await asyncio.gather(*(p.ready() for p in pubs))
         due = 1.5
         for n in range(5):
-            status, _ = await post(http, pubs[0].base, item(f"E{n}", ["markets"], guid=f"e{n}",
-                                                            embargo_until=_soon(due)))
+            status, _ = await post(
+                http,
+                pubs[0].base,
+                item(f"E{n}", ["markets"], guid=f"e{n}", embargo_until=_soon(due)),
+            )
             assert status == 202
         await asyncio.sleep(due)  # fault injection at the due moment, not a timing check
         pubs[0].kill()
@@ -214,13 +230,15 @@ async def test_partner_token_never_sees_a_forbidden_item(
             await ws.send(orjson.dumps({"type": "subscribe", "tags": tags}).decode())
             err = await recv(ws)
             assert err["type"] == "error" and err["code"] == "forbidden"
-        await ws.send(orjson.dumps({"type": "subscribe", "tags": ["sport"], "backfill": 10}
-                                   ).decode())
+        await ws.send(
+            orjson.dumps({"type": "subscribe", "tags": ["sport"], "backfill": 10}).decode()
+        )
         assert (await recv(ws)) == {"type": "subscribed", "tags": ["sport"]}
         assert [i["id"] for i in await items_until(ws, 1)] == [match["item"]["id"]]
     with pytest.raises(websockets.InvalidStatus) as refused:
-        async with websockets.connect(server.ws + "?tags=politics&since=0",
-                                      additional_headers=partner):
+        async with websockets.connect(
+            server.ws + "?tags=politics&since=0", additional_headers=partner
+        ):
             pass
     assert refused.value.response.status_code == 403
     # SSE and HTTP history, item and story reads.
@@ -228,13 +246,15 @@ async def test_partner_token_never_sees_a_forbidden_item(
         assert resp.status == 403
     status, body = await get_json(http, f"{server.base}/v1/items", headers=partner)
     assert status == 200 and [i["id"] for i in body["items"]] == [match["item"]["id"]]
-    for url in (f"/v1/items?tags=politics", f"/v1/items/{secret['item']['id']}",
-                "/v1/stories/pol"):
+    for url in ("/v1/items?tags=politics", f"/v1/items/{secret['item']['id']}", "/v1/stories/pol"):
         status, body = await get_json(http, server.base + url, headers=partner)
         assert status == 403 and body["error"]["code"] == "forbidden", url
     # Unlimited staff tokens see everything; no token is refused.
-    status, body = await get_json(http, f"{server.base}/v1/items/{secret['item']['id']}",
-                                  headers={"Authorization": "Bearer staff"})
+    status, body = await get_json(
+        http,
+        f"{server.base}/v1/items/{secret['item']['id']}",
+        headers={"Authorization": "Bearer staff"},
+    )
     assert status == 200
     status, _ = await get_json(http, f"{server.base}/v1/items")
     assert status == 401

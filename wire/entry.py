@@ -59,6 +59,11 @@ class Entry:
         return self._ws
 
     @property
+    def ahead_frame(self) -> bytes:
+        """The frame of an urgent item sent ahead of earlier ones still queued."""
+        return frames.ws_frame(b'{"type":"item","ahead":true,"item":' + self.json + b"}")
+
+    @property
     def sse_chunk(self) -> bytes:
         """The SSE event for this item, already framed as an HTTP chunk."""
         if self._sse is None:

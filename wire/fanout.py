@@ -24,6 +24,11 @@ from wire.resume import Window, fresh
 from wire.tags import match_keys
 
 SLOW_CONSUMER = 4008
+#: Past this much unsent data a connection is behind: the hub queues its items
+#: itself (where urgent ones can overtake) instead of handing them to asyncio.
+HOLD_AT = 64 * 1024
+RELEASE_AT = 16 * 1024
+FLUSH_EVERY = 0.005
 _key = operator.attrgetter("key")
 ABORT_AFTER = 5.0  # seconds a closing slow consumer gets to read its close frame
 
@@ -42,9 +47,12 @@ class Conn:
     """A subscribed connection as the hub sees it."""
 
     __slots__ = (
+        "ahead",
         "buffer",
         "buffered_bytes",
         "closed",
+        "held",
+        "held_bytes",
         "keys",
         "last_key",
         "on_close",
@@ -63,6 +71,11 @@ class Conn:
         self.buffer: list[Entry] | None = None
         self.buffered_bytes = 0
         self.out: list[Entry] = []
+        #: Entries queued by the hub while the socket is behind, else None.
+        self.held: list[Entry] | None = None
+        self.held_bytes = 0
+        #: Urgent entries already sent ahead of ``held`` (skipped when it is written).
+        self.ahead: set[StreamKey] = set()
         self.closed = False
         self.on_close: Callable[[int, str], None] | None = None
 
@@ -87,6 +100,8 @@ class Hub:
         self.recent_base: StreamKey | None = None
         self.recent_size = recent
         self.deliveries = 0
+        self.behind: set[Conn] = set()
+        self._flusher: asyncio.Task[None] | None = None
         self.slow_closes = 0
 
     def start(self, position: StreamKey) -> None:
@@ -149,16 +164,67 @@ class Hub:
         self._remember(entries)
 
     def write(self, conn: Conn, entries: Sequence[Entry]) -> None:
-        """Write entries newer than the connection's last one; enforce the cap."""
-        if conn.closed:
+        """Write entries newer than the connection's last one; enforce the cap.
+
+        A connection whose socket is behind gets its entries queued instead
+        (see :meth:`_hold`), so that urgent ones can still go ahead.
+        """
+        if conn.closed or not entries:
             return
-        if entries and entries[0].key <= conn.last_key:
+        if conn.held is not None:
+            self._hold(conn, entries)
+            return
+        if entries[0].key <= conn.last_key:
             entries = fresh(entries, conn.last_key)
             if not entries:
                 return
-        conn.last_key = entries[-1].key
+        last = entries[-1].key
+        if conn.ahead:
+            entries = [e for e in entries if e.key not in conn.ahead]
+            conn.ahead = {k for k in conn.ahead if k > last}
+        conn.last_key = last
+        if not entries:
+            return
         self.deliveries += len(entries)
         self.send(conn, conn.encode(entries))
+        if not conn.closed and conn.transport.get_write_buffer_size() > HOLD_AT:
+            self._fall_behind(conn)
+
+    def _fall_behind(self, conn: Conn) -> None:
+        conn.held, conn.held_bytes = [], 0
+        self.behind.add(conn)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_behind())
+
+    def _hold(self, conn: Conn, entries: Sequence[Entry]) -> None:
+        """Queue entries for a connection that is behind; urgent ones go ahead now.
+
+        An urgent item (urgency 1-2) is written at once, marked ``ahead``, when
+        lower-urgency items are already queued; its place in the queue is kept
+        so the connection's order and resume cursor stay those of the stream.
+        """
+        held = conn.held
+        assert held is not None
+        if held and not conn.sse:
+            urgent = [e for e in entries if e.urgency <= 2 and e.key > conn.last_key]
+            if urgent:
+                conn.ahead.update(e.key for e in urgent)
+                self.deliveries += len(urgent)
+                self.send(conn, b"".join([e.ahead_frame for e in urgent]))
+        held.extend(entries)
+        conn.held_bytes += sum(len(e.json) for e in entries)
+        if conn.held_bytes + conn.transport.get_write_buffer_size() > self.max_buffer:
+            self.close(conn, SLOW_CONSUMER, "slow consumer")
+
+    async def _flush_behind(self) -> None:
+        """Write queued entries as each lagging socket drains (runs only while needed)."""
+        while self.behind:
+            await asyncio.sleep(FLUSH_EVERY)
+            for conn in list(self.behind):
+                if conn.closed or conn.transport.get_write_buffer_size() <= RELEASE_AT:
+                    self.behind.discard(conn)
+                    held, conn.held = conn.held or [], None
+                    self.write(conn, held)
 
     def send(self, conn: Conn, data: bytes) -> None:
         """Write raw bytes (a control message or items); close if over the cap."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
 import time
 from collections.abc import AsyncIterator
 
@@ -161,6 +162,7 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
     )
     await ws.prepare(request)
     assert request.transport is not None
+    _limit_send_buffer(request, settings.send_buffer)
     session = Session(request, Conn(request.transport), grant)
     try:
         if initial is not None:
@@ -326,6 +328,18 @@ async def _drain(request: web.Request) -> None:
         await protocol._drain_helper()
 
 
+def _limit_send_buffer(request: web.Request, size: int) -> None:
+    """Cap the kernel's send buffer for a subscriber socket.
+
+    Linux autotunes it up to several MiB, where data can neither be
+    reprioritized (urgent items) nor counted against the slow-consumer cap;
+    a modest fixed size keeps the backlog in the hub, where both happen.
+    """
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if size > 0 and sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+
+
 async def sse_handler(request: web.Request) -> web.StreamResponse:
     """``GET /v1/sse?tags=a,b``: Server-Sent Events with Last-Event-ID resume."""
     try:
@@ -344,6 +358,7 @@ async def sse_handler(request: web.Request) -> web.StreamResponse:
     resp.enable_chunked_encoding()
     await resp.prepare(request)
     assert request.transport is not None
+    _limit_send_buffer(request, request.app[SETTINGS].send_buffer)
     session = Session(request, Conn(request.transport, sse=True), grant)
     closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 

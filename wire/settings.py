@@ -32,6 +32,8 @@ class Settings:
     replica_acks: int = 0
     ping_interval: float = 20.0
     max_buffer: int = 1024 * 1024
+    #: Kernel send buffer per subscriber socket (0: the kernel's autotuning).
+    send_buffer: int = 128 * 1024
     max_connections: int = 20_000
     max_tags: int = 100
     subscribe_rate: int = 20
@@ -63,6 +65,7 @@ class Settings:
             "replica_acks": int(e.get("WIRE_REPLICA_ACKS", base.replica_acks)),
             "ping_interval": float(e.get("WIRE_PING_INTERVAL", base.ping_interval)),
             "max_buffer": int(e.get("WIRE_MAX_BUFFER", base.max_buffer)),
+            "send_buffer": int(e.get("WIRE_SEND_BUFFER", base.send_buffer)),
             "max_connections": int(e.get("WIRE_MAX_CONNECTIONS", base.max_connections)),
             "max_tags": int(e.get("WIRE_MAX_TAGS", base.max_tags)),
             "subscribe_rate": int(e.get("WIRE_SUBSCRIBE_RATE", base.subscribe_rate)),
