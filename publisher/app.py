@@ -13,6 +13,7 @@ import orjson
 from aiohttp import web
 
 from publisher.embargo import accept_embargoed
+from wire import ninjs
 from wire.appkeys import ENTITLEMENTS, SETTINGS, STORE
 from wire.auth import bearer, require
 from wire.entitlements import Grant, reader_grant
@@ -28,6 +29,7 @@ from wire.errors import (
 from wire.http import raw_json
 from wire.ids import parse_id
 from wire.items import parse_submission
+from wire.metrics import METRICS
 from wire.store import body_hash
 from wire.tags import WILDCARD, normalize_tags
 
@@ -79,13 +81,18 @@ async def post_item(request: web.Request) -> web.Response:
     """Validate and publish one item: 201 when new, 200 for an idempotent repeat."""
     require(bearer(request.headers), request.app[SETTINGS].editor_tokens, what="editor")
     key = idempotency_key(request)
-    data = await read_json(request)
-    submission = parse_submission(data)
+    data = await read_json(request, (*JSON_TYPES, ninjs.MEDIA_TYPE))
+    if request.content_type == ninjs.MEDIA_TYPE:
+        submission = ninjs.parse_ninjs(data)
+    else:
+        submission = parse_submission(data)
     if submission.embargo_until is not None:
         return await accept_embargoed(request, submission)
     published = await request.app[STORE].publish(
         submission, idempotency_key=key, digest=body_hash(data) if key else ""
     )
+    if published.created:
+        request.app[METRICS].published.labels("item").inc()
     return raw_json(b'{"item":' + published.json + b"}", 201 if published.created else 200)
 
 
@@ -132,8 +139,9 @@ async def list_items(request: web.Request) -> web.Response:
 
 
 async def get_item(request: web.Request) -> web.Response:
-    """One item by stream id."""
+    """One item by stream id (``?format=ninjs``: as an IPTC ninjs document)."""
     grant = require_reader(request)
+    as_ninjs = ninjs.wants_ninjs(request.query)
     raw = request.match_info["id"]
     key = parse_id(raw)
     store = request.app[STORE]
@@ -144,4 +152,14 @@ async def get_item(request: web.Request) -> web.Response:
         raise Forbidden("this token may not read this item")
     if not await store.redact([entry]):
         raise Gone(f"item {raw} belongs to a withdrawn story; see /v1/stories/{entry.guid}")
+    if as_ninjs:
+        item = orjson.loads(entry.json)
+        story = [] if item.get("version") == 1 else await store.story(entry.guid)
+        first = ninjs.first_created([item, *(orjson.loads(v.json) for v in story)])
+        return ninjs_response(ninjs.to_ninjs(item, first))
     return raw_json(b'{"item":' + entry.json + b"}")
+
+
+def ninjs_response(doc: object) -> web.Response:
+    """A ninjs document, as ``application/vnd.iptc.ninjs+json``."""
+    return web.Response(body=orjson.dumps(doc), content_type=ninjs.MEDIA_TYPE)

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,6 +117,7 @@ class WireProcess:
     env: dict[str, str]
     port: int
     proc: subprocess.Popen[bytes] | None = None
+    log: Any = None
 
     @property
     def base(self) -> str:
@@ -127,14 +129,23 @@ class WireProcess:
 
     def start(self) -> WireProcess:
         env = {**os.environ, **self.env, "WIRE_PORT": str(self.port)}
+        # Logs go to a file, not a pipe: a chatty child must never block on a
+        # full pipe that nobody reads.
+        self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 (lives as long as the child)
+            prefix="wire-", suffix=".log", delete=False
+        )
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "wire", *self.args],
             env=env,
             cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         return self
+
+    def output(self) -> str:
+        """What the process has logged so far."""
+        return Path(self.log.name).read_text(errors="replace")
 
     async def ready(self, wait: float = 20.0) -> None:
         deadline = time.monotonic() + wait
@@ -142,8 +153,7 @@ class WireProcess:
             while time.monotonic() < deadline:
                 assert self.proc is not None
                 if self.proc.poll() is not None:
-                    err = self.proc.stderr.read().decode() if self.proc.stderr else ""
-                    raise RuntimeError(f"wire {self.args} exited: {err[-2000:]}")
+                    raise RuntimeError(f"wire {self.args} exited: {self.output()[-2000:]}")
                 try:
                     async with http.get(self.base + "/readyz") as resp:
                         if resp.status == 200:
@@ -157,12 +167,19 @@ class WireProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait()
+        self._close_pipes()
+
+    def _close_pipes(self) -> None:
+        if self.log is not None:
+            self.log.close()
 
     def terminate(self) -> int:
         assert self.proc is not None
         if self.proc.poll() is None:
             self.proc.terminate()
-        return self.proc.wait(timeout=20)
+        code = self.proc.wait(timeout=20)
+        self._close_pipes()
+        return code
 
 
 def item(title: str = "Headline", tags: list[str] | None = None, **extra: Any) -> dict[str, Any]:

@@ -15,7 +15,8 @@ from publisher import MAX_BODY, setup_publisher
 from wire.appkeys import ENTITLEMENTS, REDIS, SETTINGS, STORE
 from wire.entitlements import Entitlements, load
 from wire.gateway import READER, setup_gateway
-from wire.http import REDIS_DOWN, error_middleware, json_response
+from wire.http import REDIS_DOWN, error_middleware, json_response, request_log
+from wire.metrics import setup_metrics
 from wire.pages import setup_pages
 from wire.settings import Settings
 from wire.store import Store, connect
@@ -30,7 +31,7 @@ def create_app(
     """Build the app: the publisher API, the gateway, or both on one port."""
     if settings.redis_url is None:
         raise ValueError("settings.redis_url must be set (the CLI starts Redis when it is not)")
-    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[request_log, error_middleware], client_max_size=MAX_BODY)
     app[SETTINGS] = settings
     app[ENTITLEMENTS] = load(settings.entitlements) if settings.entitlements else Entitlements()
     app.cleanup_ctx.append(_redis_ctx)
@@ -41,6 +42,7 @@ def create_app(
     if gateway:
         setup_gateway(app)
         setup_pages(app)
+    setup_metrics(app)
     return app
 
 
@@ -83,7 +85,7 @@ async def serve(
     ready: asyncio.Event | None = None,
 ) -> None:
     """Run ``app`` until SIGINT/SIGTERM, then shut down gracefully."""
-    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=5.0)
+    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=5.0, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port, backlog=4096)
     await site.start()

@@ -13,7 +13,7 @@ import logging
 import random
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import orjson
 from aiohttp import WSMsgType, web
@@ -59,6 +59,8 @@ class Reader:
         self.settings = settings
         self.ready = False
         self.errors = 0
+        #: Called with each dispatched batch (metrics set it); a no-op by default.
+        self.observe: Callable[[Sequence[Entry]], None] = lambda entries: None
 
     async def run(self) -> None:
         """Read forever; on Redis trouble retry with backoff from where it stopped."""
@@ -75,6 +77,7 @@ class Reader:
                 self.ready, delay = True, 0.05
                 if entries:
                     self.hub.dispatch(entries)
+                    self.observe(entries)
             except REDIS_DOWN as err:
                 self.ready = False
                 self.errors += 1

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import re
+import time
+import uuid
 from collections.abc import Awaitable, Callable
 
 import orjson
@@ -16,6 +19,37 @@ log = logging.getLogger("wire.http")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError)
+
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+access = logging.getLogger("wire.access")
+
+
+@web.middleware
+async def request_log(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """One JSON log line per request, with a request id echoed as X-Request-Id.
+
+    Only the method, route pattern and status are logged: never the query
+    string (it may carry ``?token=``), headers or bodies.
+    """
+    given = request.headers.get("X-Request-Id", "")
+    rid = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex[:16]
+    started = time.perf_counter()
+    response = await handler(request)
+    if not response.prepared:
+        response.headers["X-Request-Id"] = rid
+    resource = request.match_info.route.resource
+    access.info(
+        "request",
+        extra={
+            "request_id": rid,
+            "method": request.method,
+            "route": resource.canonical if resource is not None else "unmatched",
+            "status": response.status,
+            "ms": round((time.perf_counter() - started) * 1000, 2),
+        },
+    )
+    return response
 
 
 def json_response(data: object, status: int = 200) -> web.Response:
