@@ -8,6 +8,7 @@ import contextlib
 import logging
 import secrets
 import sys
+from pathlib import Path
 from collections.abc import Callable, Iterator, Sequence
 
 from wire.app import create_app, serve
@@ -28,6 +29,17 @@ def _server_flags(p: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="Redis URL (WIRE_REDIS_URL); default: start an embedded redis-server",
     )
+    p.add_argument(
+        "--entitlements",
+        metavar="PATH",
+        type=Path,
+        help="TOML file of subscriber tokens limited to tags (WIRE_ENTITLEMENTS)",
+    )
+    p.add_argument(
+        "--appendfsync",
+        choices=["always", "everysec", "no"],
+        help="embedded Redis fsync policy (WIRE_APPENDFSYNC, default everysec)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,9 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     gw = sub.add_parser("gateway", help="the WebSocket/SSE gateway alone")
     _server_flags(gw)
     gw.add_argument("--workers", type=int, default=1, help="gateway processes sharing the port")
-    from wire import bench, client_cli
+    from wire import bench, client_cli, export
 
-    for module in (client_cli, bench):
+    for module in (client_cli, bench, export):
         module.add_commands(sub)
     return parser
 
@@ -62,7 +74,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve_command(args: argparse.Namespace) -> int:
-    settings = Settings.from_env(host=args.host, port=args.port, redis_url=args.redis)
+    settings = Settings.from_env(
+        host=args.host,
+        port=args.port,
+        redis_url=args.redis,
+        entitlements=args.entitlements,
+        appendfsync=args.appendfsync,
+    )
     setup_logging(settings.log_level)
     if args.command == "gateway" and args.workers > 1:
         from wire.workers import run_workers

@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 
-def _split(value: str | None) -> tuple[str, ...]:
-    return tuple(part.strip() for part in (value or "").split(",") if part.strip())
+def _convert(raw: str, kind: Any, name: str) -> Any:
+    """``raw`` as the field's type (int, float, str, Path, tuple of str, or optional)."""
+    if get_origin(kind) in (Union, UnionType):
+        kind = next(a for a in get_args(kind) if a is not type(None))
+    try:
+        if get_origin(kind) is tuple:
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
+        if kind in (int, float, Path):
+            return kind(raw)
+        return raw
+    except ValueError:
+        raise SystemExit(f"wire: {name}={raw!r} is not a valid {kind.__name__}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,31 +59,21 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Build settings from ``WIRE_*`` variables, then apply non-None overrides (flags)."""
+        """Build settings from ``WIRE_<FIELD>`` variables, then non-None overrides (flags).
+
+        Every field has a variable: ``max_buffer`` is ``WIRE_MAX_BUFFER``.
+        Lists are comma-separated. A bad value fails at start, naming the variable.
+        """
         e = os.environ if env is None else env
-        base = cls()
-        values: dict[str, Any] = {
-            "host": e.get("WIRE_HOST", base.host),
-            "port": int(e.get("WIRE_PORT", base.port)),
-            "redis_url": e.get("WIRE_REDIS_URL") or None,
-            "data_dir": Path(e.get("WIRE_DATA_DIR", str(base.data_dir))),
-            "appendfsync": e.get("WIRE_APPENDFSYNC", base.appendfsync),
-            "editor_tokens": _split(e.get("WIRE_EDITOR_TOKENS")),
-            "subscriber_tokens": _split(e.get("WIRE_SUBSCRIBER_TOKENS")),
-            "allowed_origins": _split(e.get("WIRE_ALLOWED_ORIGINS")),
-            "retention_days": float(e.get("WIRE_RETENTION_DAYS", base.retention_days)),
-            "max_items": int(e.get("WIRE_MAX_ITEMS", base.max_items)),
-            "replica_acks": int(e.get("WIRE_REPLICA_ACKS", base.replica_acks)),
-            "ping_interval": float(e.get("WIRE_PING_INTERVAL", base.ping_interval)),
-            "max_buffer": int(e.get("WIRE_MAX_BUFFER", base.max_buffer)),
-            "send_buffer": int(e.get("WIRE_SEND_BUFFER", base.send_buffer)),
-            "max_connections": int(e.get("WIRE_MAX_CONNECTIONS", base.max_connections)),
-            "max_tags": int(e.get("WIRE_MAX_TAGS", base.max_tags)),
-            "subscribe_rate": int(e.get("WIRE_SUBSCRIBE_RATE", base.subscribe_rate)),
-            "log_level": e.get("WIRE_LOG_LEVEL", base.log_level).upper(),
-            "entitlements": Path(e["WIRE_ENTITLEMENTS"]) if e.get("WIRE_ENTITLEMENTS") else None,
-        }
+        hints = get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = e.get("WIRE_" + f.name.upper())
+            if raw is not None and raw != "":
+                values[f.name] = _convert(raw, hints[f.name], "WIRE_" + f.name.upper())
         values.update({k: v for k, v in overrides.items() if v is not None})
+        if "log_level" in values:
+            values["log_level"] = str(values["log_level"]).upper()
         return cls(**values)
 
     def with_(self, **changes: Any) -> Settings:
