@@ -8,8 +8,8 @@ import contextlib
 import logging
 import secrets
 import sys
-from pathlib import Path
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 from wire.app import create_app, serve
 from wire.embedded import embedded_redis
