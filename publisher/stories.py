@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import orjson
 from aiohttp import web
 
-from publisher.app import read_json, require_reader
+from publisher.app import ninjs_response, read_json, require_reader
+from wire import ninjs
 from wire.appkeys import SETTINGS, STORE
 from wire.auth import bearer, require
 from wire.errors import Forbidden, NotFound, ValidationError
@@ -22,12 +24,15 @@ def setup_stories(app: web.Application) -> None:
 async def get_story(request: web.Request) -> web.Response:
     """``{"story": {"guid", "current", "versions": [oldest first]}}``."""
     grant = require_reader(request)
+    as_ninjs = ninjs.wants_ninjs(request.query)
     guid = request.match_info["guid"]
     versions = await request.app[STORE].story(guid)
     if not versions:
         raise NotFound(f"no story with guid {guid[:200]!r}")
     if not grant.sees({t for v in versions for t in v.tags}):
         raise Forbidden("this token may not read this story")
+    if as_ninjs:  # the current version as ninjs, every version in "wire:versions"
+        return ninjs_response(ninjs.story_to_ninjs([orjson.loads(v.json) for v in versions]))
     body = (
         b'{"story":{"guid":"'
         + guid.encode()
