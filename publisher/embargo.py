@@ -78,7 +78,13 @@ async def release_due(store: Store) -> int:
 
 
 async def _release_forever(store: Store, interval: float) -> None:
+    task = asyncio.current_task()
     while True:
+        # A cancel that lands mid-command can be lost inside redis-py (3.11's
+        # asyncio.wait_for drops it, or it comes out as a ConnectionError);
+        # without this check the app's shutdown would wait forever.
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError
         try:
             await release_due(store)
         except REDIS_DOWN as err:

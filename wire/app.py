@@ -85,7 +85,15 @@ async def serve(
     ready: asyncio.Event | None = None,
 ) -> None:
     """Run ``app`` until SIGINT/SIGTERM, then shut down gracefully."""
-    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=5.0, access_log=None)
+    runner = web.AppRunner(
+        app,
+        handler_cancellation=True,
+        shutdown_timeout=5.0,
+        access_log=None,
+        # aiohttp's default (3630 s) lets a client that never finishes its
+        # headers hold a connection for an hour; streams are not affected.
+        keepalive_timeout=settings.idle_timeout,
+    )
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port, backlog=4096)
     await site.start()

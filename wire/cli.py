@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import logging
 import secrets
@@ -11,6 +10,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+from wire import loop
 from wire.app import create_app, serve
 from wire.embedded import embedded_redis
 from wire.errors import RedisMissing
@@ -86,13 +86,17 @@ def _serve_command(args: argparse.Namespace) -> int:
         from wire.workers import run_workers
 
         return run_workers(args.workers, settings)
-    if args.command in ("run", "publisher") and not settings.editor_tokens:
-        settings = settings.with_(editor_tokens=(_announce_token(settings),))
     with _redis_for(settings) as settings:
+        # Only once Redis is there: a run that fails to start prints no token.
+        if args.command in ("run", "publisher") and not settings.editor_tokens:
+            settings = settings.with_(editor_tokens=(_announce_token(settings),))
         app = create_app(
             settings, publisher=args.command != "gateway", gateway=args.command != "publisher"
         )
-        asyncio.run(serve(app, settings, reuse_port=getattr(args, "reuse_port", False)))
+        loop.run(
+            serve(app, settings, reuse_port=getattr(args, "reuse_port", False)),
+            settings.event_loop,
+        )
     return 0
 
 

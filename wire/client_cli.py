@@ -1,27 +1,55 @@
-"""Client-side commands: ``wire publish`` (and the others added by later modules)."""
+"""Client-side commands: ``wire publish`` (one item or a JSONL batch), ``tail``, ``demo``.
+
+They talk to a running wire over its public HTTP and WebSocket APIs only,
+with the standard library's HTTP client (and the subscriber library for
+``tail``), so they work against any deployment.
+"""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import http.client
 import os
 import sys
-import urllib.error
-import urllib.request
+import time
 import uuid
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+from urllib.parse import urlsplit
 
 import orjson
 
 DEFAULT_URL = "http://127.0.0.1:8080"
+#: Failures after which the same request may succeed: network trouble and a
+#: server that is restarting or overloaded.
+UNREACHABLE = (OSError, http.client.HTTPException)
+RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0)
+URL_HELP = f"the wire's base URL (default: $WIRE_URL or {DEFAULT_URL})"
+PROGRESS_FROM = 20  # lines; shorter batches finish before a bar would help
 
 
 def add_commands(sub: Any) -> None:
-    """Register the client subcommands on the ``wire`` parser."""
-    pub = sub.add_parser("publish", help="publish an item through the HTTP API (token: WIRE_TOKEN)")
-    pub.add_argument("--url", default=os.environ.get("WIRE_URL", DEFAULT_URL))
-    pub.add_argument("--title", required=True)
+    """Register ``wire publish``, ``wire tail`` and ``wire demo`` on the ``wire`` parser."""
+    from wire import demo, tail
+
+    pub = sub.add_parser(
+        "publish",
+        help="publish an item, or a JSONL file of items, through the HTTP API "
+        "(token: WIRE_TOKEN or --token)",
+    )
+    pub.add_argument("--url", default=os.environ.get("WIRE_URL", DEFAULT_URL), help=URL_HELP)
+    pub.add_argument("--token", help="editor token (default: $WIRE_TOKEN)")
     pub.add_argument(
-        "--tag", action="append", dest="tags", required=True, help="a tag; repeat for more"
+        "--file",
+        metavar="PATH",
+        help="publish every line of a JSONL file (- for stdin); safe to run again",
+    )
+    pub.add_argument("--title")
+    pub.add_argument(
+        "--tag", action="append", dest="tags", metavar="TAG", help="a tag; repeat for more"
     )
     pub.add_argument("--subtitle")
     pub.add_argument("--body")
@@ -29,65 +57,274 @@ def add_commands(sub: Any) -> None:
     pub.add_argument("--link", "--item-url", dest="link", help="link to the full story")
     pub.add_argument("--urgency", type=int)
     pub.add_argument("--guid")
-    pub.set_defaults(handler=publish_command)
+    pub.set_defaults(handler=publish_command, usage=pub.error)
+    tail.add_command(sub)
+    demo.add_command(sub)
 
 
-def post_item(
-    base: str, token: str, item: dict[str, Any], *, key: str | None = None
-) -> tuple[int, dict[str, Any]]:
-    """POST one item; return the status and decoded JSON answer."""
-    req = urllib.request.Request(
-        base.rstrip("/") + "/v1/items",
-        data=orjson.dumps(item),
-        method="POST",
-        headers={
-            "Authorization": f"Bearer {token}",
-            "Content-Type": "application/json",
-            "Idempotency-Key": key or str(uuid.uuid4()),
-        },
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, orjson.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        body = err.read()
+def editor_token(args: argparse.Namespace) -> str | None:
+    """``--token``, else ``$WIRE_TOKEN``."""
+    return getattr(args, "token", None) or os.environ.get("WIRE_TOKEN") or None
+
+
+class Api:
+    """``POST /v1/items`` over one kept-alive HTTP connection.
+
+    Every request carries an Idempotency-Key, which is what makes it safe to
+    send a request again on a fresh connection when the old one was closed
+    under it.
+    """
+
+    def __init__(self, base: str, token: str, *, timeout: float = 30.0) -> None:
+        parts = urlsplit(base)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {base!r}")
+        self.base = base
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname
+        self._port = parts.port
+        self._path = parts.path.rstrip("/") + "/v1/items"
+        self._token = token
+        self._timeout = timeout
+        self._conn: http.client.HTTPConnection | None = None
+
+    def post_item(self, body: bytes, key: str) -> tuple[int, dict[str, Any]]:
+        """POST one item's JSON; return the status and the decoded answer."""
         try:
-            return err.code, orjson.loads(body)
-        except orjson.JSONDecodeError:
-            return err.code, {"error": {"code": "http_error", "message": body.decode()[:200]}}
+            return self._post(body, key)
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            self.close()  # the server closed the idle connection: once more, afresh
+            return self._post(body, key)
+
+    def _post(self, body: bytes, key: str) -> tuple[int, dict[str, Any]]:
+        conn = self._connection()
+        try:
+            conn.request("POST", self._path, body=body, headers=self._headers(key))
+            resp = conn.getresponse()
+            data = resp.read()
+        except BaseException:
+            self.close()
+            raise
+        return resp.status, _answer(resp.status, data)
+
+    def _headers(self, key: str) -> dict[str, str]:
+        return {
+            "Authorization": f"Bearer {self._token}",
+            "Content-Type": "application/json",
+            "Idempotency-Key": key,
+        }
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self._conn is None:
+            kind = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+            self._conn = kind(self._host, self._port, timeout=self._timeout)
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def api_for(args: argparse.Namespace, token: str) -> Api:
+    """The API client for ``--url``; a malformed URL is a usage error (exit 2)."""
+    try:
+        return Api(args.url, token)
+    except ValueError as err:
+        args.usage(f"--url: {err}")
+        raise  # usage() exits; this is for the type checker
+
+
+def _answer(status: int, data: bytes) -> dict[str, Any]:
+    try:
+        answer = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        answer = None
+    if isinstance(answer, dict):
+        return answer
+    return {"error": {"code": "http_error", "message": f"HTTP {status}: {data[:200]!r}"}}
+
+
+def describe_error(status: int, answer: dict[str, Any]) -> str:
+    """``422 invalid_field (urgency): urgency must be ...`` from an API error answer."""
+    error = answer.get("error") or {}
+    where = f" ({error['field']})" if error.get("field") else ""
+    return f"{status} {error.get('code')}{where}: {error.get('message')}"
 
 
 def publish_command(args: argparse.Namespace) -> int:
-    token = os.environ.get("WIRE_TOKEN")
+    """``wire publish``: one item from flags, or a batch with ``--file``."""
+    if args.file is not None and (args.title is not None or args.tags):
+        args.usage("--file publishes the items in the file; leave out --title and --tag")
+    if args.file is None and (args.title is None or not args.tags):
+        args.usage("give --title and at least one --tag, or --file")
+    token = editor_token(args)
     if not token:
-        print("wire publish: set WIRE_TOKEN to an editor token", file=sys.stderr)
+        print("wire publish: set WIRE_TOKEN (or --token) to an editor token", file=sys.stderr)
         return 2
-    item = {
-        k: v
-        for k, v in {
-            "title": args.title,
-            "tags": args.tags,
-            "subtitle": args.subtitle,
-            "body": args.body,
-            "mark": args.mark,
-            "url": args.link,
-            "urgency": args.urgency,
-            "guid": args.guid,
-        }.items()
-        if v is not None
-    }
+    api = api_for(args, token)
     try:
-        status, answer = post_item(args.url, token, item)
-    except (urllib.error.URLError, OSError) as err:
-        print(f"wire publish: cannot reach {args.url}: {err}", file=sys.stderr)
+        return publish_file(api, args.file) if args.file is not None else publish_one(api, args)
+    finally:
+        api.close()
+
+
+def publish_one(api: Api, args: argparse.Namespace) -> int:
+    fields = {
+        "title": args.title,
+        "tags": args.tags,
+        "subtitle": args.subtitle,
+        "body": args.body,
+        "mark": args.mark,
+        "url": args.link,
+        "urgency": args.urgency,
+        "guid": args.guid,
+    }
+    item = {k: v for k, v in fields.items() if v is not None}
+    try:
+        status, answer = api.post_item(orjson.dumps(item), str(uuid.uuid4()))
+    except UNREACHABLE as err:
+        print(f"wire publish: cannot reach {api.base}: {err}", file=sys.stderr)
         return 3
     if status >= 400:
-        error = answer.get("error", {})
-        where = f" ({error['field']})" if error.get("field") else ""
-        print(
-            f"wire publish: {status} {error.get('code')}{where}: {error.get('message')}",
-            file=sys.stderr,
-        )
+        print(f"wire publish: {describe_error(status, answer)}", file=sys.stderr)
         return 1
     print(orjson.dumps(answer["item"]).decode())
     return 0
+
+
+# -- batches ----------------------------------------------------------------
+
+
+def line_key(path: str, lineno: int, line: bytes) -> str:
+    """The Idempotency-Key of one line: the same file, line number and text give the same key.
+
+    So a batch run again after an interruption stores nothing twice, while an
+    edited line (or the same item on another line) is a new request.
+    """
+    where = os.path.abspath(path) if path != "-" else "<stdin>"
+    digest = hashlib.sha256(f"{where}\0{lineno}\0".encode() + line).hexdigest()
+    return f"wire-file-{digest}"
+
+
+def read_lines(path: str) -> list[tuple[int, bytes]]:
+    """The non-blank lines of a file (or stdin for ``-``) with their 1-based numbers."""
+    data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    data = data.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 BOM some editors write
+    return [(n, line) for n, line in enumerate(data.splitlines(), 1) if line.strip()]
+
+
+class Abort(Exception):
+    """Stop the batch: retrying the next lines cannot help."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class BatchResult:
+    published: int = 0
+    repeated: int = 0
+    invalid: list[int] = field(default_factory=list)
+
+    @property
+    def done(self) -> int:
+        return self.published + self.repeated + len(self.invalid)
+
+    def summary(self, total: int) -> str:
+        text = f"{total} items: {self.published} published, {self.repeated} already published"
+        if self.invalid:
+            lines = ", ".join(map(str, self.invalid[:10])) + (", ..." * (len(self.invalid) > 10))
+            text += f", {len(self.invalid)} invalid (line {lines})"
+        return text
+
+
+def publish_file(api: Api, path: str) -> int:
+    """Publish each line of a JSONL file; report invalid lines and a summary."""
+    try:
+        lines = read_lines(path)
+    except OSError as err:
+        print(f"wire publish: cannot read {path}: {err.strerror or err}", file=sys.stderr)
+        return 2
+    result = BatchResult()
+    bar = Progress(len(lines), sys.stderr)
+    try:
+        for lineno, line in lines:
+            status, answer = _post_line(api, line, line_key(path, lineno, line))
+            if status == 201:
+                result.published += 1
+            elif status < 300:
+                result.repeated += 1
+            else:
+                result.invalid.append(lineno)
+                bar.say(f"wire publish: line {lineno}: {describe_error(status, answer)}")
+            bar.update(result.done)
+    except Abort as stop:
+        bar.finish()
+        print(f"wire publish: {stop}", file=sys.stderr)
+        print(f"wire publish: stopped after {result.summary(len(lines))}", file=sys.stderr)
+        return stop.code
+    bar.finish()
+    print(f"wire publish: {result.summary(len(lines))}", file=sys.stderr)
+    return 1 if result.invalid else 0
+
+
+def _post_line(api: Api, line: bytes, key: str) -> tuple[int, dict[str, Any]]:
+    """Post one line, retrying what a retry can fix; raise Abort for the rest."""
+    delays = iter(RETRY_DELAYS)
+    while True:
+        try:
+            status, answer = api.post_item(line, key)
+        except UNREACHABLE as err:
+            status, answer = 0, {"error": {"code": "unreachable", "message": str(err)}}
+        if status in (401, 403):
+            raise Abort(describe_error(status, answer), 1)
+        if status and status < 500 and status != 429:
+            return status, answer
+        delay = next(delays, None)
+        if delay is None:
+            why = describe_error(status, answer) if status else f"cannot reach {api.base}"
+            raise Abort(f"{why}; run the same command again to go on (nothing is stored twice)", 3)
+        time.sleep(delay)
+
+
+class Progress:
+    """A plain-text progress bar on a terminal; silent when output is not one."""
+
+    WIDTH = 30
+
+    def __init__(self, total: int, stream: TextIO, *, clock: Callable[[], float] = time.monotonic):
+        self.total = total
+        self.stream = stream
+        self.enabled = total >= PROGRESS_FROM and stream.isatty()
+        self.clock = clock
+        self._shown = 0.0
+        self._last = ""
+
+    def update(self, done: int) -> None:
+        if not self.enabled or (self.clock() - self._shown < 0.1 and done < self.total):
+            return
+        self._shown = self.clock()
+        filled = self.WIDTH * done // max(self.total, 1)
+        bar = "#" * filled + "-" * (self.WIDTH - filled)
+        self._last = f"[{bar}] {done}/{self.total} {100 * done // max(self.total, 1)}%"
+        self.stream.write("\r" + self._last)
+        self.stream.flush()
+
+    def say(self, message: str) -> None:
+        """Print a line without tearing the bar."""
+        self._clear()
+        print(message, file=self.stream, flush=True)
+        if self._last:
+            self.stream.write(self._last)
+            self.stream.flush()
+
+    def finish(self) -> None:
+        self._clear()
+        self._last = ""
+
+    def _clear(self) -> None:
+        if self.enabled and self._last:
+            self.stream.write("\r" + " " * len(self._last) + "\r")
+            self.stream.flush()

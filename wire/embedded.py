@@ -2,16 +2,23 @@
 
 It is a plain ``redis-server`` child listening only on a Unix socket under
 the data directory (no port to collide with), with the append-only file on.
+A lock file makes one ``wire run`` at a time own a data directory, and a
+redis-server left behind by a ``wire run`` that was killed (kill -9, OOM) is
+shut down cleanly before a new one starts on the same files.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+import redis
 
 from wire.errors import RedisMissing
 
@@ -19,6 +26,9 @@ HOW_TO_GET_REDIS = (
     "redis-server not found: install it (apt install redis-server, or brew install redis) "
     "or set WIRE_REDIS_URL=redis://host:6379/0"
 )
+# A Unix socket path must fit sun_path: 108 bytes on Linux, 104 on macOS.
+SOCKET_PATH_MAX = 100
+_SHORT_PREFIX = "wire-redis-"
 
 
 @contextlib.contextmanager
@@ -29,49 +39,117 @@ def embedded_redis(data_dir: Path, appendfsync: str = "everysec") -> Iterator[st
         raise RedisMissing(HOW_TO_GET_REDIS)
     home = (data_dir / "redis").resolve()
     home.mkdir(parents=True, exist_ok=True)
-    sock = home / "redis.sock"
-    sock.unlink(missing_ok=True)
-    proc = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            "0",
-            "--unixsocket",
-            str(sock),
-            "--unixsocketperm",
-            "700",
-            "--dir",
-            str(home),
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            appendfsync,
-            "--save",
-            "",
-            "--logfile",
-            str(home / "redis.log"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        _wait_for(sock, proc, home)
-        yield f"unix://{sock}"
-    finally:
-        proc.terminate()
+    with _own(home), _socket_path(home) as sock:
+        _stop_leftover(home)
+        sock.unlink(missing_ok=True)
+        # Remember where the socket is, so a later run can find this server
+        # if this process dies without stopping it.
+        (home / "socket").write_text(str(sock))
+        proc = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                "0",
+                "--unixsocket",
+                str(sock),
+                "--unixsocketperm",
+                "700",
+                "--dir",
+                str(home),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                appendfsync,
+                "--save",
+                "",
+                "--logfile",
+                str(home / "redis.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            _wait_for(sock, proc, home)
+            yield f"unix://{sock}"
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@contextlib.contextmanager
+def _own(home: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``home`` (released by the OS even on kill -9)."""
+    with open(home / "lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RedisMissing(
+                f"{home} is in use by another wire run; stop it or set WIRE_DATA_DIR"
+            ) from None
+        yield
+
+
+@contextlib.contextmanager
+def _socket_path(home: Path) -> Iterator[Path]:
+    """``home/redis.sock``, or one in a short private temp dir when that is too long."""
+    sock = home / "redis.sock"
+    if len(str(sock).encode()) < SOCKET_PATH_MAX:
+        yield sock
+        return
+    short = Path(tempfile.mkdtemp(prefix=_SHORT_PREFIX))  # mode 0700
+    try:
+        yield short / "redis.sock"
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
+
+
+def _stop_leftover(home: Path) -> None:
+    """Shut down a redis-server that a killed ``wire run`` left on these files.
+
+    We hold the lock, so no live ``wire run`` owns it: whatever answers on the
+    recorded socket is an orphan. SHUTDOWN makes it fsync the AOF and exit.
+    """
+    record = home / "socket"
+    if not record.exists():
+        return
+    old = Path(record.read_text().strip())
+    client = redis.Redis(unix_socket_path=str(old), socket_timeout=5, socket_connect_timeout=1)
+    try:
+        if _answers(client):
+            client.shutdown()
+            deadline = time.monotonic() + 30
+            while _answers(client):
+                if time.monotonic() > deadline:
+                    raise RedisMissing(f"a leftover redis-server on {old} would not stop")
+                time.sleep(0.05)
+    finally:
+        client.close()
+    if old.parent.name.startswith(_SHORT_PREFIX):
+        shutil.rmtree(old.parent, ignore_errors=True)
+
+
+def _answers(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except (redis.ConnectionError, redis.TimeoutError, OSError):
+        return False
 
 
 def _wait_for(sock: Path, proc: subprocess.Popen[bytes], home: Path) -> None:
+    """Until redis-server answers PING: listening, and done loading the AOF."""
+    client = redis.Redis(unix_socket_path=str(sock), socket_timeout=5, socket_connect_timeout=1)
     deadline = time.monotonic() + 30
-    while not sock.exists():
-        if proc.poll() is not None:
-            raise RedisMissing(f"redis-server exited at start; see {home / 'redis.log'}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise RedisMissing("redis-server did not start within 30 s")
-        time.sleep(0.02)
+    try:
+        while not (sock.exists() and _answers(client)):
+            if proc.poll() is not None:
+                raise RedisMissing(f"redis-server exited at start; see {home / 'redis.log'}")
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise RedisMissing("redis-server did not start within 30 s")
+            time.sleep(0.02)
+    finally:
+        client.close()

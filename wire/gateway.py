@@ -9,6 +9,7 @@ delivery never passes through them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import socket
@@ -24,7 +25,7 @@ from wire.auth import bearer
 from wire.entitlements import EVERYTHING, Grant, reader_grant
 from wire.entry import Entry
 from wire.errors import ClientError, Forbidden, TooManyConnections
-from wire.fanout import Conn, Hub
+from wire.fanout import FLUSH_EVERY, Conn, Hub
 from wire.http import REDIS_DOWN, error_response
 from wire.ids import StreamKey
 from wire.protocol import (
@@ -65,12 +66,24 @@ class Reader:
     async def run(self) -> None:
         """Read forever; on Redis trouble retry with backoff from where it stopped."""
         delay = 0.05
-        started = False
+        gather = self.settings.read_gather_ms / 1000
+        started = self.ready = self.hub.recent_base is not None
+        task = asyncio.current_task()
         while True:
+            # A cancel that lands mid-command can be lost inside redis-py (3.11's
+            # asyncio.wait_for drops it, or it comes out as a ConnectionError);
+            # without this check the app's shutdown would wait forever.
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError
             try:
                 if not started:
                     self.hub.start(await self.store.last_key())
                     started = self.ready = True
+                elif not self.ready:
+                    # Back after an outage: ready as soon as Redis answers, not
+                    # when the blocking read below returns (up to 5 s later).
+                    await self.store.ping()
+                    self.ready = True
                 entries = await self.store.read_new(
                     self.hub.position, count=self.settings.read_batch, block_ms=5000
                 )
@@ -78,7 +91,13 @@ class Reader:
                 if entries:
                     self.hub.dispatch(entries)
                     self.observe(entries)
+                    if len(entries) > 1 and gather:
+                        # A burst is under way: let more of it arrive, so each
+                        # connection gets it in fewer, larger writes.
+                        await asyncio.sleep(gather)
             except REDIS_DOWN as err:
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError from err
                 self.ready = False
                 self.errors += 1
                 log.warning("stream reader: redis unavailable (%s); retrying in %.2fs", err, delay)
@@ -114,6 +133,11 @@ async def _reader_ctx(app: web.Application) -> AsyncIterator[None]:
     reader = Reader(Store(redis, settings), hub, settings)
     app[HUB] = hub
     app[READER] = reader
+    # Find the stream's end before serving, so subscribers have a position
+    # from the first connection; if Redis is down the reader keeps trying.
+    with contextlib.suppress(*REDIS_DOWN):
+        async with asyncio.timeout(2):
+            hub.start(await reader.store.last_key())
     tasks = [
         asyncio.create_task(reader.run(), name="wire-reader"),
         asyncio.create_task(_keepalive(hub, settings.ping_interval), name="wire-keepalive"),
@@ -160,8 +184,10 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
             grant.check_subscription(initial.tags)
     except ClientError as err:
         return error_response(err.status, err.as_dict())
+    # aiohttp refuses a message of max_msg_size bytes or more; the limit is
+    # "more than max_frame bytes", so a message of exactly max_frame passes.
     ws = web.WebSocketResponse(
-        heartbeat=settings.ping_interval, max_msg_size=settings.max_frame, compress=False
+        heartbeat=settings.ping_interval, max_msg_size=settings.max_frame + 1, compress=False
     )
     await ws.prepare(request)
     assert request.transport is not None
@@ -169,7 +195,7 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
     session = Session(request, Conn(request.transport), grant)
     try:
         if initial is not None:
-            await session.handle(initial)
+            await session.answer(initial)
         async for msg in ws:
             if session.conn.closed:
                 break
@@ -230,6 +256,13 @@ class Session:
         except ClientError as err:
             self.reply(error_message(err))
 
+    async def answer(self, cmd: Subscribe | Unsubscribe | Ping) -> None:
+        """Apply a command, answering a ClientError (e.g. too many tags) in-band."""
+        try:
+            await self.handle(cmd)
+        except ClientError as err:
+            self.reply(error_message(err))
+
     async def handle(self, cmd: Subscribe | Unsubscribe | Ping) -> None:
         """Apply one command; ClientErrors propagate to the caller to be answered."""
         if isinstance(cmd, Ping):
@@ -238,16 +271,21 @@ class Session:
         self.subscription.check_rate(time.monotonic())
         if isinstance(cmd, Unsubscribe):
             self.hub.retag(self.conn, self.subscription.unsubscribe(cmd.tags))
-            self.reply(subscribed_message(self.subscription.tags))
+            self.reply(subscribed_message(self.subscription.tags, self.hub.position))
             return
         self.grant.check_subscription(cmd.tags)
+        if self.hub.recent_base is None:
+            # The reader has not found the stream's end yet: there is no
+            # position to replay up to or to report, so the client retries.
+            self.hub.close(self.conn, 1013, "gateway starting, retry")
+            return
         keys = self.subscription.subscribe(cmd.tags)
         replay = cmd.since is not None or cmd.backfill is not None
         if replay:
             self.hub.begin_replay(self.conn)
         # No await between these two lines: no item can slip in between.
         self.hub.retag(self.conn, keys)
-        self.reply(subscribed_message(keys))
+        self.reply(subscribed_message(keys, self.hub.position))
         if replay:
             await self.replay(cmd, keys)
 
@@ -271,6 +309,9 @@ class Session:
         trimmed = await self.store.trimmed_before()
         if is_truncated(cmd.since, trimmed):
             self.reply(truncated_message(cmd.since, trimmed))
+            # Retention removed those items on every gateway; one that still
+            # has some in memory must not send them (nor contradict the error).
+            window = Window(max(window.after, trimmed), window.upto)
         if window.empty:
             return
         pages = self._pages(window, keys)
@@ -313,6 +354,12 @@ class Session:
                 return
             self.hub.write(self.conn, entries[start : start + 100])
             await _drain(self.request)
+            # A page that put the socket behind makes the hub queue what comes
+            # next and count it against the slow-consumer cap: wait until the
+            # hub has flushed (its flusher polls at this pace too), or a reading
+            # client is taken for a slow one.
+            while self.conn.held is not None and not self.conn.closed:  # noqa: ASYNC110
+                await asyncio.sleep(FLUSH_EVERY)
 
 
 def _next(key: StreamKey) -> StreamKey:

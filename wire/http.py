@@ -92,7 +92,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         kind = _HTTP_ERRORS.get(exc.status)
         if kind is not None:
             reason = exc.reason if kind is not NotFound else f"no route for {request.path}"
-            return error_response(exc.status, kind(reason).as_dict())
+            response = error_response(exc.status, kind(reason).as_dict())
+            # A 405 must say which methods the resource has (RFC 9110 15.5.6).
+            if "Allow" in exc.headers:
+                response.headers["Allow"] = exc.headers["Allow"]
+            return response
         return error_response(exc.status, {"code": "http_error", "message": exc.reason})
     except Exception:
         # A bug, not bad input: log it whole, answer without internals.

@@ -140,9 +140,18 @@ class Subscription:
         return self.tags
 
 
-def subscribed_message(tags: frozenset[str]) -> dict[str, object]:
-    """``{"type": "subscribed", "tags": [...]}``, tags sorted for stable output."""
-    return {"type": "subscribed", "tags": sorted(tags)}
+def subscribed_message(tags: frozenset[str], position: StreamKey | None = None
+                       ) -> dict[str, object]:
+    """``{"type": "subscribed", "tags": [...], "position": id}``, tags sorted.
+
+    ``position`` is the last stream id the gateway had fanned out when the
+    change took effect: live items after it follow. A client that has not
+    received an item yet resumes from it, so a reconnect loses nothing.
+    """
+    message: dict[str, object] = {"type": "subscribed", "tags": sorted(tags)}
+    if position is not None:
+        message["position"] = format_id(position)
+    return message
 
 
 def error_message(err: ClientError) -> dict[str, object]:

@@ -19,6 +19,8 @@ if KEYS[5] ~= '' then
     if string.sub(prev, 1, sep - 1) ~= ARGV[9] then return {'reused'} end
     local rest = string.sub(prev, sep + 1)
     local sep2 = string.find(rest, '\\n', 1, true)
+    -- A write, so that a WAIT after this answer also covers the original entry.
+    redis.call('EXPIRE', KEYS[5], ARGV[10])
     return {'existing', string.sub(rest, 1, sep2 - 1), string.sub(rest, sep2 + 1)}
   end
 end
@@ -49,7 +51,11 @@ return {'new', id, json}
 WITHDRAW = """
 if not redis.call('HGET', KEYS[2], 'version') then return {'unknown'} end
 local done = redis.call('HGET', KEYS[2], 'withdrawn')
-if done then return {'existing', done, redis.call('HGET', KEYS[2], 'withdrawal')} end
+if done then
+  -- A write, so that a WAIT after this answer also covers the withdrawal.
+  redis.call('EXPIRE', KEYS[2], ARGV[6])
+  return {'existing', done, redis.call('HGET', KEYS[2], 'withdrawal')}
+end
 local v = redis.call('HINCRBY', KEYS[2], 'version', 1)
 local tags = redis.call('SMEMBERS', KEYS[3])
 table.sort(tags)

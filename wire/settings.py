@@ -49,8 +49,17 @@ class Settings:
     max_tags: int = 100
     subscribe_rate: int = 20
     max_frame: int = 64 * 1024
+    #: Seconds a connection may wait without a complete request (headers
+    #: trickled in, slowloris) or sit idle between keep-alive requests.
+    idle_timeout: float = 30.0
     recent_items: int = 10_000
     read_batch: int = 1_000
+    #: While a burst is under way (a read returned more than one item) the
+    #: reader waits this long before its next read, so more of the burst goes
+    #: out in each socket write; a quiet wire (one item per read) never waits.
+    read_gather_ms: float = 2.0
+    #: ``asyncio``, ``uvloop`` (the ``fast`` extra) or ``auto`` (uvloop when installed).
+    event_loop: str = "asyncio"
     log_level: str = "INFO"
     #: TOML file of subscriber tokens limited to tags (see wire.entitlements).
     entitlements: Path | None = None

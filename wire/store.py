@@ -18,6 +18,7 @@ from urllib.parse import unquote, urlsplit
 import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.sentinel import Sentinel
+from redis.commands.core import AsyncScript
 
 from wire import keys, scripts
 from wire.entry import Entry, with_id
@@ -58,12 +59,18 @@ def connect(url: str, *, socket_timeout: float | None = 5.0) -> aioredis.Redis:
             aioredis.Redis,
             sentinel.master_for(service, socket_timeout=socket_timeout, socket_connect_timeout=2.0),
         )
-    return aioredis.Redis.from_url(
+    # A blocking pool: past max_connections a command waits for a free
+    # connection (redis-py's default pool raises "Too many connections" at
+    # 100 in flight, which a resume storm or a publish burst reaches at once).
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        max_connections=64,
+        timeout=20,
         socket_timeout=socket_timeout,
         socket_connect_timeout=2.0,
         health_check_interval=30,
     )
+    return aioredis.Redis.from_pool(pool)
 
 
 def body_hash(data: object) -> str:
@@ -96,7 +103,8 @@ class Store:
         call is the one that removes it from the schedule (exactly once).
         """
         head, tail = _split_json(sub)
-        result = await self._publish(
+        result, acked = await self._write(
+            self._publish,
             keys=[
                 keys.STREAM,
                 keys.story(sub.guid),
@@ -117,7 +125,7 @@ class Store:
                 *sub.tags,
             ],
         )
-        return await self._published(result)
+        return await self._published(result, acked)
 
     def _retention(self, digest: str = "") -> list[int | str]:
         """ARGV 7-11 of the publish script: maxlen, minid, digest, idem ttl, story ttl."""
@@ -126,7 +134,26 @@ class Store:
         story_ttl = int(self.settings.retention_days * 86_400) + 86_400
         return [self.settings.max_items, minid, digest, self.settings.idempotency_ttl, story_ttl]
 
-    async def _published(self, result: list[bytes]) -> Published:
+    async def _write(
+        self, script: AsyncScript, *, keys: list[Any], args: list[Any]
+    ) -> tuple[list[bytes], int]:
+        """Run a write script and, with ``replica_acks``, WAIT on its connection.
+
+        WAIT counts the replicas that have the writes of its own connection:
+        sent separately, from the pool, it may run on another connection and
+        return at once whatever the replicas hold. So both go in one pipeline.
+        (A script that finds an earlier answer still writes, so that the WAIT
+        then covers the original entry too.)
+        """
+        if self.settings.replica_acks <= 0:
+            return await script(keys=keys, args=args), 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            await script(keys=keys, args=args, client=pipe)
+            pipe.execute_command("WAIT", self.settings.replica_acks, 2000)
+            result, acked = await pipe.execute()
+        return result, int(acked)
+
+    async def _published(self, result: list[bytes], acked: int = 0) -> Published:
         status = result[0].decode()
         if status == "reused":
             raise IdempotencyKeyReused(
@@ -137,24 +164,21 @@ class Store:
         if status in ("gone", "unknown"):
             raise NotFound("no such story or pending item")
         entry_id = result[1].decode()
-        if status == "new" and self.settings.replica_acks > 0:
-            # Answer 201 only once a replica has the entry, so a failover to
-            # that replica cannot lose an acknowledged item.
-            acked = await self.redis.execute_command(  # type: ignore[no-untyped-call]
-                "WAIT", self.settings.replica_acks, 2000
-            )
-            if int(acked) < self.settings.replica_acks:
-                raise ServiceUnavailable("no replica acknowledged the write in time; retry")
+        if self.settings.replica_acks > 0 and acked < self.settings.replica_acks:
+            # Answer 201 (or 200 to a retry) only once a replica has the entry,
+            # so a failover to that replica cannot lose an acknowledged item.
+            raise ServiceUnavailable("no replica acknowledged the write in time; retry")
         return Published(entry_id, with_id(entry_id, result[2]), status == "new")
 
     async def withdraw(self, guid: str, reason: str) -> Published:
         """Append the withdrawal of a story (idempotent: a repeat returns the first)."""
         argv = self._retention()
-        result = await self._withdraw(
+        result, acked = await self._write(
+            self._withdraw,
             keys=[keys.STREAM, keys.story(guid), keys.story_tags(guid), keys.story_ids(guid)],
             args=[guid, orjson.dumps(reason), published_now(), argv[0], argv[1], argv[4]],
         )
-        return await self._published(result)
+        return await self._published(result, acked)
 
     async def story(self, guid: str) -> list[Entry]:
         """Every kept version of a story (withdrawn content redacted), oldest first."""
@@ -230,9 +254,23 @@ class Store:
             info = await self.redis.xinfo_stream(keys.STREAM)
         except aioredis.ResponseError:  # no such key: nothing stored, nothing trimmed
             return (0, 0)
-        raw = info.get("max-deleted-entry-id", b"0-0")
-        ms, _, seq = (raw.decode() if isinstance(raw, bytes) else str(raw)).partition("-")
-        return int(ms), int(seq or 0)
+
+        def key(name: str) -> StreamKey:
+            raw = info.get(name) or b"0-0"
+            ms, _, seq = (raw.decode() if isinstance(raw, bytes) else str(raw)).partition("-")
+            return int(ms), int(seq or 0)
+
+        trimmed = key("max-deleted-entry-id")
+        # Redis 7.0 does not move max-deleted-entry-id on XTRIM, which is how
+        # retention removes entries: when fewer entries remain than were ever
+        # added, everything before the first one kept is gone too.
+        if int(info.get("entries-added") or 0) > int(info.get("length") or 0):
+            if info.get("length"):
+                ms, seq = key("recorded-first-entry-id")
+                trimmed = max(trimmed, (ms, seq - 1) if seq else (ms - 1, 2**64 - 1))
+            else:
+                trimmed = max(trimmed, key("last-generated-id"))
+        return trimmed
 
     async def length(self) -> int:
         """Number of entries currently kept."""

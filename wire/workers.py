@@ -7,7 +7,6 @@ nothing but Redis, which is what lets a client resume on any of them.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -37,6 +36,7 @@ def run_workers(n: int, settings: Settings) -> int:
 
 def worker_main() -> None:
     """One worker: a gateway on a shared (SO_REUSEPORT) port."""
+    from wire import loop
     from wire.app import create_app, serve
     from wire.logs import setup_logging
 
@@ -45,4 +45,4 @@ def worker_main() -> None:
     if settings.redis_url is None:
         raise SystemExit("wire gateway --workers needs --redis or WIRE_REDIS_URL")
     app = create_app(settings, publisher=False, gateway=True)
-    asyncio.run(serve(app, settings, reuse_port=True))
+    loop.run(serve(app, settings, reuse_port=True), settings.event_loop)

@@ -1,0 +1,492 @@
+"""The Hub: routing by tag, once per connection, in order, with a cap on slow readers.
+
+The Hub talks to asyncio transports (``write``, ``get_write_buffer_size``,
+``is_closing``, ``close``, ``abort``), so these tests give it an in-memory
+transport whose "client" reads only when the test says so. That makes a slow
+consumer exact: unread bytes stay in the transport's buffer, just as they do
+in a real asyncio transport whose peer stopped reading. The real-socket
+versions of these rules are in test_gateway.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+
+import orjson
+import pytest
+
+from wire import fanout
+from wire.entry import Entry
+from wire.fanout import SLOW_CONSUMER, Conn, Hub
+from wire.ids import ZERO, StreamKey
+from wire.resume import Window
+
+
+class FakeTransport:
+    """An asyncio-transport stand-in whose peer reads only on request."""
+
+    def __init__(self) -> None:
+        self.unread = bytearray()
+        self.writes = 0
+        self.closing = False
+        self.aborted = False
+        self.aborted_event = asyncio.Event()
+
+    def write(self, data: bytes) -> None:
+        assert not self.aborted, "write after abort"
+        if not self.closing:
+            self.unread += data
+            self.writes += 1
+
+    def get_write_buffer_size(self) -> int:
+        return len(self.unread)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.closing = self.aborted = True
+        self.aborted_event.set()
+
+    def read(self) -> list[tuple[int, bytes]]:
+        """The peer reads everything sent so far: (opcode, payload) per frame."""
+        data, self.unread = bytes(self.unread), bytearray()
+        return parse_frames(data)
+
+
+def parse_frames(data: bytes) -> list[tuple[int, bytes]]:
+    """Decode unmasked server-to-client WebSocket frames."""
+    out = []
+    i = 0
+    while i < len(data):
+        first, second = data[i], data[i + 1]
+        assert first & 0x80, "every frame is final"
+        n, i = second & 0x7F, i + 2
+        if n == 126:
+            (n,), i = struct.unpack("!H", data[i : i + 2]), i + 2
+        elif n == 127:
+            (n,), i = struct.unpack("!Q", data[i : i + 8]), i + 8
+        out.append((first & 0x0F, data[i : i + n]))
+        i += n
+    assert i == len(data), "no partial frame"
+    return out
+
+
+def item_ids(frames: list[tuple[int, bytes]]) -> list[str]:
+    ids = []
+    for opcode, payload in frames:
+        if opcode == 1:
+            msg = orjson.loads(payload)
+            assert msg["type"] == "item"
+            ids.append(msg["item"]["id"])
+    return ids
+
+
+def close_of(frames: list[tuple[int, bytes]]) -> tuple[int, str] | None:
+    for opcode, payload in frames:
+        if opcode == 8:
+            return struct.unpack("!H", payload[:2])[0], payload[2:].decode()
+    return None
+
+
+_seq = 0
+
+
+def entry(*tags: str, size: int = 0, ms: int | None = None) -> Entry:
+    """A new entry, later than every earlier one."""
+    global _seq
+    _seq += 1
+    eid = f"{ms if ms is not None else 1_000 + _seq}-{_seq}"
+    body = {"guid": f"g{_seq}", "title": eid, "tags": list(tags), "body": "x" * size}
+    stored = orjson.dumps(body)
+    return Entry(eid, tags, 5, f"g{_seq}", b'{"id":"' + eid.encode() + b'",' + stored[1:])
+
+
+def conn_for(hub: Hub, *keys: str, sse: bool = False) -> tuple[Conn, FakeTransport]:
+    transport = FakeTransport()
+    conn = Conn(transport, sse=sse)
+    hub.attach(conn)
+    hub.retag(conn, frozenset(keys))
+    return conn, transport
+
+
+# --- the index --------------------------------------------------------------
+
+
+def test_retag_moves_the_connection_between_keys() -> None:
+    hub = Hub()
+    conn, _ = conn_for(hub, "world", "sport")
+    assert hub.index == {"world": {conn}, "sport": {conn}}
+    hub.retag(conn, frozenset({"sport", "business"}))
+    assert hub.index == {"sport": {conn}, "business": {conn}}
+    assert conn.keys == {"sport", "business"}
+
+
+def test_detach_leaves_no_empty_index_entries() -> None:
+    hub = Hub()
+    a, _ = conn_for(hub, "world", "*")
+    b, _ = conn_for(hub, "world")
+    hub.detach(a)
+    assert hub.index == {"world": {b}}
+    assert a not in hub.conns
+    hub.detach(a)  # idempotent
+    hub.detach(b)
+    assert hub.index == {}
+    assert hub.conns == set()
+
+
+def test_unsubscribed_connection_gets_nothing() -> None:
+    hub = Hub()
+    conn, t = conn_for(hub, "world")
+    hub.retag(conn, frozenset())
+    hub.dispatch([entry("world")])
+    assert t.read() == []
+
+
+# --- routing ------------------------------------------------------------------
+
+
+def test_exact_tag_match() -> None:
+    hub = Hub()
+    _, world = conn_for(hub, "world")
+    _, sport = conn_for(hub, "sport")
+    e1, e2 = entry("world"), entry("sport")
+    hub.dispatch([e1, e2])
+    assert item_ids(world.read()) == [e1.id]
+    assert item_ids(sport.read()) == [e2.id]
+
+
+def test_hierarchy_matches_descendants_only() -> None:
+    hub = Hub()
+    _, world = conn_for(hub, "world")
+    _, europe = conn_for(hub, "world/europe")
+    _, worl = conn_for(hub, "worl")  # a string prefix is not an ancestor
+    _, france = conn_for(hub, "world/europe/france")
+    es = [entry("world/europe/france"), entry("world/asia"), entry("world"), entry("worldwide")]
+    hub.dispatch(es)
+    assert item_ids(world.read()) == [es[0].id, es[1].id, es[2].id]
+    assert item_ids(europe.read()) == [es[0].id]
+    assert item_ids(france.read()) == [es[0].id]
+    assert item_ids(worl.read()) == []
+
+
+def test_wildcard_gets_everything() -> None:
+    hub = Hub()
+    _, t = conn_for(hub, "*")
+    es = [entry("world"), entry("sport/football"), entry("a", "b")]
+    hub.dispatch(es)
+    assert item_ids(t.read()) == [e.id for e in es]
+
+
+def test_once_per_connection_when_several_keys_match() -> None:
+    hub = Hub()
+    _, t = conn_for(hub, "*", "world", "world/europe", "world/europe/france", "sport")
+    e = entry("world/europe/france", "world/asia", "sport")
+    hub.dispatch([e])
+    assert item_ids(t.read()) == [e.id]
+
+
+def test_each_connection_gets_its_share_in_order_with_one_write() -> None:
+    hub = Hub()
+    _, world = conn_for(hub, "world")
+    _, both = conn_for(hub, "world", "sport")
+    es = [entry("world"), entry("sport"), entry("world/asia"), entry("sport"), entry("world")]
+    hub.dispatch(es)
+    assert item_ids(world.read()) == [es[0].id, es[2].id, es[4].id]
+    assert item_ids(both.read()) == [e.id for e in es]
+    assert world.writes == 1 and both.writes == 1
+    assert hub.deliveries == 8
+
+
+def test_order_across_batches() -> None:
+    hub = Hub()
+    _, t = conn_for(hub, "*")
+    sent = []
+    for _ in range(20):
+        batch = [entry("x") for _ in range(5)]
+        sent += [e.id for e in batch]
+        hub.dispatch(batch)
+    assert item_ids(t.read()) == sent
+    assert hub.position == parse(sent[-1])
+
+
+def test_item_frame_is_shared_not_rebuilt() -> None:
+    hub = Hub()
+    _, a = conn_for(hub, "world")
+    _, b = conn_for(hub, "*")
+    e = entry("world")
+    hub.dispatch([e])
+    assert e.ws_frame is e.ws_frame  # built once, cached on the entry
+    assert a.read() == b.read() == parse_frames(e.ws_frame)
+
+
+def test_sse_connection_gets_sse_chunks() -> None:
+    hub = Hub()
+    _, t = conn_for(hub, "world", sse=True)
+    e = entry("world")
+    hub.dispatch([e])
+    chunk = bytes(t.unread)
+    assert chunk == e.sse_chunk
+    assert f"id: {e.id}\nevent: item\ndata: ".encode() in chunk
+
+
+def test_nothing_at_or_before_last_key_is_written_again() -> None:
+    hub = Hub()
+    conn, t = conn_for(hub, "*")
+    es = [entry("x") for _ in range(4)]
+    hub.write(conn, es[:3])
+    hub.write(conn, es[1:])  # overlaps: only the 4th is new
+    hub.write(conn, es[:2])  # entirely old
+    assert item_ids(t.read()) == [e.id for e in es]
+    assert conn.last_key == es[-1].key
+
+
+# --- slow consumers --------------------------------------------------------------
+
+
+async def test_slow_consumer_closed_past_the_cap_others_unaffected() -> None:
+    hub = Hub(max_buffer=10_000)
+    slow, st = conn_for(hub, "world")
+    fast, ft = conn_for(hub, "world")
+    closes: list[tuple[int, str]] = []
+    slow.on_close = lambda code, reason: closes.append((code, reason))
+    sent: list[str] = []
+    for _ in range(30):
+        e = entry("world", size=1_000)
+        sent.append(e.id)
+        hub.dispatch([e])
+        assert item_ids(ft.read()) == [e.id]  # the fast peer reads as it goes
+    frames = st.read()
+    assert close_of(frames) == (SLOW_CONSUMER, "slow consumer")
+    assert closes == [(SLOW_CONSUMER, "slow consumer")]
+    got = item_ids(frames)
+    assert got == sent[: len(got)]  # a prefix: the client resumes after its last id
+    assert st.closing and slow.closed
+    assert slow not in hub.conns and slow not in hub.index.get("world", set())
+    assert fast in hub.index["world"] and not fast.closed
+    assert hub.slow_closes == 1
+    # unread data stayed bounded: the cap plus at most one write
+    assert sum(len(p) for _, p in frames) < 10_000 + 2_000
+
+
+async def test_a_batch_larger_than_the_cap_does_not_close_a_reading_client() -> None:
+    hub = Hub(max_buffer=10_000)
+    conn, t = conn_for(hub, "*")
+    for _ in range(3):
+        batch = [entry("x", size=1_000) for _ in range(20)]  # ~20 kB, twice the cap
+        hub.dispatch(batch)
+        assert item_ids(t.read()) == [e.id for e in batch]
+    assert not conn.closed
+
+
+async def test_closed_slow_consumer_is_aborted_if_it_never_reads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(fanout, "ABORT_AFTER", 0.01)
+    hub = Hub(max_buffer=1_000)
+    _, t = conn_for(hub, "*")
+    hub.dispatch([entry("x", size=2_000)])
+    hub.dispatch([entry("x", size=2_000)])
+    assert t.closing and not t.aborted
+    await asyncio.wait_for(t.aborted_event.wait(), 5)
+
+
+async def test_control_messages_count_towards_the_cap() -> None:
+    hub = Hub(max_buffer=1_000)
+    conn, t = conn_for(hub, "*")
+    for _ in range(200):
+        hub.send(conn, b"\x81\x0f" + b'{"type":"pong"}')
+    assert conn.closed
+    assert close_of(t.read()) == (SLOW_CONSUMER, "slow consumer")
+
+
+def test_connection_whose_transport_is_closing_is_dropped() -> None:
+    hub = Hub()
+    conn, t = conn_for(hub, "world")
+    t.closing = True
+    hub.dispatch([entry("world")])
+    assert conn.closed and conn not in hub.conns and hub.index == {}
+    assert t.writes == 0
+
+
+async def test_close_sends_the_code_and_reason() -> None:
+    hub = Hub()
+    conn, t = conn_for(hub, "*")
+    hub.close(conn, 1001, "server shutting down")
+    hub.close(conn, 4008, "again")  # a second close is a no-op
+    assert t.read() == [(8, struct.pack("!H", 1001) + b"server shutting down")]
+    hub.dispatch([entry("x")])
+    assert t.read() == []
+
+
+async def test_sse_close_writes_no_websocket_frame() -> None:
+    hub = Hub()
+    conn, t = conn_for(hub, "*", sse=True)
+    hub.close(conn, SLOW_CONSUMER, "slow consumer")
+    assert t.unread == b"" and t.closing
+
+
+# --- replay buffering ---------------------------------------------------------------
+
+
+def test_replay_holds_live_items_then_sends_them_after_history() -> None:
+    hub = Hub()
+    conn, t = conn_for(hub, "world")
+    history = [entry("world") for _ in range(3)]
+    hub.begin_replay(conn)
+    live = [entry("world"), entry("sport"), entry("world")]
+    hub.dispatch(live)
+    assert t.read() == []  # held, not written
+    hub.write(conn, history)
+    hub.end_replay(conn)
+    assert item_ids(t.read()) == [e.id for e in history] + [live[0].id, live[2].id]
+    assert conn.buffer is None
+    e = entry("world")
+    hub.dispatch([e])  # live again
+    assert item_ids(t.read()) == [e.id]
+
+
+def test_replay_overlap_is_sent_once() -> None:
+    hub = Hub()
+    conn, t = conn_for(hub, "*")
+    es = [entry("x") for _ in range(6)]
+    hub.begin_replay(conn)
+    hub.dispatch(es[3:])
+    hub.write(conn, es[:5])  # history read later than the reader: overlaps the buffer
+    hub.end_replay(conn)
+    assert item_ids(t.read()) == [e.id for e in es]
+
+
+def test_begin_replay_twice_keeps_the_buffer() -> None:
+    hub = Hub()
+    conn, t = conn_for(hub, "*")
+    hub.begin_replay(conn)
+    e = entry("x")
+    hub.dispatch([e])
+    hub.begin_replay(conn)
+    hub.end_replay(conn)
+    assert item_ids(t.read()) == [e.id]
+
+
+async def test_replay_buffer_over_the_cap_closes_only_that_connection() -> None:
+    hub = Hub(max_buffer=5_000)
+    replaying, rt = conn_for(hub, "world")
+    other, ot = conn_for(hub, "world")
+    hub.begin_replay(replaying)
+    sent = []
+    for _ in range(3):
+        batch = [entry("world", size=1_000) for _ in range(4)]
+        sent += [e.id for e in batch]
+        hub.dispatch(batch)  # must not raise while closing a connection mid-batch
+        assert item_ids(ot.read()) == [e.id for e in batch]
+    assert replaying.closed and replaying.buffer is not None
+    assert close_of(rt.read()) == (SLOW_CONSUMER, "slow consumer")
+    assert hub.position == parse(sent[-1])
+    assert hub.index == {"world": {other}}
+
+
+async def test_replay_buffer_overflow_with_several_replaying_connections() -> None:
+    hub = Hub(max_buffer=2_000)
+    conns = [conn_for(hub, "world", "*") for _ in range(5)]
+    for conn, _ in conns:
+        hub.begin_replay(conn)
+    hub.dispatch([entry("world", size=1_500) for _ in range(3)])
+    assert all(conn.closed for conn, _ in conns)
+    assert hub.index == {}
+
+
+# --- the recent-items window ---------------------------------------------------------
+
+
+def test_recent_window_serves_from_memory() -> None:
+    hub = Hub(recent=100)
+    hub.start(ZERO)
+    es = [entry("x") for _ in range(10)]
+    hub.dispatch(es)
+    window = Window(es[2].key, es[6].key)
+    got = hub.recent_window(window)
+    assert got is not None and [e.id for e in got] == [e.id for e in es[3:7]]
+
+
+def test_recent_window_says_none_when_memory_does_not_reach_back() -> None:
+    hub = Hub(recent=5)
+    start = entry("x")
+    hub.start(start.key)
+    es = [entry("x") for _ in range(20)]
+    hub.dispatch(es)
+    assert len(hub.recent) <= 10
+    assert hub.recent_window(Window(start.key, es[-1].key)) is None
+    assert hub.recent_window(Window(ZERO, es[-1].key)) is None
+    kept = hub.recent_window(Window(es[-3].key, es[-1].key))
+    assert kept is not None and [e.id for e in kept] == [es[-2].id, es[-1].id]
+
+
+def test_recent_latest_from_memory_and_when_it_must_ask_redis() -> None:
+    hub = Hub(recent=100)
+    hub.start(ZERO)  # the stream was empty: memory holds everything
+    es = [entry("world" if i % 2 else "sport") for i in range(10)]
+    hub.dispatch(es)
+    latest = hub.recent_latest(frozenset({"world"}), 3, hub.position)
+    assert latest is not None and [e.id for e in latest] == [es[5].id, es[7].id, es[9].id]
+    few = hub.recent_latest(frozenset({"world"}), 50, hub.position)
+    assert few is not None and len(few) == 5  # all there are
+    upto = hub.recent_latest(frozenset({"*"}), 2, es[4].key)
+    assert upto is not None and [e.id for e in upto] == [es[3].id, es[4].id]
+
+    later = Hub(recent=100)
+    later.start(es[0].key)  # started on a non-empty stream: older items are in Redis
+    later.dispatch(es[1:])
+    assert later.recent_latest(frozenset({"world"}), 50, later.position) is None
+
+
+# --- helpers ------------------------------------------------------------------------
+
+
+def parse(eid: str) -> StreamKey:
+    ms, seq = eid.split("-")
+    return int(ms), int(seq)
+
+
+# --- a connection that is behind -------------------------------------------------------
+
+
+async def drained(hub: Hub, conn: Conn) -> None:
+    """Wait (at most 5 s) until the hub has flushed what it queued for ``conn``."""
+    async with asyncio.timeout(5):
+        while conn.held is not None:  # noqa: ASYNC110 - the hub's flusher polls too
+            await asyncio.sleep(0.001)
+
+
+async def test_overlapping_writes_while_behind_are_sent_once() -> None:
+    hub = Hub(max_buffer=1 << 20)
+    conn, t = conn_for(hub, "*")
+    first = entry("x", size=fanout.HOLD_AT)  # leaves the socket behind
+    hub.dispatch([first])
+    assert conn.held is not None
+    live = [entry("x"), entry("x")]
+    hub.dispatch(live)  # queued by the hub
+    hub.write(conn, [*live, later := entry("x")])  # e.g. a replay page overlapping them
+    hub.write(conn, live)  # and one entirely old
+    got = item_ids(t.read())
+    await drained(hub, conn)
+    got += item_ids(t.read())
+    assert got == [first.id, live[0].id, live[1].id, later.id]
+
+
+async def test_behind_connection_catches_up_in_order() -> None:
+    hub = Hub(max_buffer=1 << 20)
+    conn, t = conn_for(hub, "*")
+    sent = []
+    got: list[str] = []
+    for _ in range(10):
+        batch = [entry("x", size=20_000) for _ in range(4)]
+        sent += [e.id for e in batch]
+        hub.dispatch(batch)
+        got += item_ids(t.read())
+        await drained(hub, conn)
+    got += item_ids(t.read())
+    assert got == sent and not conn.closed

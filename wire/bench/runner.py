@@ -1,0 +1,256 @@
+"""``wire bench`` end to end: start everything, run the scenarios, report."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import platform
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from wire.bench import report
+from wire.bench.poster import Poster
+from wire.bench.procs import Child, Clients, free_port, start_baseline, start_redis, start_wire
+from wire.bench.procs import wait_ready as ready
+from wire.bench.scenarios import Bench, Config, Progress, System
+
+
+def config(args: argparse.Namespace) -> Config:
+    return Config(
+        scenarios=tuple(args.scenarios),
+        conns=args.conns,
+        items=args.items,
+        posters=args.posters,
+        rate=args.rate,
+        latency_seconds=args.latency_seconds,
+        latency_conns=tuple(args.latency_conns),
+        memory_conns=args.memory_conns,
+        resume_conns=args.resume_conns,
+        resume_back=args.resume_back,
+        resume_live=args.resume_live,
+        publish_items=args.publish_items,
+        publish_clients=args.publish_clients,
+        sample=args.sample,
+        client_procs=max(1, args.client_procs),
+        connect_concurrency=args.connect_concurrency,
+        body=args.body,
+        timeout=args.timeout,
+        baseline=args.baseline,
+        baseline_latency_max=args.baseline_latency_max,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config(args)
+    with contextlib.suppress(ImportError):
+        import uvloop  # the publishing side must not be what limits the figures
+
+        return uvloop.run(_main(args, cfg))
+    return asyncio.run(_main(args, cfg))
+
+
+@dataclass
+class Setup:
+    """What a run works against."""
+
+    systems: list[System] = field(default_factory=list)
+    publisher_url: str = ""
+    token: str = ""
+    children: list[Child] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def stop(self) -> None:
+        for child in reversed(self.children):
+            child.stop()
+
+
+async def start(args: argparse.Namespace, cfg: Config, workdir: Path) -> Setup:
+    """Start redis, publisher, the gateway under test and the baseline (or use --url)."""
+    s = Setup()
+    redis_url = args.redis
+    if args.url:
+        parts = urlsplit(args.url)
+        s.systems.append(
+            System("wire", parts.hostname or "127.0.0.1", parts.port or 80, args.gateway_pid)
+        )
+        s.publisher_url = args.publisher_url or args.url
+        token = args.token or os.environ.get("WIRE_EDITOR_TOKENS", "").split(",")[0].strip()
+        if not token:
+            raise SystemExit("wire bench --url needs --token (an editor token)")
+        s.token = token
+    else:
+        redis, redis_url = start_redis(workdir)
+        s.children.append(redis)
+        s.token = secrets.token_urlsafe(18)
+        pub_port, gw_port = free_port(), free_port()
+        s.children.append(
+            start_wire(
+                "publisher",
+                ["publisher", "--redis", redis_url],
+                pub_port,
+                {"WIRE_EDITOR_TOKENS": s.token},
+                workdir,
+            )
+        )
+        s.publisher_url = f"http://127.0.0.1:{pub_port}"
+        if args.sut == "wire":
+            env = dict(v.split("=", 1) for v in args.gateway_env)
+            if args.uvloop:
+                env["WIRE_EVENT_LOOP"] = "uvloop"
+            argv = ["gateway", "--redis", redis_url]
+            if args.workers > 1:
+                argv += ["--workers", str(args.workers)]
+            gw = start_wire("gateway", argv, gw_port, env, workdir)
+        else:
+            fault = "" if args.sut == "baseline" else args.sut
+            gw = start_baseline(redis_url, gw_port, fault, workdir)
+        s.children.append(gw)
+        s.systems.append(System("wire", "127.0.0.1", gw_port, gw.pid))
+        await ready(s.publisher_url, s.children[1])
+        await ready(f"http://127.0.0.1:{gw_port}", gw)
+    if cfg.baseline:
+        if redis_url is None:
+            s.notes.append("baseline skipped: with --url, pass --redis to run it")
+        else:
+            port = free_port()
+            child = start_baseline(redis_url, port, "", workdir)
+            s.children.append(child)
+            await ready(f"http://127.0.0.1:{port}", child)
+            s.systems.append(System("baseline", "127.0.0.1", port, child.pid))
+    return s
+
+
+class Plan:
+    """The scenarios in order; each step runs on every system before the next one."""
+
+    def __init__(self, bench: Bench, setup: Setup, cfg: Config) -> None:
+        self.bench = bench
+        self.systems = setup.systems
+        self.cfg = cfg
+        self.want = set(cfg.scenarios)
+        self.results: dict[str, dict[str, Any]] = {s.name: {} for s in setup.systems}
+        self.latency_done: dict[str, set[int]] = {s.name: set() for s in setup.systems}
+
+    async def run(self) -> dict[str, dict[str, Any]]:
+        steps = [self.idle, self.resume, self.burst]
+        for step in steps:
+            for system in self.systems:
+                await step(system)
+                for group in list(system.groups):
+                    await self.bench.close(system, group)
+        if "publisher" in self.want:
+            self.results.setdefault("wire", {})["publisher"] = await self.bench.publisher()
+        return self.results
+
+    async def latency(self, system: System, n: int) -> None:
+        if system.name == "baseline" and n > self.cfg.baseline_latency_max:
+            return
+        self.results[system.name][f"latency{n}"] = await self.bench.latency(system, n)
+        self.latency_done[system.name].add(n)
+
+    async def idle(self, system: System) -> None:
+        """Memory of N idle connections, then latency over those same connections."""
+        if "memory" not in self.want:
+            return
+        self.results[system.name]["memory"] = await self.bench.memory(system)
+        if "latency" in self.want and self.cfg.memory_conns in self.cfg.latency_conns:
+            await self.latency(system, self.cfg.memory_conns)
+
+    async def resume(self, system: System) -> None:
+        if "resume" in self.want:
+            self.results[system.name]["resume"] = await self.bench.resume(system)
+
+    async def burst(self, system: System) -> None:
+        """The burst, then latency over the burst's connections (and any other sizes)."""
+        if "burst" in self.want:
+            self.results[system.name]["burst"] = await self.bench.burst(system)
+        if "latency" in self.want:
+            for n in self.cfg.latency_conns:
+                if n not in self.latency_done[system.name]:
+                    await self.latency(system, n)
+                    if n != self.cfg.conns:
+                        await self.bench.close(system, f"latency{n}")
+
+
+async def _main(args: argparse.Namespace, cfg: Config) -> int:
+    progress = Progress()
+    workdir = Path(tempfile.mkdtemp(prefix="wire-bench-"))
+    began = time.monotonic()
+    setup = Setup()
+    clients = Clients(cfg.client_procs, progress.counters)
+    poster: Poster | None = None
+    try:
+        progress.step("starting redis-server, publisher, gateways and clients")
+        setup, _ = await asyncio.gather(start(args, cfg, workdir), clients.start())
+        poster = Poster(setup.publisher_url, setup.token)
+        bench = Bench(cfg, clients, poster, secrets.token_hex(4), progress)
+        results = await Plan(bench, setup, cfg).run()
+        failures = bench.failures
+    finally:
+        if poster is not None:
+            poster.close()
+        await clients.stop()
+        setup.stop()
+        if args.keep:
+            progress.done(f"process logs kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    elapsed = time.monotonic() - began
+    doc = {
+        "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
+        "gateway": {
+            "sut": args.sut,
+            "workers": args.workers,
+            "uvloop": args.uvloop,
+            "env": args.gateway_env,
+            "url": args.url,
+        },
+        "machine": machine(),
+        "results": results,
+        "targets": report.targets(cfg, results),
+        "verification": {"ok": not failures, "failures": failures},
+        "notes": setup.notes,
+        "seconds": elapsed,
+    }
+    if args.json:
+        sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print(report.table(cfg, results))
+        for note in setup.notes:
+            print(f"note: {note}")
+        print(f"\nverification: {'passed' if not failures else 'FAILED'} ({elapsed:.0f} s)")
+        for f in failures:
+            print(f"  - {f}")
+    if args.plot:
+        report.plot(Path(args.plot), cfg, results)
+        progress.done(f"plot written to {args.plot}")
+    if failures:
+        progress.done("verification FAILED: " + "; ".join(failures[:3]))
+        return 1
+    if args.check_targets and any(t["met"] is False for t in report.targets(cfg, results)):
+        return 2
+    return 0
+
+
+def machine() -> dict[str, Any]:
+    import aiohttp
+
+    loop = "uvloop" if "uvloop" in sys.modules else "asyncio"
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "aiohttp": aiohttp.__version__,
+        "platform": platform.platform(),
+        "bench_loop": loop,
+    }

@@ -1,0 +1,411 @@
+"""The bench scenarios, run against one gateway (ours or the naive baseline) at a time.
+
+Every scenario checks what it measured: each subscriber must receive exactly
+the items it should (a count per connection), and the sampled subscribers the
+exact ids, in stream order, without duplicates. Problems are collected in
+``Bench.failures``; the command exits non-zero when there are any.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from wire.bench.poster import Poster, Published
+from wire.bench.procs import Clients, cpu_seconds, rss_bytes
+
+
+@dataclass
+class Config:
+    """Sizes and switches of one run (the CLI flags)."""
+
+    scenarios: tuple[str, ...] = ("burst", "latency", "memory", "resume", "publisher")
+    conns: int = 1000
+    items: int = 200
+    posters: int = 8
+    rate: float = 20.0
+    latency_seconds: float = 5.0
+    latency_conns: tuple[int, ...] = (1000, 10_000)
+    memory_conns: int = 10_000
+    resume_conns: int = 5000
+    resume_back: int = 100
+    resume_live: int = 10
+    publish_items: int = 5000
+    publish_clients: int = 16
+    sample: int = 100
+    client_procs: int = 1
+    connect_concurrency: int = 1000
+    body: int = 0
+    timeout: float = 60.0
+    baseline: bool = True
+    baseline_latency_max: int = 10_000
+
+
+@dataclass
+class System:
+    """A gateway under test."""
+
+    name: str
+    host: str
+    port: int
+    pid: int | None = None
+    groups: dict[str, int] = field(default_factory=dict)
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """The ``p``-th percentile (nearest rank) of ``values``; NaN when empty."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+class Progress:
+    """One status line on stderr (rewritten in place on a terminal)."""
+
+    def __init__(self) -> None:
+        self.label = ""
+        self.tty = sys.stderr.isatty()
+        self.last = 0.0
+
+    def step(self, label: str) -> None:
+        self.label = label
+        self.say(f"{label} ...", force=True)
+
+    def say(self, text: str, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last < (0.25 if self.tty else 2.0):
+            return
+        self.last = now
+        if self.tty:
+            sys.stderr.write(f"\r\x1b[2K[bench] {text}")
+        else:
+            sys.stderr.write(f"[bench] {text}\n")
+        sys.stderr.flush()
+
+    def done(self, text: str) -> None:
+        if self.tty:
+            sys.stderr.write(f"\r\x1b[2K[bench] {text}\n")
+        else:
+            sys.stderr.write(f"[bench] {text}\n")
+        sys.stderr.flush()
+
+    def counters(self, subscribed: int, delivered: int) -> None:
+        self.say(f"{self.label}: {subscribed:,} subscribed, {delivered:,} items delivered")
+
+
+class Bench:
+    """Drives the client processes and the publisher for the scenarios."""
+
+    def __init__(
+        self, config: Config, clients: Clients, poster: Poster, run_id: str, progress: Progress
+    ) -> None:
+        self.cfg = config
+        self.clients = clients
+        self.poster = poster
+        self.run = run_id
+        self.tag = f"bench-{run_id}"
+        self.progress = progress
+        self.failures: list[str] = []
+
+    # -- client groups ---------------------------------------------------------
+
+    async def connect(
+        self, system: System, group: str, n: int, query: str = "", concurrency: int | None = None
+    ) -> dict[str, Any]:
+        k = self.clients.n
+        shares = [n // k + (1 if i < n % k else 0) for i in range(k)]
+        samples = [self.cfg.sample // k + (1 if i < self.cfg.sample % k else 0) for i in range(k)]
+        path = f"/v1/ws?tags={self.tag}{query}"
+        started = time.monotonic()
+        results = await self.clients.all(
+            "connect",
+            lambda i: {
+                "group": f"{system.name}-{group}",
+                "host": system.host,
+                "port": system.port,
+                "path": path,
+                "n": shares[i],
+                "sample": min(samples[i], shares[i]),
+                "concurrency": max(1, (concurrency or self.cfg.connect_concurrency) // k),
+                "within": self.cfg.timeout,
+            },
+        )
+        system.groups[group] = n
+        failed = sum(r["failed"] for r in results)
+        if failed:
+            errors = [e for r in results for e in r["errors"]][:3]
+            self.failures.append(
+                f"{system.name} {group}: {failed} of {n} connections failed: {errors}"
+            )
+        return {
+            "subscribed": sum(r["subscribed"] for r in results),
+            "failed": failed,
+            "seconds": time.monotonic() - started,
+        }
+
+    async def reset(self, system: System, group: str) -> None:
+        await self.clients.all("reset", lambda i: {"group": f"{system.name}-{group}"})
+
+    async def close(self, system: System, group: str) -> None:
+        if system.groups.pop(group, None) is not None:
+            await self.clients.all("close", lambda i: {"group": f"{system.name}-{group}"})
+
+    async def wait(self, system: System, group: str, expect: int) -> dict[str, Any]:
+        results = await self.clients.all(
+            "wait",
+            lambda i: {
+                "group": f"{system.name}-{group}",
+                "expect": expect,
+                "within": self.cfg.timeout,
+                "stall": min(5.0, self.cfg.timeout),
+            },
+        )
+        firsts = [r["first_rx"] for r in results if r["first_rx"]]
+        closed: dict[str, int] = {}
+        for r in results:
+            for code, k in r["closed"].items():
+                closed[code] = closed.get(code, 0) + k
+        return {
+            "conns": sum(r["conns"] for r in results),
+            "delivered": sum(r["delivered"] for r in results),
+            "short": sum(r["short"] for r in results),
+            "over": sum(r["over"] for r in results),
+            "min": min(r["min"] for r in results),
+            "max": max(r["max"] for r in results),
+            "closed": closed,
+            "first_rx": min(firsts, default=0),
+            "last_rx": max(r["last_rx"] for r in results),
+            "sampled_ids": [ids for r in results for ids in r["sampled_ids"]],
+            "latency_us": [x for r in results for x in r["latency_us"]],
+        }
+
+    def verify(self, label: str, got: dict[str, Any], expected_ids: list[str]) -> bool:
+        """Exactly the expected items on every connection; exact ids on sampled ones."""
+        problems = []
+        expect = len(expected_ids)
+        if got["short"]:
+            problems.append(
+                f"{got['short']} of {got['conns']} connections missed items "
+                f"(fewest received: {got['min']} of {expect})"
+            )
+        if got["over"]:
+            problems.append(
+                f"{got['over']} of {got['conns']} connections received extra items "
+                f"(most received: {got['max']} of {expect})"
+            )
+        if got["closed"]:
+            problems.append(f"connections closed by the server: {got['closed']}")
+        for ids in got["sampled_ids"]:
+            if ids == expected_ids:
+                continue
+            if len(set(ids)) < len(ids):
+                problems.append(f"a sampled connection received duplicates ({len(ids)} ids)")
+            elif ids != sorted(ids, key=_key):
+                problems.append("a sampled connection received items out of order")
+            else:
+                missing = sorted(set(expected_ids) - set(ids), key=_key)
+                extra = sorted(set(ids) - set(expected_ids), key=_key)
+                problems.append(
+                    f"a sampled connection got the wrong ids: missing {missing[:3]}, "
+                    f"unexpected {extra[:3]}"
+                )
+            break
+        for p in problems:
+            self.failures.append(f"{label}: {p}")
+        return not problems
+
+    def cpu(self, system: System) -> tuple[float, float]:
+        """CPU seconds used so far by the gateway (nan if unknown) and by the clients."""
+        gateway = cpu_seconds([system.pid]) if system.pid else math.nan
+        return gateway, cpu_seconds([p.pid for p in self.clients.procs])
+
+    @staticmethod
+    def cpu_per_delivery(
+        before: tuple[float, float], after: tuple[float, float], deliveries: int
+    ) -> dict[str, float]:
+        """Microseconds of gateway and client CPU per delivery: robust on a busy machine."""
+        n = max(1, deliveries)
+        return {
+            "gateway_cpu_us_per_delivery": (after[0] - before[0]) / n * 1e6,
+            "client_cpu_us_per_delivery": (after[1] - before[1]) / n * 1e6,
+        }
+
+    # -- scenarios -------------------------------------------------------------
+
+    async def burst(self, system: System) -> dict[str, Any]:
+        """N connections, M items published as fast as 8 posters can: deliveries/s."""
+        cfg = self.cfg
+        label = f"{system.name} burst {cfg.conns:,}x{cfg.items}"
+        self.progress.step(label)
+        conn = await self.connect(system, "burst", cfg.conns)
+        cpu0 = self.cpu(system)
+        pub = await self.publish(cfg.items, cfg.posters, "burst")
+        got = await self.wait(system, "burst", len(pub.ids))
+        cpu = self.cpu_per_delivery(cpu0, self.cpu(system), got["delivered"])
+        ok = self.verify(label, got, pub.ids) and self.published_ok(label, pub, cfg.items)
+        seconds = max(got["last_rx"] - pub.started, 1) / 1e9
+        result = {
+            "conns": cfg.conns,
+            "items": cfg.items,
+            "deliveries": got["delivered"],
+            "seconds": seconds,
+            "deliveries_per_s": got["delivered"] / seconds,
+            "publish_seconds": (pub.finished - pub.started) / 1e9,
+            "connect_seconds": conn["seconds"],
+            **cpu,
+            "verified": ok,
+        }
+        self.progress.done(
+            f"{label}: {result['deliveries_per_s']:,.0f} deliveries/s "
+            f"({got['delivered']:,} in {seconds * 1000:.0f} ms)"
+        )
+        return result
+
+    async def latency(self, system: System, n: int) -> dict[str, Any]:
+        """A steady rate of single items to n subscribers: publish->deliver percentiles."""
+        cfg = self.cfg
+        label = f"{system.name} latency {n:,} conns at {cfg.rate:g}/s"
+        self.progress.step(label)
+        group = next((g for g, k in system.groups.items() if k == n), None)
+        if group is None:
+            group = f"latency{n}"
+            await self.connect(system, group, n)
+        await self.reset(system, group)
+        cpu0 = self.cpu(system)
+        count = max(1, round(cfg.rate * cfg.latency_seconds))
+        pub = await self.poster.steady(
+            count, cfg.rate, tag=f"{self.tag}/latency", run=self.run, body=self.body
+        )
+        got = await self.wait(system, group, len(pub.ids))
+        cpu = self.cpu_per_delivery(cpu0, self.cpu(system), got["delivered"])
+        ok = self.verify(label, got, pub.ids) and self.published_ok(label, pub, count)
+        lat = [x / 1000 for x in got["latency_us"]]
+        result = {
+            "conns": n,
+            "items": count,
+            "rate": cfg.rate,
+            "samples": len(lat),
+            "p50_ms": percentile(lat, 50),
+            "p90_ms": percentile(lat, 90),
+            "p99_ms": percentile(lat, 99),
+            "max_ms": max(lat, default=math.nan),
+            **cpu,
+            "verified": ok,
+        }
+        self.progress.done(
+            f"{label}: p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
+            f"max {result['max_ms']:.1f} ms ({len(lat):,} samples)"
+        )
+        return result
+
+    async def memory(self, system: System) -> dict[str, Any]:
+        """RSS growth of the gateway for N idle subscribed connections (left open)."""
+        n = self.cfg.memory_conns
+        label = f"{system.name} memory {n:,} idle conns"
+        self.progress.step(label)
+        if system.pid is None:
+            self.progress.done(f"{label}: skipped (no gateway pid; pass --gateway-pid)")
+            return {"skipped": "no gateway pid"}
+        await asyncio.sleep(0.5)
+        before = rss_bytes(system.pid)
+        conn = await self.connect(system, f"idle{n}", n)
+        await asyncio.sleep(1.0)
+        after = rss_bytes(system.pid)
+        result = {
+            "conns": n,
+            "rss_before": before,
+            "rss_after": after,
+            "per_conn_bytes": (after - before) / max(1, conn["subscribed"]),
+            "connect_seconds": conn["seconds"],
+            "connects_per_s": conn["subscribed"] / conn["seconds"],
+        }
+        self.progress.done(
+            f"{label}: {result['per_conn_bytes'] / 1024:.1f} KiB per connection "
+            f"(connected in {conn['seconds']:.1f} s)"
+        )
+        return result
+
+    async def resume(self, system: System) -> dict[str, Any]:
+        """N clients reconnect at once with ``since`` K items back; time until caught up."""
+        cfg = self.cfg
+        n, back = cfg.resume_conns, cfg.resume_back
+        label = f"{system.name} resume storm {n:,} conns, since {back} back"
+        self.progress.step(label)
+        marker = await self.publish(1, 1, "resume")
+        missed = await self.publish(back, cfg.posters, "resume")
+        if not marker.ids:
+            self.failures.append(f"{label}: could not publish")
+            return {}
+        started = time.monotonic_ns()
+        since = f"&since={marker.ids[0]}"
+        _, live = await asyncio.gather(
+            self.connect(system, "resume", n, since, concurrency=n),
+            self.publish(cfg.resume_live, 2, "resume"),
+        )
+        expected = missed.ids + live.ids
+        got = await self.wait(system, "resume", len(expected))
+        ok = (
+            self.verify(label, got, expected)
+            and self.published_ok(label, missed, back)
+            and self.published_ok(label, live, cfg.resume_live)
+        )
+        seconds = (got["last_rx"] - started) / 1e9
+        result = {
+            "conns": n,
+            "back": back,
+            "live": cfg.resume_live,
+            "seconds": seconds,
+            "deliveries": got["delivered"],
+            "verified": ok,
+        }
+        self.progress.done(f"{label}: all caught up in {seconds:.2f} s")
+        await self.close(system, "resume")
+        return result
+
+    async def publisher(self) -> dict[str, Any]:
+        """Accepted items/s from 16 concurrent clients, each with an Idempotency-Key."""
+        cfg = self.cfg
+        label = f"publisher {cfg.publish_items:,} items, {cfg.publish_clients} clients"
+        self.progress.step(label)
+        pub = await self.publish(cfg.publish_items, cfg.publish_clients, "publisher")
+        ok = self.published_ok(label, pub, cfg.publish_items)
+        seconds = (pub.finished - pub.started) / 1e9
+        result = {
+            "items": cfg.publish_items,
+            "clients": cfg.publish_clients,
+            "accepted": len(pub.ids),
+            "seconds": seconds,
+            "items_per_s": len(pub.ids) / seconds,
+            "verified": ok,
+        }
+        self.progress.done(f"{label}: {result['items_per_s']:,.0f} items/s accepted")
+        return result
+
+    # -- publishing ------------------------------------------------------------
+
+    @property
+    def body(self) -> str | None:
+        return "x" * self.cfg.body if self.cfg.body else None
+
+    async def publish(self, count: int, conns: int, what: str) -> Published:
+        return await self.poster.publish(
+            count, tag=f"{self.tag}/{what}", conns=conns, run=self.run, body=self.body
+        )
+
+    def published_ok(self, label: str, pub: Published, count: int) -> bool:
+        if len(pub.ids) == count and set(pub.statuses) <= {201}:
+            return True
+        self.failures.append(f"{label}: publishing failed: {pub.statuses} {pub.errors[:2]}")
+        return False
+
+
+def _key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)

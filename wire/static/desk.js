@@ -1,0 +1,481 @@
+// The live news desk: history backfill, then live items over /v1/ws.
+//
+// Rules this file keeps:
+// - One row per story (guid). A newer version replaces the shown row (it is
+//   never shown twice); a withdrawal removes the story's text and shows the
+//   reason instead.
+// - Every item id is handled at most once (the `seen` Set), and a reconnect
+//   resumes with `since` = the greatest id handled, so nothing is missed and
+//   nothing is duplicated across gateway restarts or network loss.
+// - Text from items goes into the DOM through textContent only, never
+//   innerHTML: a headline containing markup shows as that markup.
+"use strict";
+
+(() => {
+  const BACKFILL = 100; // history shown on load and after a filter change
+  const MAX_ROWS = 500; // oldest rows are dropped past this, to keep the page light
+  const RETRY_MIN_MS = 500;
+  const RETRY_MAX_MS = 15000;
+  const PING_EVERY_MS = 25000; // app-level ping: browsers hide WebSocket pings from scripts
+  const PONG_WAIT_MS = 10000;
+  const FRESH_AFTER_MS = 400; // backfill arrives right after "subscribed"; later rows are news
+
+  const feed = document.getElementById("feed");
+  const statusEl = document.getElementById("status");
+  const statusText = document.getElementById("status-text");
+  const form = document.getElementById("filter-form");
+  const input = document.getElementById("filter");
+  const filterError = document.getElementById("filter-error");
+  const notice = document.getElementById("notice");
+  const empty = document.getElementById("empty");
+  const count = document.getElementById("count");
+
+  const dayFormat = new Intl.DateTimeFormat(undefined, {
+    day: "numeric",
+    month: "long",
+    year: "numeric",
+  });
+  const fullFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "full", timeStyle: "long" });
+
+  // ---- state ---------------------------------------------------------------
+
+  let filter = tagsFromLocation(); // [] means every tag
+  let stories = new Map(); // guid -> {id, el}
+  let seen = new Set(); // ids already handled (items, versions, withdrawals)
+  let days = new Map(); // "YYYY-MM-DD" (viewer's local date) -> {section, list}
+  let lastId = null; // greatest id handled: the resume point
+  let sock = null; // the current socket; events from older sockets are ignored
+  let attempt = 0; // failed connection attempts in a row, for the backoff
+  let retryTimer = 0;
+  let pingTimer = 0;
+  let pongTimer = 0;
+  let resumed = false; // the current socket subscribed with since (not backfill)
+  let quietUntil = Infinity; // rows added before this are history: no highlight
+  let unread = 0;
+  const baseTitle = document.title;
+
+  // ---- ids and tags --------------------------------------------------------
+
+  /** Compare two non-negative decimal strings exactly (ids can exceed 2^53). */
+  function cmpNum(a, b) {
+    a = a.replace(/^0+(?=\d)/, "");
+    b = b.replace(/^0+(?=\d)/, "");
+    if (a.length !== b.length) return a.length < b.length ? -1 : 1;
+    return a < b ? -1 : a > b ? 1 : 0;
+  }
+
+  /** Order stream ids "ms-seq" as integer pairs: "9-0" < "10-0". */
+  function cmpId(a, b) {
+    const [am, as = "0"] = a.split("-");
+    const [bm, bs = "0"] = b.split("-");
+    return cmpNum(am, bm) || cmpNum(as, bs);
+  }
+
+  /** The client half of the server's tag normalization (the server has the last word). */
+  function normalizeTag(raw) {
+    return raw.normalize("NFKC").toLowerCase().trim().replace(/\s+/g, "-");
+  }
+
+  function parseTags(text) {
+    const tags = [];
+    for (const part of text.split(",")) {
+      const tag = normalizeTag(part);
+      if (tag === "*") return []; // "*" is everything, the same as no filter
+      if (tag && !tags.includes(tag)) tags.push(tag);
+    }
+    return tags;
+  }
+
+  function tagsFromLocation() {
+    return parseTags(new URLSearchParams(location.search).get("tags") || "");
+  }
+
+  /** "/?tags=world/europe,sport": readable, and a link reproduces the view. */
+  function filterURL(tags) {
+    if (!tags.length) return "/";
+    const q = tags.map((t) => encodeURIComponent(t).replace(/%2F/gi, "/")).join(",");
+    return "/?tags=" + q;
+  }
+
+  // ---- connection ----------------------------------------------------------
+
+  function wsURL() {
+    return (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/v1/ws";
+  }
+
+  function setState(state, text) {
+    statusEl.dataset.state = state;
+    statusText.textContent = text;
+  }
+
+  function connect() {
+    clearTimeout(retryTimer);
+    retryTimer = 0;
+    setState(
+      attempt ? "reconnecting" : "connecting",
+      attempt ? "Reconnecting…" : "Connecting…"
+    );
+    const ws = new WebSocket(wsURL());
+    sock = ws;
+    ws.onopen = () => {
+      if (sock !== ws) return;
+      const msg = { type: "subscribe", tags: filter.length ? filter : ["*"] };
+      // Resume after the last item handled; with none yet, show recent history.
+      resumed = lastId !== null;
+      if (resumed) msg.since = lastId;
+      else msg.backfill = BACKFILL;
+      ws.send(JSON.stringify(msg));
+      keepAlive(ws);
+    };
+    ws.onmessage = (event) => {
+      if (sock !== ws) return;
+      keepAlive(ws);
+      let msg;
+      try {
+        msg = JSON.parse(event.data);
+      } catch {
+        return;
+      }
+      onMessage(msg);
+    };
+    ws.onclose = (event) => {
+      if (sock !== ws) return;
+      lost(event.code, event.reason);
+    };
+  }
+
+  /** Any message proves the socket alive; silence past a ping means it is dead. */
+  function keepAlive(ws) {
+    clearTimeout(pingTimer);
+    clearTimeout(pongTimer);
+    pingTimer = setTimeout(() => {
+      if (sock !== ws || ws.readyState !== WebSocket.OPEN) return;
+      ws.send('{"type":"ping"}');
+      pongTimer = setTimeout(() => {
+        // A dead network can take minutes to close a socket by itself.
+        if (sock !== ws) return;
+        ws.close();
+        lost(1006, "no answer to ping");
+      }, PONG_WAIT_MS);
+    }, PING_EVERY_MS);
+  }
+
+  function lost(code, reason) {
+    sock = null;
+    clearTimeout(pingTimer);
+    clearTimeout(pongTimer);
+    if (code === 4001 || code === 4003) {
+      // Retrying cannot fix a refused token.
+      setState("offline", "Offline: " + (reason || "not allowed"));
+      return;
+    }
+    // Exponential backoff, half of it random, so a restarted gateway is not
+    // hit by every desk at the same instant. A slow-consumer close (4008) on
+    // a socket that was live starts again from the shortest delay.
+    const cap = Math.min(RETRY_MAX_MS, RETRY_MIN_MS * 2 ** attempt);
+    const delay = cap / 2 + (Math.random() * cap) / 2;
+    attempt += 1;
+    setState("reconnecting", "Reconnecting…");
+    statusEl.title = "Next attempt in " + Math.ceil(delay / 1000) + " s";
+    retryTimer = setTimeout(connect, delay);
+  }
+
+  /** Drop the current socket (its late events are ignored) and connect afresh. */
+  function reconnectNow() {
+    const old = sock;
+    sock = null;
+    if (old) old.close(1000);
+    clearTimeout(pingTimer);
+    clearTimeout(pongTimer);
+    connect();
+  }
+
+  window.addEventListener("online", () => {
+    if (!sock && retryTimer) connect();
+  });
+
+  function onMessage(msg) {
+    switch (msg.type) {
+      case "subscribed":
+        attempt = 0;
+        // Backfill follows at once and is history, not news; a resume is all news.
+        quietUntil = resumed ? 0 : Date.now() + FRESH_AFTER_MS;
+        statusEl.title = "";
+        setState("live", "Live");
+        // Nothing handled yet: resume from where the gateway stood, so items
+        // published while a first connection is down are not missed.
+        if (lastId === null && typeof msg.position === "string") lastId = msg.position;
+        return;
+      case "item":
+        if (msg.item && typeof msg.item === "object") addItem(msg.item, msg.ahead === true);
+        return;
+      case "error":
+        onError(msg);
+        return;
+      default:
+        return; // pong, or a message type this page does not know yet
+    }
+  }
+
+  function onError(msg) {
+    const text = String(msg.message || msg.code || "error");
+    if (msg.code === "history_truncated") {
+      showNotice("Some older items are no longer kept on the server and could not be shown.");
+    } else if (msg.field === "tags" || ["invalid_tag", "too_many_tags", "forbidden"].includes(msg.code)) {
+      filterError.textContent = "Filter not accepted: " + text;
+      filterError.hidden = false;
+      setState("offline", "Not subscribed");
+    } else {
+      showNotice(text);
+    }
+  }
+
+  function showNotice(text) {
+    notice.textContent = text;
+    notice.hidden = false;
+  }
+
+  // ---- rendering -----------------------------------------------------------
+
+  function itemDate(item) {
+    const d = new Date(item.published_at);
+    if (!Number.isNaN(d.getTime())) return d;
+    return new Date(Number(String(item.id).split("-")[0])); // the id starts with ms
+  }
+
+  const pad = (n) => String(n).padStart(2, "0");
+
+  function dayKey(d) {
+    return d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate());
+  }
+
+  function el(tag, className, text) {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  function safeURL(raw) {
+    try {
+      const url = new URL(raw);
+      return url.protocol === "http:" || url.protocol === "https:" ? url.href : null;
+    } catch {
+      return null;
+    }
+  }
+
+  function chips(tags) {
+    const list = el("ul", "tags");
+    for (const tag of Array.isArray(tags) ? tags : []) {
+      const li = el("li");
+      const a = el("a", "chip", String(tag));
+      a.href = filterURL([String(tag)]);
+      a.dataset.tag = String(tag);
+      a.title = "Show only " + tag;
+      li.append(a);
+      list.append(li);
+    }
+    return list;
+  }
+
+  function timeCell(item, d) {
+    const time = el("time", "time", pad(d.getHours()) + ":" + pad(d.getMinutes()));
+    time.dateTime = d.toISOString();
+    time.title = fullFormat.format(d);
+    return time;
+  }
+
+  function renderStory(item, d) {
+    const row = el("li", "item");
+    const urgency = Number(item.urgency);
+    if (urgency === 1 || urgency === 2) row.classList.add("urgency-" + urgency);
+    const main = el("div", "main");
+    const head = el("div", "headline");
+    if (urgency === 1) head.append(el("span", "flag flash", "Flash"));
+    else if (urgency === 2) head.append(el("span", "flag urgent", "Urgent"));
+    if (item.mark) head.append(el("span", "mark", String(item.mark)));
+    const href = item.url ? safeURL(String(item.url)) : null;
+    const title = el(href ? "a" : "span", "title", String(item.title ?? ""));
+    if (href) {
+      title.href = href;
+      title.target = "_blank";
+      title.rel = "noopener noreferrer";
+    }
+    head.append(title);
+    main.append(head);
+    if (item.subtitle) main.append(el("p", "subtitle", String(item.subtitle)));
+    main.append(chips(item.tags));
+    row.append(timeCell(item, d), main);
+    return row;
+  }
+
+  function renderWithdrawal(item, d) {
+    const row = el("li", "item withdrawn");
+    const main = el("div", "main");
+    const head = el("div", "headline");
+    head.append(el("span", "flag killed", "Withdrawn"));
+    head.append(el("span", "title", "This story has been withdrawn."));
+    main.append(head);
+    const reason = item.reason ? "Reason: " + String(item.reason) : "No reason was given.";
+    main.append(el("p", "subtitle reason", reason));
+    main.append(chips(item.tags));
+    row.append(timeCell(item, d), main);
+    return row;
+  }
+
+  function addItem(item, ahead) {
+    if (typeof item.id !== "string") return;
+    // A flash sent ahead of queued items must not move the resume point past
+    // the items it overtook; they follow, and a resume replays them.
+    if (!ahead && (!lastId || cmpId(item.id, lastId) > 0)) lastId = item.id;
+    if (seen.has(item.id)) return;
+    seen.add(item.id);
+    const guid = typeof item.guid === "string" ? item.guid : item.id;
+    const shown = stories.get(guid);
+    if (shown && cmpId(shown.id, item.id) > 0) return; // an older version, superseded
+    if (shown) removeRow(shown.el);
+    const d = itemDate(item);
+    const row = item.pubstatus === "canceled" ? renderWithdrawal(item, d) : renderStory(item, d);
+    row.dataset.id = item.id;
+    row.dataset.guid = guid;
+    if (item.version > 1) row.dataset.version = String(item.version);
+    if (Date.now() > quietUntil) {
+      row.classList.add("fresh");
+      if (document.hidden) unread += 1;
+    }
+    place(row, d);
+    stories.set(guid, { id: item.id, el: row });
+    trim();
+    refresh();
+  }
+
+  /** Put a row in its day (newest day first) and in id order within it (newest first). */
+  function place(row, d) {
+    const key = dayKey(d);
+    let day = days.get(key);
+    if (!day) {
+      const section = el("section", "day");
+      section.dataset.day = key;
+      const heading = el("h2", "day-heading", dayFormat.format(d));
+      const list = el("ol", "items");
+      section.append(heading, list);
+      let before = null;
+      for (const other of feed.children) {
+        if (other.dataset.day < key) {
+          before = other;
+          break;
+        }
+      }
+      feed.insertBefore(section, before);
+      day = { section, list };
+      days.set(key, day);
+    }
+    let before = null;
+    for (const other of day.list.children) {
+      if (cmpId(other.dataset.id, row.dataset.id) < 0) {
+        before = other;
+        break;
+      }
+    }
+    day.list.insertBefore(row, before);
+  }
+
+  function removeRow(row) {
+    const list = row.parentElement;
+    row.remove();
+    if (list && !list.children.length) {
+      const section = list.parentElement;
+      days.delete(section.dataset.day);
+      section.remove();
+    }
+  }
+
+  function trim() {
+    let oldest = null;
+    while (stories.size > MAX_ROWS) {
+      const lastDay = feed.lastElementChild;
+      const row = lastDay && lastDay.querySelector(".items").lastElementChild;
+      if (!row) return;
+      stories.delete(row.dataset.guid);
+      removeRow(row);
+      oldest = row.dataset.id;
+    }
+    // Ids below the oldest row dropped can only come back with a backfill,
+    // which happens on a fresh view (empty set) only: forgetting them keeps
+    // the set from growing through a long shift.
+    if (oldest && seen.size > 2 * MAX_ROWS) {
+      seen = new Set([...seen].filter((id) => cmpId(id, oldest) > 0));
+    }
+  }
+
+  function refresh() {
+    const n = stories.size;
+    empty.hidden = n > 0;
+    count.textContent = n ? n + (n === 1 ? " story" : " stories") : "";
+    const view = filter.length ? describe(filter) + " · " : "";
+    document.title = (unread ? "(" + unread + ") " : "") + view + baseTitle;
+  }
+
+  document.addEventListener("visibilitychange", () => {
+    if (!document.hidden) {
+      unread = 0;
+      refresh();
+    }
+  });
+
+  // ---- filter --------------------------------------------------------------
+
+  function describe(tags) {
+    return tags.length ? tags.join(", ") : "";
+  }
+
+  /** Show a new filter: clear, resubscribe with a fresh backfill, keep it in the URL. */
+  function setFilter(tags, push) {
+    if (push && describe(tags) === describe(filter)) return;
+    filter = tags;
+    if (push) history.pushState(null, "", filterURL(tags));
+    input.value = describe(tags);
+    filterError.hidden = true;
+    notice.hidden = true;
+    feed.replaceChildren();
+    stories = new Map();
+    seen = new Set();
+    days = new Map();
+    lastId = null;
+    quietUntil = Infinity;
+    attempt = 0;
+    empty.textContent = emptyText();
+    refresh();
+    reconnectNow();
+  }
+
+  function emptyText() {
+    return filter.length
+      ? "No stories for " + describe(filter) + " yet. New ones appear here as they are published."
+      : "No stories yet. New ones appear here as they are published.";
+  }
+
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    setFilter(parseTags(input.value), true);
+  });
+
+  document.getElementById("filter-clear").addEventListener("click", () => setFilter([], true));
+
+  feed.addEventListener("click", (event) => {
+    const chip = event.target.closest("a.chip");
+    // Modified clicks keep their browser meaning (open the filtered view in a new tab).
+    if (!chip || event.button !== 0 || event.metaKey || event.ctrlKey || event.shiftKey) return;
+    event.preventDefault();
+    setFilter([chip.dataset.tag], true);
+    window.scrollTo({ top: 0 });
+  });
+
+  window.addEventListener("popstate", () => setFilter(tagsFromLocation(), false));
+
+  input.value = describe(filter);
+  empty.textContent = emptyText();
+  refresh();
+  connect();
+})();
