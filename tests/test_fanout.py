@@ -490,3 +490,22 @@ async def test_behind_connection_catches_up_in_order() -> None:
         await drained(hub, conn)
     got += item_ids(t.read())
     assert got == sent and not conn.closed
+
+
+# --- keep-alive -----------------------------------------------------------------------
+
+
+async def test_keepalive_pings_and_closes_what_never_answers() -> None:
+    hub = Hub()
+    silent, st = conn_for(hub, "*")
+    answering, at = conn_for(hub, "*")
+    sse, sset = conn_for(hub, "*", sse=True)
+    comment = b": keep-alive\n\n"
+    await hub.keepalive(comment)
+    assert st.read() == [(9, b"")] and at.read() == [(9, b"")]
+    assert bytes(sset.unread) == comment
+    hub.pong(answering)
+    await hub.keepalive(comment)  # a whole interval later
+    assert close_of(st.read()) == (1002, "ping timeout") and silent.closed
+    assert at.read() == [(9, b"")] and not answering.closed
+    assert not sse.closed  # SSE has no pongs; a dead one fails on write

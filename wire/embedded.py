@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from wire.errors import RedisMissing
 
@@ -117,7 +119,7 @@ def _stop_leftover(home: Path) -> None:
     if not record.exists():
         return
     old = Path(record.read_text().strip())
-    client = redis.Redis(unix_socket_path=str(old), socket_timeout=5, socket_connect_timeout=1)
+    client = _client(old)
     try:
         if _answers(client):
             client.shutdown()
@@ -132,6 +134,17 @@ def _stop_leftover(home: Path) -> None:
         shutil.rmtree(old.parent, ignore_errors=True)
 
 
+def _client(sock: Path) -> redis.Redis:
+    # No retries: redis-py's default backs off for seconds on a dead socket,
+    # and every check here is "does anything answer right now?".
+    return redis.Redis(
+        unix_socket_path=str(sock),
+        socket_timeout=5,
+        socket_connect_timeout=1,
+        retry=Retry(NoBackoff(), 0),
+    )
+
+
 def _answers(client: redis.Redis) -> bool:
     try:
         return bool(client.ping())
@@ -141,7 +154,7 @@ def _answers(client: redis.Redis) -> bool:
 
 def _wait_for(sock: Path, proc: subprocess.Popen[bytes], home: Path) -> None:
     """Until redis-server answers PING: listening, and done loading the AOF."""
-    client = redis.Redis(unix_socket_path=str(sock), socket_timeout=5, socket_connect_timeout=1)
+    client = _client(sock)
     deadline = time.monotonic() + 30
     try:
         while not (sock.exists() and _answers(client)):

@@ -24,6 +24,7 @@ from wire.resume import Window, fresh
 from wire.tags import match_keys
 
 SLOW_CONSUMER = 4008
+NO_PONG = 1002  # a WebSocket peer must answer a ping (RFC 6455 5.5.2)
 #: Past this much unsent data a connection is behind: the hub queues its items
 #: itself (where urgent ones can overtake) instead of handing them to asyncio.
 HOLD_AT = 64 * 1024
@@ -117,6 +118,8 @@ class Hub:
         self.behind: set[Conn] = set()
         self._flusher: asyncio.Task[None] | None = None
         self.slow_closes = 0
+        #: WebSocket connections pinged in the last keep-alive round and not yet ponged.
+        self.unanswered: set[Conn] = set()
 
     def start(self, position: StreamKey) -> None:
         """Set where the reader starts; the recent window begins there."""
@@ -130,6 +133,7 @@ class Hub:
     def detach(self, conn: Conn) -> None:
         """Forget a connection (idempotent)."""
         self.conns.discard(conn)
+        self.unanswered.discard(conn)
         self._unindex(conn, conn.keys)
         conn.keys = frozenset()
 
@@ -269,6 +273,34 @@ class Hub:
             self.close(conn, SLOW_CONSUMER, "slow consumer")
             return
         transport.write(data)
+
+    async def keepalive(self, sse_comment: bytes, per_step: int = 500) -> None:
+        """One keep-alive round for every connection, from one task.
+
+        WebSocket connections get a ping, and one that has not answered the
+        previous round's ping (a whole interval ago) is closed: its peer is
+        gone or frozen. SSE connections get a comment. (aiohttp's own heartbeat
+        costs a timer and callbacks per connection, about 600 bytes each.) The
+        round yields every ``per_step`` connections so the reader never waits
+        for all of them.
+        """
+        for conn in list(self.unanswered):
+            self.close(conn, NO_PONG, "ping timeout")
+        conns = list(self.conns)
+        for start in range(0, len(conns), per_step):
+            for conn in conns[start : start + per_step]:
+                if conn.closed:
+                    continue
+                if conn.sse:
+                    self.send(conn, sse_comment)
+                else:
+                    self.unanswered.add(conn)
+                    self.send(conn, frames.WS_PING)
+            await asyncio.sleep(0)
+
+    def pong(self, conn: Conn) -> None:
+        """The connection answered its ping."""
+        self.unanswered.discard(conn)
 
     def close(self, conn: Conn, code: int, reason: str) -> None:
         """Close a connection from the server side, without awaiting it."""

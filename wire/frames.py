@@ -17,6 +17,8 @@ _LEN2 = struct.Struct("!BBH").pack
 _LEN3 = struct.Struct("!BBQ").pack
 OP_TEXT = 0x1
 OP_CLOSE = 0x8
+OP_PING = 0x9
+OP_PONG = 0xA
 
 
 def ws_frame(payload: bytes, opcode: int = OP_TEXT) -> bytes:
@@ -28,6 +30,15 @@ def ws_frame(payload: bytes, opcode: int = OP_TEXT) -> bytes:
     if n < 65536:
         return _LEN2(first, 126, n) + payload
     return _LEN3(first, 127, n) + payload
+
+
+def ws_pong(payload: bytes) -> bytes:
+    """The answer to a client's ping: a pong with the same (at most 125-byte) payload."""
+    return ws_frame(payload[:125], OP_PONG)
+
+
+#: The keep-alive ping every WebSocket connection gets each ``ping_interval``.
+WS_PING = ws_frame(b"", OP_PING)
 
 
 def ws_message(message: dict[str, object]) -> bytes:

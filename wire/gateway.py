@@ -17,14 +17,14 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 
 import orjson
-from aiohttp import WSMsgType, web
+from aiohttp import WSMessage, WSMsgType, web
 
 from wire import frames
 from wire.appkeys import ENTITLEMENTS, SETTINGS, STORE
 from wire.auth import bearer
 from wire.entitlements import EVERYTHING, Grant, reader_grant
 from wire.entry import Entry
-from wire.errors import ClientError, Forbidden, TooManyConnections
+from wire.errors import ClientError, Forbidden, InvalidMessage, TooManyConnections
 from wire.fanout import FLUSH_EVERY, Conn, Hub
 from wire.http import REDIS_DOWN, error_response
 from wire.ids import StreamKey
@@ -103,6 +103,13 @@ class Reader:
                 log.warning("stream reader: redis unavailable (%s); retrying in %.2fs", err, delay)
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 2.0)
+            except Exception:
+                # A bug must not silently end delivery for the whole process.
+                # Retrying the batch is safe: each connection's last_key keeps
+                # whatever part of it was already written from going out twice.
+                self.errors += 1
+                log.exception("stream reader: unexpected error; retrying")
+                await asyncio.sleep(1.0)
 
 
 READER = web.AppKey("reader", Reader)
@@ -150,12 +157,11 @@ async def _reader_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _keepalive(hub: Hub, interval: float) -> None:
-    """SSE comment keep-alives for every SSE connection, from one task."""
+    """Keep-alives for every connection from one task: WebSocket pings, SSE comments."""
     chunk = frames.http_chunk(frames.sse_comment("keep-alive"))
     while True:
         await asyncio.sleep(interval)
-        for conn in [c for c in hub.conns if c.sse]:
-            hub.send(conn, chunk)
+        await hub.keepalive(chunk)
 
 
 def _admit(request: web.Request) -> Grant:
@@ -186,9 +192,10 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
         return error_response(err.status, err.as_dict())
     # aiohttp refuses a message of max_msg_size bytes or more; the limit is
     # "more than max_frame bytes", so a message of exactly max_frame passes.
-    ws = web.WebSocketResponse(
-        heartbeat=settings.ping_interval, max_msg_size=settings.max_frame + 1, compress=False
-    )
+    # No per-connection heartbeat: the hub pings every connection from one
+    # task (_keepalive), which saves ~600 bytes per connection; autoping is off
+    # so the pongs reach the loop below, which also answers the client's pings.
+    ws = web.WebSocketResponse(autoping=False, max_msg_size=settings.max_frame + 1, compress=False)
     await ws.prepare(request)
     assert request.transport is not None
     _limit_send_buffer(request, settings.send_buffer)
@@ -204,12 +211,22 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
             elif msg.type == WSMsgType.BINARY:
                 session.reply(
                     error_message(
-                        ClientError("binary frames are not accepted; send JSON text frames")
+                        InvalidMessage("binary frames are not accepted; send JSON text frames")
                     )
                 )
+            elif msg.type in (WSMsgType.PING, WSMsgType.PONG):
+                _ping_pong(session.hub, session.conn, msg)
     finally:
         session.hub.detach(session.conn)
     return ws
+
+
+def _ping_pong(hub: Hub, conn: Conn, msg: WSMessage) -> None:
+    """Answer a client's ping; note a pong to the hub's keep-alive ping."""
+    if msg.type == WSMsgType.PING:
+        hub.send(conn, frames.ws_pong(msg.data))
+    else:
+        hub.pong(conn)
 
 
 def _query_subscribe(request: web.Request) -> Subscribe | None:
@@ -230,6 +247,9 @@ def _query_subscribe(request: web.Request) -> Subscribe | None:
 
 class Session:
     """One subscriber connection: its subscription, replies and replays."""
+
+    # One per connection: slots keep it small (see docs/performance.md, memory).
+    __slots__ = ("conn", "grant", "hub", "request", "store", "subscription")
 
     def __init__(self, request: web.Request, conn: Conn, grant: Grant = EVERYTHING) -> None:
         settings = request.app[SETTINGS]
@@ -263,6 +283,14 @@ class Session:
         except ClientError as err:
             self.reply(error_message(err))
 
+    def _position(self) -> StreamKey:
+        """The cursor a ``subscribed`` reports: after every item sent before it.
+
+        A reply jumps the hub's queue of a connection that is behind, so while
+        items are queued the cursor is the last item actually written.
+        """
+        return self.conn.last_key if self.conn.held else self.hub.position
+
     async def handle(self, cmd: Subscribe | Unsubscribe | Ping) -> None:
         """Apply one command; ClientErrors propagate to the caller to be answered."""
         if isinstance(cmd, Ping):
@@ -271,7 +299,7 @@ class Session:
         self.subscription.check_rate(time.monotonic())
         if isinstance(cmd, Unsubscribe):
             self.hub.retag(self.conn, self.subscription.unsubscribe(cmd.tags))
-            self.reply(subscribed_message(self.subscription.tags, self.hub.position))
+            self.reply(subscribed_message(self.subscription.tags, self._position()))
             return
         self.grant.check_subscription(cmd.tags)
         if self.hub.recent_base is None:
@@ -285,7 +313,7 @@ class Session:
             self.hub.begin_replay(self.conn)
         # No await between these two lines: no item can slip in between.
         self.hub.retag(self.conn, keys)
-        self.reply(subscribed_message(keys, self.hub.position))
+        self.reply(subscribed_message(keys, self._position()))
         if replay:
             await self.replay(cmd, keys)
 

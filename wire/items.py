@@ -156,11 +156,16 @@ def _url(value: object) -> str | None:
     value = value.strip()
     if not value:
         return None
-    if len(value) > MAX_URL or any(ch.isspace() or ord(ch) < 32 for ch in value):
+    # Whitespace, controls (DEL and C1 too) and invisible format characters
+    # (bidi overrides can disguise where a link goes) must be percent-encoded.
+    if len(value) > MAX_URL or any(
+        ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf") for ch in value
+    ):
         raise ValidationError("url must be an absolute http(s) link", field="url")
     try:
         parts = urlsplit(value)
         host = parts.hostname
+        _ = parts.port  # raises for a port that is not a number from 0 to 65535
     except ValueError:
         host = None
         parts = None

@@ -7,6 +7,7 @@ import sys
 import time
 
 import orjson
+from aiohttp.http_exceptions import HttpProcessingError
 
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message"}
 
@@ -38,3 +39,21 @@ def setup_logging(level: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, UnparsableRequest) for f in server.filters):
+        server.addFilter(UnparsableRequest())
+
+
+class UnparsableRequest(logging.Filter):
+    """A request aiohttp cannot parse (line too long, bad header...) is the client's
+    mistake, answered 400; aiohttp logs it as an error with a traceback that quotes
+    the raw request line, which may carry a ``?token=``. Keep one warning, no bytes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg = "unparsable request answered %s: %s"
+            record.args = (exc.code, type(exc).__name__)
+            record.exc_info = record.exc_text = None
+        return True

@@ -24,11 +24,13 @@ class HttpConn(asyncio.Protocol):
         self.buf = b""
         self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
         self.transport: asyncio.Transport | None = None
+        self.lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_exception(ConnectionError(f"publisher connection lost: {exc}"))
 
@@ -50,10 +52,41 @@ class HttpConn(asyncio.Protocol):
             self.waiter.set_result((status, body))
 
     async def request(self, data: bytes) -> tuple[int, bytes]:
-        assert self.transport is not None
+        if self.lost or self.transport is None or self.transport.is_closing():
+            raise ConnectionError("publisher connection closed")
         self.waiter = asyncio.get_running_loop().create_future()
         self.transport.write(data)
         return await self.waiter
+
+
+class Slot:
+    """A keep-alive connection that reconnects when the server has closed it.
+
+    The publisher closes idle keep-alive connections; a request that finds its
+    connection gone is sent again on a new one (every bench request carries an
+    Idempotency-Key, so a repeat cannot publish twice).
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.proto: HttpConn | None = None
+
+    async def connect(self) -> HttpConn:
+        if self.proto is None or self.proto.lost:
+            loop = asyncio.get_running_loop()
+            _, self.proto = await loop.create_connection(HttpConn, self.host, self.port)
+        return self.proto
+
+    async def request(self, data: bytes) -> tuple[int, bytes]:
+        try:
+            return await (await self.connect()).request(data)
+        except ConnectionError:
+            self.proto = None
+            return await (await self.connect()).request(data)
+
+    def close(self) -> None:
+        if self.proto is not None and self.proto.transport is not None:
+            self.proto.transport.close()
 
 
 @dataclass
@@ -75,19 +108,18 @@ class Poster:
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 80
         self.token = token
-        self.conns: list[HttpConn] = []
+        self.conns: list[Slot] = []
         self.seq = 0
 
     async def open(self, n: int) -> None:
-        loop = asyncio.get_running_loop()
         while len(self.conns) < n:
-            _, proto = await loop.create_connection(HttpConn, self.host, self.port)
-            self.conns.append(proto)
+            slot = Slot(self.host, self.port)
+            await slot.connect()
+            self.conns.append(slot)
 
     def close(self) -> None:
         for c in self.conns:
-            if c.transport is not None:
-                c.transport.close()
+            c.close()
         self.conns.clear()
 
     def build(self, item: dict[str, Any], idempotency_key: str | None) -> bytes:
@@ -119,7 +151,7 @@ class Poster:
         out = Published(started=time.monotonic_ns())
         todo = iter(range(count))
 
-        async def worker(conn: HttpConn) -> None:
+        async def worker(conn: Slot) -> None:
             for _ in todo:
                 await self._one(conn, out, tag, run, body, idempotency, stamp)
 
@@ -139,7 +171,7 @@ class Poster:
         start = time.monotonic()
         tasks = []
 
-        async def one(conn: HttpConn) -> None:
+        async def one(conn: Slot) -> None:
             try:
                 await self._one(conn, out, tag, run, body, True, True)
             finally:
@@ -163,7 +195,7 @@ class Poster:
 
     async def _one(
         self,
-        conn: HttpConn,
+        conn: Slot,
         out: Published,
         tag: str,
         run: str,

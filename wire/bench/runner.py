@@ -143,6 +143,7 @@ class Plan:
         self.latency_done: dict[str, set[int]] = {s.name: set() for s in setup.systems}
 
     async def run(self) -> dict[str, dict[str, Any]]:
+        await self.bench.warm_up()
         steps = [self.idle, self.resume, self.burst]
         for step in steps:
             for system in self.systems:

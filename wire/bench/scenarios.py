@@ -390,6 +390,18 @@ class Bench:
 
     # -- publishing ------------------------------------------------------------
 
+    async def warm_up(self) -> None:
+        """Open the publishing connections and run the publish path once, unmeasured.
+
+        (The first requests load the publish script into Redis and fill caches;
+        they would otherwise show up as the latency scenario's maximum.)
+        """
+        n = max(self.cfg.publish_clients, self.cfg.posters)
+        pub = await self.poster.publish(
+            2 * n, tag=f"warmup-{self.run}", conns=n, run=self.run + "w", stamp=False
+        )
+        self.published_ok("warm-up", pub, 2 * n)
+
     @property
     def body(self) -> str | None:
         return "x" * self.cfg.body if self.cfg.body else None
