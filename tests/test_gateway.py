@@ -1115,3 +1115,14 @@ async def test_sse_too_many_tags_is_an_error_event_then_the_end(server: Server, 
         assert head == "event: error"
         assert orjson.loads(data.removeprefix("data: "))["code"] == "too_many_tags"
         assert await asyncio.wait_for(events.resp.content.read(), WAIT) == b""  # ended
+
+
+@pytest.mark.parametrize("value", ["²", "9" * 5000, "-1", "x"])
+async def test_query_string_backfill_that_is_not_a_number_is_a_clear_error(
+    server: Server, http: aiohttp.ClientSession, value: str
+) -> None:
+    async with http.get(f"{server.base}/v1/sse?tags=a&backfill={value}") as resp:
+        assert resp.status == 400
+        assert (await resp.json())["error"]["field"] == "backfill"
+    async with http.get(f"{server.base}/v1/ws?tags=a&backfill={value}") as resp:
+        assert resp.status == 400

@@ -198,7 +198,13 @@ def test_url_is_trimmed_and_blank_is_absent() -> None:
         "https:///path",
         "https://exa mple.com",
         "https://example.com/\x00",
+        "https://example.com/\x7f",  # DEL
+        "https://example.com/a\x80b",  # C1 control
+        "https://example.com/\u202egnp.exe",  # right-to-left override
+        "https://exa\u200bmple.com/",  # zero-width space
         "https://[::1",
+        "https://example.com:99999/",
+        "https://example.com:port/",
         "https://example.com/" + "a" * 2048,
         42,
         ["https://example.com"],

@@ -40,6 +40,6 @@ def require(presented: str | None, tokens: Iterable[str], *, what: str) -> None:
     if not tokens:
         raise Unauthorized(f"no {what} tokens are configured on this server")
     if presented is None:
-        raise Unauthorized(f"a {what} token is required (Authorization: Bearer <token>)")
+        raise Unauthorized(f"{what} token required (Authorization: Bearer <token>)")
     if not token_ok(presented, tokens):
         raise Unauthorized(f"the {what} token is not valid")

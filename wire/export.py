@@ -49,7 +49,7 @@ def add_commands(sub: Any) -> None:
 
 
 def _positive(raw: str) -> int:
-    if not raw.isascii() or not raw.isdigit() or int(raw) < 1:
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 9 or int(raw) < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {raw!r}")
     return int(raw)
 

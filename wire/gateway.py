@@ -229,6 +229,15 @@ def _ping_pong(hub: Hub, conn: Conn, msg: WSMessage) -> None:
         hub.pong(conn)
 
 
+def _query_int(raw: str) -> int | str:
+    """A query value as an int when it is a short ASCII number, else as given.
+
+    The validator then answers anything else; ``str.isdigit`` would let "²"
+    or thousands of digits through to ``int()``, which raises.
+    """
+    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 9 else raw
+
+
 def _query_subscribe(request: web.Request) -> Subscribe | None:
     """``?tags=a,b&since=ID`` (or ``backfill=N``) as a subscribe at connect time."""
     tags = request.query.get("tags")
@@ -239,7 +248,7 @@ def _query_subscribe(request: web.Request) -> Subscribe | None:
         msg["since"] = request.query["since"]
     if "backfill" in request.query:
         raw = request.query["backfill"]
-        msg["backfill"] = int(raw) if raw.isdigit() else raw
+        msg["backfill"] = _query_int(raw)
     if "compact" in request.query:
         msg["compact"] = request.query["compact"] in ("1", "true")
     return parse_subscribe(msg)
@@ -463,7 +472,7 @@ def _sse_subscribe(request: web.Request) -> Subscribe:
     if since:
         msg["since"] = since
     if "backfill" in q:
-        msg["backfill"] = int(q["backfill"]) if q["backfill"].isdigit() else q["backfill"]
+        msg["backfill"] = _query_int(q["backfill"])
     if "compact" in q:
         msg["compact"] = q["compact"] in ("1", "true")
     return parse_subscribe(msg)

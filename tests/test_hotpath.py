@@ -1,0 +1,152 @@
+"""The performance changes keep the rules: gathering, keep-alive sweeps, event loops.
+
+No timing assertions: the figures are the benchmark's job (``wire bench``,
+docs/performance.md); these tests pin down behaviour.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import connect
+
+from tests.conftest import Server, ServerFactory
+from wire import frames, gateway, loop
+from wire.entry import Entry
+from wire.fanout import NO_PONG, Conn, Hub
+from wire.gateway import Reader
+from wire.ids import ZERO, StreamKey
+from wire.settings import Settings
+
+
+def entry(ms: int) -> Entry:
+    return Entry(f"{ms}-0", ("world",), 5, f"g{ms}", b'{"id":"%d-0","title":"t"}' % ms)
+
+
+class FakeStore:
+    """Hands the reader prepared batches, then stops it."""
+
+    def __init__(self, batches: list[list[Entry]]) -> None:
+        self.batches = batches
+
+    async def last_key(self) -> StreamKey:
+        return ZERO
+
+    async def read_new(self, after: StreamKey, *, count: int, block_ms: int | None) -> list[Entry]:
+        if not self.batches:
+            raise asyncio.CancelledError
+        return self.batches.pop(0)
+
+
+async def test_the_reader_gathers_only_while_a_burst_is_under_way(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sleeps: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def fake_sleep(delay: float, *args: Any) -> None:
+        sleeps.append(delay)
+        await real_sleep(0)
+
+    monkeypatch.setattr(gateway.asyncio, "sleep", fake_sleep)
+    hub = Hub()
+    batches = [[entry(1)], [entry(2), entry(3)], [entry(4)], [], [entry(5), entry(6)]]
+    reader = Reader(FakeStore(batches), hub, Settings(read_gather_ms=2.0))  # type: ignore[arg-type]
+    with pytest.raises(asyncio.CancelledError):
+        await reader.run()
+    # one wait after each batch of several items; none after a single item or nothing
+    assert sleeps == [0.002, 0.002]
+    assert hub.position == (6, 0)
+
+
+async def test_gathering_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    sleeps: list[float] = []
+
+    async def fake_sleep(delay: float, *args: Any) -> None:
+        sleeps.append(delay)
+
+    monkeypatch.setattr(gateway.asyncio, "sleep", fake_sleep)
+    batches = [[entry(1), entry(2)], [entry(3), entry(4)]]
+    reader = Reader(FakeStore(batches), Hub(), Settings(read_gather_ms=0))  # type: ignore[arg-type]
+    with pytest.raises(asyncio.CancelledError):
+        await reader.run()
+    assert sleeps == []
+
+
+class Transport:
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.closing = True
+
+
+async def test_a_keepalive_round_pings_websockets_and_closes_the_silent() -> None:
+    hub = Hub()
+    answers, silent, sse = Conn(Transport()), Conn(Transport()), Conn(Transport(), sse=True)
+    for c in (answers, silent, sse):
+        hub.attach(c)
+    await hub.keepalive(b"comment", per_step=1)
+    assert answers.transport.data == frames.WS_PING  # type: ignore[attr-defined]
+    assert sse.transport.data == b"comment"  # type: ignore[attr-defined]
+    hub.pong(answers)
+    await hub.keepalive(b"comment")
+    assert not answers.closed and not sse.closed
+    assert silent.closed
+    close = frames.ws_close(NO_PONG, "ping timeout")
+    assert silent.transport.data == frames.WS_PING + close  # type: ignore[attr-defined]
+    assert hub.unanswered == {answers}
+    hub.detach(answers)
+    assert hub.unanswered == set()
+
+
+async def test_one_item_goes_out_as_its_cached_frame() -> None:
+    hub, t = Hub(), Transport()
+    conn = Conn(t)
+    hub.attach(conn)
+    hub.retag(conn, frozenset({"world"}))
+    e = entry(7)
+    hub.dispatch([e])
+    assert bytes(t.data) == e.ws_frame
+    assert conn.out is None and conn.ahead is None
+
+
+async def test_the_server_answers_a_client_ping_and_keeps_a_ponging_client(
+    make_server: ServerFactory,
+) -> None:
+    server: Server = await make_server(ping_interval=0.1)
+    async with connect(server.ws + "?tags=world") as ws:
+        await ws.recv()  # subscribed
+        pong = await ws.ping(b"are you there")
+        await asyncio.wait_for(pong, 5)
+        await asyncio.sleep(0.5)  # several keep-alive rounds, each answered by the library
+        await ws.send('{"type":"ping"}')
+        assert "pong" in str(await asyncio.wait_for(ws.recv(), 5))
+
+
+async def _which_loop() -> str:
+    return type(asyncio.get_running_loop()).__module__.split(".")[0]
+
+
+def test_the_event_loop_is_chosen_by_setting() -> None:
+    pytest.importorskip("uvloop")
+    assert loop.run(_which_loop(), "asyncio") == "asyncio"
+    assert loop.run(_which_loop(), "uvloop") == "uvloop"
+    assert loop.run(_which_loop(), "auto") == "uvloop"
+    with pytest.raises(SystemExit, match="WIRE_EVENT_LOOP"):
+        loop.run(_which_loop(), "fastest")
