@@ -7,6 +7,7 @@ nothing half-written.
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import orjson
@@ -23,6 +24,7 @@ from wire.errors import (
     InvalidJSON,
     NotFound,
     PayloadTooLarge,
+    RequestTimeout,
     UnsupportedMediaType,
     ValidationError,
 )
@@ -55,10 +57,15 @@ async def read_json(request: web.Request, types: tuple[str, ...] = JSON_TYPES) -
         )
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise PayloadTooLarge(f"the body is larger than {MAX_BODY:,} bytes")
+    # A client that trickles its body must not hold a handler forever.
+    limit = request.app[SETTINGS].idle_timeout
     try:
-        body = await request.read()  # the app's client_max_size is MAX_BODY
+        async with asyncio.timeout(limit):
+            body = await request.read()  # the app's client_max_size is MAX_BODY
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLarge(f"the body is larger than {MAX_BODY:,} bytes") from None
+    except TimeoutError:
+        raise RequestTimeout(f"the body did not arrive within {limit:g} s") from None
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as err:

@@ -101,6 +101,11 @@ class PayloadTooLarge(ClientError):
     close_code = 1009
 
 
+class RequestTimeout(ClientError):
+    code = "request_timeout"
+    status = 408
+
+
 class UnsupportedMediaType(ClientError):
     code = "unsupported_media_type"
     status = 415

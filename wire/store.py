@@ -17,7 +17,9 @@ from urllib.parse import unquote, urlsplit
 
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 
 from wire import keys, scripts
@@ -44,7 +46,13 @@ def connect(url: str, *, socket_timeout: float | None = 5.0) -> aioredis.Redis:
     ``redis+sentinel://h1:26379,h2:26379/mymaster`` asks the Sentinels for the
     current primary on every (re)connect, so a failover is followed without a
     restart.
+
+    redis-py's automatic retries are off: re-sending a publish script whose
+    answer was lost could store the item twice when the editor sent no
+    Idempotency-Key. Callers see the error (HTTP 503) and retry with the key;
+    the gateway's reader retries on its own, from the last id it delivered.
     """
+    no_retry = Retry(NoBackoff(), 0)
     if url.startswith("redis+sentinel://"):
         parts = urlsplit(url)
         hosts = []
@@ -57,7 +65,12 @@ def connect(url: str, *, socket_timeout: float | None = 5.0) -> aioredis.Redis:
         )
         return cast(
             aioredis.Redis,
-            sentinel.master_for(service, socket_timeout=socket_timeout, socket_connect_timeout=2.0),
+            sentinel.master_for(
+                service,
+                socket_timeout=socket_timeout,
+                socket_connect_timeout=2.0,
+                retry=no_retry,
+            ),
         )
     # A blocking pool: past max_connections a command waits for a free
     # connection (redis-py's default pool raises "Too many connections" at
@@ -69,6 +82,7 @@ def connect(url: str, *, socket_timeout: float | None = 5.0) -> aioredis.Redis:
         socket_timeout=socket_timeout,
         socket_connect_timeout=2.0,
         health_check_interval=30,
+        retry=no_retry,
     )
     return aioredis.Redis.from_pool(pool)
 
