@@ -150,3 +150,16 @@ def test_the_event_loop_is_chosen_by_setting() -> None:
     assert loop.run(_which_loop(), "auto") == "uvloop"
     with pytest.raises(SystemExit, match="WIRE_EVENT_LOOP"):
         loop.run(_which_loop(), "fastest")
+
+
+def test_the_collector_is_tuned_for_many_long_lived_connections() -> None:
+    import gc
+
+    saved = gc.get_threshold()
+    try:
+        assert loop.run(_which_loop(), "asyncio", gc_threshold=12_345) == "asyncio"
+        assert gc.get_threshold()[0] == 12_345
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*saved)

@@ -96,6 +96,7 @@ def _serve_command(args: argparse.Namespace) -> int:
         loop.run(
             serve(app, settings, reuse_port=getattr(args, "reuse_port", False)),
             settings.event_loop,
+            gc_threshold=settings.gc_threshold,
         )
     return 0
 

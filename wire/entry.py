@@ -10,12 +10,24 @@ from __future__ import annotations
 
 from wire import frames
 from wire.ids import StreamKey, parse_id
+from wire.tags import match_keys
 
 
 class Entry:
     """One stream entry: id, routing data and the item's JSON (with ``id``)."""
 
-    __slots__ = ("_sse", "_ws", "guid", "id", "json", "key", "tags", "urgency", "withdrawal")
+    __slots__ = (
+        "_routes",
+        "_sse",
+        "_ws",
+        "guid",
+        "id",
+        "json",
+        "key",
+        "tags",
+        "urgency",
+        "withdrawal",
+    )
 
     def __init__(
         self,
@@ -36,6 +48,7 @@ class Entry:
         self.withdrawal = withdrawal
         self._ws: bytes | None = None
         self._sse: bytes | None = None
+        self._routes: frozenset[str] | None = None
 
     @classmethod
     def from_fields(cls, entry_id: bytes | str, fields: dict[bytes, bytes]) -> Entry:
@@ -50,6 +63,17 @@ class Entry:
             with_id(eid, stored),
             fields.get(b"k") == b"w",
         )
+
+    @property
+    def routes(self) -> frozenset[str]:
+        """Every subscription key this entry is delivered to (its tags' prefixes and ``*``).
+
+        Computed once: a replay tests each entry against every resuming
+        connection's subscription.
+        """
+        if self._routes is None:
+            self._routes = match_keys(self.tags)
+        return self._routes
 
     @property
     def ws_frame(self) -> bytes:

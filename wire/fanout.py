@@ -21,7 +21,6 @@ from wire import frames
 from wire.entry import Entry
 from wire.ids import ZERO, StreamKey
 from wire.resume import Window, fresh
-from wire.tags import match_keys
 
 SLOW_CONSUMER = 4008
 NO_PONG = 1002  # a WebSocket peer must answer a ping (RFC 6455 5.5.2)
@@ -158,7 +157,7 @@ class Hub:
         touched: list[Conn] = []
         overflowed: list[Conn] = []
         for entry in entries:
-            lists = [index[k] for k in match_keys(entry.tags) if k in index]
+            lists = [index[k] for k in entry.routes if k in index]
             if not lists:
                 continue
             targets = lists[0] if len(lists) == 1 else set().union(*lists)
@@ -274,20 +273,23 @@ class Hub:
             return
         transport.write(data)
 
-    async def keepalive(self, sse_comment: bytes, per_step: int = 500) -> None:
+    async def keepalive(self, sse_comment: bytes, per_step: int = 500, spread: float = 0) -> None:
         """One keep-alive round for every connection, from one task.
 
         WebSocket connections get a ping, and one that has not answered the
-        previous round's ping (a whole interval ago) is closed: its peer is
-        gone or frozen. SSE connections get a comment. (aiohttp's own heartbeat
-        costs a timer and callbacks per connection, about 600 bytes each.) The
-        round yields every ``per_step`` connections so the reader never waits
-        for all of them.
+        previous round's ping is closed: its peer is gone or frozen. SSE
+        connections get a comment. (aiohttp's own heartbeat costs a timer and
+        callbacks per connection, about 600 bytes each.) The round goes
+        ``per_step`` connections at a time, spread over ``spread`` seconds, so
+        live items never wait behind thousands of pings.
         """
         for conn in list(self.unanswered):
             self.close(conn, NO_PONG, "ping timeout")
         conns = list(self.conns)
+        pause = spread * per_step / len(conns) if conns else 0
         for start in range(0, len(conns), per_step):
+            if start:
+                await asyncio.sleep(pause)
             for conn in conns[start : start + per_step]:
                 if conn.closed:
                     continue
@@ -296,7 +298,6 @@ class Hub:
                 else:
                     self.unanswered.add(conn)
                     self.send(conn, frames.WS_PING)
-            await asyncio.sleep(0)
 
     def pong(self, conn: Conn) -> None:
         """The connection answered its ping."""
@@ -366,7 +367,7 @@ class Hub:
         """
         found: list[Entry] = []
         for entry in reversed(self.recent):
-            if entry.key > upto or match_keys(entry.tags).isdisjoint(keys):
+            if entry.key > upto or entry.routes.isdisjoint(keys):
                 continue
             found.append(entry)
             if len(found) == limit:

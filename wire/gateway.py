@@ -43,7 +43,6 @@ from wire.protocol import (
 from wire.resume import Window, compact, fresh, is_truncated, replay_window
 from wire.settings import Settings
 from wire.store import Store, connect
-from wire.tags import match_keys
 
 log = logging.getLogger("wire.gateway")
 
@@ -160,8 +159,9 @@ async def _keepalive(hub: Hub, interval: float) -> None:
     """Keep-alives for every connection from one task: WebSocket pings, SSE comments."""
     chunk = frames.http_chunk(frames.sse_comment("keep-alive"))
     while True:
-        await asyncio.sleep(interval)
-        await hub.keepalive(chunk)
+        await asyncio.sleep(interval / 2)
+        # Pinged over half the interval, so each has at least that long to answer.
+        await hub.keepalive(chunk, spread=interval / 2)
 
 
 def _admit(request: web.Request) -> Grant:
@@ -365,7 +365,7 @@ class Session:
         """Matching entries in the window, a page at a time (memory first, then Redis)."""
         cached = self.hub.recent_window(window)
         if cached is not None:
-            yield [e for e in cached if not match_keys(e.tags).isdisjoint(keys)]
+            yield [e for e in cached if not e.routes.isdisjoint(keys)]
             return
         cursor = window.after
         while cursor < window.upto:
@@ -373,9 +373,7 @@ class Session:
             if not page:
                 return
             cursor = page[-1].key
-            yield await self.store.redact(
-                [e for e in page if not match_keys(e.tags).isdisjoint(keys)]
-            )
+            yield await self.store.redact([e for e in page if not e.routes.isdisjoint(keys)])
 
     async def _latest(self, keys: frozenset[str], limit: int, upto: StreamKey) -> list[Entry]:
         found = self.hub.recent_latest(keys, limit, upto)

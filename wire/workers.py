@@ -45,4 +45,8 @@ def worker_main() -> None:
     if settings.redis_url is None:
         raise SystemExit("wire gateway --workers needs --redis or WIRE_REDIS_URL")
     app = create_app(settings, publisher=False, gateway=True)
-    loop.run(serve(app, settings, reuse_port=True), settings.event_loop)
+    loop.run(
+        serve(app, settings, reuse_port=True),
+        settings.event_loop,
+        gc_threshold=settings.gc_threshold,
+    )

@@ -133,7 +133,7 @@ def add_commands(sub: Any) -> None:
         default=1,
         help="gateway processes (wire gateway --workers N, SO_REUSEPORT)",
     )
-    h.add_argument("--uvloop", action="store_true", help="run the gateway on uvloop")
+    h.add_argument("--uvloop", action="store_true", help="run the gateway and publisher on uvloop")
     h.add_argument(
         "--gateway-env",
         action="append",

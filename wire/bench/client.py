@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import sys
 import time
@@ -27,7 +28,9 @@ import orjson
 ITEM_PREFIX = b'{"type":"item"'
 SUBSCRIBED_PREFIX = b'{"type":"subscribed"'
 ERROR_PREFIX = b'{"type":"error"'
-HANDSHAKE, OPEN, CLOSED = 0, 1, 2
+HANDSHAKE, OPEN, CLOSED, RETRYING = 0, 1, 2, 3
+TRY_AGAIN = 1013  # the server could not serve the replay now; the client is to retry
+MAX_RETRIES = 5
 MASK = b"\x00\x00\x00\x00"  # client frames must be masked; a zero mask is a valid mask
 
 now_ns = time.monotonic_ns
@@ -44,7 +47,9 @@ class Group:
         self.failed = 0
         self.first_rx = 0
         self.last_rx = 0
+        self.retries = 0
         self.errors: list[str] = []
+        self.address: tuple[str, int, bytes] = ("", 0, b"")
 
     def reset(self) -> None:
         self.delivered = 0
@@ -66,7 +71,9 @@ class Sub(asyncio.Protocol):
         "group",
         "ids",
         "lat",
+        "ok",
         "ready",
+        "retries",
         "state",
         "transport",
     )
@@ -81,11 +88,16 @@ class Sub(asyncio.Protocol):
         self.lat: list[int] | None = [] if sampled else None
         self.ready: asyncio.Future[bool] | None = ready
         self.transport: asyncio.Transport | None = None
+        self.ok = False  # subscribed at least once: it is expected to receive items
+        self.retries = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.state == RETRYING:
+            asyncio.get_running_loop().create_task(self._reconnect(0.05 * self.retries))
+            return
         if self.state != CLOSED:
             self.state = CLOSED
             if self.close_code is None:
@@ -96,6 +108,7 @@ class Sub(asyncio.Protocol):
         ready, self.ready = self.ready, None
         if ready is not None and not ready.done():
             if ok:
+                self.ok = True
                 self.group.subscribed += 1
             else:
                 self.group.failed += 1
@@ -175,11 +188,31 @@ class Sub(asyncio.Protocol):
         elif opcode == 0x9 and self.transport is not None:  # ping: answer with a masked pong
             self.transport.write(bytes((0x8A, 0x80 | len(payload))) + MASK + payload)
         elif opcode == 0x8:
-            self.close_code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
-            self.state = CLOSED
-            self._settle(False, f"closed {self.close_code} {payload[2:].decode(errors='replace')}")
+            code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+            if code == TRY_AGAIN and not self.count and self.retries < MAX_RETRIES:
+                # As a real client would: reconnect with the same ``since``. Nothing
+                # was received, so nothing can come twice. Counted, not a failure.
+                self.retries += 1
+                self.group.retries += 1
+                self.state = RETRYING
+            else:
+                self.close_code = code
+                self.state = CLOSED
+                self._settle(False, f"closed {code} {payload[2:].decode(errors='replace')}")
             if self.transport is not None:
                 self.transport.close()
+
+    async def _reconnect(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        host, port, request = self.group.address
+        self.state, self.buf = HANDSHAKE, b""
+        try:
+            await asyncio.get_running_loop().create_connection(lambda: self, host, port)
+        except OSError:
+            self.state, self.close_code = CLOSED, 1006
+            return
+        if self.transport is not None:
+            self.transport.write(request)
 
 
 class Worker:
@@ -212,6 +245,7 @@ class Worker:
             "Connection: Upgrade\r\nSec-WebSocket-Key: d2lyZS1iZW5jaC1rZXkxMg==\r\n"
             "Sec-WebSocket-Version: 13\r\n\r\n"
         ).encode()
+        g.address = (host, port, request)
         step = max(1, n // sample) if sample else 0
         gate = asyncio.Semaphore(concurrency)
         started = now_ns()
@@ -248,8 +282,7 @@ class Worker:
     ) -> dict[str, Any]:
         """Wait until every connection has ``expect`` items (or nothing moves)."""
         g = self.groups[group]
-        live = [c for c in g.conns if c.state != HANDSHAKE]
-        target = expect * len(live)
+        target = expect * sum(1 for c in g.conns if c.ok)
         deadline = time.monotonic() + within
         last, moved = -1, time.monotonic()
         while g.delivered < target and time.monotonic() < deadline:
@@ -262,12 +295,12 @@ class Worker:
         return self.result(g, expect)
 
     def result(self, g: Group, expect: int) -> dict[str, Any]:
-        counts = [c.count for c in g.conns if c.state != HANDSHAKE]
+        counts = [c.count for c in g.conns if c.ok]
         closed: dict[str, int] = {}
         for c in g.conns:
             if c.close_code is not None:
                 closed[str(c.close_code)] = closed.get(str(c.close_code), 0) + 1
-        samples = [c for c in g.conns if c.ids is not None and c.state != HANDSHAKE]
+        samples = [c for c in g.conns if c.ids is not None and c.ok]
         return {
             "conns": len(counts),
             "delivered": g.delivered,
@@ -276,10 +309,11 @@ class Worker:
             "min": min(counts, default=0),
             "max": max(counts, default=0),
             "closed": closed,
+            "retries": g.retries,
             "first_rx": g.first_rx,
             "last_rx": g.last_rx,
             "sampled_ids": [c.ids for c in samples],
-            "latency_us": [x for c in samples for x in (c.lat or ())],
+            "latency_us": [c.lat or [] for c in samples],
         }
 
     def close(self, group: str) -> dict[str, Any]:
@@ -336,6 +370,10 @@ class Worker:
 
 
 def main() -> None:
+    # A measuring instrument must not pause: the cyclic collector would walk
+    # every connection's objects now and then (100+ ms at 10,000), and these
+    # short-lived processes make no garbage that needs it.
+    gc.disable()
     if os.environ.get("WIRE_BENCH_CLIENT_UVLOOP", "1") == "1":
         with contextlib.suppress(ImportError):
             import uvloop

@@ -204,6 +204,17 @@ def plot(path: Path, cfg: Config, results: dict[str, Any]) -> None:
             )
             k += 1
     left.set_xticks([i + 0.4 - width / 2 for i in range(len(stats))], ["p50", "p90", "p99", "max"])
+    for n, limit in ((1000, 12), (10_000, 120)):
+        if n in cfg.latency_conns:
+            left.axhline(limit, color="gray", linestyle="--", linewidth=0.8)
+            left.annotate(
+                f"target p99, {n:,}",
+                (3.5, limit),
+                fontsize=7,
+                color="gray",
+                ha="right",
+                va="bottom",
+            )
     left.set_yscale("log")
     left.set_ylabel("publish -> deliver (ms)")
     left.set_title(f"Latency at {cfg.rate:g} items/s")

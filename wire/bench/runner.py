@@ -94,20 +94,19 @@ async def start(args: argparse.Namespace, cfg: Config, workdir: Path) -> Setup:
         s.children.append(redis)
         s.token = secrets.token_urlsafe(18)
         pub_port, gw_port = free_port(), free_port()
+        loop_env = {"WIRE_EVENT_LOOP": "uvloop"} if args.uvloop else {}
         s.children.append(
             start_wire(
                 "publisher",
                 ["publisher", "--redis", redis_url],
                 pub_port,
-                {"WIRE_EDITOR_TOKENS": s.token},
+                {"WIRE_EDITOR_TOKENS": s.token, **loop_env},
                 workdir,
             )
         )
         s.publisher_url = f"http://127.0.0.1:{pub_port}"
         if args.sut == "wire":
-            env = dict(v.split("=", 1) for v in args.gateway_env)
-            if args.uvloop:
-                env["WIRE_EVENT_LOOP"] = "uvloop"
+            env = {**loop_env, **dict(v.split("=", 1) for v in args.gateway_env)}
             argv = ["gateway", "--redis", redis_url]
             if args.workers > 1:
                 argv += ["--workers", str(args.workers)]

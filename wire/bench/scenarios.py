@@ -180,10 +180,11 @@ class Bench:
             "min": min(r["min"] for r in results),
             "max": max(r["max"] for r in results),
             "closed": closed,
+            "retries": sum(r["retries"] for r in results),
             "first_rx": min(firsts, default=0),
             "last_rx": max(r["last_rx"] for r in results),
             "sampled_ids": [ids for r in results for ids in r["sampled_ids"]],
-            "latency_us": [x for r in results for x in r["latency_us"]],
+            "latency_us": [lat for r in results for lat in r["latency_us"]],
         }
 
     def verify(self, label: str, got: dict[str, Any], expected_ids: list[str]) -> bool:
@@ -226,6 +227,23 @@ class Bench:
         gateway = cpu_seconds([system.pid]) if system.pid else math.nan
         return gateway, cpu_seconds([p.pid for p in self.clients.procs])
 
+    async def settle(self, system: System, within: float = 10.0) -> None:
+        """Wait until the gateway is idle (under 5% of a core for 0.2 s).
+
+        What a scenario leaves behind (thousands of connections closing, their
+        garbage) must not be billed to the next one.
+        """
+        await asyncio.sleep(0.2)
+        if system.pid is None:
+            await asyncio.sleep(1.0)
+            return
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            used = cpu_seconds([system.pid])
+            await asyncio.sleep(0.2)
+            if cpu_seconds([system.pid]) - used < 0.01:
+                return
+
     @staticmethod
     def cpu_per_delivery(
         before: tuple[float, float], after: tuple[float, float], deliveries: int
@@ -245,6 +263,7 @@ class Bench:
         label = f"{system.name} burst {cfg.conns:,}x{cfg.items}"
         self.progress.step(label)
         conn = await self.connect(system, "burst", cfg.conns)
+        await self.settle(system)
         cpu0 = self.cpu(system)
         pub = await self.publish(cfg.items, cfg.posters, "burst")
         got = await self.wait(system, "burst", len(pub.ids))
@@ -278,6 +297,7 @@ class Bench:
             group = f"latency{n}"
             await self.connect(system, group, n)
         await self.reset(system, group)
+        await self.settle(system)
         cpu0 = self.cpu(system)
         count = max(1, round(cfg.rate * cfg.latency_seconds))
         pub = await self.poster.steady(
@@ -286,7 +306,8 @@ class Bench:
         got = await self.wait(system, group, len(pub.ids))
         cpu = self.cpu_per_delivery(cpu0, self.cpu(system), got["delivered"])
         ok = self.verify(label, got, pub.ids) and self.published_ok(label, pub, count)
-        lat = [x / 1000 for x in got["latency_us"]]
+        lat = [x / 1000 for per_conn in got["latency_us"] for x in per_conn]
+        first, spread = _per_item(got)
         result = {
             "conns": n,
             "items": count,
@@ -296,6 +317,12 @@ class Bench:
             "p90_ms": percentile(lat, 90),
             "p99_ms": percentile(lat, 99),
             "max_ms": max(lat, default=math.nan),
+            # Per item, over the sampled connections: when the first one had it
+            # (publish, Redis, read) and how long until the last one did (fan-out).
+            "first_p50_ms": percentile(first, 50),
+            "first_p99_ms": percentile(first, 99),
+            "spread_p50_ms": percentile(spread, 50),
+            "spread_p99_ms": percentile(spread, 99),
             **cpu,
             "verified": ok,
         }
@@ -313,10 +340,10 @@ class Bench:
         if system.pid is None:
             self.progress.done(f"{label}: skipped (no gateway pid; pass --gateway-pid)")
             return {"skipped": "no gateway pid"}
-        await asyncio.sleep(0.5)
+        await self.settle(system)
         before = rss_bytes(system.pid)
         conn = await self.connect(system, f"idle{n}", n)
-        await asyncio.sleep(1.0)
+        await self.settle(system)
         after = rss_bytes(system.pid)
         result = {
             "conns": n,
@@ -343,6 +370,8 @@ class Bench:
         if not marker.ids:
             self.failures.append(f"{label}: could not publish")
             return {}
+        await self.settle(system)
+        cpu0 = self.cpu(system)
         started = time.monotonic_ns()
         since = f"&since={marker.ids[0]}"
         _, live = await asyncio.gather(
@@ -351,6 +380,7 @@ class Bench:
         )
         expected = missed.ids + live.ids
         got = await self.wait(system, "resume", len(expected))
+        cpu = self.cpu(system)
         ok = (
             self.verify(label, got, expected)
             and self.published_ok(label, missed, back)
@@ -363,9 +393,13 @@ class Bench:
             "live": cfg.resume_live,
             "seconds": seconds,
             "deliveries": got["delivered"],
+            "retried_1013": got["retries"],
+            "gateway_cpu_s": cpu[0] - cpu0[0],
+            "client_cpu_s": cpu[1] - cpu0[1],
             "verified": ok,
         }
-        self.progress.done(f"{label}: all caught up in {seconds:.2f} s")
+        retried = f" ({got['retries']} told to retry with 1013, and did)" if got["retries"] else ""
+        self.progress.done(f"{label}: all caught up in {seconds:.2f} s{retried}")
         await self.close(system, "resume")
         return result
 
@@ -416,6 +450,17 @@ class Bench:
             return True
         self.failures.append(f"{label}: publishing failed: {pub.statuses} {pub.errors[:2]}")
         return False
+
+
+def _per_item(got: dict[str, Any]) -> tuple[list[float], list[float]]:
+    """Per item: the earliest latency over the sampled connections, and max - min (ms)."""
+    seen: dict[str, list[int]] = {}
+    for ids, lats in zip(got["sampled_ids"], got["latency_us"], strict=False):
+        for item_id, us in zip(ids, lats, strict=False):
+            seen.setdefault(item_id, []).append(us)
+    first = [min(v) / 1000 for v in seen.values()]
+    spread = [(max(v) - min(v)) / 1000 for v in seen.values()]
+    return first, spread
 
 
 def _key(entry_id: str) -> tuple[int, int]:

@@ -1,0 +1,85 @@
+"""``wire bench`` checks what it measures: a gateway that loses or repeats an item fails.
+
+Tiny sizes and no timing assertions: these runs prove the verification, not the speed.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.support import ROOT
+
+TINY = [
+    "--conns", "12",
+    "--items", "8",
+    "--posters", "3",
+    "--latency-conns", "12",
+    "--latency-seconds", "0.5",
+    "--memory-conns", "12",
+    "--resume-conns", "6",
+    "--resume-back", "5",
+    "--resume-live", "2",
+    "--publish-items", "40",
+    "--publish-clients", "4",
+    "--sample", "4",
+    "--timeout", "3",
+]  # fmt: skip
+
+
+def bench(*args: str) -> tuple[int, dict[str, Any], str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "wire", "bench", "--json", *args],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=120,
+    )
+    report = orjson.loads(proc.stdout) if proc.stdout.strip() else {}
+    return proc.returncode, report, proc.stderr.decode(errors="replace")
+
+
+def test_a_healthy_gateway_and_the_baseline_pass_verification(tmp_path: Path) -> None:
+    plot = tmp_path / "bench.png"
+    code, report, err = bench(*TINY, "--plot", str(plot))
+    assert code == 0, err[-3000:]
+    assert plot.read_bytes().startswith(b"\x89PNG")
+    assert report["verification"] == {"ok": True, "failures": []}
+    for system in ("wire", "baseline"):
+        results = report["results"][system]
+        assert {"burst", "latency12", "memory", "resume"} <= set(results)
+        assert results["burst"]["deliveries"] == 12 * 8
+        assert all(r.get("verified", True) for r in results.values())
+    assert report["results"]["wire"]["publisher"]["accepted"] == 40
+    assert {t["metric"] for t in report["targets"]} >= {"deliveries/s", "RSS per connection"}
+
+
+@pytest.mark.parametrize(
+    ("fault", "complaint"), [("drop", "missed items"), ("dup", "received extra items")]
+)
+def test_a_gateway_that_drops_or_repeats_an_item_fails_verification(
+    fault: str, complaint: str
+) -> None:
+    code, report, err = bench(*TINY, "--scenarios", "burst", "--no-baseline", "--sut", fault)
+    assert code == 1
+    failures = report["verification"]["failures"]
+    assert not report["verification"]["ok"]
+    assert any(complaint in f and "1 of 12 connections" in f for f in failures), failures
+    assert "verification FAILED" in err
+
+
+def test_the_table_names_each_scenario_and_the_verdict() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "wire", "bench", *TINY, "--scenarios", "burst", "--sut", "drop"],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=120,
+    )
+    out = proc.stdout.decode()
+    assert proc.returncode == 1
+    assert "burst 12 conns x 8 items" in out
+    assert "verification: FAILED" in out
