@@ -8,6 +8,7 @@ the same Idempotency-Key finds.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections.abc import Iterable
@@ -98,6 +99,7 @@ class Store:
     def __init__(self, redis: aioredis.Redis, settings: Settings) -> None:
         self.redis = redis
         self.settings = settings
+        self._trimmed: asyncio.Future[StreamKey] | None = None
         self._publish = redis.register_script(scripts.PUBLISH)
         self._withdraw = redis.register_script(scripts.WITHDRAW)
         self._embargo = redis.register_script(scripts.EMBARGO)
@@ -263,7 +265,17 @@ class Store:
         return _entries(rows)[0].key if rows else (0, 0)
 
     async def trimmed_before(self) -> StreamKey:
-        """The greatest id ever trimmed away by retention ((0, 0) if none)."""
+        """The greatest id ever trimmed away by retention ((0, 0) if none).
+
+        Concurrent callers (a resume storm: thousands of clients at once)
+        share one ``XINFO`` in flight instead of sending one each, so an
+        answer is at most one round trip old.
+        """
+        if self._trimmed is None or self._trimmed.done():
+            self._trimmed = asyncio.ensure_future(self._read_trimmed())
+        return await asyncio.shield(self._trimmed)
+
+    async def _read_trimmed(self) -> StreamKey:
         try:
             info = await self.redis.xinfo_stream(keys.STREAM)
         except aioredis.ResponseError:  # no such key: nothing stored, nothing trimmed
