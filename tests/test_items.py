@@ -513,3 +513,18 @@ def test_ids_compare_numerically() -> None:
 @given(st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1))
 def test_format_and_parse_round_trip(ms: int, seq: int) -> None:
     assert parse_id(format_id((ms, seq))) == (ms, seq)
+
+
+def test_settings_survive_the_trip_to_a_worker_process() -> None:
+    from pathlib import Path
+
+    from wire.settings import Settings
+
+    settings = Settings(
+        redis_url="redis+sentinel://a:1,b:2/m",
+        editor_tokens=("x", "y"),
+        entitlements=Path("p.toml"),
+        retention_days=0.5,
+        max_buffer=123,
+    )
+    assert Settings.from_env(settings.to_env()) == settings

@@ -258,3 +258,36 @@ async def test_partner_token_never_sees_a_forbidden_item(
     assert status == 200
     status, _ = await get_json(http, f"{server.base}/v1/items")
     assert status == 401
+
+
+async def test_workers_keep_every_setting_given_as_a_flag(
+    redis_url: str, partner_file: Path, http
+) -> None:
+    """A limit given only as a flag must hold in every worker process."""
+    gw = WireProcess(
+        ["gateway", "--workers", "2", "--redis", redis_url, "--entitlements", str(partner_file)],
+        {},
+        free_port(),
+    ).start()
+    pub = WireProcess(
+        ["publisher", "--workers", "2", "--redis", redis_url],
+        {"WIRE_EDITOR_TOKENS": EDITOR_TOKEN},
+        free_port(),
+    ).start()
+    try:
+        await gw.ready()
+        await pub.ready()
+        status, _ = await post(http, pub.base, item("Via workers", ["sport"]))
+        assert status == 201
+        # The kernel spreads connections over the workers: ask enough times
+        # that both answer, and every answer must refuse.
+        for _ in range(20):
+            async with http.get(
+                f"{gw.base}/v1/sse?tags=politics", headers={"Authorization": "Bearer partner"}
+            ) as resp:
+                assert resp.status == 403
+            async with http.get(f"{gw.base}/v1/sse?tags=sport") as resp:
+                assert resp.status == 401
+    finally:
+        for proc in (gw, pub):
+            assert proc.terminate() == 0

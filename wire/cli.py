@@ -52,7 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     _server_flags(pub)
     gw = sub.add_parser("gateway", help="the WebSocket/SSE gateway alone")
     _server_flags(gw)
-    gw.add_argument("--workers", type=int, default=1, help="gateway processes sharing the port")
+    for role in (pub, gw):
+        role.add_argument(
+            "--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)"
+        )
     from wire import bench, client_cli, export
 
     for module in (client_cli, bench, export):
@@ -82,10 +85,12 @@ def _serve_command(args: argparse.Namespace) -> int:
         appendfsync=args.appendfsync,
     )
     setup_logging(settings.log_level)
-    if args.command == "gateway" and args.workers > 1:
+    if args.command != "run" and args.workers > 1:
         from wire.workers import run_workers
 
-        return run_workers(args.workers, settings)
+        if args.command == "publisher" and not settings.editor_tokens:
+            settings = settings.with_(editor_tokens=(_announce_token(settings),))
+        return run_workers(args.workers, settings, args.command)
     with _redis_for(settings) as settings:
         # Only once Redis is there: a run that fails to start prints no token.
         if args.command in ("run", "publisher") and not settings.editor_tokens:

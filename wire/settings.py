@@ -89,6 +89,17 @@ class Settings:
             values["log_level"] = str(values["log_level"]).upper()
         return cls(**values)
 
+    def to_env(self) -> dict[str, str]:
+        """The ``WIRE_*`` variables that rebuild these settings in a child process."""
+        env: dict[str, str] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            text = ",".join(value) if isinstance(value, tuple) else str(value)
+            env["WIRE_" + f.name.upper()] = text
+        return env
+
     def with_(self, **changes: Any) -> Settings:
         """A copy with some fields changed."""
         return replace(self, **changes)

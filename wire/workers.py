@@ -1,8 +1,11 @@
-"""``wire gateway --workers N``: N gateway processes sharing one port.
+"""``wire gateway|publisher --workers N``: N processes sharing one port.
 
-Each worker is an ordinary single-process gateway with its own stream reader;
-the kernel spreads connections over them with SO_REUSEPORT. They share
-nothing but Redis, which is what lets a client resume on any of them.
+Each worker is an ordinary single-process gateway (with its own stream
+reader) or publisher; the kernel spreads connections over them with
+SO_REUSEPORT. They share nothing but Redis, which is what lets a client resume
+on any gateway and an embargo be released once by whichever publisher is
+first. Every setting, flags included, reaches the workers through the
+environment (``Settings.to_env``), so none is silently dropped.
 """
 
 from __future__ import annotations
@@ -15,12 +18,11 @@ import sys
 from wire.settings import Settings
 
 
-def run_workers(n: int, settings: Settings) -> int:
-    """Start ``n`` workers, forward SIGINT/SIGTERM to them, wait for all."""
-    env = dict(os.environ)
-    env["WIRE_HOST"], env["WIRE_PORT"] = settings.host, str(settings.port)
-    if settings.redis_url:
-        env["WIRE_REDIS_URL"] = settings.redis_url
+def run_workers(n: int, settings: Settings, role: str = "gateway") -> int:
+    """Start ``n`` workers of ``role``, forward SIGINT/SIGTERM to them, wait for all."""
+    if settings.redis_url is None:
+        raise SystemExit(f"wire {role} --workers needs --redis or WIRE_REDIS_URL")
+    env = {**os.environ, **settings.to_env(), "WIRE_WORKER_ROLE": role}
     procs = [subprocess.Popen([sys.executable, "-m", "wire.worker"], env=env) for _ in range(n)]
 
     def forward(signum: int, _frame: object) -> None:
@@ -35,16 +37,15 @@ def run_workers(n: int, settings: Settings) -> int:
 
 
 def worker_main() -> None:
-    """One worker: a gateway on a shared (SO_REUSEPORT) port."""
+    """One worker: a gateway or publisher on a shared (SO_REUSEPORT) port."""
     from wire import loop
     from wire.app import create_app, serve
     from wire.logs import setup_logging
 
     settings = Settings.from_env()
     setup_logging(settings.log_level)
-    if settings.redis_url is None:
-        raise SystemExit("wire gateway --workers needs --redis or WIRE_REDIS_URL")
-    app = create_app(settings, publisher=False, gateway=True)
+    gateway = os.environ.get("WIRE_WORKER_ROLE", "gateway") == "gateway"
+    app = create_app(settings, publisher=not gateway, gateway=gateway)
     loop.run(
         serve(app, settings, reuse_port=True),
         settings.event_loop,
