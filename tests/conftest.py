@@ -8,6 +8,7 @@ from an empty database.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,9 +62,10 @@ class Server:
 ServerFactory = Callable[..., Awaitable[Server]]
 
 
-@pytest.fixture
-async def make_server(redis_url: str) -> AsyncIterator[ServerFactory]:
-    """Start wire apps (publisher and gateway by default) with settings overrides."""
+@asynccontextmanager
+async def server_factory(redis_url: str) -> AsyncIterator[ServerFactory]:
+    """Start wire apps (publisher and gateway by default) with settings overrides;
+    stop every one still running at the end."""
     started: list[Server] = []
 
     async def make(
@@ -84,7 +86,14 @@ async def make_server(redis_url: str) -> AsyncIterator[ServerFactory]:
 
     yield make
     for server in reversed(started):
-        await server.stop()
+        if server.runner.server is not None:  # not stopped by the test already
+            await server.stop()
+
+
+@pytest.fixture
+async def make_server(redis_url: str) -> AsyncIterator[ServerFactory]:
+    async with server_factory(redis_url) as make:
+        yield make
 
 
 @pytest.fixture

@@ -27,7 +27,6 @@ import orjson
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
-from aiohttp import web
 from playwright.async_api import (
     Browser,
     BrowserContext,
@@ -39,12 +38,9 @@ from playwright.async_api import (
     expect,
 )
 
-from tests.conftest import Server, ServerFactory
-from tests.support import EDITOR_TOKEN, free_port, get_json, item, post
+from tests.conftest import Server, ServerFactory, server_factory
+from tests.support import EDITOR_TOKEN, get_json, item, post
 from wire import keys
-from wire.app import create_app
-from wire.appkeys import STORE
-from wire.settings import Settings
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -80,26 +76,8 @@ async def browser() -> AsyncIterator[Browser]:
 @pytest_asyncio.fixture(loop_scope="module")
 async def make_server(redis_url: str) -> AsyncIterator[ServerFactory]:
     """conftest's ``make_server``, on this module's loop."""
-    started: list[Server] = []
-
-    async def make(
-        *, publisher: bool = True, gateway: bool = True, port: int | None = None, **overrides: Any
-    ) -> Server:
-        settings = Settings(
-            port=port or free_port(), redis_url=redis_url, editor_tokens=(EDITOR_TOKEN,)
-        ).with_(**overrides)
-        app = create_app(settings, publisher=publisher, gateway=gateway)
-        runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=2.0)
-        await runner.setup()
-        await web.TCPSite(runner, settings.host, settings.port).start()
-        server = Server(app, runner, settings)
-        started.append(server)
-        return server
-
-    yield make
-    for server in reversed(started):
-        if server.runner.server is not None:  # not stopped by the test already
-            await server.stop()
+    async with server_factory(redis_url) as make:
+        yield make
 
 
 @pytest_asyncio.fixture(loop_scope="module")
@@ -406,8 +384,12 @@ async def test_a_new_version_replaces_its_story_and_a_withdrawal_removes_it(
         "Updated"
     )
 
-    # Withdrawn through the store (the HTTP route belongs to another issue).
-    await server.app[STORE].withdraw("s-2", "Issued in error")
+    async with http.post(
+        f"{server.base}/v1/stories/s-2/withdraw",
+        json={"reason": "Issued in error"},
+        headers={"Authorization": f"Bearer {EDITOR_TOKEN}"},
+    ) as resp:
+        assert resp.status == 200
     withdrawn = desk.locator("#feed .item.withdrawn")
     await expect(withdrawn).to_contain_text("Issued in error", timeout=5000)
     await expect(desk.get_by_text("Storm warning")).to_have_count(0)

@@ -181,16 +181,27 @@ def publish_one(api: Api, args: argparse.Namespace) -> int:
         "guid": args.guid,
     }
     item = {k: v for k, v in fields.items() if v is not None}
+    code, stored = post_reporting(api, item, "wire publish")
+    if stored is not None:
+        print(orjson.dumps(stored).decode())
+    return code
+
+
+def post_reporting(api: Api, item: dict[str, Any], prog: str) -> tuple[int, dict[str, Any] | None]:
+    """POST one item with a fresh Idempotency-Key; on failure say why on stderr.
+
+    Returns the exit code for a command that stops here (0, 1 rejected,
+    3 unreachable) and the stored item when it was accepted.
+    """
     try:
         status, answer = api.post_item(orjson.dumps(item), str(uuid.uuid4()))
     except UNREACHABLE as err:
-        print(f"wire publish: cannot reach {api.base}: {err}", file=sys.stderr)
-        return 3
+        print(f"{prog}: cannot reach {api.base}: {err}", file=sys.stderr)
+        return 3, None
     if status >= 400:
-        print(f"wire publish: {describe_error(status, answer)}", file=sys.stderr)
-        return 1
-    print(orjson.dumps(answer["item"]).decode())
-    return 0
+        print(f"{prog}: {describe_error(status, answer)}", file=sys.stderr)
+        return 1, None
+    return 0, answer["item"]
 
 
 # -- batches ----------------------------------------------------------------

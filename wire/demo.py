@@ -18,16 +18,13 @@ import uuid
 from collections import deque
 from typing import Any
 
-import orjson
-
 from wire.client_cli import (
     DEFAULT_URL,
-    UNREACHABLE,
     URL_HELP,
     Api,
     api_for,
-    describe_error,
     editor_token,
+    post_reporting,
 )
 
 PLACES = {
@@ -231,15 +228,9 @@ def demo_command(args: argparse.Namespace) -> int:
 
 def _publish(api: Api, item: dict[str, Any]) -> int:
     """Publish one item and print it; an exit code when the demo must stop, else 0."""
-    try:
-        status, answer = api.post_item(orjson.dumps(item), str(uuid.uuid4()))
-    except UNREACHABLE as err:
-        print(f"wire demo: cannot reach {api.base}: {err}", file=sys.stderr)
-        return 3
-    if status >= 400:
-        print(f"wire demo: {describe_error(status, answer)}", file=sys.stderr)
-        return 1
-    stored = answer["item"]
+    code, stored = post_reporting(api, item, "wire demo")
+    if stored is None:
+        return code
     mark = f"{stored['mark']}: " if stored.get("mark") else ""
     print(f"{stored['id']}  [{', '.join(stored['tags'])}]  {mark}{stored['title']}", flush=True)
     return 0
