@@ -75,6 +75,10 @@ class Entry:
             self._routes = match_keys(self.tags)
         return self._routes
 
+    def matches(self, keys: frozenset[str]) -> bool:
+        """True when a subscription to ``keys`` receives this entry."""
+        return not self.routes.isdisjoint(keys)
+
     @property
     def ws_frame(self) -> bytes:
         """The complete WebSocket frame of ``{"type":"item","item":...}``."""

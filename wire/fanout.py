@@ -367,7 +367,7 @@ class Hub:
         """
         found: list[Entry] = []
         for entry in reversed(self.recent):
-            if entry.key > upto or entry.routes.isdisjoint(keys):
+            if entry.key > upto or not entry.matches(keys):
                 continue
             found.append(entry)
             if len(found) == limit:

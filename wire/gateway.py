@@ -47,7 +47,6 @@ from wire.store import Store, connect
 log = logging.getLogger("wire.gateway")
 
 HUB = web.AppKey("hub", Hub)
-PAGE = 1000
 
 
 class Reader:
@@ -365,15 +364,10 @@ class Session:
         """Matching entries in the window, a page at a time (memory first, then Redis)."""
         cached = self.hub.recent_window(window)
         if cached is not None:
-            yield [e for e in cached if not e.routes.isdisjoint(keys)]
+            yield [e for e in cached if e.matches(keys)]
             return
-        cursor = window.after
-        while cursor < window.upto:
-            page = await self.store.range_after(cursor, window.upto, count=PAGE)
-            if not page:
-                return
-            cursor = page[-1].key
-            yield await self.store.redact([e for e in page if not e.routes.isdisjoint(keys)])
+        async for page in self.store.pages_after(window.after, window.upto, keys):
+            yield page
 
     async def _latest(self, keys: frozenset[str], limit: int, upto: StreamKey) -> list[Entry]:
         found = self.hub.recent_latest(keys, limit, upto)

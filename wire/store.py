@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
@@ -29,7 +29,8 @@ from wire.errors import IdempotencyKeyReused, NotFound, ServiceUnavailable, Stor
 from wire.ids import StreamKey, format_id
 from wire.items import Submission, published_now
 from wire.settings import Settings
-from wire.tags import match_keys
+
+PAGE = 1000  # entries per XRANGE while scanning history
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,6 +326,33 @@ class Store:
         rows = await self.redis.xrevrange(keys.STREAM, start, "-", count=count)
         return _entries(rows)
 
+    async def pages_after(
+        self, after: StreamKey, upto: StreamKey | None, keys: frozenset[str]
+    ) -> AsyncIterator[list[Entry]]:
+        """Entries matching ``keys`` with after < id <= upto, a page at a time, oldest
+        first, withdrawn versions left out (every history read goes through here)."""
+        cursor = after
+        while True:
+            page = await self.range_after(cursor, upto, count=PAGE)
+            if page:
+                yield await self.redact([e for e in page if e.matches(keys)])
+            if len(page) < PAGE:
+                return
+            cursor = page[-1].key
+
+    async def pages_before(
+        self, before: StreamKey | None, keys: frozenset[str]
+    ) -> AsyncIterator[list[Entry]]:
+        """Like :meth:`pages_after`, newest first, from before ``before`` (or the end)."""
+        cursor = before
+        while True:
+            page = await self.range_before(cursor, count=PAGE)
+            if page:
+                yield await self.redact([e for e in page if e.matches(keys)])
+            if len(page) < PAGE:
+                return
+            cursor = page[-1].key
+
     async def scan_after(
         self,
         after: StreamKey,
@@ -333,39 +361,27 @@ class Store:
         upto: StreamKey | None = None,
     ) -> list[Entry]:
         """Matching entries after ``after`` (up to ``upto``), oldest first, at most ``limit``."""
-        wanted = frozenset(subscription)
-        found: list[Entry] = []
-        cursor = after
-        while len(found) < limit:
-            page = await self.range_after(cursor, upto, count=1000)
-            found.extend(await self.redact(_matching(page, wanted)))
-            if len(page) < 1000:
-                break
-            cursor = page[-1].key
-        return found[:limit]
+        return await _first(self.pages_after(after, upto, frozenset(subscription)), limit)
 
     async def scan_latest(
         self, subscription: Iterable[str], limit: int, before: StreamKey | None = None
     ) -> list[Entry]:
         """The newest ``limit`` matching entries (older than ``before``), newest first."""
-        wanted = frozenset(subscription)
-        found: list[Entry] = []
-        cursor = before
-        while len(found) < limit:
-            page = await self.range_before(cursor, count=1000)
-            found.extend(await self.redact(_matching(page, wanted)))
-            if len(page) < 1000:
-                break
-            cursor = page[-1].key
-        return found[:limit]
+        return await _first(self.pages_before(before, frozenset(subscription)), limit)
 
     async def ping(self) -> bool:
         """True when Redis answers."""
         return bool(await self.redis.ping())
 
 
-def _matching(entries: list[Entry], wanted: frozenset[str]) -> list[Entry]:
-    return [e for e in entries if not match_keys(e.tags).isdisjoint(wanted)]
+async def _first(pages: AsyncIterator[list[Entry]], limit: int) -> list[Entry]:
+    """The first ``limit`` entries of a paged read, reading no further page than needed."""
+    found: list[Entry] = []
+    async for page in pages:
+        found.extend(page)
+        if len(found) >= limit:
+            break
+    return found[:limit]
 
 
 def _stub(entry: Entry) -> Entry:
