@@ -13,11 +13,10 @@ import re
 import orjson
 from aiohttp import web
 
+from publisher.access import require_editor, require_reader
 from publisher.embargo import accept_embargoed
 from wire import ninjs
-from wire.appkeys import ENTITLEMENTS, SETTINGS, STORE
-from wire.auth import bearer, require
-from wire.entitlements import Grant, reader_grant
+from wire.appkeys import SETTINGS, STORE
 from wire.errors import (
     Forbidden,
     Gone,
@@ -86,7 +85,7 @@ def idempotency_key(request: web.Request) -> str | None:
 
 async def post_item(request: web.Request) -> web.Response:
     """Validate and publish one item: 201 when new, 200 for an idempotent repeat."""
-    require(bearer(request.headers), request.app[SETTINGS].editor_tokens, what="editor")
+    require_editor(request)
     key = idempotency_key(request)
     data = await read_json(request, (*JSON_TYPES, ninjs.MEDIA_TYPE))
     if request.content_type == ninjs.MEDIA_TYPE:
@@ -101,17 +100,6 @@ async def post_item(request: web.Request) -> web.Response:
     if published.created:
         request.app[METRICS].published.labels("item").inc()
     return raw_json(b'{"item":' + published.json + b"}", 201 if published.created else 200)
-
-
-def require_reader(request: web.Request) -> Grant:
-    """What the caller may read: public unless subscriber tokens or entitlements exist."""
-    settings = request.app[SETTINGS]
-    return reader_grant(
-        bearer(request.headers, request.query),
-        settings.subscriber_tokens,
-        request.app[ENTITLEMENTS],
-        also=settings.editor_tokens,
-    )
 
 
 def query_tags(request: web.Request) -> frozenset[str]:

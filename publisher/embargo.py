@@ -17,8 +17,8 @@ from collections.abc import AsyncIterator
 import orjson
 from aiohttp import web
 
+from publisher.access import require_editor
 from wire.appkeys import SETTINGS, STORE
-from wire.auth import bearer, require
 from wire.errors import NotFound
 from wire.http import REDIS_DOWN, json_response, raw_json
 from wire.items import Submission, parse_submission
@@ -41,20 +41,16 @@ async def accept_embargoed(request: web.Request, sub: Submission) -> web.Respons
     return raw_json(b'{"item":' + pending + b"}", 202)
 
 
-def _require_editor(request: web.Request) -> None:
-    require(bearer(request.headers), request.app[SETTINGS].editor_tokens, what="editor")
-
-
 async def list_embargoes(request: web.Request) -> web.Response:
     """Pending embargoed items, soonest first (editor token)."""
-    _require_editor(request)
+    require_editor(request)
     pending = await request.app[STORE].embargoes()
     return raw_json(b'{"embargoes":[' + b",".join(pending) + b"]}")
 
 
 async def cancel_embargo(request: web.Request) -> web.Response:
     """Cancel a pending item (editor token); 404 when none is pending."""
-    _require_editor(request)
+    require_editor(request)
     guid = request.match_info["guid"]
     if not await request.app[STORE].cancel_embargo(guid):
         raise NotFound(f"no pending embargoed item for guid {guid[:200]!r}")
@@ -70,9 +66,9 @@ async def release_due(store: Store) -> int:
         sub = parse_submission(fields)  # stored by us after validation: cannot fail
         try:
             await store.publish(sub, release=True)
-            released += 1
         except NotFound:
-            pass  # another publisher released (or an editor cancelled) it first
+            continue  # another publisher released (or an editor cancelled) it first
+        released += 1
         log.info("embargo released", extra={"guid": guid})
     return released
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
-from publisher.app import ninjs_response, read_json, require_reader
+from publisher.access import require_editor, require_reader
+from publisher.app import ninjs_response, read_json
 from wire import ninjs
-from wire.appkeys import SETTINGS, STORE
-from wire.auth import bearer, require
+from wire.appkeys import STORE
 from wire.errors import Forbidden, NotFound, ValidationError
 from wire.http import raw_json
 
@@ -47,7 +47,7 @@ async def get_story(request: web.Request) -> web.Response:
 
 async def withdraw_story(request: web.Request) -> web.Response:
     """Kill a story: 200 and the withdrawal, delivered to everyone who matched it."""
-    require(bearer(request.headers), request.app[SETTINGS].editor_tokens, what="editor")
+    require_editor(request)
     data = await read_json(request)
     reason = data.get("reason") if isinstance(data, dict) else None
     if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON:

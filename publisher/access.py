@@ -1,0 +1,25 @@
+"""Who may do what at the publisher: editors write, readers read (maybe within a grant)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from wire.appkeys import ENTITLEMENTS, SETTINGS
+from wire.auth import bearer, require
+from wire.entitlements import Grant, reader_grant
+
+
+def require_editor(request: web.Request) -> None:
+    """Raise Unauthorized unless the request carries an editor token."""
+    require(bearer(request.headers), request.app[SETTINGS].editor_tokens, what="editor")
+
+
+def require_reader(request: web.Request) -> Grant:
+    """What the caller may read: public unless subscriber tokens or entitlements exist."""
+    settings = request.app[SETTINGS]
+    return reader_grant(
+        bearer(request.headers, request.query),
+        settings.subscriber_tokens,
+        request.app[ENTITLEMENTS],
+        also=settings.editor_tokens,
+    )
