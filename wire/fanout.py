@@ -43,6 +43,12 @@ def _abort_unsent(transport: Transport) -> None:
         transport.abort()
 
 
+def _wake(conn: Conn) -> None:
+    waiter, conn.caught_up_waiter = conn.caught_up_waiter, None
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
+
+
 class Transport(Protocol):
     """The part of an asyncio transport the hub uses."""
 
@@ -60,6 +66,7 @@ class Conn:
         "ahead",
         "buffer",
         "buffered_bytes",
+        "caught_up_waiter",
         "closed",
         "held",
         "held_bytes",
@@ -85,6 +92,8 @@ class Conn:
         #: Entries queued by the hub while the socket is behind, else None.
         self.held: list[Entry] | None = None
         self.held_bytes = 0
+        #: Resolved when the hub stops holding entries for this connection.
+        self.caught_up_waiter: asyncio.Future[None] | None = None
         #: Urgent entries already sent ahead of ``held`` (skipped when it is written);
         #: None when there are none (an empty set costs 216 bytes per connection).
         self.ahead: set[StreamKey] | None = None
@@ -254,6 +263,20 @@ class Hub:
                     self.behind.discard(conn)
                     held, conn.held = conn.held or [], None
                     self.write(conn, held)
+                    _wake(conn)
+
+    async def caught_up(self, conn: Conn) -> None:
+        """Wait until the hub holds nothing for ``conn`` (at once when it is not behind).
+
+        A replay writes a page, then waits here: the next page goes out only
+        once the socket has taken the last, so a client that reads is never
+        mistaken for a slow one, and the hub's queue (where urgent items can
+        overtake) never fills with history.
+        """
+        while conn.held is not None and not conn.closed:
+            if conn.caught_up_waiter is None:
+                conn.caught_up_waiter = asyncio.get_running_loop().create_future()
+            await conn.caught_up_waiter
 
     def send(self, conn: Conn, data: bytes) -> None:
         """Write raw bytes (a control message or items); close if over the cap."""
@@ -318,6 +341,7 @@ class Hub:
         # close() waits for the buffer to drain; a client that never reads would
         # hold it forever, so it gets a few seconds to read its close frame.
         asyncio.get_running_loop().call_later(ABORT_AFTER, _abort_unsent, transport)
+        _wake(conn)
         if conn.on_close is not None:
             conn.on_close(code, reason)
 

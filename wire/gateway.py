@@ -25,7 +25,7 @@ from wire.auth import bearer
 from wire.entitlements import EVERYTHING, Grant, reader_grant
 from wire.entry import Entry
 from wire.errors import ClientError, Forbidden, InvalidMessage, TooManyConnections
-from wire.fanout import FLUSH_EVERY, Conn, Hub
+from wire.fanout import Conn, Hub
 from wire.http import REDIS_DOWN, error_response
 from wire.ids import StreamKey
 from wire.protocol import (
@@ -376,35 +376,18 @@ class Session:
         return found
 
     async def _send(self, entries: list[Entry]) -> None:
-        """Write replayed entries, waiting for the socket to drain between pages."""
+        """Write replayed entries a page at a time, each once the socket took the last."""
         entries = fresh(entries, self.conn.last_key)
         for start in range(0, len(entries), 100):
             if self.conn.closed:
                 return
             self.hub.write(self.conn, entries[start : start + 100])
-            await _drain(self.request)
-            # A page that put the socket behind makes the hub queue what comes
-            # next and count it against the slow-consumer cap: wait until the
-            # hub has flushed (its flusher polls at this pace too), or a reading
-            # client is taken for a slow one.
-            while self.conn.held is not None and not self.conn.closed:  # noqa: ASYNC110
-                await asyncio.sleep(FLUSH_EVERY)
+            await self.hub.caught_up(self.conn)
 
 
 def _next(key: StreamKey) -> StreamKey:
     """The smallest key after ``key`` (for inclusive upper bounds)."""
     return key[0], key[1] + 1
-
-
-async def _drain(request: web.Request) -> None:
-    """Wait until the socket's buffer is below its high-water mark.
-
-    aiohttp's protocol tracks pause/resume from asyncio but exposes the wait
-    only through its writers, and replay writes go straight to the transport.
-    """
-    protocol = request.protocol
-    if protocol.writing_paused and protocol.transport is not None:
-        await protocol._drain_helper()
 
 
 def _limit_send_buffer(request: web.Request, size: int) -> None:
