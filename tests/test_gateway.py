@@ -1126,3 +1126,26 @@ async def test_query_string_backfill_that_is_not_a_number_is_a_clear_error(
         assert (await resp.json())["error"]["field"] == "backfill"
     async with http.get(f"{server.base}/v1/ws?tags=a&backfill={value}") as resp:
         assert resp.status == 400
+
+
+async def test_a_reading_client_replays_more_history_than_the_cap_without_a_close(
+    make_server: ServerFactory, http: aiohttp.ClientSession
+) -> None:
+    """A resume larger than ``max_buffer`` is paced, not taken for a slow consumer
+    (else such a client would be closed on every resume and never catch up)."""
+    server = await make_server(max_buffer=64 * 1024)
+    ids = [
+        (await post(http, server.base, {"title": f"H{i}", "tags": ["deep"], "body": "x" * 2000}))[
+            1
+        ]["item"]["id"]
+        for i in range(300)
+    ]
+    got: list[str] = []
+    async with connect(server.ws + "?tags=deep&since=0") as ws:
+        while len(got) < len(ids):
+            msg = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+            if msg["type"] == "item":
+                got.append(msg["item"]["id"])
+            else:
+                assert msg["type"] == "subscribed", msg
+    assert got == ids
