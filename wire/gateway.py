@@ -14,7 +14,7 @@ import logging
 import random
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
 import orjson
 from aiohttp import WSMessage, WSMsgType, web
@@ -238,18 +238,22 @@ def _query_int(raw: str) -> int | str:
 
 
 def _query_subscribe(request: web.Request) -> Subscribe | None:
-    """``?tags=a,b&since=ID`` (or ``backfill=N``) as a subscribe at connect time."""
+    """``/v1/ws?tags=a,b&since=ID`` (or ``backfill=N``) as a subscribe at connect time."""
     tags = request.query.get("tags")
     if tags is None:
         return None
+    return _subscribe_from(request.query, tags, request.query.get("since"))
+
+
+def _subscribe_from(query: Mapping[str, str], tags: str, since: str | None) -> Subscribe:
+    """The subscribe a query string asks for (WebSocket shortcut and SSE alike)."""
     msg: dict[str, object] = {"tags": [t for t in tags.split(",") if t.strip()]}
-    if "since" in request.query:
-        msg["since"] = request.query["since"]
-    if "backfill" in request.query:
-        raw = request.query["backfill"]
-        msg["backfill"] = _query_int(raw)
-    if "compact" in request.query:
-        msg["compact"] = request.query["compact"] in ("1", "true")
+    if since:
+        msg["since"] = since
+    if "backfill" in query:
+        msg["backfill"] = _query_int(query["backfill"])
+    if "compact" in query:
+        msg["compact"] = query["compact"] in ("1", "true")
     return parse_subscribe(msg)
 
 
@@ -441,13 +445,8 @@ async def sse_handler(request: web.Request) -> web.StreamResponse:
 
 
 def _sse_subscribe(request: web.Request) -> Subscribe:
+    """``/v1/sse?tags=a,b`` (everything without tags), resuming from Last-Event-ID."""
     q = request.query
-    msg: dict[str, object] = {"tags": [t for t in q.get("tags", "*").split(",") if t.strip()]}
-    since = request.headers.get("Last-Event-ID") or q.get("since")
-    if since:
-        msg["since"] = since
-    if "backfill" in q:
-        msg["backfill"] = _query_int(q["backfill"])
-    if "compact" in q:
-        msg["compact"] = q["compact"] in ("1", "true")
-    return parse_subscribe(msg)
+    return _subscribe_from(
+        q, q.get("tags", "*"), request.headers.get("Last-Event-ID") or q.get("since")
+    )
