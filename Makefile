@@ -10,8 +10,8 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev]'
+$(STAMP): pyproject.toml subscriber/pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e ./subscriber -e '.[dev]'
 	touch $(STAMP)
 
 run: $(STAMP)

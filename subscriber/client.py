@@ -32,8 +32,7 @@ from subscriber.cursor import CursorFile, StreamKey, stream_key
 from subscriber.errors import AuthError, ProtocolError, RefusedError, SubscriptionError
 from subscriber.items import Event, parse_event
 from subscriber.notices import Disconnected, HistoryTruncated, Notice, Subscribed, log_notice
-from wire.errors import InvalidTag
-from wire.tags import matches, normalize_tags
+from subscriber.tags import matches, normalize_tags
 
 Change = Literal["subscribe", "unsubscribe"]
 Op = tuple[Change, frozenset[str]]
@@ -97,12 +96,7 @@ def websocket_url(url: str) -> str:
 
 def _normalize(tags: Iterable[str]) -> frozenset[str]:
     """Tags in the server's canonical form, so local filtering agrees with it."""
-    if isinstance(tags, str):
-        raise TypeError("tags must be a list of tags, not a string")
-    try:
-        return frozenset(normalize_tags(tags, allow_wildcard=True))
-    except InvalidTag as err:
-        raise SubscriptionError(err.code, err.message, err.field) from None
+    return normalize_tags(tags)
 
 
 class Backoff:

@@ -1,7 +1,10 @@
 """Stream ids as a resume point, in memory and in a file.
 
 An id is ``<milliseconds>-<sequence>``; ids compare as integer pairs (as
-text, ``9-0`` would sort after ``10-0``).
+text, ``9-0`` would sort after ``10-0``). The rules are the server's
+(``wire.core.ids.parse_id``, checked against this copy by the tests): ASCII
+digits only, a bare ``<milliseconds>`` means ``<milliseconds>-0`` (so
+``since="0"`` is the start of the stream), each part at most 2**64 - 1.
 """
 
 from __future__ import annotations
@@ -12,15 +15,19 @@ from pathlib import Path
 
 StreamKey = tuple[int, int]
 
-_ID = re.compile(r"(\d{1,20})-(\d{1,20})")
+# ASCII digits: ``\d`` would accept Arabic-Indic digits, which int() reads,
+# so ``١٢٣-٠`` would alias ``123-0`` here while the server refuses it.
+_ID = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?")
+_MAX = 2**64 - 1
 
 
 def stream_key(item_id: str) -> StreamKey:
     """``"1717236000000-3"`` as ``(1717236000000, 3)``; ValueError if it is not an id."""
-    m = _ID.fullmatch(item_id.strip()) if isinstance(item_id, str) else None
-    if m is None:
+    m = _ID.fullmatch(item_id) if isinstance(item_id, str) else None
+    key = (int(m.group(1)), int(m.group(2) or 0)) if m is not None else None
+    if key is None or key[0] > _MAX or key[1] > _MAX:
         raise ValueError(f"not a stream id like 1717236000000-0: {str(item_id)[:40]!r}")
-    return int(m.group(1)), int(m.group(2))
+    return key
 
 
 class CursorFile:
