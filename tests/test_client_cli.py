@@ -121,6 +121,17 @@ async def test_tail_json_prints_each_matching_item_and_ctrl_c_exits_cleanly(
         await stop_with_ctrl_c(proc)
 
 
+async def test_tail_since_0_replays_from_the_start_of_the_stream(
+    server: Server, http: aiohttp.ClientSession
+) -> None:
+    first = await publish(http, server, "Before the tail started", ["world"])
+    async with tail(server, "--tags", "world", "--since", "0", "--json") as proc:
+        second = await publish(http, server, "After it started", ["world"])
+        got = [orjson.loads(line) for line in await lines(proc.stdout, 2)]
+        assert got == [first, second]
+        await stop_with_ctrl_c(proc)
+
+
 async def test_tail_lines_show_time_mark_title_tags_and_updates(
     server: Server, http: aiohttp.ClientSession
 ) -> None:

@@ -56,10 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
         role.add_argument(
             "--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)"
         )
-    from wire import bench, client_cli, export
+    from wire import bench, demo, export, publish_cmd, tail
 
-    for module in (client_cli, bench, export):
-        module.add_commands(sub)
+    for module in (publish_cmd, tail, demo, bench, export):
+        module.add_command(sub)
     return parser
 
 

@@ -9,7 +9,6 @@ moment before, which the wire marks ``Updated``.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import re
 import sys
@@ -18,14 +17,7 @@ import uuid
 from collections import deque
 from typing import Any
 
-from wire.client_cli import (
-    DEFAULT_URL,
-    URL_HELP,
-    Api,
-    api_for,
-    editor_token,
-    post_reporting,
-)
+from wire.client_cli import Api, add_url_flag, api_for, editor_token, post_reporting
 
 PLACES = {
     "world/europe": ["Osterland", "Valmora", "Nordvik", "Brevia"],
@@ -111,7 +103,7 @@ def add_command(sub: Any) -> None:
     demo = sub.add_parser(
         "demo", help="publish a steady stream of made-up sample news (token: WIRE_TOKEN)"
     )
-    demo.add_argument("--url", default=os.environ.get("WIRE_URL", DEFAULT_URL), help=URL_HELP)
+    add_url_flag(demo)
     demo.add_argument("--token", help="editor token (default: $WIRE_TOKEN)")
     demo.add_argument("--rate", type=float, default=1.0, help="items per second (default 1)")
     demo.add_argument("--count", type=int, help="stop after this many items (default: never)")

@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 import orjson
 
 from wire import ninjs
-from wire.client_cli import DEFAULT_URL
+from wire.client_cli import add_url_flag, answer_of, describe_error
 
 MAX_PAGE = 500  # the API's largest ?limit
 
@@ -30,14 +30,14 @@ class ExportError(Exception):
     """The server refused a page: the message says why."""
 
 
-def add_commands(sub: Any) -> None:
+def add_command(sub: Any) -> None:
     """Register ``wire export`` on the ``wire`` parser."""
     exp = sub.add_parser(
         "export",
         help="write stored items to stdout, one JSON or ninjs document per line "
         "(token: WIRE_TOKEN, when the server needs one)",
     )
-    exp.add_argument("--url", default=os.environ.get("WIRE_URL", DEFAULT_URL))
+    add_url_flag(exp)
     exp.add_argument("--format", choices=("json", "ninjs"), default="json")
     exp.add_argument("--tags", help="comma-separated tags (default: every item)")
     exp.add_argument("--after", default="0", metavar="ID", help="start after this stream id")
@@ -80,12 +80,7 @@ def fetch_page(
 
 
 def _describe(status: int, body: bytes) -> str:
-    try:
-        error = orjson.loads(body).get("error", {})
-    except (orjson.JSONDecodeError, AttributeError):
-        return f"{status}: {body.decode(errors='replace')[:200]}"
-    where = f" ({error['field']})" if error.get("field") else ""
-    return f"{status} {error.get('code')}{where}: {error.get('message')}"
+    return describe_error(status, answer_of(status, body))
 
 
 def items(

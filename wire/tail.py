@@ -17,7 +17,7 @@ import orjson
 
 import subscriber
 from subscriber import Disconnected, HistoryTruncated, Item, Notice, Subscribed, Withdrawal
-from wire.client_cli import DEFAULT_URL
+from wire.client_cli import add_url_flag
 
 REMEMBERED_TITLES = 10_000
 BOLD_RED, YELLOW, DIM, RESET = "\x1b[1;31m", "\x1b[33m", "\x1b[2m", "\x1b[0m"
@@ -26,11 +26,7 @@ BOLD_RED, YELLOW, DIM, RESET = "\x1b[1;31m", "\x1b[33m", "\x1b[2m", "\x1b[0m"
 def add_command(sub: Any) -> None:
     """Register ``wire tail``."""
     tail = sub.add_parser("tail", help="print live items as they arrive (Ctrl-C to stop)")
-    tail.add_argument(
-        "--url",
-        default=os.environ.get("WIRE_URL", DEFAULT_URL),
-        help=f"the wire's base URL or its ws://.../v1/ws (default: $WIRE_URL or {DEFAULT_URL})",
-    )
+    add_url_flag(tail, websocket=True)
     tail.add_argument("--tags", required=True, help="comma-separated tags; * for everything")
     tail.add_argument("--since", metavar="ID", help="start after this item id (replays history)")
     tail.add_argument("--json", action="store_true", help="one JSON object per line, for jq")

@@ -36,7 +36,7 @@ def _scenarios(raw: str) -> tuple[str, ...]:
     return names
 
 
-def add_commands(sub: Any) -> None:
+def add_command(sub: Any) -> None:
     """Register ``wire bench``."""
     p = sub.add_parser(
         "bench",
