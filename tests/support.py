@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -208,3 +211,56 @@ async def post(
 async def get_json(http: aiohttp.ClientSession, url: str, **kw: Any) -> tuple[int, Any]:
     async with http.get(url, **kw) as resp:
         return resp.status, await resp.json(content_type=None)
+
+
+async def publish(
+    http: aiohttp.ClientSession,
+    base: str,
+    title: str = "Headline",
+    tags: list[str] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """POST an item; return the stored item as the publisher answered it.
+
+    Right after a Redis restart the publisher's pooled connection may fail
+    once (503); it is retried with the same Idempotency-Key, as an editor's
+    client would, so it can never be published twice.
+    """
+    headers = {"Idempotency-Key": base64.b64encode(os.urandom(12)).decode()}
+    for _ in range(20):
+        status, body = await post(http, base, item(title, tags, **extra), headers=headers)
+        if status != 503:
+            break
+        await asyncio.sleep(0.1)
+    assert status == 201, body
+    stored: dict[str, Any] = body["item"]
+    return stored
+
+
+async def wait_for(check: Callable[[], Any], what: str, within: float = 15.0) -> None:
+    """Poll a condition (a real one: counts, statuses), failing with ``what`` after ``within`` s."""
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def parse_frames(data: bytes) -> list[tuple[int, bytes]]:
+    """Decode unmasked server-to-client WebSocket frames: (opcode, payload) pairs.
+
+    A partial last frame is left out (a raw reader may stop mid-frame).
+    """
+    out = []
+    i = 0
+    while i + 2 <= len(data):
+        n, j = data[i + 1] & 0x7F, i + 2
+        if n == 126:
+            (n,), j = struct.unpack("!H", data[j : j + 2]), j + 2
+        elif n == 127:
+            (n,), j = struct.unpack("!Q", data[j : j + 8]), j + 8
+        if j + n > len(data):
+            break
+        out.append((data[i] & 0x0F, data[j : j + n]))
+        i = j + n
+    return out

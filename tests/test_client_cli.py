@@ -24,7 +24,7 @@ import pytest
 
 from subscriber import Item, Withdrawal
 from tests.conftest import Server
-from tests.support import EDITOR_TOKEN, ROOT, get_json, item, post
+from tests.support import EDITOR_TOKEN, ROOT, get_json, publish
 from wire.cli import main
 from wire.tail import Printer
 
@@ -96,12 +96,6 @@ async def lines(stream: asyncio.StreamReader, n: int, within: float = 15) -> lis
     return got
 
 
-async def publish(http: aiohttp.ClientSession, server: Server, *a: Any, **kw: Any) -> Any:
-    status, body = await post(http, server.base, item(*a, **kw))
-    assert status == 201, body
-    return body["item"]
-
-
 def hhmm(stamp: str) -> str:
     return datetime.fromisoformat(stamp).astimezone().strftime("%H:%M")
 
@@ -113,9 +107,9 @@ async def test_tail_json_prints_each_matching_item_and_ctrl_c_exits_cleanly(
     server: Server, http: aiohttp.ClientSession
 ) -> None:
     async with tail(server, "--tags", "world,culture", "--json") as proc:
-        first = await publish(http, server, "Quake", ["world/asia"])
-        await publish(http, server, "Not for this tail", ["sport"])
-        second = await publish(http, server, "Opera opens", ["culture"])
+        first = await publish(http, server.base, "Quake", ["world/asia"])
+        await publish(http, server.base, "Not for this tail", ["sport"])
+        second = await publish(http, server.base, "Opera opens", ["culture"])
         got = [orjson.loads(line) for line in await lines(proc.stdout, 2)]
         assert got == [first, second]
         await stop_with_ctrl_c(proc)
@@ -124,9 +118,9 @@ async def test_tail_json_prints_each_matching_item_and_ctrl_c_exits_cleanly(
 async def test_tail_since_0_replays_from_the_start_of_the_stream(
     server: Server, http: aiohttp.ClientSession
 ) -> None:
-    first = await publish(http, server, "Before the tail started", ["world"])
+    first = await publish(http, server.base, "Before the tail started", ["world"])
     async with tail(server, "--tags", "world", "--since", "0", "--json") as proc:
-        second = await publish(http, server, "After it started", ["world"])
+        second = await publish(http, server.base, "After it started", ["world"])
         got = [orjson.loads(line) for line in await lines(proc.stdout, 2)]
         assert got == [first, second]
         await stop_with_ctrl_c(proc)
@@ -137,10 +131,17 @@ async def test_tail_lines_show_time_mark_title_tags_and_updates(
 ) -> None:
     async with tail(server, "--url", server.ws, "--tags", "world") as proc:
         flash = await publish(
-            http, server, "Quake hits coast", ["world/asia", "science"], mark="Breaking", urgency=1
+            http,
+            server.base,
+            "Quake hits coast",
+            ["world/asia", "science"],
+            mark="Breaking",
+            urgency=1,
         )
-        update = await publish(http, server, "Quake toll rises", ["world/asia"], guid=flash["guid"])
-        routine = await publish(http, server, "Talks resume", ["world"])
+        update = await publish(
+            http, server.base, "Quake toll rises", ["world/asia"], guid=flash["guid"]
+        )
+        routine = await publish(http, server.base, "Talks resume", ["world"])
         got = await lines(proc.stdout, 3)
         await stop_with_ctrl_c(proc)
     assert got == [
@@ -157,8 +158,8 @@ async def test_tail_on_a_terminal_highlights_urgent_items(
     try:
         async with tail(server, "--tags", "world", stdout=follower) as proc:
             os.close(follower)
-            await publish(http, server, "Routine", ["world"])
-            await publish(http, server, "Flash", ["world"], mark="Breaking", urgency=2)
+            await publish(http, server.base, "Routine", ["world"])
+            await publish(http, server.base, "Flash", ["world"], mark="Breaking", urgency=2)
             screen = await _read_until(leader, b"Flash")
             await stop_with_ctrl_c(proc)
     finally:

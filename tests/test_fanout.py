@@ -16,6 +16,7 @@ import struct
 import orjson
 import pytest
 
+from tests.support import parse_frames
 from wire import fanout
 from wire.entry import Entry
 from wire.fanout import SLOW_CONSUMER, Conn, Hub
@@ -56,24 +57,6 @@ class FakeTransport:
         """The peer reads everything sent so far: (opcode, payload) per frame."""
         data, self.unread = bytes(self.unread), bytearray()
         return parse_frames(data)
-
-
-def parse_frames(data: bytes) -> list[tuple[int, bytes]]:
-    """Decode unmasked server-to-client WebSocket frames."""
-    out = []
-    i = 0
-    while i < len(data):
-        first, second = data[i], data[i + 1]
-        assert first & 0x80, "every frame is final"
-        n, i = second & 0x7F, i + 2
-        if n == 126:
-            (n,), i = struct.unpack("!H", data[i : i + 2]), i + 2
-        elif n == 127:
-            (n,), i = struct.unpack("!Q", data[i : i + 8]), i + 8
-        out.append((first & 0x0F, data[i : i + n]))
-        i += n
-    assert i == len(data), "no partial frame"
-    return out
 
 
 def item_ids(frames: list[tuple[int, bytes]]) -> list[str]:

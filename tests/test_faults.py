@@ -41,7 +41,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 import subscriber
-from tests.support import EDITOR_TOKEN, RedisServer, WireProcess, free_port
+from tests.support import EDITOR_TOKEN, RedisServer, WireProcess, free_port, wait_for
 from wire.tags import matches
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(150)]
@@ -154,15 +154,6 @@ def redis_dir(tmp_path: Path) -> Path:
 def own_redis(path: Path, **kw: Any) -> RedisServer:
     """A redis-server of this test alone (it may be killed)."""
     return RedisServer(path, **kw).start()
-
-
-async def wait_for(check: Callable[[], Any], within: float, what: str) -> None:
-    """Poll a condition (a real one: counts, statuses), failing with ``what``."""
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def status_of(http: aiohttp.ClientSession, url: str) -> int:
@@ -389,7 +380,7 @@ async def received_all(
         return all(len(s.ids) >= len(e) for s, e in zip(subs, expected, strict=True))
 
     try:
-        await wait_for(done, within, "subscribers to receive every acknowledged item")
+        await wait_for(done, "subscribers to receive every acknowledged item", within=within)
     except AssertionError:
         short = [(len(s.ids), len(e)) for s, e in zip(subs, expected, strict=True)]
         short = [x for x in short if x[0] < x[1]]
@@ -535,7 +526,9 @@ async def test_publisher_kill_9_mid_request_retry_elsewhere_stores_once(
             pending = asyncio.create_task(
                 http.post(a.base + "/v1/items", data=body, headers=stored_headers)
             )
-            await wait_for(lambda: queued_bytes(server.port) > 8000, 10, "A's command in Redis")
+            await wait_for(
+                lambda: queued_bytes(server.port) > 8000, "A's command in Redis", within=10
+            )
             a.kill()
             FIGURES["faults injected"] += 1
         finally:
@@ -543,7 +536,7 @@ async def test_publisher_kill_9_mid_request_retry_elsewhere_stores_once(
         with pytest.raises(aiohttp.ClientError):
             async with await pending:
                 pass
-        await wait_for(lambda: r.xlen("wire:items") == base_len + 1, 10, "the orphan write")
+        await wait_for(lambda: r.xlen("wire:items") == base_len + 1, "the orphan write", within=10)
         async with http.post(b.base + "/v1/items", data=body, headers=stored_headers) as resp:
             assert resp.status == 200, "a retry finds the item A stored"
             first = (await resp.json())["item"]
@@ -772,7 +765,7 @@ async def test_sentinel_failover_loses_no_acknowledged_item(
     cluster = start_sentinels(tmp_path / "cluster")
     subs: list[Sub] = []
     try:
-        await wait_for(lambda: settled(cluster), 30, "Sentinels to find each other")
+        await wait_for(lambda: settled(cluster), "Sentinels to find each other", within=30)
         env = {"WIRE_REDIS_URL": cluster.url, "WIRE_REPLICA_ACKS": "1"}
         publishers = [procs("publisher", env=env) for _ in range(2)]
         gateways = [procs("gateway", env=env) for _ in range(2)]
@@ -791,7 +784,9 @@ async def test_sentinel_failover_loses_no_acknowledged_item(
             await kill_now.wait()
             cluster.primary.kill()
             FIGURES["faults injected"] += 1
-            await wait_for(lambda: cluster.master_port() == new_port, 20, "Sentinel to promote")
+            await wait_for(
+                lambda: cluster.master_port() == new_port, "Sentinel to promote", within=20
+            )
             # The crashed machine comes back, as a replica of the new primary,
             # so that WAIT 1 can be satisfied again. It may not be promoted
             # (priority 0) until it has caught up, as the runbook says: Sentinel
@@ -812,7 +807,7 @@ async def test_sentinel_failover_loses_no_acknowledged_item(
 
         # On a loaded box the Sentinels may fail over once more (to the old
         # primary, back as a replica): whichever they name now must hold all.
-        await wait_for(cluster.stable, 30, "the Sentinels to agree on a primary")
+        await wait_for(cluster.stable, "the Sentinels to agree on a primary", within=30)
         FIGURES["Sentinel failovers"] += cluster.failovers()
         with redis.Redis(port=cluster.master_port()) as r:
             kept = set(stream_ids(r))
@@ -850,7 +845,7 @@ async def test_replica_acks_are_never_given_for_an_unreplicated_item(
         tmp_path / "replica", extra=("--replicaof", "127.0.0.1", str(primary.port))
     ).start()
     try:
-        await wait_for(lambda: in_sync(replica), 10, "the replica to sync")
+        await wait_for(lambda: in_sync(replica), "the replica to sync", within=10)
         publisher = procs(
             "publisher", env={"WIRE_REDIS_URL": primary.url, "WIRE_REPLICA_ACKS": "1"}
         )
@@ -921,7 +916,9 @@ async def test_slow_consumer_closed_4008_fast_ones_get_everything_it_resumes(
 
         async def slow_reader() -> ConnectionClosed:
             """Read nothing until the gateway gives up, then what was sent and the close."""
-            await wait_for(lambda: hub.slow_closes >= 1, 60, "the slow consumer to be closed")
+            await wait_for(
+                lambda: hub.slow_closes >= 1, "the slow consumer to be closed", within=60
+            )
             try:
                 while True:
                     msg = orjson.loads(await asyncio.wait_for(slow.recv(), 10))

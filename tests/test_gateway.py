@@ -19,7 +19,7 @@ import os
 import socket
 import struct
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,16 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.conftest import Server, ServerFactory
-from tests.support import RedisServer, WireProcess, free_port, get_json, post
+from tests.support import (
+    RedisServer,
+    WireProcess,
+    free_port,
+    get_json,
+    parse_frames,
+    post,
+    publish,
+    wait_for,
+)
 from wire.gateway import HUB
 
 WAIT = 15.0  # the most any single expected message may take
@@ -43,28 +52,6 @@ WAIT = 15.0  # the most any single expected message may take
 def key(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
-
-
-async def publish(
-    http: aiohttp.ClientSession, base: str, tags: list[str], title: str = "Headline", **extra: Any
-) -> dict[str, Any]:
-    """POST an item; return the stored item as the publisher answered it.
-
-    Right after a Redis restart the publisher's pooled connection may fail
-    once (503); it is retried with the same Idempotency-Key, as an editor's
-    client would, so it can never be published twice.
-    """
-    headers = {"Idempotency-Key": base64.b64encode(os.urandom(12)).decode()}
-    for _ in range(20):
-        status, body = await post(
-            http, base, {"title": title, "tags": tags, **extra}, headers=headers
-        )
-        if status != 503:
-            break
-        await asyncio.sleep(0.1)
-    assert status == 201, body
-    stored: dict[str, Any] = body["item"]
-    return stored
 
 
 class Sub:
@@ -116,15 +103,7 @@ async def fence(
     http: aiohttp.ClientSession, base: str, tags: list[str], title: str = "fence"
 ) -> str:
     """Publish a fence item (titled "fence" unless told); return its id."""
-    return str((await publish(http, base, tags, title=title))["id"])
-
-
-async def wait_for(condition: Callable[[], bool], what: str, deadline: float = WAIT) -> None:
-    """Poll an in-process condition until it holds, failing after ``deadline`` seconds."""
-    end = time.monotonic() + deadline
-    while not condition():
-        assert time.monotonic() < end, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
+    return str((await publish(http, base, tags=tags, title=title))["id"])
 
 
 async def readyz(http: aiohttp.ClientSession, base: str) -> int:
@@ -214,23 +193,6 @@ class RawWS:
         self.sock.close()
 
 
-def parse_frames(data: bytes) -> list[tuple[int, bytes]]:
-    """Decode unmasked server-to-client frames (a partial last frame is dropped)."""
-    out = []
-    i = 0
-    while i + 2 <= len(data):
-        n, j = data[i + 1] & 0x7F, i + 2
-        if n == 126:
-            (n,), j = struct.unpack("!H", data[j : j + 2]), j + 2
-        elif n == 127:
-            (n,), j = struct.unpack("!Q", data[j : j + 8]), j + 8
-        if j + n > len(data):
-            break
-        out.append((data[i] & 0x0F, data[j : j + n]))
-        i = j + n
-    return out
-
-
 # --- tag filtering ------------------------------------------------------------------
 
 
@@ -252,10 +214,10 @@ async def test_tag_filtering_exact_hierarchy_and_wildcard(server: Server, http) 
     ):
         for s in subs.values():
             await s.expect("subscribed")
-        france = await publish(http, server.base, ["World/Europe/France"])
-        asia = await publish(http, server.base, ["world/asia"])
-        football = await publish(http, server.base, ["sport/football"])
-        worldwide = await publish(http, server.base, ["worldwide"])
+        france = await publish(http, server.base, tags=["World/Europe/France"])
+        asia = await publish(http, server.base, tags=["world/asia"])
+        football = await publish(http, server.base, tags=["sport/football"])
+        worldwide = await publish(http, server.base, tags=["worldwide"])
         end = await fence(http, server.base, ["world/europe/end", "sport", "worl"])
         got = {name: await s.items_until("fence") for name, s in subs.items()}
     assert got["world"] == [france["id"], asia["id"], end]
@@ -280,7 +242,7 @@ async def test_once_per_connection_when_several_tags_match(server: Server, http)
     tags = "*,world,world/europe,world/europe/france,sport"
     async with subscriber(f"{server.ws}?tags={tags}") as s:
         await s.expect("subscribed", tags=sorted(tags.split(",")))
-        one = await publish(http, server.base, ["world/europe/france", "world/asia", "sport"])
+        one = await publish(http, server.base, tags=["world/europe/france", "world/asia", "sport"])
         end = await fence(http, server.base, ["world"])
         assert await s.items_until("fence") == [one["id"], end]
 
@@ -289,8 +251,8 @@ async def test_subscription_tags_are_normalized(server: Server, http) -> None:
     async with subscriber(server.ws) as s:
         await s.send(type="subscribe", tags=["  World/Europe ", "Business  News"])
         await s.expect("subscribed", tags=["business-news", "world/europe"])
-        one = await publish(http, server.base, ["world/europe/spain"], "one")
-        two = await publish(http, server.base, ["business news"], "two")
+        one = await publish(http, server.base, tags=["world/europe/spain"], title="one")
+        two = await publish(http, server.base, tags=["business news"], title="two")
         assert await s.items_until("two") == [one["id"], two["id"]]
 
 
@@ -304,7 +266,9 @@ async def test_per_connection_order_with_concurrent_publishers(server: Server, h
 
         async def publisher(n: int) -> list[dict[str, Any]]:
             return [
-                await publish(http, server.base, ["world" if i % 2 else "sport"], f"p{n}-{i}")
+                await publish(
+                    http, server.base, tags=["world" if i % 2 else "sport"], title=f"p{n}-{i}"
+                )
                 for i in range(25)
             ]
 
@@ -328,7 +292,7 @@ async def test_subscribed_precedes_the_items_it_causes(server: Server, http) -> 
         n = 0
         while not stop.is_set():
             tag = "live" if n % 2 else "other"
-            ids.append((await publish(http, server.base, [tag]))["id"])
+            ids.append((await publish(http, server.base, tags=[tag]))["id"])
             n += 1
 
     task = asyncio.create_task(publish_forever())
@@ -358,12 +322,12 @@ async def test_unsubscribe(server: Server, http) -> None:
         await s.expect("subscribed", tags=["business", "sport", "world"])
         await s.send(type="unsubscribe", tags=["Sport", "never-subscribed"])
         await s.expect("subscribed", tags=["business", "world"])
-        await publish(http, server.base, ["sport"])
+        await publish(http, server.base, tags=["sport"])
         end = await fence(http, server.base, ["world"])
         assert await s.items_until("fence") == [end]
         await s.send(type="unsubscribe", tags=["world", "business"])
         await s.expect("subscribed", tags=[])
-        await publish(http, server.base, ["world"])
+        await publish(http, server.base, tags=["world"])
         await s.send(type="subscribe", tags=["business"])
         await s.expect("subscribed", tags=["business"])
         end = await fence(http, server.base, ["business"])
@@ -377,12 +341,14 @@ async def test_ping_pong(server: Server) -> None:
 
 
 async def test_subscribed_reports_the_position_to_resume_from(server: Server, http) -> None:
-    first = await publish(http, server.base, ["world"], "first")
+    first = await publish(http, server.base, tags=["world"], title="first")
     async with subscriber(server.ws + "?tags=world") as s:
         subscribed = await s.expect("subscribed", tags=["world"])
         assert subscribed["position"] == first["id"]  # live items come after this id
     # gone before any item arrived; a resume from that position misses nothing
-    missed = [(await publish(http, server.base, ["world"], f"m{i}"))["id"] for i in range(3)]
+    missed = [
+        (await publish(http, server.base, tags=["world"], title=f"m{i}"))["id"] for i in range(3)
+    ]
     async with subscriber(f"{server.ws}?tags=world&since={subscribed['position']}") as s:
         await s.expect("subscribed", position=missed[-1])
         end = await fence(http, server.base, ["world"])
@@ -407,7 +373,7 @@ async def test_since_is_gapless_while_publishing(
     async def publisher() -> None:
         for i in range(total):
             t = ["world/europe"] if i % 3 else ["sport"]
-            ids.append((await publish(http, server.base, t, f"n{i}"))["id"])
+            ids.append((await publish(http, server.base, tags=t, title=f"n{i}"))["id"])
             tags.append(t)
 
     async def resumer(since_index: int, connect_at: int, sub_tags: str) -> tuple[int, str, list]:
@@ -445,11 +411,11 @@ async def writing_then_fence(writing: asyncio.Task[None], http, base: str) -> st
 async def test_since_never_resends_on_the_same_connection(server: Server, http) -> None:
     async with subscriber(server.ws + "?tags=world") as s:
         await s.expect("subscribed")
-        a1 = await publish(http, server.base, ["world"], "a1")
-        b1 = await publish(http, server.base, ["sport"], "b1")
-        a2 = await publish(http, server.base, ["world"], "a2")
+        a1 = await publish(http, server.base, tags=["world"], title="a1")
+        b1 = await publish(http, server.base, tags=["sport"], title="b1")
+        a2 = await publish(http, server.base, tags=["world"], title="a2")
         assert await s.items_until("a2") == [a1["id"], a2["id"]]
-        b2 = await publish(http, server.base, ["sport"], "b2")
+        b2 = await publish(http, server.base, tags=["sport"], title="b2")
         # Asking again from the start replays nothing this connection already got.
         await s.send(type="subscribe", tags=["world"], since="0")
         await s.expect("subscribed", tags=["world"])
@@ -469,10 +435,10 @@ async def test_since_never_resends_on_the_same_connection(server: Server, http) 
 async def test_since_on_a_live_connection_fills_in_a_new_tag(server: Server, http) -> None:
     async with subscriber(server.ws + "?tags=world") as s:
         await s.expect("subscribed")
-        a1 = await publish(http, server.base, ["world"], "a1")
+        a1 = await publish(http, server.base, tags=["world"], title="a1")
         assert await s.items_until("a1") == [a1["id"]]
-        b1 = await publish(http, server.base, ["sport"], "b1")
-        b2 = await publish(http, server.base, ["sport"], "b2")
+        b1 = await publish(http, server.base, tags=["sport"], title="b1")
+        b2 = await publish(http, server.base, tags=["sport"], title="b2")
         await s.send(type="subscribe", tags=["sport"], since="0")
         await s.expect("subscribed", tags=["sport", "world"])
         # sport items after the last item sent (a1) come in order, then live
@@ -488,7 +454,8 @@ async def test_since_from_a_lagging_connection_never_resends(server: Server, htt
     try:
         body = "news " * 3_000
         ids = [
-            (await publish(http, server.base, ["big"], f"n{i}", body=body))["id"] for i in range(40)
+            (await publish(http, server.base, tags=["big"], title=f"n{i}", body=body))["id"]
+            for i in range(40)
         ]
         assert any(c.held for c in hub.conns), "the connection never fell behind"
         await lagging.send_text('{"type": "subscribe", "tags": ["other"]}')
@@ -519,7 +486,7 @@ def assert_positions_are_cursors(messages: list[dict[str, Any]]) -> None:
 
 
 async def test_since_at_or_past_the_end_sends_only_new_items(server: Server, http) -> None:
-    last = await publish(http, server.base, ["world"])
+    last = await publish(http, server.base, tags=["world"])
     for since in (last["id"], "99999999999999-0"):
         async with subscriber(f"{server.ws}?tags=world&since={since}") as s:
             await s.expect("subscribed")
@@ -528,9 +495,9 @@ async def test_since_at_or_past_the_end_sends_only_new_items(server: Server, htt
 
 
 async def test_since_by_message_with_compact(server: Server, http) -> None:
-    first = await publish(http, server.base, ["world"], "v1", guid="story-1")
-    other = await publish(http, server.base, ["world"], "o1", guid="story-2")
-    latest = await publish(http, server.base, ["world"], "v2", guid="story-1")
+    first = await publish(http, server.base, tags=["world"], title="v1", guid="story-1")
+    other = await publish(http, server.base, tags=["world"], title="o1", guid="story-2")
+    latest = await publish(http, server.base, tags=["world"], title="v2", guid="story-1")
     async with subscriber(server.ws) as s:
         await s.send(type="subscribe", tags=["world"], since="0", compact=True)
         await s.expect("subscribed")
@@ -540,7 +507,9 @@ async def test_since_by_message_with_compact(server: Server, http) -> None:
 
 
 async def test_backfill_oldest_first_from_memory(server: Server, http) -> None:
-    items = [await publish(http, server.base, ["world" if i % 2 else "sport"]) for i in range(10)]
+    items = [
+        await publish(http, server.base, tags=["world" if i % 2 else "sport"]) for i in range(10)
+    ]
     world = [i["id"] for i in items if i["tags"] == ["world"]]
     async with subscriber(server.ws) as s:
         await s.send(type="subscribe", tags=["world"], backfill=3)
@@ -557,7 +526,7 @@ async def test_backfill_from_redis_when_the_gateway_started_later(
     make_server: ServerFactory, http
 ) -> None:
     pub = await make_server(gateway=False)
-    items = [await publish(http, pub.base, ["world" if i % 2 else "sport"]) for i in range(10)]
+    items = [await publish(http, pub.base, tags=["world" if i % 2 else "sport"]) for i in range(10)]
     gw = await make_server(publisher=False)
     await wait_status(http, gw.base, 200)
     world = [i["id"] for i in items if i["tags"] == ["world"]]
@@ -579,7 +548,9 @@ async def test_history_truncated_then_everything_still_kept(
     make_server: ServerFactory, redis_server: RedisServer, http
 ) -> None:
     server = await make_server(max_items=10)
-    ids = [(await publish(http, server.base, ["world"], f"n{i}"))["id"] for i in range(120)]
+    ids = [
+        (await publish(http, server.base, tags=["world"], title=f"n{i}"))["id"] for i in range(120)
+    ]
     with redis_server.client() as r:
         kept = [eid.decode() for eid, _ in r.xrange("wire:items")]
     assert kept == ids[len(ids) - len(kept) :] and len(kept) < 100  # retention trimmed
@@ -631,7 +602,7 @@ async def test_bad_tag_is_named_and_changes_nothing(server: Server, http) -> Non
         await s.send(type="unsubscribe", tags=["okay", "a//b"])
         err = await s.expect("error", code="invalid_tag")
         assert "'a//b'" in err["message"]
-        await publish(http, server.base, ["good"])  # "good" was not added
+        await publish(http, server.base, tags=["good"])  # "good" was not added
         end = await fence(http, server.base, ["okay"])  # "okay" was not removed
         assert await s.items_until("fence") == [end]
 
@@ -647,7 +618,7 @@ async def test_too_many_tags(server: Server, http) -> None:
         await s.expect("error", code="too_many_tags")
         await s.send(type="subscribe", tags=[f"u{i}" for i in range(40)])  # exactly 100
         assert len((await s.expect("subscribed"))["tags"]) == 100
-        await publish(http, server.base, ["u40"])  # refused earlier: not subscribed
+        await publish(http, server.base, tags=["u40"])  # refused earlier: not subscribed
         end = await fence(http, server.base, ["t0"])
         assert await s.items_until("fence") == [end]
     too_many = ",".join(f"q{i}" for i in range(101))
@@ -677,7 +648,7 @@ async def test_subscribe_rate_limit(server: Server, http) -> None:
         assert {a["type"] for a in answers} == {"subscribed", "error"}
         await s.alive()  # pings are not rate limited
         # a refused subscribe changed nothing
-        await publish(http, server.base, [f"r{limited[0]}"])
+        await publish(http, server.base, tags=[f"r{limited[0]}"])
         end = await fence(http, server.base, ["r0"])
         assert await s.items_until("fence") == [end]
 
@@ -737,7 +708,7 @@ async def test_subscriber_tokens(make_server: ServerFactory, http) -> None:
     ):
         await by_header.expect("subscribed")
         await by_query.expect("subscribed")
-        one = await publish(http, server.base, ["world"])
+        one = await publish(http, server.base, tags=["world"])
         assert (await by_header.expect("item"))["item"]["id"] == one["id"]
         assert (await by_query.expect("item"))["item"]["id"] == one["id"]
 
@@ -795,7 +766,9 @@ async def test_slow_consumer_closed_with_4008_others_keep_everything_and_resume_
 
     async def publisher() -> None:
         for i in range(400):
-            ids.append((await publish(http, server.base, ["big"], f"n{i}", body=body))["id"])
+            ids.append(
+                (await publish(http, server.base, tags=["big"], title=f"n{i}", body=body))["id"]
+            )
             if stop.is_set():
                 break
 
@@ -877,7 +850,10 @@ async def test_redis_restart_mid_stream(
     server = await make_server(redis_url=durable_redis.url)
     async with subscriber(server.ws + "?tags=*") as s:
         await s.expect("subscribed")
-        before = [(await publish(http, server.base, ["world"], f"b{i}"))["id"] for i in range(5)]
+        before = [
+            (await publish(http, server.base, tags=["world"], title=f"b{i}"))["id"]
+            for i in range(5)
+        ]
         assert await s.items_until("b4") == before
 
         durable_redis.kill()
@@ -894,7 +870,10 @@ async def test_redis_restart_mid_stream(
 
         durable_redis.start()
         await wait_status(http, server.base, 200)
-        after = [(await publish(http, server.base, ["world"], f"a{i}"))["id"] for i in range(5)]
+        after = [
+            (await publish(http, server.base, tags=["world"], title=f"a{i}"))["id"]
+            for i in range(5)
+        ]
         end = await fence(http, server.base, ["world"])
         assert await s.items_until("fence") == [*after, end]  # none lost, none repeated
     async with subscriber(f"{server.ws}?tags=world&since={before[2]}") as r:
@@ -909,7 +888,9 @@ async def test_since_while_the_gateway_is_still_finding_the_stream(
 ) -> None:
     """A gateway that started while Redis was down never replays with a gap."""
     publisher = await make_server(redis_url=durable_redis.url, gateway=False)
-    ids = [(await publish(http, publisher.base, ["world"], f"n{i}"))["id"] for i in range(4)]
+    ids = [
+        (await publish(http, publisher.base, tags=["world"], title=f"n{i}"))["id"] for i in range(4)
+    ]
     durable_redis.kill()
     gateway = await make_server(redis_url=durable_redis.url, publisher=False)
     await wait_status(http, gateway.base, 503)
@@ -946,10 +927,12 @@ async def test_two_gateways_serve_one_stream_and_resume_on_either(
     async with subscriber(a.ws + "?tags=world") as on_a, subscriber(b.ws + "?tags=world") as on_b:
         await on_a.expect("subscribed")
         await on_b.expect("subscribed")
-        first = [(await publish(http, a.base, ["world"], f"f{i}"))["id"] for i in range(3)]
+        first = [
+            (await publish(http, a.base, tags=["world"], title=f"f{i}"))["id"] for i in range(3)
+        ]
         assert await on_a.items_until("f2") == first
         assert await on_b.items_until("f2") == first
-    more = [(await publish(http, a.base, ["world"], f"m{i}"))["id"] for i in range(3)]
+    more = [(await publish(http, a.base, tags=["world"], title=f"m{i}"))["id"] for i in range(3)]
     async with subscriber(f"{b.ws}?tags=world&since={first[-1]}") as s:  # seen on a, resumed on b
         await s.expect("subscribed")
         end = await fence(http, a.base, ["world"])
@@ -961,7 +944,9 @@ async def test_wire_gateway_with_two_workers_serves_and_resumes(
     make_server: ServerFactory, redis_url: str, http
 ) -> None:
     publisher = await make_server(gateway=False)
-    ids = [(await publish(http, publisher.base, ["world"], f"n{i}"))["id"] for i in range(3)]
+    ids = [
+        (await publish(http, publisher.base, tags=["world"], title=f"n{i}"))["id"] for i in range(3)
+    ]
     proc = WireProcess(
         ["gateway", "--workers", "2", "--redis", redis_url],
         env={"WIRE_LOG_LEVEL": "WARNING"},
@@ -1038,7 +1023,7 @@ async def sse(
 
 
 async def test_sse_framing_and_filtering(server: Server, http) -> None:
-    before = await publish(http, server.base, ["world"], "before")
+    before = await publish(http, server.base, tags=["world"], title="before")
     async with sse(http, server.base + "/v1/sse?tags=world") as events:
         head, data = await events.event()  # no id: it must not move Last-Event-ID
         assert head == "event: subscribed"
@@ -1047,8 +1032,8 @@ async def test_sse_framing_and_filtering(server: Server, http) -> None:
             "tags": ["world"],
             "position": before["id"],
         }
-        await publish(http, server.base, ["sport"])
-        one = await publish(http, server.base, ["world/asia"], "one")
+        await publish(http, server.base, tags=["sport"])
+        one = await publish(http, server.base, tags=["world/asia"], title="one")
         lines = await events.event()
         assert lines[:2] == [f"id: {one['id']}", "event: item"]
         assert lines[2].startswith("data: ") and len(lines) == 3
@@ -1060,7 +1045,7 @@ async def test_sse_last_event_id_resume_is_gapless_while_publishing(server: Serv
 
     async def publisher() -> None:
         for i in range(120):
-            ids.append((await publish(http, server.base, ["world"], f"n{i}"))["id"])
+            ids.append((await publish(http, server.base, tags=["world"], title=f"n{i}"))["id"])
         ids.append(await fence(http, server.base, ["world"]))
 
     url = server.base + "/v1/sse?tags=world"
@@ -1084,12 +1069,14 @@ async def test_sse_keepalive_comments(make_server: ServerFactory, http) -> None:
     async with sse(http, server.base + "/v1/sse?tags=world") as events:
         await events.event()
         assert await events.event() == [": keep-alive"]
-        one = await publish(http, server.base, ["world"], "one")
+        one = await publish(http, server.base, tags=["world"], title="one")
         assert await events.items_until("one") == [one["id"]]
 
 
 async def test_sse_backfill_and_defaults_to_everything(server: Server, http) -> None:
-    items = [(await publish(http, server.base, [f"t{i}"], f"n{i}"))["id"] for i in range(5)]
+    items = [
+        (await publish(http, server.base, tags=[f"t{i}"], title=f"n{i}"))["id"] for i in range(5)
+    ]
     async with sse(http, server.base + "/v1/sse?backfill=2") as events:
         head, data = await events.event()
         assert head == "event: subscribed"

@@ -24,7 +24,7 @@ import pytest
 import redis
 
 from tests.conftest import Server, ServerFactory
-from tests.support import EDITOR_TOKEN, RedisServer, get_json, item, post
+from tests.support import EDITOR_TOKEN, RedisServer, get_json, item, post, publish
 
 Http = aiohttp.ClientSession
 ITEM_KEYS = [
@@ -66,14 +66,6 @@ def assert_error(body: Any, code: str, field: str | None = None) -> None:
         assert "field" not in error
     else:
         assert error["field"] == field
-
-
-async def publish(http: Http, server: Server, **fields: Any) -> dict[str, Any]:
-    """Publish one valid item; return the stored item."""
-    status, body = await post(http, server.base, item(**fields))
-    assert status == 201, body
-    stored: dict[str, Any] = body["item"]
-    return stored
 
 
 async def items(http: Http, server: Server, query: str = "", **kw: Any) -> list[dict[str, Any]]:
@@ -146,7 +138,7 @@ async def test_publish_returns_the_stored_item(pub: Server, http: Http) -> None:
 async def test_strings_are_stored_trimmed(pub: Server, http: Http) -> None:
     stored = await publish(
         http,
-        pub,
+        pub.base,
         title="  Quake  \n",
         tags=["  World  "],
         subtitle="\tA lead  ",
@@ -165,12 +157,12 @@ async def test_strings_are_stored_trimmed(pub: Server, http: Http) -> None:
 
 
 async def test_tags_are_normalized_and_merged(pub: Server, http: Http) -> None:
-    stored = await publish(http, pub, tags=["New York", "ＮＥＷ  york", "Россия", "भारत"])
+    stored = await publish(http, pub.base, tags=["New York", "ＮＥＷ  york", "Россия", "भारत"])
     assert stored["tags"] == ["new-york", "россия", "भारत"]
 
 
 async def test_non_ascii_text_round_trips(pub: Server, http: Http) -> None:
-    stored = await publish(http, pub, title="Землетрясение 🌍 \u202eabc", body="é\u0301 日本")
+    stored = await publish(http, pub.base, title="Землетрясение 🌍 \u202eabc", body="é\u0301 日本")
     assert stored["title"] == "Землетрясение 🌍 \u202eabc"
     _, body = await get_json(http, f"{pub.base}/v1/items/{stored['id']}")
     assert body["item"]["body"] == "é\u0301 日本"
@@ -233,7 +225,7 @@ async def test_invalid_field_is_400_naming_it_and_stores_nothing(
 async def test_field_limits_are_inclusive(pub: Server, http: Http) -> None:
     stored = await publish(
         http,
-        pub,
+        pub.base,
         title="t" * 300,
         tags=[f"tag{i}" for i in range(20)],
         subtitle="s" * 1000,
@@ -273,7 +265,7 @@ async def test_json_that_is_not_an_object_is_400(pub: Server, http: Http, raw: b
 
 
 async def test_crlf_body_is_stored_with_newlines(pub: Server, http: Http) -> None:
-    stored = await publish(http, pub, body="line one\r\nline two")
+    stored = await publish(http, pub.base, body="line one\r\nline two")
     assert stored["body"] == "line one\nline two"
 
 
@@ -333,7 +325,7 @@ async def test_no_configured_tokens_means_no_publishing(
 
 
 async def test_reads_are_public_without_subscriber_tokens(pub: Server, http: Http) -> None:
-    stored = await publish(http, pub)
+    stored = await publish(http, pub.base)
     assert await items(http, pub) == [stored]
     headers = {"Authorization": "Bearer anything"}
     assert await items(http, pub, headers=headers) == [stored]
@@ -345,7 +337,7 @@ async def test_reads_need_a_token_when_subscriber_tokens_are_set(
     make_server: ServerFactory, http: Http
 ) -> None:
     server = await make_server(gateway=False, subscriber_tokens=("reader-1",))
-    stored = await publish(http, server)
+    stored = await publish(http, server.base)
     for path in ("/v1/items", f"/v1/items/{stored['id']}"):
         url = server.base + path
         status, answer = await get_json(http, url)
@@ -373,7 +365,7 @@ async def test_unknown_route_is_404(pub: Server, http: Http, path: str) -> None:
 
 
 async def test_unknown_id_is_404(pub: Server, http: Http) -> None:
-    stored = await publish(http, pub)
+    stored = await publish(http, pub.base)
     ms, seq = stored["id"].split("-")
     for missing in ("0-1", f"{ms}-{int(seq) + 1}", f"{int(ms) + 1}-0"):
         status, answer = await get_json(http, f"{pub.base}/v1/items/{missing}")
@@ -391,7 +383,7 @@ async def test_malformed_id_is_400(pub: Server, http: Http, raw: str) -> None:
 
 
 async def test_bare_millisecond_id_means_sequence_zero(pub: Server, http: Http) -> None:
-    stored = await publish(http, pub)
+    stored = await publish(http, pub.base)
     ms, seq = stored["id"].split("-")
     assert seq == "0"  # the first entry of an empty stream
     assert await get_json(http, f"{pub.base}/v1/items/{ms}") == (200, {"item": stored})
@@ -585,13 +577,13 @@ async def test_malformed_idempotency_key_is_400(pub: Server, http: Http, key: st
 
 async def test_latest_items_newest_first(pub: Server, http: Http) -> None:
     assert await items(http, pub) == []
-    published = [await publish(http, pub, title=f"n{i}") for i in range(5)]
+    published = [await publish(http, pub.base, title=f"n{i}") for i in range(5)]
     assert await items(http, pub) == published[::-1]
     assert await items(http, pub, "?limit=2") == published[:2:-1]
 
 
 async def test_after_reads_oldest_first(pub: Server, http: Http) -> None:
-    published = [await publish(http, pub, title=f"n{i}") for i in range(5)]
+    published = [await publish(http, pub.base, title=f"n{i}") for i in range(5)]
     first = published[0]["id"]
     assert await items(http, pub, f"?after={first}") == published[1:]
     assert await items(http, pub, f"?after={first}&limit=2") == published[1:3]
@@ -605,7 +597,7 @@ async def test_default_limit_is_50_and_max_500(pub: Server, http: Http) -> None:
 
     async def one(i: int) -> None:
         async with sem:
-            await publish(http, pub, title=f"n{i}")
+            await publish(http, pub.base, title=f"n{i}")
 
     await asyncio.gather(*(one(i) for i in range(60)))
     assert len(await items(http, pub)) == 50
@@ -630,11 +622,11 @@ async def test_bad_after_is_400(pub: Server, http: Http, after: str) -> None:
 
 
 async def test_tag_filters_are_hierarchical(pub: Server, http: Http) -> None:
-    france = await publish(http, pub, tags=["world/europe/france"])
-    world = await publish(http, pub, tags=["world"])
-    asia = await publish(http, pub, tags=["world/asia", "tech"])
-    tech = await publish(http, pub, tags=["tech/ai"])
-    russia = await publish(http, pub, tags=["Россия"])
+    france = await publish(http, pub.base, tags=["world/europe/france"])
+    world = await publish(http, pub.base, tags=["world"])
+    asia = await publish(http, pub.base, tags=["world/asia", "tech"])
+    tech = await publish(http, pub.base, tags=["tech/ai"])
+    russia = await publish(http, pub.base, tags=["Россия"])
 
     async def ids(query: str) -> list[str]:
         return [i["id"] for i in await items(http, pub, query)]
@@ -662,15 +654,15 @@ async def test_bad_tag_filter_is_400(pub: Server, http: Http, tags: str) -> None
 
 async def test_rare_tag_is_found_behind_many_others(pub: Server, http: Http) -> None:
     # More non-matching items than one page of the store's scan (1,000).
-    rare = await publish(http, pub, tags=["rare"])
+    rare = await publish(http, pub.base, tags=["rare"])
     sem = asyncio.Semaphore(20)
 
     async def one(i: int) -> None:
         async with sem:
-            await publish(http, pub, title=f"n{i}", tags=["common"])
+            await publish(http, pub.base, title=f"n{i}", tags=["common"])
 
     await asyncio.gather(*(one(i) for i in range(1100)))
-    late = await publish(http, pub, tags=["rare"])
+    late = await publish(http, pub.base, tags=["rare"])
     assert [i["id"] for i in await items(http, pub, "?tags=rare")] == [late["id"], rare["id"]]
     assert [i["id"] for i in await items(http, pub, "?tags=rare&after=0")] == [
         rare["id"],
@@ -683,7 +675,7 @@ async def test_rare_tag_is_found_behind_many_others(pub: Server, http: Http) -> 
 
 async def test_retention_by_count_bounds_the_stream(make_server: ServerFactory, http: Http) -> None:
     server = await make_server(gateway=False, max_items=100)
-    published = [await publish(http, server, title=f"n{i}") for i in range(400)]
+    published = [await publish(http, server.base, title=f"n{i}") for i in range(400)]
     length = stream_length(server.settings.redis_url or "")
     # Approximate trimming (MAXLEN ~) removes whole stream nodes: at least
     # max_items remain, and at most one node (<= 100 entries) more.
@@ -699,7 +691,7 @@ async def test_retention_by_age_drops_old_items(make_server: ServerFactory, http
     # 1e-9 days is under a millisecond: every item is "old" once the clock
     # moves on, so each publish trims the stream's complete old nodes.
     server = await make_server(gateway=False, retention_days=1e-9)
-    published = [await publish(http, server, title=f"n{i}") for i in range(250)]
+    published = [await publish(http, server.base, title=f"n{i}") for i in range(250)]
     length = stream_length(server.settings.redis_url or "")
     assert length < 250
     status, _ = await get_json(http, f"{server.base}/v1/items/{published[0]['id']}")
@@ -743,7 +735,7 @@ async def test_redis_down_is_503_and_nothing_is_half_written(
     make_server: ServerFactory, http: Http, own_redis: RedisServer
 ) -> None:
     server = await make_server(gateway=False, redis_url=own_redis.url)
-    first = await publish(http, server, title="Before")
+    first = await publish(http, server.base, title="Before")
     own_redis.kill()
 
     key = {"Idempotency-Key": "during-outage"}
@@ -780,7 +772,7 @@ async def test_stalled_redis_is_503_not_a_hang(
     make_server: ServerFactory, http: Http, own_redis: RedisServer
 ) -> None:
     server = await make_server(gateway=False, redis_url=own_redis.url)
-    await publish(http, server, title="Before")
+    await publish(http, server.base, title="Before")
     assert own_redis.proc is not None
     os.kill(own_redis.proc.pid, signal.SIGSTOP)
     try:

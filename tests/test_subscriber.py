@@ -33,19 +33,11 @@ from subscriber import (
     Withdrawal,
 )
 from tests.conftest import Server, ServerFactory
-from tests.support import item, post
+from tests.support import publish
 from wire import keys
 from wire.gateway import HUB
 
 FAST = {"min_delay": 0.05, "max_delay": 0.5}
-
-
-async def publish(
-    http: aiohttp.ClientSession, base: str, title: str, tags: list[str] | None = None, **extra: Any
-) -> str:
-    status, body = await post(http, base, item(title, tags or ["world"], **extra))
-    assert status == 201, body
-    return str(body["item"]["id"])
 
 
 async def until(condition: Callable[[], bool], within: float = 10.0) -> None:
@@ -122,15 +114,15 @@ async def test_exactly_once_in_order_across_a_gateway_restart(
     got: list[subscriber.Event] = []
     async with subscriber.connect(gateway.ws, ["world"], on_notice=notices.append, **FAST) as feed:
         consumer = asyncio.create_task(collect(feed, got, 10))
-        want = [await publish(http, gateway.base, f"before {i}") for i in range(3)]
+        want = [(await publish(http, gateway.base, f"before {i}"))["id"] for i in range(3)]
         await until(lambda: len(got) == 3)
         await gateway.stop()
         for i in range(3):
             await publish(http, publisher.base, f"elsewhere {i}", ["sport"])
-            want.append(await publish(http, publisher.base, f"while down {i}"))
+            want.append((await publish(http, publisher.base, f"while down {i}"))["id"])
         restarted = await make_server(port=gateway.settings.port)
-        want += [await publish(http, restarted.base, f"after {i}") for i in range(3)]
-        want.append(await publish(http, restarted.base, "sentinel"))
+        want += [(await publish(http, restarted.base, f"after {i}"))["id"] for i in range(3)]
+        want.append((await publish(http, restarted.base, "sentinel"))["id"])
         await consumer
     assert ids(got) == want
     assert any(isinstance(n, Disconnected) and n.code == 1001 for n in notices)
@@ -145,9 +137,9 @@ async def test_a_live_feed_that_has_yielded_nothing_yet_loses_nothing_across_a_r
     async with subscriber.connect(gateway.ws, ["world"], **FAST) as feed:
         consumer = asyncio.create_task(collect(feed, got, 3))
         await gateway.stop()
-        want = [await publish(http, publisher.base, f"while down {i}") for i in range(2)]
+        want = [(await publish(http, publisher.base, f"while down {i}"))["id"] for i in range(2)]
         restarted = await make_server(port=gateway.settings.port)
-        want.append(await publish(http, restarted.base, "sentinel"))
+        want.append((await publish(http, restarted.base, "sentinel"))["id"])
         await consumer
     assert ids(got) == want
 
@@ -159,7 +151,7 @@ async def test_exactly_once_in_order_across_a_slow_consumer_close(
     hub = server.app[HUB]
     notices: list[Notice] = []
     async with subscriber.connect(server.ws, ["world"], on_notice=notices.append, **FAST) as feed:
-        want = [await publish(http, server.base, "first")]
+        want = [(await publish(http, server.base, "first"))["id"]]
         got = await take(feed, 1)
         # The application stops reading; the gateway's buffer for it grows
         # until it gives up on the connection (its counter is only waited on).
@@ -167,8 +159,8 @@ async def test_exactly_once_in_order_across_a_slow_consumer_close(
         async with asyncio.timeout(40):
             while hub.slow_closes == 0:
                 for i in range(10):
-                    want.append(await publish(http, server.base, f"big {i}", body=body))
-        want.append(await publish(http, server.base, "sentinel"))
+                    want.append((await publish(http, server.base, f"big {i}", body=body))["id"])
+        want.append((await publish(http, server.base, "sentinel"))["id"])
         got += await take(feed, len(want) - 1, within=40)
     assert ids(got) == want
     assert any(isinstance(n, Disconnected) and n.code == 4008 for n in notices)
@@ -190,7 +182,7 @@ async def test_a_bad_token_raises_auth_error_at_once_without_retrying(
         assert "token" in caught.value.message
     assert notices == []  # a retry would have been announced with a Disconnected notice
     async with subscriber.connect(server.ws, ["world"], token="reader-secret") as feed:
-        sent = await publish(http, server.base, "for readers only")
+        sent = (await publish(http, server.base, "for readers only"))["id"]
         assert ids(await take(feed, 1)) == [sent]
 
 
@@ -199,12 +191,12 @@ async def test_a_cursor_file_resumes_a_new_connect_after_the_last_handled_item(
 ) -> None:
     cursor = tmp_path / "cursor"
     async with subscriber.connect(server.ws, ["world"], cursor_file=cursor) as feed:
-        want = [await publish(http, server.base, f"one {i}") for i in range(3)]
+        want = [(await publish(http, server.base, f"one {i}"))["id"] for i in range(3)]
         got = await take(feed, 2)
     assert cursor.read_text().strip() == want[1]
 
     # Published while no subscriber runs at all.
-    want += [await publish(http, server.base, f"two {i}") for i in range(2)]
+    want += [(await publish(http, server.base, f"two {i}"))["id"] for i in range(2)]
     with pytest.raises(RuntimeError, match="handler crashed"):
         async with subscriber.connect(server.ws, ["world"], cursor_file=cursor) as feed:
             assert ids(await take(feed, 1)) == [want[2]]
@@ -213,7 +205,7 @@ async def test_a_cursor_file_resumes_a_new_connect_after_the_last_handled_item(
     assert cursor.read_text().strip() == want[1]
 
     async with subscriber.connect(server.ws, ["world"], cursor_file=cursor) as feed:
-        want.append(await publish(http, server.base, "sentinel"))
+        want.append((await publish(http, server.base, "sentinel"))["id"])
         got += await take(feed, 4)  # ...so it comes again, once
     assert ids(got) == want
     assert cursor.read_text().strip() == want[-1]
@@ -232,19 +224,19 @@ async def test_subscribe_and_unsubscribe_while_connected(
     async with subscriber.connect(server.ws, ["sport"], on_notice=notices.append) as feed:
         consumer = asyncio.create_task(collect(feed, got, 3))
         await publish(http, server.base, "ignored: world before subscribing", ["world"])
-        want = [await publish(http, server.base, "sport 1", ["sport"])]
+        want = [(await publish(http, server.base, "sport 1", ["sport"]))["id"]]
         await until(lambda: len(got) == 1)
 
         await feed.subscribe(["World/Europe"])  # normalized like the server does
         assert feed.tags == ("sport", "world/europe")
         await until(lambda: confirmed_tags() == ("sport", "world/europe"))
-        want.append(await publish(http, server.base, "europe 1", ["world/europe/france"]))
+        want.append((await publish(http, server.base, "europe 1", ["world/europe/france"]))["id"])
         await until(lambda: len(got) == 2)
 
         await feed.unsubscribe(["sport"])
         await until(lambda: confirmed_tags() == ("world/europe",))
         await publish(http, server.base, "ignored: sport after unsubscribing", ["sport"])
-        want.append(await publish(http, server.base, "sentinel", ["world/europe"]))
+        want.append((await publish(http, server.base, "sentinel", ["world/europe"]))["id"])
         await consumer
     assert ids(got) == want
 
@@ -263,7 +255,7 @@ async def test_a_refused_subscribe_raises_and_the_feed_keeps_running(
                 await anext(feed)
         assert caught.value.code == "too_many_tags"
         assert feed.tags == ("world",)
-        sent = await publish(http, server.base, "still here")
+        sent = (await publish(http, server.base, "still here"))["id"]
         assert ids(await take(feed, 1)) == [sent]
 
 
@@ -271,8 +263,8 @@ async def test_history_truncated_is_a_notice_and_the_rest_still_arrives(
     make_server: ServerFactory, http: aiohttp.ClientSession, redis_url: str
 ) -> None:
     publisher = await make_server(gateway=False)
-    first = await publish(http, publisher.base, "trimmed away")
-    kept = await publish(http, publisher.base, "kept")
+    first = (await publish(http, publisher.base, "trimmed away"))["id"]
+    kept = (await publish(http, publisher.base, "kept"))["id"]
     # What retention does to old entries, done now (before the gateway starts,
     # so its memory of recent items does not cover them).
     with redis.Redis.from_url(redis_url) as client:
@@ -283,7 +275,7 @@ async def test_history_truncated_is_a_notice_and_the_rest_still_arrives(
     async with subscriber.connect(
         gateway.ws, ["world"], since=since, on_notice=notices.append
     ) as feed:
-        sentinel = await publish(http, publisher.base, "sentinel")
+        sentinel = (await publish(http, publisher.base, "sentinel"))["id"]
         assert ids(await take(feed, 2)) == [kept, sentinel]
     # (It may have been told "gateway starting, retry" first: it just started.)
     assert any(isinstance(n, HistoryTruncated) for n in notices), notices
