@@ -820,17 +820,22 @@ class Counting:
             ("gzip transfer coding", post + b"Transfer-Encoding: gzip\r\n\r\n"),
         ):
             await self.raw_case(name, request, plain)
-        for name, headers in (
-            ("ws without upgrade", b""),
-            ("ws upgrade without key", b"Upgrade: websocket\r\nConnection: Upgrade\r\n"),
+        for name, headers, want in (
+            ("ws without upgrade", b"", (400, "http_error")),
             (
-                "ws bad version",
+                "ws upgrade without key",
+                b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n",
+                (400, "http_error"),
+            ),
+            (
+                "ws bad version",  # RFC 6455 4.2.2: 426 naming version 13
                 b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 99\r\n",
+                (426, "unsupported_websocket_version"),
             ),
         ):
             request = b"GET /v1/ws HTTP/1.1\r\nHost: x\r\nConnection: close\r\n%s\r\n" % headers
-            await self.raw_case(name, request, (400, "http_error"))
+            await self.raw_case(name, request, want)
 
     async def publish_cases(self) -> None:
         for raw in MALFORMED_JSON:

@@ -95,6 +95,13 @@ class MethodNotAllowed(ClientError):
     status = 405
 
 
+class UnsupportedWebSocketVersion(ClientError):
+    """A WebSocket handshake for a version other than 13 (RFC 6455 4.2.2)."""
+
+    code = "unsupported_websocket_version"
+    status = 426
+
+
 class PayloadTooLarge(ClientError):
     code = "payload_too_large"
     status = 413

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 import orjson
 from aiohttp import WSMessage, WSMsgType, web
 
-from wire import frames
+from wire import frames, wsedge
 from wire.appkeys import ENTITLEMENTS, SETTINGS, STORE
 from wire.auth import bearer
 from wire.entitlements import EVERYTHING, Grant, reader_grant
@@ -182,6 +182,8 @@ def _admit(request: web.Request) -> Grant:
 async def ws_handler(request: web.Request) -> web.StreamResponse:
     """``GET /v1/ws``: the WebSocket subscriber protocol."""
     settings = request.app[SETTINGS]
+    if (wrong_version := wsedge.refuse_version(request)) is not None:
+        return wrong_version
     try:
         grant = _admit(request)
         initial = _query_subscribe(request)
@@ -194,11 +196,12 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
     # No per-connection heartbeat: the hub pings every connection from one
     # task (_keepalive), which saves ~600 bytes per connection; autoping is off
     # so the pongs reach the loop below, which also answers the client's pings.
-    ws = web.WebSocketResponse(autoping=False, max_msg_size=settings.max_frame + 1, compress=False)
+    ws = wsedge.GuardedResponse(autoping=False, max_msg_size=settings.max_frame + 1, compress=False)
     await ws.prepare(request)
     assert request.transport is not None
     _limit_send_buffer(request, settings.send_buffer)
     session = Session(request, Conn(request.transport), grant)
+    ws.bind(session.hub, session.conn)  # unmasked frames, bad close codes: 1002
     try:
         if initial is not None:
             await session.answer(initial)
