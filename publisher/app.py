@@ -84,7 +84,8 @@ def idempotency_key(request: web.Request) -> str | None:
 
 
 async def post_item(request: web.Request) -> web.Response:
-    """Validate and publish one item: 201 when new, 200 for an idempotent repeat."""
+    """Validate and publish one item: 201 when new, 200 for an idempotent repeat
+    (an embargoed item: 202 when new, 200 for a repeat)."""
     require_editor(request)
     key = idempotency_key(request)
     data = await read_json(request, (*JSON_TYPES, ninjs.MEDIA_TYPE))
@@ -92,11 +93,10 @@ async def post_item(request: web.Request) -> web.Response:
         submission = ninjs.parse_ninjs(data)
     else:
         submission = parse_submission(data)
+    digest = body_hash(data) if key else ""
     if submission.embargo_until is not None:
-        return await accept_embargoed(request, submission)
-    published = await request.app[STORE].publish(
-        submission, idempotency_key=key, digest=body_hash(data) if key else ""
-    )
+        return await accept_embargoed(request, submission, key, digest)
+    published = await request.app[STORE].publish(submission, idempotency_key=key, digest=digest)
     if published.created:
         request.app[METRICS].published.labels("item").inc()
     return raw_json(b'{"item":' + published.json + b"}", 201 if published.created else 200)

@@ -1,10 +1,11 @@
 """Embargoed items: accepted now, invisible until their time, released once.
 
 Every publisher process runs a releaser that polls the schedule (a Redis
-sorted set) a few times a second. Release is the publish script with a guard
-that removes the guid from the schedule first: however many publishers race,
-only the one whose removal succeeds publishes, and a publisher killed at the
-due moment either published (atomically) or left it for the others.
+sorted set) a few times a second. A release is one Lua script per batch of up
+to 500 due items: it takes them off the schedule and publishes each exactly
+as ``POST /v1/items`` would, so however many publishers race, each item is
+published once, and a publisher killed at the due moment either published a
+batch (atomically) or left it for the others.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from publisher.access import require_editor
 from wire.appkeys import SETTINGS, STORE
 from wire.errors import NotFound
 from wire.http import REDIS_DOWN, json_response, raw_json
-from wire.items import Submission, parse_submission
-from wire.store import Store
+from wire.items import Submission
+from wire.store import RELEASE_BATCH, Store
+from wire.supervisor import SUPERVISOR
 
 log = logging.getLogger("wire.embargo")
 
@@ -34,11 +36,18 @@ def setup_embargoes(app: web.Application) -> None:
     app.cleanup_ctx.append(_releaser_ctx)
 
 
-async def accept_embargoed(request: web.Request, sub: Submission) -> web.Response:
-    """202: stored as pending, with no stream id until it is released."""
+async def accept_embargoed(
+    request: web.Request, sub: Submission, key: str | None, digest: str
+) -> web.Response:
+    """202 and the pending item (no stream id until it is released).
+
+    With an Idempotency-Key a repeat answers 200 and the first pending item,
+    and the key with another body is 422, as for an immediate publish. Under
+    a withdrawn story's guid: 409 ``story_withdrawn``.
+    """
     pending = orjson.dumps(sub.pending())
-    await request.app[STORE].embargo(sub, pending)
-    return raw_json(b'{"item":' + pending + b"}", 202)
+    held = await request.app[STORE].embargo(sub, pending, idempotency_key=key, digest=digest)
+    return raw_json(b'{"item":' + held.json + b"}", 202 if held.created else 200)
 
 
 async def list_embargoes(request: web.Request) -> web.Response:
@@ -57,20 +66,26 @@ async def cancel_embargo(request: web.Request) -> web.Response:
     return json_response({"cancelled": guid})
 
 
-async def release_due(store: Store) -> int:
+async def release_due(store: Store, batch: int = RELEASE_BATCH) -> int:
     """Publish every item whose embargo has passed; return how many this call released."""
+    now_ms = int(time.time() * 1000)
     released = 0
-    for guid, pending in await store.due_embargoes(int(time.time() * 1000)):
-        data = orjson.loads(pending)
-        fields = {k: v for k, v in data.items() if k not in ("pubstatus", "embargo_until")}
-        sub = parse_submission(fields)  # stored by us after validation: cannot fail
-        try:
-            await store.publish(sub, release=True)
-        except NotFound:
-            continue  # another publisher released (or an editor cancelled) it first
-        released += 1
-        log.info("embargo released", extra={"guid": guid})
-    return released
+    while True:
+        results = await store.release_embargoes(now_ms, batch)
+        for status, guid, detail in results:
+            if status == "new":
+                released += 1
+                log.info("embargo released", extra={"guid": guid, "id": detail})
+            elif status == "withdrawn":
+                log.warning("embargo dropped: story %r was withdrawn while it was pending", guid)
+            elif status == "conflict":
+                log.error("embargo of %r held back: redis key %r has a foreign type", guid, detail)
+            else:
+                log.error("embargo schedule named a missing or damaged item %r; unscheduled", guid)
+        # Fewer than a batch: nothing else was due at now_ms (items falling
+        # due meanwhile wait for the next poll, so this loop always ends).
+        if len(results) < batch:
+            return released
 
 
 async def _release_forever(store: Store, interval: float) -> None:
@@ -85,13 +100,16 @@ async def _release_forever(store: Store, interval: float) -> None:
             await release_due(store)
         except REDIS_DOWN as err:
             log.warning("embargo releaser: redis unavailable (%s)", err)
+        except Exception:
+            # Whatever went wrong with this round, the next one must come:
+            # every later embargo depends on this loop.
+            log.exception("embargo releaser: release failed; trying again")
         await asyncio.sleep(interval)
 
 
 async def _releaser_ctx(app: web.Application) -> AsyncIterator[None]:
-    task = asyncio.create_task(
-        _release_forever(app[STORE], app[SETTINGS].embargo_poll), name="wire-embargo"
-    )
+    supervisor = app[SUPERVISOR]
+    store, interval = app[STORE], app[SETTINGS].embargo_poll
+    supervisor.start("embargo", lambda: _release_forever(store, interval))
     yield
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    await supervisor.stop("embargo")

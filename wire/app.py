@@ -20,6 +20,7 @@ from wire.metrics import setup_metrics
 from wire.pages import setup_pages
 from wire.settings import Settings
 from wire.store import Store, connect
+from wire.supervisor import SUPERVISOR, Supervisor
 
 log = logging.getLogger("wire")
 STATIC = Path(__file__).parent / "static"
@@ -34,6 +35,7 @@ def create_app(
     app = web.Application(middlewares=[request_log, error_middleware], client_max_size=MAX_BODY)
     app[SETTINGS] = settings
     app[ENTITLEMENTS] = load(settings.entitlements) if settings.entitlements else Entitlements()
+    app[SUPERVISOR] = Supervisor()
     app.cleanup_ctx.append(_redis_ctx)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -62,7 +64,9 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Redis answers (and, on a gateway, the stream reader is reading)."""
+    """Redis answers, every background task runs (``task:<name>``: the embargo
+    releaser, the gateway's stream reader and keep-alives) and, on a gateway,
+    the stream reader is reading."""
     checks: dict[str, bool] = {}
     try:
         checks["redis"] = await request.app[STORE].ping()
@@ -71,6 +75,8 @@ async def readyz(request: web.Request) -> web.Response:
     reader = request.app.get(READER)
     if reader is not None:
         checks["reader"] = reader.ready
+    for name, running in request.app[SUPERVISOR].status().items():
+        checks["task:" + name] = running
     ok = all(checks.values())
     return json_response(
         {"status": "ready" if ok else "unavailable", "checks": checks}, 200 if ok else 503

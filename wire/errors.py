@@ -139,5 +139,13 @@ class ServiceUnavailable(WireError):
         return {"code": self.code, "message": str(self) or "service unavailable, retry later"}
 
 
+class KeyConflict(WireError):
+    """A Redis key holds a type wire never writes there (damaged or foreign data).
+
+    The write scripts check this before their first write and write nothing;
+    the request answers 500 and the log names the key.
+    """
+
+
 class RedisMissing(WireError):
     """No Redis URL was given and no ``redis-server`` binary could be started."""

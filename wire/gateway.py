@@ -43,6 +43,7 @@ from wire.protocol import (
 from wire.resume import Window, compact, fresh, is_truncated, replay_window
 from wire.settings import Settings
 from wire.store import Store, connect
+from wire.supervisor import SUPERVISOR
 
 log = logging.getLogger("wire.gateway")
 
@@ -143,14 +144,12 @@ async def _reader_ctx(app: web.Application) -> AsyncIterator[None]:
     with contextlib.suppress(*REDIS_DOWN):
         async with asyncio.timeout(2):
             hub.start(await reader.store.last_key())
-    tasks = [
-        asyncio.create_task(reader.run(), name="wire-reader"),
-        asyncio.create_task(_keepalive(hub, settings.ping_interval), name="wire-keepalive"),
-    ]
+    # Supervised: restarted if they ever stop, and reported by /readyz meanwhile.
+    supervisor = app[SUPERVISOR]
+    supervisor.start("reader", reader.run)
+    supervisor.start("keepalive", lambda: _keepalive(hub, settings.ping_interval))
     yield
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await supervisor.stop("reader", "keepalive")
     await redis.aclose()
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
@@ -25,12 +26,27 @@ from redis.commands.core import AsyncScript
 
 from wire import keys, scripts
 from wire.entry import Entry, with_id
-from wire.errors import IdempotencyKeyReused, NotFound, ServiceUnavailable, StoryWithdrawn
+from wire.errors import (
+    IdempotencyKeyReused,
+    KeyConflict,
+    NotFound,
+    ServiceUnavailable,
+    StoryWithdrawn,
+)
 from wire.ids import StreamKey, format_id
 from wire.items import Submission, published_now
 from wire.settings import Settings
 
 PAGE = 1000  # entries per XRANGE while scanning history
+#: Due embargoes released per script: big enough that 5,000 due at one moment
+#: go out in ten round trips, small enough that Redis is busy for only a few
+#: milliseconds per script.
+RELEASE_BATCH = 500
+#: How long an embargo whose story keys hold a foreign type waits before the
+#: next attempt (an operator can repair the key meanwhile).
+CONFLICT_RETRY_MS = 60_000
+
+log = logging.getLogger("wire.store")
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,21 +121,13 @@ class Store:
         self._withdraw = redis.register_script(scripts.WITHDRAW)
         self._embargo = redis.register_script(scripts.EMBARGO)
         self._cancel = redis.register_script(scripts.CANCEL_EMBARGO)
+        self._release = redis.register_script(scripts.RELEASE)
 
     async def publish(
-        self,
-        sub: Submission,
-        *,
-        idempotency_key: str | None = None,
-        digest: str = "",
-        release: bool = False,
+        self, sub: Submission, *, idempotency_key: str | None = None, digest: str = ""
     ) -> Published:
-        """Append a new version of ``sub``'s story; idempotent per key and body.
-
-        With ``release`` the item is a due embargo: it is published only if this
-        call is the one that removes it from the schedule (exactly once).
-        """
-        head, tail = _split_json(sub)
+        """Append a new version of ``sub``'s story; idempotent per key and body."""
+        head, mark, rest, tags, urgency = _parts(sub)
         result, acked = await self._write(
             self._publish,
             keys=[
@@ -128,28 +136,29 @@ class Store:
                 keys.story_tags(sub.guid),
                 keys.story_ids(sub.guid),
                 keys.idempotency(idempotency_key) if idempotency_key else "",
-                keys.EMBARGOES if release else "",
-                keys.embargo(sub.guid) if release else "",
             ],
             args=[
-                head,
-                tail,
-                orjson.dumps(sub.mark),
-                " ".join(sub.tags),
-                sub.urgency,
                 sub.guid,
-                *self._retention(digest),
-                *sub.tags,
+                head,
+                mark,
+                published_now(),
+                rest,
+                tags,
+                urgency,
+                *self._retention(),
+                digest,
+                self.settings.idempotency_ttl,
             ],
         )
-        return await self._published(result, acked)
+        status, entry_id, json = self._answer(result, acked)
+        return Published(entry_id, with_id(entry_id, json), status == "new")
 
-    def _retention(self, digest: str = "") -> list[int | str]:
-        """ARGV 7-11 of the publish script: maxlen, minid, digest, idem ttl, story ttl."""
+    def _retention(self) -> list[int]:
+        """Stream MAXLEN, stream MINID and the story keys' ttl, for the write scripts."""
         now_ms = int(time.time() * 1000)
         minid = max(0, now_ms - int(self.settings.retention_days * 86_400_000))
         story_ttl = int(self.settings.retention_days * 86_400) + 86_400
-        return [self.settings.max_items, minid, digest, self.settings.idempotency_ttl, story_ttl]
+        return [self.settings.max_items, minid, story_ttl]
 
     async def _write(
         self, script: AsyncScript, *, keys: list[Any], args: list[Any]
@@ -170,7 +179,8 @@ class Store:
             result, acked = await pipe.execute()
         return result, int(acked)
 
-    async def _published(self, result: list[bytes], acked: int = 0) -> Published:
+    def _answer(self, result: list[bytes], acked: int = 0) -> tuple[str, str, bytes]:
+        """A write script's (status, stream id, JSON), or the error its status means."""
         status = result[0].decode()
         if status == "reused":
             raise IdempotencyKeyReused(
@@ -178,24 +188,34 @@ class Store:
             )
         if status == "withdrawn":
             raise StoryWithdrawn("this story was withdrawn; publish it under a new guid")
-        if status in ("gone", "unknown"):
-            raise NotFound("no such story or pending item")
-        entry_id = result[1].decode()
+        if status == "unknown":
+            raise NotFound("no such story")
+        if status == "conflict":
+            raise KeyConflict(f"redis key {result[1].decode()!r} holds a type wire did not write")
         if self.settings.replica_acks > 0 and acked < self.settings.replica_acks:
             # Answer 201 (or 200 to a retry) only once a replica has the entry,
             # so a failover to that replica cannot lose an acknowledged item.
             raise ServiceUnavailable("no replica acknowledged the write in time; retry")
-        return Published(entry_id, with_id(entry_id, result[2]), status == "new")
+        return status, result[1].decode(), result[2]
 
     async def withdraw(self, guid: str, reason: str) -> Published:
         """Append the withdrawal of a story (idempotent: a repeat returns the first)."""
-        argv = self._retention()
+        maxlen, minid, story_ttl = self._retention()
         result, acked = await self._write(
             self._withdraw,
             keys=[keys.STREAM, keys.story(guid), keys.story_tags(guid), keys.story_ids(guid)],
-            args=[guid, orjson.dumps(reason), published_now(), argv[0], argv[1], argv[4]],
+            args=[
+                guid,
+                orjson.dumps(guid),
+                orjson.dumps(reason),
+                published_now(),
+                maxlen,
+                minid,
+                story_ttl,
+            ],
         )
-        return await self._published(result, acked)
+        status, entry_id, json = self._answer(result, acked)
+        return Published(entry_id, with_id(entry_id, json), status == "new")
 
     async def story(self, guid: str) -> list[Entry]:
         """Every kept version of a story (withdrawn content redacted), oldest first."""
@@ -225,35 +245,75 @@ class Store:
             return entries
         return [e for e in entries if e.withdrawal or e.guid not in gone]
 
-    async def embargo(self, sub: Submission, pending: bytes) -> None:
-        """Schedule ``sub`` for release at its embargo time (replacing a pending one)."""
+    async def embargo(
+        self,
+        sub: Submission,
+        pending: bytes,
+        *,
+        idempotency_key: str | None = None,
+        digest: str = "",
+    ) -> Published:
+        """Schedule ``sub`` for release at its embargo time (replacing a pending one).
+
+        Idempotent per key and body like :meth:`publish`: a repeat answers the
+        first pending item (``created`` False) and schedules nothing. Refused
+        (StoryWithdrawn) for a withdrawn story. The answer has no stream id.
+        """
         assert sub.embargo_until is not None
         due = int(sub.embargo_until.timestamp() * 1000)
-        await self._embargo(
-            keys=[keys.EMBARGOES, keys.embargo(sub.guid)], args=[sub.guid, due, pending]
+        head, mark, rest, tags, urgency = _parts(sub)
+        result, acked = await self._write(
+            self._embargo,
+            keys=[
+                keys.EMBARGOES,
+                keys.embargo(sub.guid),
+                keys.story(sub.guid),
+                keys.story_tags(sub.guid),
+                keys.story_ids(sub.guid),
+                keys.idempotency(idempotency_key) if idempotency_key else "",
+            ],
+            args=[
+                *(due, pending, sub.guid, head, mark, rest, tags, urgency),
+                *(digest, self.settings.idempotency_ttl),
+            ],
         )
+        status, _, json = self._answer(result, acked)
+        return Published("", json, status == "new")
 
     async def embargoes(self) -> list[bytes]:
         """Pending embargoed items (JSON), soonest first."""
-        guids: Any = await self.redis.zrange(keys.EMBARGOES, 0, -1)
-        if not guids:
+        members: Any = await self.redis.zrange(keys.EMBARGOES, 0, -1)
+        if not members:
             return []
-        found: Any = await self.redis.mget([keys.embargo(g.decode()) for g in guids])
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for member in members:
+                pipe.hget(member, "p")
+            found = await pipe.execute()
         return [f for f in found if f is not None]
 
     async def cancel_embargo(self, guid: str) -> bool:
         """Cancel a pending embargoed item; False when there was none."""
-        return bool(await self._cancel(keys=[keys.EMBARGOES, keys.embargo(guid)], args=[guid]))
+        return bool(await self._cancel(keys=[keys.EMBARGOES, keys.embargo(guid)], args=[]))
 
-    async def due_embargoes(self, now_ms: int, limit: int = 50) -> list[tuple[str, bytes]]:
-        """Embargoed items due by ``now_ms``: (guid, pending JSON)."""
-        guids: Any = await self.redis.zrangebyscore(
-            keys.EMBARGOES, "-inf", now_ms, start=0, num=limit
+    async def release_embargoes(
+        self, now_ms: int, limit: int = RELEASE_BATCH
+    ) -> list[tuple[str, str, str]]:
+        """Publish up to ``limit`` items due by ``now_ms`` in one script, soonest first.
+
+        Answers (status, guid, stream id or detail) per item handled; see
+        ``scripts.RELEASE``. Fewer than ``limit`` answers: nothing more is due.
+        """
+        maxlen, minid, story_ttl = self._retention()
+        result, acked = await self._write(
+            self._release,
+            keys=[keys.STREAM, keys.EMBARGOES],
+            args=[now_ms, limit, published_now(), maxlen, minid, story_ttl, CONFLICT_RETRY_MS],
         )
-        if not guids:
-            return []
-        found: Any = await self.redis.mget([keys.embargo(g.decode()) for g in guids])
-        return [(g.decode(), f) for g, f in zip(guids, found, strict=True) if f is not None]
+        if result and acked < self.settings.replica_acks:
+            # Released is released (it cannot be taken back); say it is at risk.
+            log.warning("embargo release: no replica acknowledged %d items", len(result) // 3)
+        it = iter(v.decode() for v in result)
+        return list(zip(it, it, it, strict=True))
 
     async def get(self, entry_id: str) -> Entry | None:
         """One entry by id, or None when unknown (or trimmed)."""
@@ -396,16 +456,17 @@ def _entries(rows: Any) -> list[Entry]:
     return [Entry.from_fields(eid, fields) for eid, fields in rows]
 
 
-def _split_json(sub: Submission) -> tuple[bytes, bytes]:
-    """The stored JSON around the version and mark, which the script fills in.
+def _parts(sub: Submission) -> tuple[bytes, bytes, bytes, str, int]:
+    """What the scripts build an item from: head, mark JSON, rest, tags, urgency.
 
-    Layout: ``{"guid":..,"version":<v>,"mark":<m>,"published_at":..,...}``.
+    Stored layout: ``{"guid":..,"version":<v>,"mark":<m>,"pubstatus":"usable",
+    "published_at":<t>,"urgency":..,...}``; the script fills in the version,
+    the mark ("Updated" for a later version without one) and the time, so an
+    embargoed item gets its time when it is released.
     """
     head = b'{"guid":' + orjson.dumps(sub.guid) + b',"version":'
     rest = orjson.dumps(
         {
-            "pubstatus": "usable",
-            "published_at": published_now(),
             "urgency": sub.urgency,
             "title": sub.title,
             "subtitle": sub.subtitle,
@@ -414,4 +475,4 @@ def _split_json(sub: Submission) -> tuple[bytes, bytes]:
             "body": sub.body,
         }
     )
-    return head, b"," + rest[1:]
+    return head, orjson.dumps(sub.mark), b"," + rest[1:], " ".join(sub.tags), sub.urgency
