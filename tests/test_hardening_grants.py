@@ -20,6 +20,7 @@ import websockets
 
 from tests.conftest import Server, ServerFactory
 from tests.support import EDITOR_TOKEN, get_json, item, post
+from tests.test_ninjs import run_export
 from wire import keys
 from wire.entry import Entry
 from wire.items import parse_submission
@@ -350,6 +351,16 @@ async def test_a_since_resume_is_complete_whatever_the_budget(
         assert (await recv(ws))["type"] == "subscribed"
         got = [(await next_item(ws))["id"] for _ in bulk]
     assert got == bulk
+
+
+async def test_wire_export_follows_the_cursor_past_short_pages(
+    make_server: ServerFactory, bulk: list[str]
+) -> None:
+    """A page cut short by the budget is not the end: export must go on to the last match."""
+    server = await make_server(scan_budget=BUDGET)
+    code, docs, err = await run_export(server.base, "--tags", "rare", "--page-size", "5")
+    assert code == 0, err
+    assert [d["id"] for d in docs] == bulk
 
 
 async def test_after_and_before_together_are_refused(server: Server, http) -> None:
