@@ -18,7 +18,6 @@ from publisher.embargo import accept_embargoed
 from wire import ninjs
 from wire.appkeys import SETTINGS, STORE
 from wire.errors import (
-    Forbidden,
     Gone,
     InvalidJSON,
     NotFound,
@@ -28,7 +27,7 @@ from wire.errors import (
     ValidationError,
 )
 from wire.http import raw_json
-from wire.ids import parse_id
+from wire.ids import format_id, parse_id
 from wire.items import parse_submission
 from wire.metrics import METRICS
 from wire.store import body_hash
@@ -121,35 +120,49 @@ def query_limit(request: web.Request) -> int:
 
 
 async def list_items(request: web.Request) -> web.Response:
-    """Latest matching items (newest first), or those after ``after`` (oldest first)."""
+    """Latest matching items (newest first, or older than ``before``), or those after
+    ``after`` (oldest first); ``next`` is the cursor to go on from, when there is more.
+
+    A read scans at most ``scan_budget`` stream entries, so a filter that
+    matches nothing answers quickly, with the ``next`` cursor to go on from.
+    """
     grant = require_reader(request)
     tags, limit = grant.narrow(query_tags(request)), query_limit(request)
     store = request.app[STORE]
-    after = request.query.get("after")
+    after, before = request.query.get("after"), request.query.get("before")
+    if after is not None and before is not None:
+        raise ValidationError("give after or before, not both", field="before")
     if after is not None:
-        entries = await store.scan_after(parse_id(after, field="after"), tags, limit)
+        scan = await store.history_after(parse_id(after, field="after"), tags, limit)
     else:
-        entries = await store.scan_latest(tags, limit)
-    return raw_json(b'{"items":[' + b",".join(e.json for e in entries) + b"]}")
+        start = parse_id(before, field="before") if before is not None else None
+        scan = await store.history_before(tags, limit, before=start)
+    items = b",".join(e.json for e in grant.visible(scan.entries))
+    cursor = b',"next":"%s"' % format_id(scan.next).encode() if scan.next is not None else b""
+    return raw_json(b'{"items":[' + items + b"]" + cursor + b"}")
 
 
 async def get_item(request: web.Request) -> web.Response:
-    """One item by stream id (``?format=ninjs``: as an IPTC ninjs document)."""
+    """One item by stream id (``?format=ninjs``: as an IPTC ninjs document).
+
+    An item outside the reader's grant is answered exactly like a missing one,
+    so that ids cannot be probed for what exists.
+    """
     grant = require_reader(request)
     as_ninjs = ninjs.wants_ninjs(request.query)
     raw = request.match_info["id"]
     key = parse_id(raw)
     store = request.app[STORE]
     entry = await store.get(f"{key[0]}-{key[1]}")
+    if entry is not None:
+        entry = grant.view(entry)
     if entry is None:
         raise NotFound(f"no item with id {raw}")
-    if not grant.sees(entry.tags):
-        raise Forbidden("this token may not read this item")
     if not await store.redact([entry]):
         raise Gone(f"item {raw} belongs to a withdrawn story; see /v1/stories/{entry.guid}")
     if as_ninjs:
         item = orjson.loads(entry.json)
-        story = [] if item.get("version") == 1 else await store.story(entry.guid)
+        story = [] if item.get("version") == 1 else grant.visible(await store.story(entry.guid))
         first = ninjs.first_created([item, *(orjson.loads(v.json) for v in story)])
         return ninjs_response(ninjs.to_ninjs(item, first))
     return raw_json(b'{"item":' + entry.json + b"}")

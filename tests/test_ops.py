@@ -37,7 +37,8 @@ async def test_metrics_count_what_happened(server: Server, http) -> None:
     assert metric(text, "wire_connections") == 1
     assert metric(text, "wire_stream_length") == 1
     assert metric(text, "wire_publish_to_deliver_seconds_count") == 1
-    assert metric(text, 'wire_tag_subscribers{tag="world"}') == 1
+    assert metric(text, "wire_subscribed_tags") == 1
+    assert metric(text, "wire_tag_subscribers_max") == 1
     assert (
         metric(text, 'wire_http_requests_total{method="POST",route="/v1/items",status="201"}') == 1
     )

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import hmac
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from wire.auth import token_ok
+from wire.entry import Entry
 from wire.errors import Forbidden, Unauthorized, ValidationError
 from wire.tags import WILDCARD, normalize_tags
 
@@ -50,6 +51,25 @@ class Grant:
     def sees(self, item_tags: Iterable[str]) -> bool:
         """True when an item with these tags is within the grant."""
         return self.tags is None or any(self.covers(t) for t in item_tags)
+
+    def view(self, entry: Entry) -> Entry | None:
+        """``entry`` as this grant sees it: None when outside it, and a withdrawal
+        with only the granted ones of its tags.
+
+        A withdrawal carries the tags of every version of its story, which
+        must not tell a partner about versions it never saw.
+        """
+        if self.tags is None:
+            return entry
+        if entry.withdrawal:
+            return entry.narrowed(self.tags, self.covers)
+        return entry if self.sees(entry.tags) else None
+
+    def visible(self, entries: Sequence[Entry]) -> list[Entry]:
+        """The entries within the grant, each as :meth:`view` shows it."""
+        if self.tags is None:
+            return list(entries)
+        return [v for v in map(self.view, entries) if v is not None]
 
     def narrow(self, keys: frozenset[str]) -> frozenset[str]:
         """A read filter within the grant: ``*`` becomes the granted tags."""

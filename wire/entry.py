@@ -8,6 +8,10 @@ receive it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import orjson
+
 from wire import frames
 from wire.ids import StreamKey, parse_id
 from wire.tags import match_keys
@@ -19,6 +23,7 @@ class Entry:
     __slots__ = (
         "_routes",
         "_sse",
+        "_views",
         "_ws",
         "guid",
         "id",
@@ -49,6 +54,8 @@ class Entry:
         self._ws: bytes | None = None
         self._sse: bytes | None = None
         self._routes: frozenset[str] | None = None
+        #: Narrowed copies of a withdrawal, per grant (see :meth:`narrowed`).
+        self._views: dict[frozenset[str], Entry | None] | None = None
 
     @classmethod
     def from_fields(cls, entry_id: bytes | str, fields: dict[bytes, bytes]) -> Entry:
@@ -78,6 +85,30 @@ class Entry:
     def matches(self, keys: frozenset[str]) -> bool:
         """True when a subscription to ``keys`` receives this entry."""
         return not self.routes.isdisjoint(keys)
+
+    def narrowed(self, grant: frozenset[str], keep: Callable[[str], bool]) -> Entry | None:
+        """This entry with only the tags ``keep`` accepts (None when none is left).
+
+        Built once per grant (``grant`` is its key), so connections sharing a
+        grant share its frames too; an entry whose tags all pass is itself.
+        """
+        views = self._views
+        if views is not None and grant in views:
+            return views[grant]
+        tags = tuple(t for t in self.tags if keep(t))
+        view: Entry | None = self
+        if not tags:
+            view = None
+        elif tags != self.tags:
+            item = orjson.loads(self.json)
+            item["tags"] = list(tags)
+            view = Entry(
+                self.id, tags, self.urgency, self.guid, orjson.dumps(item), self.withdrawal
+            )
+        if views is None:
+            views = self._views = {}
+        views[grant] = view
+        return view
 
     @property
     def ws_frame(self) -> bytes:

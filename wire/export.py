@@ -63,8 +63,8 @@ def _page_size(raw: str) -> int:
 
 def fetch_page(
     base: str, token: str | None, *, after: str, limit: int, tags: str | None
-) -> list[dict[str, Any]]:
-    """One page of ``GET /v1/items?after=...`` (oldest first)."""
+) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of ``GET /v1/items?after=...`` (oldest first), and its ``next`` cursor."""
     query = {"after": after, "limit": str(limit)}
     if tags:
         query["tags"] = tags
@@ -73,8 +73,9 @@ def fetch_page(
         req.add_header("Authorization", f"Bearer {token}")
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
-            items: list[dict[str, Any]] = orjson.loads(resp.read())["items"]
-            return items
+            answer = orjson.loads(resp.read())
+            items: list[dict[str, Any]] = answer["items"]
+            return items, answer.get("next")
     except urllib.error.HTTPError as err:
         raise ExportError(_describe(err.code, err.read())) from None
 
@@ -96,12 +97,14 @@ def items(
     sent = 0
     while limit is None or sent < limit:
         want = page_size if limit is None else min(page_size, limit - sent)
-        page = fetch_page(base, token, after=after, limit=want, tags=tags)
+        page, going_on = fetch_page(base, token, after=after, limit=want, tags=tags)
         yield from page
         sent += len(page)
-        if len(page) < want:
+        # A page can be short (or empty) before the end: a read scans a
+        # bounded number of entries; only a missing cursor means the end.
+        if going_on is None:
             return
-        after = page[-1]["id"]
+        after = going_on
 
 
 class NinjsWriter:

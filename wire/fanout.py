@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from wire import frames
+from wire.entitlements import Grant
 from wire.entry import Entry
 from wire.ids import ZERO, StreamKey
 from wire.resume import Window, fresh
@@ -68,6 +69,7 @@ class Conn:
         "buffered_bytes",
         "caught_up_waiter",
         "closed",
+        "grant",
         "held",
         "held_bytes",
         "keys",
@@ -78,9 +80,13 @@ class Conn:
         "transport",
     )
 
-    def __init__(self, transport: Transport, *, sse: bool = False) -> None:
+    def __init__(
+        self, transport: Transport, *, sse: bool = False, grant: Grant | None = None
+    ) -> None:
         self.transport = transport
         self.sse = sse
+        #: A limited grant (partner token), else None: see :meth:`visible`.
+        self.grant = grant if grant is not None and grant.limited else None
         self.keys: frozenset[str] = frozenset()
         #: The key of the last item written: nothing at or before it is sent again.
         self.last_key: StreamKey = ZERO
@@ -100,8 +106,22 @@ class Conn:
         self.closed = False
         self.on_close: Callable[[int, str], None] | None = None
 
+    def visible(self, entries: Sequence[Entry]) -> Sequence[Entry]:
+        """``entries`` as this connection may see them.
+
+        Routing already keeps items outside a grant away; what is left is a
+        withdrawal's tags (those of every version), narrowed to the grant with
+        frames built once per grant. Unlimited connections pay nothing.
+        """
+        grant = self.grant
+        if grant is None or not any(e.withdrawal for e in entries):
+            return entries
+        return grant.visible(entries)
+
     def encode(self, entries: Sequence[Entry]) -> bytes:
         """The bytes of ``entries`` in this connection's encoding."""
+        if self.grant is not None:
+            entries = self.visible(entries)
         if len(entries) == 1:  # a quiet wire: one item, its cached bytes as they are
             return entries[0].sse_chunk if self.sse else entries[0].ws_frame
         if self.sse:
@@ -248,7 +268,7 @@ class Hub:
             if urgent:
                 conn.ahead = (conn.ahead or set()) | {e.key for e in urgent}
                 self.deliveries += len(urgent)
-                self.send(conn, b"".join([e.ahead_frame for e in urgent]))
+                self.send(conn, b"".join([e.ahead_frame for e in conn.visible(urgent)]))
         held.extend(entries)
         conn.held_bytes += sum(len(e.json) for e in entries)
         if conn.held_bytes + conn.transport.get_write_buffer_size() > self.max_buffer:

@@ -169,6 +169,7 @@ def _admit(request: web.Request) -> Grant:
         bearer(request.headers, request.query),
         settings.subscriber_tokens,
         request.app[ENTITLEMENTS],
+        also=settings.editor_tokens,  # whoever may publish may read
     )
     origin = request.headers.get("Origin")
     if settings.allowed_origins and origin is not None and origin not in settings.allowed_origins:
@@ -199,7 +200,7 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
     await ws.prepare(request)
     assert request.transport is not None
     _limit_send_buffer(request, settings.send_buffer)
-    session = Session(request, Conn(request.transport), grant)
+    session = Session(request, Conn(request.transport, grant=grant), grant)
     ws.bind(session.hub, session.conn)  # unmasked frames, bad close codes: 1002
     try:
         if initial is not None:
@@ -427,7 +428,7 @@ async def sse_handler(request: web.Request) -> web.StreamResponse:
     await resp.prepare(request)
     assert request.transport is not None
     _limit_send_buffer(request, request.app[SETTINGS].send_buffer)
-    session = Session(request, Conn(request.transport, sse=True), grant)
+    session = Session(request, Conn(request.transport, sse=True, grant=grant), grant)
     closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def on_close(code: int, reason: str) -> None:

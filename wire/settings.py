@@ -69,6 +69,11 @@ class Settings:
     entitlements: Path | None = None
     #: How often each publisher looks for due embargoes (seconds).
     embargo_poll: float = 0.1
+    #: Stream entries one history read (``GET /v1/items``, a backfill) may scan
+    #: before it answers with what it found and a ``next`` cursor.
+    scan_budget: int = 5_000
+    #: When set, ``GET /metrics`` requires ``Authorization: Bearer <this>``.
+    metrics_token: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

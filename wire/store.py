@@ -12,7 +12,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
@@ -47,6 +47,22 @@ RELEASE_BATCH = 500
 CONFLICT_RETRY_MS = 60_000
 
 log = logging.getLogger("wire.store")
+
+
+@dataclass(frozen=True, slots=True)
+class Scan:
+    """A bounded history read: what it found, and where to go on from.
+
+    ``next`` is None when the read reached the end (of the stream, or of its
+    range); otherwise a later read from it (exclusive) continues without
+    missing or repeating anything, whether the limit or the budget ended it.
+    """
+
+    entries: list[Entry]
+    next: StreamKey | None
+
+
+_Read = Callable[[StreamKey | None, int], Awaitable[list[Entry]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,31 +403,80 @@ class Store:
         return _entries(rows)
 
     async def pages_after(
-        self, after: StreamKey, upto: StreamKey | None, keys: frozenset[str]
+        self,
+        after: StreamKey,
+        upto: StreamKey | None,
+        keys: frozenset[str],
+        budget: int | None = None,
     ) -> AsyncIterator[list[Entry]]:
         """Entries matching ``keys`` with after < id <= upto, a page at a time, oldest
-        first, withdrawn versions left out (every history read goes through here)."""
-        cursor = after
-        while True:
-            page = await self.range_after(cursor, upto, count=PAGE)
-            if page:
-                yield await self.redact([e for e in page if e.matches(keys)])
-            if len(page) < PAGE:
-                return
-            cursor = page[-1].key
+        first, withdrawn versions left out (every history read goes through here).
+
+        Without a ``budget`` the read is complete (a resume must be); with one it
+        stops after that many stream entries, matching or not.
+        """
+        read = self._reader_after(upto)
+        async for found, _ in self._walk(read, after, keys, budget):
+            yield found
 
     async def pages_before(
-        self, before: StreamKey | None, keys: frozenset[str]
+        self, before: StreamKey | None, keys: frozenset[str], budget: int | None = None
     ) -> AsyncIterator[list[Entry]]:
         """Like :meth:`pages_after`, newest first, from before ``before`` (or the end)."""
-        cursor = before
+        async for found, _ in self._walk(self._reader_before, before, keys, budget):
+            yield found
+
+    @property
+    def _budget(self) -> int:
+        return max(1, self.settings.scan_budget)
+
+    async def _reader_before(self, cursor: StreamKey | None, count: int) -> list[Entry]:
+        return await self.range_before(cursor, count=count)
+
+    def _reader_after(self, upto: StreamKey | None) -> _Read:
+        async def read(cursor: StreamKey | None, count: int) -> list[Entry]:
+            assert cursor is not None
+            return await self.range_after(cursor, upto, count=count)
+
+        return read
+
+    async def _walk(
+        self, read: _Read, cursor: StreamKey | None, keys: frozenset[str], budget: int | None
+    ) -> AsyncIterator[tuple[list[Entry], StreamKey | None]]:
+        """(matching entries of a page, where to go on from): the second is None
+        once the stream ends, so a reader can tell "ran out of budget" from "done"."""
+        left = budget
         while True:
-            page = await self.range_before(cursor, count=PAGE)
+            count = PAGE if left is None else max(0, min(PAGE, left))
+            page = await read(cursor, count) if count else []
+            more = bool(page) and len(page) == count
             if page:
-                yield await self.redact([e for e in page if e.matches(keys)])
-            if len(page) < PAGE:
+                cursor = page[-1].key
+            if left is not None:
+                left -= len(page)
+            found = await self.redact([e for e in page if e.matches(keys)]) if page else []
+            yield found, cursor if more else None
+            if not more or left == 0:
                 return
-            cursor = page[-1].key
+
+    async def history_after(
+        self,
+        after: StreamKey,
+        subscription: Iterable[str],
+        limit: int,
+        upto: StreamKey | None = None,
+    ) -> Scan:
+        """Up to ``limit`` matching entries after ``after``, oldest first, reading at
+        most ``scan_budget`` entries; ``next`` says where to continue."""
+        pages = self._walk(self._reader_after(upto), after, frozenset(subscription), self._budget)
+        return await _first(pages, limit)
+
+    async def history_before(
+        self, subscription: Iterable[str], limit: int, before: StreamKey | None = None
+    ) -> Scan:
+        """Like :meth:`history_after`, newest first, from before ``before`` (or the end)."""
+        pages = self._walk(self._reader_before, before, frozenset(subscription), self._budget)
+        return await _first(pages, limit)
 
     async def scan_after(
         self,
@@ -420,28 +485,33 @@ class Store:
         limit: int,
         upto: StreamKey | None = None,
     ) -> list[Entry]:
-        """Matching entries after ``after`` (up to ``upto``), oldest first, at most ``limit``."""
-        return await _first(self.pages_after(after, upto, frozenset(subscription)), limit)
+        """Matching entries after ``after`` (up to ``upto``), oldest first, at most
+        ``limit``, within the scan budget (see :meth:`history_after`)."""
+        return (await self.history_after(after, subscription, limit, upto)).entries
 
     async def scan_latest(
         self, subscription: Iterable[str], limit: int, before: StreamKey | None = None
     ) -> list[Entry]:
-        """The newest ``limit`` matching entries (older than ``before``), newest first."""
-        return await _first(self.pages_before(before, frozenset(subscription)), limit)
+        """The newest ``limit`` matching entries (older than ``before``), newest first,
+        within the scan budget (a backfill shows what the budget found)."""
+        return (await self.history_before(subscription, limit, before)).entries
 
     async def ping(self) -> bool:
         """True when Redis answers."""
         return bool(await self.redis.ping())
 
 
-async def _first(pages: AsyncIterator[list[Entry]], limit: int) -> list[Entry]:
+async def _first(pages: AsyncIterator[tuple[list[Entry], StreamKey | None]], limit: int) -> Scan:
     """The first ``limit`` entries of a paged read, reading no further page than needed."""
     found: list[Entry] = []
-    async for page in pages:
+    going_on: StreamKey | None = None
+    async for page, going_on in pages:
         found.extend(page)
         if len(found) >= limit:
-            break
-    return found[:limit]
+            more = len(found) > limit or going_on is not None
+            return Scan(found[:limit], found[limit - 1].key if more else None)
+    # Out of budget (going_on set) or at the stream's end (None).
+    return Scan(found, going_on)
 
 
 def _stub(entry: Entry) -> Entry:

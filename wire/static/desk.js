@@ -9,6 +9,9 @@
 //   nothing is duplicated across gateway restarts or network loss.
 // - Text from items goes into the DOM through textContent only, never
 //   innerHTML: a headline containing markup shows as that markup.
+// - On a wire that requires tokens, a refused stream asks for a token once
+//   (a form in the page, not a retry loop); it is kept in sessionStorage and
+//   sent as ?token= (a browser WebSocket cannot send an Authorization header).
 "use strict";
 
 (() => {
@@ -29,6 +32,10 @@
   const notice = document.getElementById("notice");
   const empty = document.getElementById("empty");
   const count = document.getElementById("count");
+  const tokenForm = document.getElementById("token-form");
+  const tokenInput = document.getElementById("token");
+  const tokenError = document.getElementById("token-error");
+  const TOKEN_KEY = "wire-desk-token";
 
   const dayFormat = new Intl.DateTimeFormat(undefined, {
     day: "numeric",
@@ -99,9 +106,72 @@
 
   // ---- connection ----------------------------------------------------------
 
-  function wsURL() {
-    return (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/v1/ws";
+  function storedToken() {
+    try {
+      return sessionStorage.getItem(TOKEN_KEY) || "";
+    } catch {
+      return ""; // storage disabled: the token lives in this page only
+    }
   }
+
+  let token = storedToken();
+
+  function saveToken(value) {
+    token = value;
+    try {
+      if (value) sessionStorage.setItem(TOKEN_KEY, value);
+      else sessionStorage.removeItem(TOKEN_KEY);
+    } catch {
+      // storage disabled: keep it for this page
+    }
+  }
+
+  /** "?token=..." for the stream and any read, when the desk has a token. */
+  function tokenQuery() {
+    return token ? "?token=" + encodeURIComponent(token) : "";
+  }
+
+  function wsURL() {
+    const scheme = location.protocol === "https:" ? "wss://" : "ws://";
+    return scheme + location.host + "/v1/ws" + tokenQuery();
+  }
+
+  /**
+   * Was a socket that never opened refused for its token? A browser hides the
+   * HTTP status of a refused upgrade (the close code is just 1006), so ask the
+   * same URL over plain HTTP: the token is checked before anything else there.
+   */
+  async function refusedForToken() {
+    try {
+      const response = await fetch("/v1/ws" + tokenQuery(), { cache: "no-store" });
+      return response.status === 401;
+    } catch {
+      return false; // the server is unreachable: that is for the backoff
+    }
+  }
+
+  /** Stop connecting and ask for a token, once; the form's submit connects again. */
+  function askForToken() {
+    const had = Boolean(token);
+    saveToken("");
+    setState("offline", "Token required");
+    tokenError.textContent = had ? "That token was not accepted." : "";
+    tokenError.hidden = !had;
+    tokenForm.hidden = false;
+    tokenInput.focus();
+  }
+
+  tokenForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const value = tokenInput.value.trim();
+    if (!value) return;
+    saveToken(value);
+    tokenInput.value = "";
+    tokenForm.hidden = true;
+    tokenError.hidden = true;
+    attempt = 0;
+    reconnectNow();
+  });
 
   function setState(state, text) {
     statusEl.dataset.state = state;
@@ -116,9 +186,11 @@
       attempt ? "Reconnecting…" : "Connecting…"
     );
     const ws = new WebSocket(wsURL());
+    let opened = false;
     sock = ws;
     ws.onopen = () => {
       if (sock !== ws) return;
+      opened = true;
       const msg = { type: "subscribe", tags: filter.length ? filter : ["*"] };
       // Resume after the last item handled; with none yet, show recent history.
       resumed = lastId !== null;
@@ -138,7 +210,14 @@
       }
       onMessage(msg);
     };
-    ws.onclose = (event) => {
+    ws.onclose = async (event) => {
+      if (sock !== ws) return;
+      if (!opened && (await refusedForToken())) {
+        if (sock !== ws) return; // the filter changed meanwhile
+        sock = null;
+        askForToken();
+        return;
+      }
       if (sock !== ws) return;
       lost(event.code, event.reason);
     };
