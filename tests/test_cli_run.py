@@ -289,7 +289,10 @@ async def test_second_run_on_the_same_data_dir_refuses(
 async def test_run_without_redis_server_exits_with_a_one_line_hint(tmp_path: Path) -> None:
     empty = tmp_path / "bin"
     empty.mkdir()
-    env = clean_env(PATH=str(empty), WIRE_DATA_DIR=str(tmp_path / "data"))
+    # Only redis-server: the bundled server is not asked for (see test_bundled_redis.py).
+    env = clean_env(
+        PATH=str(empty), WIRE_DATA_DIR=str(tmp_path / "data"), WIRE_REDIS_SERVER="redis-server"
+    )
     code, out, err = await wire_cli("run", "--port", str(free_port()), env=env)
     assert code == 1
     assert err.count("\n") == 1, err

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from wire import loop
 from wire.app import create_app, serve
-from wire.embedded import embedded_redis
+from wire.embedded import embedded_redis, find_server
 from wire.errors import RedisMissing
 from wire.logs import setup_logging
 from wire.settings import Settings
@@ -111,8 +111,11 @@ def _redis_for(settings: Settings) -> Iterator[Settings]:
     if settings.redis_url is not None:
         yield settings
         return
-    with embedded_redis(settings.data_dir, settings.appendfsync) as url:
-        log.info("started embedded redis-server", extra={"redis": url})
+    server = find_server(settings.redis_server)
+    with embedded_redis(settings.data_dir, settings.appendfsync, server) as url:
+        # Say which server holds the items: the PATH's redis-server or the bundled one.
+        print(f"Started {server.describe()}, data in {settings.data_dir / 'redis'}", flush=True)
+        log.info("started embedded server", extra={"redis": url, "server": server.path})
         yield settings.with_(redis_url=url)
 
 

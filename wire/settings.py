@@ -34,6 +34,9 @@ class Settings:
     redis_url: str | None = None
     data_dir: Path = Path(".wire")
     appendfsync: str = "everysec"
+    #: The embedded server's binary: empty is ``redis-server`` from the PATH,
+    #: else the bundled ``valkey-server``; ``bundled``, a command or a path.
+    redis_server: str = ""
     editor_tokens: tuple[str, ...] = ()
     subscriber_tokens: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()

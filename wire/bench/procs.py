@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -17,7 +16,8 @@ from typing import Any
 
 import orjson
 
-from wire.errors import RedisMissing
+from wire.embedded import find_server
+from wire.settings import Settings
 
 
 def free_port() -> int:
@@ -101,9 +101,8 @@ class Child:
 
 
 def start_redis(workdir: Path) -> tuple[Child, str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise RedisMissing("redis-server not found: install it (apt install redis-server)")
+    # The server `wire run` would start (WIRE_REDIS_SERVER picks another).
+    binary = find_server(Settings.from_env().redis_server).path
     port = free_port()
     home = workdir / "redis"
     home.mkdir(parents=True, exist_ok=True)
