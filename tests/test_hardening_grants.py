@@ -23,9 +23,9 @@ from tests.support import EDITOR_TOKEN, get_json, item, post
 from tests.test_ninjs import run_export
 from wire import keys
 from wire.entry import Entry
-from wire.items import parse_submission
+from wire.items import parse_submission, published_now
 from wire.settings import Settings
-from wire.store import Store, _split_json, connect
+from wire.store import Store, _parts, connect
 
 AUTH = {"Authorization": f"Bearer {EDITOR_TOKEN}"}
 PARTNER = {"Authorization": "Bearer partner"}
@@ -286,8 +286,9 @@ async def bulk(redis_url: str) -> AsyncIterator[list[str]]:
             rare.append((await store.publish(parse_submission(item(f"r{i}", ["rare"])))).id)
             continue
         sub = parse_submission(item(f"n{i}", ["common"]))
-        head, tail = _split_json(sub)
-        stored = head + b'1,"mark":null' + tail
+        head, mark, rest, _, _ = _parts(sub)
+        at = b',"pubstatus":"usable","published_at":"' + published_now().encode() + b'"'
+        stored = head + b'1,"mark":' + mark + at + rest
         pipe.xadd(keys.STREAM, {"j": stored, "t": "common", "u": 5, "g": sub.guid})
         if len(pipe) >= 1000:
             await pipe.execute()
