@@ -70,7 +70,7 @@ def parse_message(data: str | bytes) -> Command:
         return parse_subscribe(msg)
     if kind == "unsubscribe":
         return Unsubscribe(_tag_list(msg))
-    raise InvalidMessage(f"unknown message type {quoted(kind)}", field="type")
+    raise InvalidMessage(f"unknown message type {quoted(kind, 40)}", field="type")
 
 
 def parse_subscribe(msg: dict[str, Any]) -> Subscribe:
