@@ -475,7 +475,7 @@ async def test_a_withdrawal_reason_follows_the_text_rules(
 async def test_bidi_controls_are_refused_naming_the_field(
     server: Server, http: aiohttp.ClientSession, field: str, char: str
 ) -> None:
-    status, body = await post(http, server.base, item(**{"title": "Ok", field: f"a{char}b"}))
+    status, body = await post(http, server.base, {**item("Ok"), field: f"a{char}b"})
     assert status == 400 and body["error"]["field"] == field, body
     assert f"U+{ord(char):04X}" in body["error"]["message"]
 
@@ -485,9 +485,7 @@ async def test_combining_marks_are_limited_per_character(
 ) -> None:
     four = "e\u0301\u0302\u0303\u0304"
     for field in ("title", "subtitle", "body", "mark"):
-        status, body = await post(
-            http, server.base, item(**{"title": "Ok", field: four + "\u0305"})
-        )
+        status, body = await post(http, server.base, {**item("Ok"), field: four + "\u0305"})
         assert status == 400 and body["error"]["field"] == field, body
     # Real text: four marks, Vietnamese, Devanagari, and RTL script without controls.
     for title in (four, "Tiếng Việt", "नमस्ते क्षत्रिय", "שלום עולם", "مرحبا"):
