@@ -19,15 +19,17 @@ from wire import ninjs
 from wire.appkeys import SETTINGS, STORE
 from wire.errors import (
     Gone,
+    InvalidBody,
     InvalidJSON,
     NotFound,
     PayloadTooLarge,
     RequestTimeout,
     UnsupportedMediaType,
     ValidationError,
+    quoted,
 )
-from wire.http import raw_json
-from wire.ids import format_id, parse_id
+from wire.http import raw_json, send_continue
+from wire.ids import format_id, parse_cursor, parse_id
 from wire.items import parse_submission
 from wire.metrics import METRICS
 from wire.store import body_hash
@@ -51,17 +53,26 @@ async def read_json(request: web.Request, types: tuple[str, ...] = JSON_TYPES) -
     """The request's JSON body, after the media type and size checks."""
     if request.content_type not in types:
         raise UnsupportedMediaType(
-            f"Content-Type must be {' or '.join(types)}, got {request.content_type!r}"
+            f"Content-Type must be {' or '.join(types)}, got {quoted(request.content_type)}"
         )
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise PayloadTooLarge(f"the body is larger than {MAX_BODY:,} bytes")
+    # Only now, with every check that needs no body passed, is the client
+    # told to send it (routes defer "100 Continue", see wire.http).
+    await send_continue(request)
     # A client that trickles its body must not hold a handler forever.
     limit = request.app[SETTINGS].idle_timeout
     try:
         async with asyncio.timeout(limit):
-            body = await request.read()  # the app's client_max_size is MAX_BODY
+            # The app's client_max_size is MAX_BODY and counts decompressed
+            # bytes: a gzip body stops inflating just past the limit.
+            body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLarge(f"the body is larger than {MAX_BODY:,} bytes") from None
+    except web.RequestPayloadError:
+        raise InvalidBody(
+            "the body could not be read: corrupt Content-Encoding data or broken chunked framing"
+        ) from None
     except TimeoutError:
         raise RequestTimeout(f"the body did not arrive within {limit:g} s") from None
     try:
@@ -133,7 +144,7 @@ async def list_items(request: web.Request) -> web.Response:
     if after is not None and before is not None:
         raise ValidationError("give after or before, not both", field="before")
     if after is not None:
-        scan = await store.history_after(parse_id(after, field="after"), tags, limit)
+        scan = await store.history_after(parse_cursor(after, field="after"), tags, limit)
     else:
         start = parse_id(before, field="before") if before is not None else None
         scan = await store.history_before(tags, limit, before=start)

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from publisher.access import require_editor
 from wire.appkeys import SETTINGS, STORE
-from wire.errors import NotFound
+from wire.errors import NotFound, quoted
 from wire.http import REDIS_DOWN, json_response, raw_json
 from wire.items import Submission
 from wire.store import RELEASE_BATCH, Store
@@ -62,7 +62,7 @@ async def cancel_embargo(request: web.Request) -> web.Response:
     require_editor(request)
     guid = request.match_info["guid"]
     if not await request.app[STORE].cancel_embargo(guid):
-        raise NotFound(f"no pending embargoed item for guid {guid[:200]!r}")
+        raise NotFound(f"no pending embargoed item for guid {quoted(guid)}")
     return json_response({"cancelled": guid})
 
 

@@ -9,8 +9,9 @@ from publisher.access import require_editor, require_reader
 from publisher.app import ninjs_response, read_json
 from wire import ninjs
 from wire.appkeys import STORE
-from wire.errors import NotFound, ValidationError
+from wire.errors import NotFound, ValidationError, quoted
 from wire.http import raw_json
+from wire.items import check_text
 
 MAX_REASON = 1_000
 
@@ -31,7 +32,7 @@ async def get_story(request: web.Request) -> web.Response:
     # a story with none is answered exactly like a missing one.
     versions = grant.visible(await request.app[STORE].story(guid))
     if not versions:
-        raise NotFound(f"no story with guid {guid[:200]!r}")
+        raise NotFound(f"no story with guid {quoted(guid)}")
     if as_ninjs:  # the current version as ninjs, every version in "wire:versions"
         return ninjs_response(ninjs.story_to_ninjs([orjson.loads(v.json) for v in versions]))
     body = (
@@ -50,8 +51,10 @@ async def withdraw_story(request: web.Request) -> web.Response:
     """Kill a story: 200 and the withdrawal, delivered to everyone who matched it."""
     require_editor(request)
     data = await read_json(request)
-    reason = data.get("reason") if isinstance(data, dict) else None
-    if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON:
-        raise ValidationError(f"reason must be 1-{MAX_REASON} characters", field="reason")
-    published = await request.app[STORE].withdraw(request.match_info["guid"], reason.strip())
+    if not isinstance(data, dict):
+        raise ValidationError('the request body must be a JSON object like {"reason": "..."}')
+    # The reason reaches every subscriber's screen: the item text rules apply.
+    reason = check_text(data.get("reason"), "reason", MAX_REASON, required=True, multiline=False)
+    assert reason is not None  # required=True
+    published = await request.app[STORE].withdraw(request.match_info["guid"], reason)
     return raw_json(b'{"item":' + published.json + b"}")

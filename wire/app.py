@@ -13,9 +13,18 @@ from aiohttp import web
 
 from publisher import MAX_BODY, setup_publisher
 from wire.appkeys import ENTITLEMENTS, REDIS, SETTINGS, STORE
+from wire.cors import add_cors_headers, preflight
 from wire.entitlements import Entitlements, load
-from wire.gateway import READER, setup_gateway
-from wire.http import REDIS_DOWN, error_middleware, json_response, request_log
+from wire.gateway import HUB, READER, setup_gateway
+from wire.http import (
+    REDIS_DOWN,
+    close_unread_body,
+    defer_continue_everywhere,
+    error_middleware,
+    json_response,
+    request_log,
+)
+from wire.listen import AcceptErrors, ConnectionCap, http_connection_limit
 from wire.metrics import setup_metrics
 from wire.pages import setup_pages
 from wire.settings import Settings
@@ -32,7 +41,11 @@ def create_app(
     """Build the app: the publisher API, the gateway, or both on one port."""
     if settings.redis_url is None:
         raise ValueError("settings.redis_url must be set (the CLI starts Redis when it is not)")
-    app = web.Application(middlewares=[request_log, error_middleware], client_max_size=MAX_BODY)
+    app = web.Application(
+        middlewares=[close_unread_body, request_log, error_middleware, preflight],
+        client_max_size=MAX_BODY,
+    )
+    app.on_response_prepare.append(add_cors_headers)
     app[SETTINGS] = settings
     app[ENTITLEMENTS] = load(settings.entitlements) if settings.entitlements else Entitlements()
     app[SUPERVISOR] = Supervisor()
@@ -45,6 +58,7 @@ def create_app(
         setup_gateway(app)
         setup_pages(app)
     setup_metrics(app)
+    defer_continue_everywhere(app)
     return app
 
 
@@ -101,11 +115,22 @@ async def serve(
         keepalive_timeout=settings.idle_timeout,
     )
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port, backlog=4096)
-    await site.start()
+    loop = asyncio.get_running_loop()
+    # Accept errors (out of descriptors) are logged once per interval, not
+    # once per waiting connection.
+    loop.set_exception_handler(AcceptErrors())
+    hub = app.get(HUB)
+    assert runner.server is not None
+    cap = ConnectionCap(
+        runner.server,
+        http_connection_limit(settings.max_http_connections),
+        streams=(lambda: len(hub.conns)) if hub is not None else (lambda: 0),
+    )
+    listener = await loop.create_server(
+        cap, settings.host, settings.port, reuse_port=reuse_port, backlog=4096
+    )
     log.info("listening on http://%s:%s", settings.host, settings.port)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
@@ -114,4 +139,5 @@ async def serve(
     try:
         await stop.wait()
     finally:
+        listener.close()  # stop accepting; then aiohttp's graceful shutdown
         await runner.cleanup()

@@ -9,14 +9,25 @@ from wire.errors import Unauthorized
 
 
 def bearer(headers: Mapping[str, str], query: Mapping[str, str] | None = None) -> str | None:
-    """The token from ``Authorization: Bearer ...`` or, failing that, ``?token=``."""
+    """The token from ``Authorization: Bearer ...`` or, failing that, ``?token=``.
+
+    Raises Unauthorized for a token that is not visible ASCII: no configured
+    token can equal it, and raw header bytes such as ``\\xff`` arrive as
+    lone surrogates that cannot even be encoded for the comparison.
+    """
     value = headers.get("Authorization", "")
     scheme, _, token = value.partition(" ")
     if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
+        return _visible(token.strip())
     if query is not None and query.get("token"):
-        return query["token"]
+        return _visible(query["token"])
     return None
+
+
+def _visible(token: str) -> str:
+    if not all(33 <= ord(ch) < 127 for ch in token):
+        raise Unauthorized("the token is not valid (tokens are visible ASCII characters)")
+    return token
 
 
 def token_ok(presented: str | None, tokens: Iterable[str]) -> bool:
@@ -27,10 +38,10 @@ def token_ok(presented: str | None, tokens: Iterable[str]) -> bool:
     """
     if presented is None:
         return False
-    given = presented.encode()
+    given = presented.encode(errors="surrogateescape")
     ok = False
     for token in tokens:
-        ok |= hmac.compare_digest(given, token.encode())
+        ok |= hmac.compare_digest(given, token.encode(errors="surrogateescape"))
     return ok
 
 

@@ -9,6 +9,21 @@ them to responses in one place each (``publisher.app.error_middleware`` and
 
 from __future__ import annotations
 
+#: How much of a client's input an error message may quote (field names too).
+MAX_QUOTE = 100
+
+
+def quoted(value: object, limit: int = MAX_QUOTE) -> str:
+    """``value`` quoted for an error message: its repr, cut to ``limit`` characters.
+
+    Every message that repeats what a client sent goes through here, so a
+    megabyte field name or path never comes back in the error (nor in a log).
+    """
+    text = value if isinstance(value, str) else str(value)
+    if len(text) > limit:
+        return repr(text[:limit]) + "..."
+    return repr(text)
+
 
 class WireError(Exception):
     """Base class of every error raised by wire."""
@@ -24,7 +39,8 @@ class ClientError(WireError):
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message)
         self.message = message
-        self.field = field
+        # A field named by the client (an unknown one) is client input too.
+        self.field = field if field is None or len(field) <= MAX_QUOTE else field[:MAX_QUOTE]
 
     def as_dict(self) -> dict[str, str]:
         """The JSON error body: code, message and, when known, the field."""
@@ -36,6 +52,12 @@ class ClientError(WireError):
 
 class InvalidJSON(ClientError):
     code = "invalid_json"
+
+
+class InvalidBody(ClientError):
+    """A body that cannot be read: corrupt compression, broken chunked framing."""
+
+    code = "invalid_body"
 
 
 class ValidationError(ClientError):

@@ -24,7 +24,7 @@ from wire.appkeys import ENTITLEMENTS, SETTINGS, STORE
 from wire.auth import bearer
 from wire.entitlements import EVERYTHING, Grant, reader_grant
 from wire.entry import Entry
-from wire.errors import ClientError, Forbidden, InvalidMessage, TooManyConnections
+from wire.errors import ClientError, Forbidden, InvalidMessage, TooManyConnections, quoted
 from wire.fanout import Conn, Hub
 from wire.http import REDIS_DOWN, error_response
 from wire.ids import StreamKey
@@ -173,7 +173,7 @@ def _admit(request: web.Request) -> Grant:
     )
     origin = request.headers.get("Origin")
     if settings.allowed_origins and origin is not None and origin not in settings.allowed_origins:
-        raise Forbidden(f"origin {origin[:100]!r} is not allowed")
+        raise Forbidden(f"origin {quoted(origin)} is not allowed")
     if len(request.app[HUB].conns) >= settings.max_connections:
         raise TooManyConnections("this gateway is at its connection limit; try another or retry")
     return grant

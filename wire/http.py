@@ -13,7 +13,14 @@ from aiohttp import web
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from wire.errors import ClientError, MethodNotAllowed, NotFound, PayloadTooLarge, ServiceUnavailable
+from wire.errors import (
+    ClientError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    quoted,
+)
 
 log = logging.getLogger("wire.http")
 
@@ -91,7 +98,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         kind = _HTTP_ERRORS.get(exc.status)
         if kind is not None:
-            reason = exc.reason if kind is not NotFound else f"no route for {request.path}"
+            reason = exc.reason if kind is not NotFound else f"no route for {quoted(request.path)}"
             response = error_response(exc.status, kind(reason).as_dict())
             # A 405 must say which methods the resource has (RFC 9110 15.5.6).
             if "Allow" in exc.headers:
@@ -102,3 +109,71 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         # A bug, not bad input: log it whole, answer without internals.
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(500, {"code": "internal_error", "message": "internal error"})
+
+
+# -- request bodies: "100 Continue" only when wanted, never drained at a cost ------
+
+
+async def defer_continue(request: web.Request) -> web.StreamResponse | None:
+    """The routes' ``Expect`` handler: say nothing yet.
+
+    aiohttp's default answers ``100 Continue`` before any middleware or
+    handler runs, inviting a 5 MB upload that is then refused (401, 413...).
+    Here the handler decides: :func:`send_continue` is called just before the
+    body is read. An expectation other than ``100-continue`` is a 417.
+    """
+    if request.headers.get("Expect", "").lower() == "100-continue":
+        return None
+    body = {"code": "expectation_failed", "message": "only Expect: 100-continue is supported"}
+    return error_response(417, body)
+
+
+def defer_continue_everywhere(app: web.Application) -> None:
+    """Install :func:`defer_continue` on every route of ``app`` (call after adding them)."""
+    for route in app.router.routes():
+        # aiohttp offers expect_handler= only when a route is added, and the
+        # routes are added by each half's setup function; this one attribute
+        # covers them all (tests/test_hardening_edge.py checks it works).
+        route._expect_handler = defer_continue
+
+
+async def send_continue(request: web.Request) -> None:
+    """Send ``100 Continue`` if the client waits for it: its body is about to be read."""
+    expect = request.headers.get("Expect", "").lower()
+    if expect == "100-continue" and request.version >= (1, 1) and not request.content.is_eof():
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the response proper has not started
+
+
+def _unread_costly(request: web.Request) -> bool:
+    """The body is not all in, and taking it in would cost more than bytes.
+
+    aiohttp drains an unread body after the response (for up to 10 s) so the
+    connection can be reused; a compressed body is inflated while drained (a
+    1 MB gzip bomb is 1 GB of work), and a client that sent ``Expect:
+    100-continue`` and was never told to continue has nothing to drain.
+    """
+    if request.content.is_eof():
+        return False
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    return encoding not in ("", "identity") or "Expect" in request.headers
+
+
+@web.middleware
+async def close_unread_body(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer a request whose body was left unread, then close instead of draining.
+
+    The outermost middleware: the response is final (request id, CORS
+    headers) by the time it is sent here.
+    """
+    response = await handler(request)
+    if isinstance(response, web.WebSocketResponse) or not _unread_costly(request):
+        return response
+    if not response.prepared:
+        response.force_close()  # Connection: close
+    await response.prepare(request)
+    await response.write_eof()
+    # Without this aiohttp would read (and inflate) the rest to reuse the
+    # connection. The response is already written; close() flushes it first.
+    request.protocol.force_close()
+    return response

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from wire.errors import ValidationError
+from wire.errors import ValidationError, quoted
 
 StreamKey = tuple[int, int]
 
@@ -18,6 +18,10 @@ ZERO: StreamKey = (0, 0)
 # int() reads, so ``١٢٣-٠`` would alias ``123-0``.
 _ID = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?")
 _MAX = 2**64 - 1
+# Redis keeps both parts in unsigned 64-bit integers. The very last id has no
+# successor, so reading after it (an exclusive range, or seq + 1) is an error
+# inside Redis rather than an empty answer.
+LAST: StreamKey = (_MAX, _MAX)
 
 
 def parse_id(raw: str, *, field: str = "id") -> StreamKey:
@@ -25,13 +29,26 @@ def parse_id(raw: str, *, field: str = "id") -> StreamKey:
     m = _ID.fullmatch(raw) if isinstance(raw, str) else None
     if m is None:
         raise ValidationError(
-            f"{field} must be a stream id like 1717236000000-0, got {str(raw)[:40]!r}",
+            f"{field} must be a stream id like 1717236000000-0, got {quoted(raw)}",
             field=field,
         )
     ms, seq = int(m.group(1)), int(m.group(2) or 0)
     if ms > _MAX or seq > _MAX:
-        raise ValidationError(f"{field} is out of range", field=field)
+        raise ValidationError(f"{field} is out of range for a Redis stream id", field=field)
     return ms, seq
+
+
+def parse_cursor(raw: str, *, field: str) -> StreamKey:
+    """Parse a client's position (``after``, ``since``): an id something can follow.
+
+    Both parts must fit Redis's unsigned 64-bit integers, and the very last
+    id is refused too: nothing can be stored after it, and Redis rejects a
+    range that starts after it.
+    """
+    key = parse_id(raw, field=field)
+    if key == LAST:
+        raise ValidationError(f"{field} is out of range: nothing can follow it", field=field)
+    return key
 
 
 def format_id(key: StreamKey) -> str:

@@ -9,6 +9,7 @@ the field. Nothing else builds a Submission, so code past this boundary
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import secrets
 import unicodedata
@@ -17,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from wire.errors import ValidationError
+from wire.errors import ValidationError, quoted
 from wire.tags import normalize_tags
 
 MAX_TITLE = 300
@@ -95,7 +96,7 @@ def parse_submission(data: object, *, now: datetime | None = None) -> Submission
         if name in SERVER_FIELDS:
             raise ValidationError(f"{name} is set by the server", field=name)
         if name not in FIELDS:
-            raise ValidationError(f"unknown field {str(name)[:40]!r}", field=str(name))
+            raise ValidationError(f"unknown field {quoted(name)}", field=str(name))
     return Submission(
         title=_text(data, "title", MAX_TITLE, required=True, multiline=False) or "",
         subtitle=_text(data, "subtitle", MAX_SUBTITLE),
@@ -112,7 +113,38 @@ def parse_submission(data: object, *, now: datetime | None = None) -> Submission
 def _text(
     data: dict[str, Any], name: str, limit: int, *, required: bool = False, multiline: bool = True
 ) -> str | None:
-    value = data.get(name)
+    return check_text(
+        data.get(name), name, limit, required=required, multiline=multiline, bidi=name == "body"
+    )
+
+
+#: Bidirectional embeddings, overrides and isolates: in a one-paragraph field
+#: they reorder what follows them ("Trojan Source"), so a title can read as
+#: something other than what was sent.
+BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+#: Combining marks allowed on one base character: real scripts (Vietnamese,
+#: Devanagari, Tibetan stacks) stay within it, "Zalgo" text does not.
+MAX_MARKS = 4
+_LINE_BREAKS = frozenset("\u2028\u2029")
+
+
+def check_text(
+    value: object,
+    name: str,
+    limit: int,
+    *,
+    required: bool = False,
+    multiline: bool = True,
+    bidi: bool = False,
+) -> str | None:
+    """The one validator of every free-text field (item fields, a withdrawal's reason).
+
+    Returns the trimmed text, or None for an absent optional field; raises a
+    ValidationError naming ``name``. The rules are in docs/protocol.md
+    ("Text fields"): no control characters (a one-line field not even tab or
+    newline), no bidi controls unless ``bidi``, at most 4 combining marks on
+    one character.
+    """
     if value is None:
         if required:
             raise ValidationError(f"{name} is required", field=name)
@@ -130,11 +162,27 @@ def _text(
         # Editors on Windows send CRLF; store one line-ending convention
         # rather than reject the text for its carriage returns.
         value = value.replace("\r\n", "\n").replace("\r", "\n")
-    allowed = "\n\t" if multiline else ""
-    for ch in value:
-        if ch not in allowed and unicodedata.category(ch) == "Cc":
-            raise ValidationError(f"{name} contains control character U+{ord(ch):04X}", field=name)
+    _check_characters(value, name, multiline=multiline, bidi=bidi)
     return value
+
+
+def _check_characters(value: str, name: str, *, multiline: bool, bidi: bool) -> None:
+    allowed = "\n\t" if multiline else ""
+    marks = 0
+    for ch in value:
+        category = unicodedata.category(ch)
+        if ch not in allowed and (category == "Cc" or (not multiline and ch in _LINE_BREAKS)):
+            raise ValidationError(f"{name} contains control character U+{ord(ch):04X}", field=name)
+        if not bidi and ch in BIDI_CONTROLS:
+            raise ValidationError(
+                f"{name} contains bidirectional control U+{ord(ch):04X}", field=name
+            )
+        marks = marks + 1 if category in ("Mn", "Me") else 0
+        if marks > MAX_MARKS:
+            raise ValidationError(
+                f"{name} stacks more than {MAX_MARKS} combining marks on one character",
+                field=name,
+            )
 
 
 def _tags(value: object) -> tuple[str, ...]:
@@ -148,7 +196,23 @@ def _tags(value: object) -> tuple[str, ...]:
     return tags
 
 
+_URL_ERROR = "url must be an absolute http(s) link"
+_ASCII_LABEL = re.compile(r"[A-Za-z0-9_-]{1,63}")
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
+_NUMERIC_LABEL = re.compile(r"(?:0[xX][0-9A-Fa-f]*|[0-9]+)")
+_DOT_SEGMENTS = frozenset((".", "..", "%2e", ".%2e", "%2e.", "%2e%2e"))
+
+
 def _url(value: object) -> str | None:
+    """An absolute http(s) URL that means the same to us as to a browser.
+
+    Browsers parse URLs by the WHATWG URL standard, Python by RFC 3986; every
+    place where the two differ (a backslash is a path separator to a browser,
+    tabs and newlines are dropped, ``%2e`` is a dot, ``0x7f.1`` is an IPv4
+    address...) could make a link show one host and open another, so a URL
+    that relies on any of them is refused rather than interpreted.
+    """
     if value is None:
         return None
     if not isinstance(value, str):
@@ -159,19 +223,59 @@ def _url(value: object) -> str | None:
     # Whitespace, controls (DEL and C1 too) and invisible format characters
     # (bidi overrides can disguise where a link goes) must be percent-encoded.
     if len(value) > MAX_URL or any(
-        ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf") for ch in value
+        ch.isspace() or ch == "\\" or unicodedata.category(ch) in ("Cc", "Cf") for ch in value
     ):
-        raise ValidationError("url must be an absolute http(s) link", field="url")
+        raise ValidationError(_URL_ERROR + " (no spaces, controls or backslashes)", field="url")
     try:
         parts = urlsplit(value)
-        host = parts.hostname
         _ = parts.port  # raises for a port that is not a number from 0 to 65535
     except ValueError:
-        host = None
-        parts = None
-    if parts is None or parts.scheme not in ("http", "https") or not host:
-        raise ValidationError("url must be an absolute http(s) link", field="url")
+        raise ValidationError(_URL_ERROR, field="url") from None
+    # "http:example.com" and "http:/example.com" open example.com in a browser.
+    if parts.scheme not in ("http", "https") or value[len(parts.scheme) + 1 :][:2] != "//":
+        raise ValidationError(_URL_ERROR, field="url")
+    if "@" in parts.netloc:
+        raise ValidationError("url must not carry a user name or password (@)", field="url")
+    _check_host(parts.hostname or "", parts.netloc)
+    if any(seg.lower() in _DOT_SEGMENTS for seg in parts.path.split("/")):
+        raise ValidationError("url path must not contain . or .. segments", field="url")
     return value
+
+
+def _check_host(host: str, netloc: str) -> None:
+    """A host name (ASCII or IDN), a dotted-quad IPv4 address or a bracketed IPv6 one."""
+    if netloc.startswith("["):
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValidationError(_URL_ERROR, field="url") from None
+        return
+    labels = host[:-1].split(".") if host.endswith(".") else host.split(".")
+    if not host or not all(labels) or len(host) > 253:
+        raise ValidationError(_URL_ERROR, field="url")
+    # A browser reads any host whose last label is a number as an IPv4 address
+    # (in decimal, octal or hex, with 1 to 4 parts); only the plain form is kept.
+    if _NUMERIC_LABEL.fullmatch(labels[-1]) and not _IPV4.fullmatch(".".join(labels)):
+        raise ValidationError("url host must be a dotted-quad IPv4 address", field="url")
+    for label in labels:
+        if not (_ASCII_LABEL.fullmatch(label) or _idn_label(label)):
+            raise ValidationError(f"url host label {quoted(label)} is not valid", field="url")
+
+
+def _idn_label(label: str) -> bool:
+    """A non-ASCII label a browser would map to itself: letters, marks, digits, hyphens.
+
+    Fullwidth letters, ideographic full stops and other characters that IDNA
+    mapping turns into something else are refused.
+    """
+    if label.isascii() or unicodedata.normalize("NFKC", label) != label.lower():
+        return False
+    if not all(ch == "-" or unicodedata.category(ch)[0] in "LMN" for ch in label):
+        return False
+    try:
+        return len(label.encode("idna")) <= 63
+    except UnicodeError:
+        return False
 
 
 def _urgency(value: object) -> int:

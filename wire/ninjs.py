@@ -27,7 +27,7 @@ from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import quote, unquote
 
-from wire.errors import ClientError, InvalidTag, ValidationError
+from wire.errors import ClientError, InvalidTag, ValidationError, quoted
 from wire.items import _GUID, Submission, parse_submission
 from wire.tags import normalize_tag
 
@@ -78,7 +78,7 @@ def wants_ninjs(query: Mapping[str, str]) -> bool:
         return False
     if fmt == "ninjs":
         return True
-    raise ValidationError(f"format must be json or ninjs, got {fmt[:40]!r}", field="format")
+    raise ValidationError(f"format must be json or ninjs, got {quoted(fmt)}", field="format")
 
 
 def uri_for(guid: str) -> str:
@@ -176,7 +176,7 @@ def from_ninjs(doc: object) -> dict[str, Any]:
         raise ValidationError("the request body must be a ninjs JSON object")
     for name in doc:
         if isinstance(name, str) and name.startswith("wire:") and name not in _EXTENSIONS_IN:
-            raise ValidationError(f"unknown wire extension {name[:40]!r}", field=name[:60])
+            raise ValidationError(f"unknown wire extension {quoted(name)}", field=name)
     status = doc.get("pubStatus")
     held = status == "withheld" and doc.get("embargoedUntil") is not None
     if status not in (None, "usable") and not held:

@@ -22,8 +22,9 @@ from wire.errors import (
     RateLimited,
     TooManyTags,
     ValidationError,
+    quoted,
 )
-from wire.ids import StreamKey, format_id, parse_id
+from wire.ids import StreamKey, format_id, parse_cursor
 from wire.tags import normalize_tags
 
 MAX_BACKFILL = 500
@@ -69,7 +70,7 @@ def parse_message(data: str | bytes) -> Command:
         return parse_subscribe(msg)
     if kind == "unsubscribe":
         return Unsubscribe(_tag_list(msg))
-    raise InvalidMessage(f"unknown message type {str(kind)[:40]!r}", field="type")
+    raise InvalidMessage(f"unknown message type {quoted(kind, 40)}", field="type")
 
 
 def parse_subscribe(msg: dict[str, Any]) -> Subscribe:
@@ -94,7 +95,7 @@ def parse_subscribe(msg: dict[str, Any]) -> Subscribe:
         raise ValidationError("compact must be true or false", field="compact")
     return Subscribe(
         tags=tags,
-        since=parse_id(since, field="since") if since is not None else None,
+        since=parse_cursor(since, field="since") if since is not None else None,
         backfill=backfill or None,
         compact=compact,
     )

@@ -49,6 +49,9 @@ class Settings:
     #: Kernel send buffer per subscriber socket (0: the kernel's autotuning).
     send_buffer: int = 128 * 1024
     max_connections: int = 20_000
+    #: Plain HTTP connections per process (streams have max_connections);
+    #: lowered automatically to fit the open-files limit (see wire.listen).
+    max_http_connections: int = 1_000
     max_tags: int = 100
     subscribe_rate: int = 20
     max_frame: int = 64 * 1024
