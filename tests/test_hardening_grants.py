@@ -19,7 +19,7 @@ import pytest
 import websockets
 
 from tests.conftest import Server, ServerFactory
-from tests.support import EDITOR_TOKEN, get_json, item, post
+from tests.support import EDITOR_TOKEN, get_json, item, post, publish
 from tests.test_ninjs import run_export
 from wire import keys
 from wire.entry import Entry
@@ -369,3 +369,12 @@ async def test_after_and_before_together_are_refused(server: Server, http) -> No
     assert status == 400 and body["error"]["field"] == "before"
     status, body = await get_json(http, f"{server.base}/v1/items?before=x")
     assert status == 400 and body["error"]["field"] == "before"
+
+
+async def test_before_the_first_possible_id_is_an_empty_page_not_an_error(
+    server: Server, http: aiohttp.ClientSession
+) -> None:
+    await publish(http, server.base, "Anything")
+    for cursor in ("0", "0-0"):
+        status, body = await get_json(http, f"{server.base}/v1/items?before={cursor}")
+        assert (status, body) == (200, {"items": []})

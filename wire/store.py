@@ -33,7 +33,7 @@ from wire.errors import (
     ServiceUnavailable,
     StoryWithdrawn,
 )
-from wire.ids import StreamKey, format_id
+from wire.ids import ZERO, StreamKey, format_id
 from wire.items import Submission, published_now
 from wire.settings import Settings
 
@@ -398,6 +398,8 @@ class Store:
 
     async def range_before(self, before: StreamKey | None, *, count: int) -> list[Entry]:
         """Up to ``count`` entries with id < before (or the newest), newest first."""
+        if before == ZERO:  # nothing precedes 0-0, and Redis refuses the range "(0-0"
+            return []
         start = "(" + format_id(before) if before is not None else "+"
         rows = await self.redis.xrevrange(keys.STREAM, start, "-", count=count)
         return _entries(rows)
