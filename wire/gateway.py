@@ -42,7 +42,7 @@ from wire.protocol import (
     subscribed_message,
     truncated_message,
 )
-from wire.replay import History, merge
+from wire.replay import History, merge, raise_if_cancelled
 from wire.resume import (
     Held,
     Latest,
@@ -418,6 +418,9 @@ class Session:
                     if self.conn.closed:
                         return
         except REDIS_DOWN:
+            # A cancel (a new subscribe took over) can come out of redis-py
+            # as a ConnectionError: that is no reason to close.
+            raise_if_cancelled()
             # Going live now would skip the history we could not read; the
             # client resumes with since and loses nothing.
             self.hub.close(self.conn, 1013, "history unavailable, retry")
@@ -451,10 +454,7 @@ class Session:
         Only items of tags still subscribed: an unsubscribe may have come
         while the catch-up ran.
         """
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            # redis-py can swallow a cancel that lands mid-command.
-            raise asyncio.CancelledError
+        raise_if_cancelled()
         keys = self.conn.keys
         self.hub.write(self.conn, [e for e in entries if e.matches(keys)])
         await self.hub.caught_up(self.conn)

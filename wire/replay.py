@@ -10,6 +10,7 @@ its range twice, keeping only one id per story in between.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
@@ -64,6 +65,7 @@ class History:
         cursor = window.after
         while True:
             page = await self.store.range_after(cursor, window.upto, count=PAGE)
+            raise_if_cancelled()
             yield page
             if len(page) < PAGE:
                 return
@@ -129,10 +131,23 @@ async def _fill(stream: AsyncIterator[list[Entry]], head: deque[Entry]) -> bool:
     """Refill an empty head from its stream; False once the stream has ended."""
     while not head:
         page = await anext(stream, None)
+        raise_if_cancelled()
         if page is None:
             return False
         head.extend(page)
     return True
+
+
+def raise_if_cancelled() -> None:
+    """Raise CancelledError when the current task was asked to stop.
+
+    redis-py can swallow a cancel that lands mid-command (3.11's
+    ``asyncio.wait_for`` drops it); without this a catch-up taken over by a
+    new subscribe could read on through its whole range.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _next(key: StreamKey) -> StreamKey:
