@@ -132,7 +132,9 @@ class Conn:
 class Hub:
     """Subscriptions, the recent-items window and fan-out for one process."""
 
-    def __init__(self, *, max_buffer: int = 1 << 20, recent: int = 10_000) -> None:
+    def __init__(
+        self, *, max_buffer: int = 1 << 20, recent: int = 10_000, recent_bytes: int = 64 << 20
+    ) -> None:
         self.max_buffer = max_buffer
         self.index: dict[str, set[Conn]] = {}
         self.conns: set[Conn] = set()
@@ -142,6 +144,9 @@ class Hub:
         self.recent: list[Entry] = []
         self.recent_base: StreamKey | None = None
         self.recent_size = recent
+        #: The window's cap in bytes of item JSON, and what it holds now.
+        self.recent_max_bytes = recent_bytes
+        self.recent_bytes = 0
         self.deliveries = 0
         self.behind: set[Conn] = set()
         self._flusher: asyncio.Task[None] | None = None
@@ -154,6 +159,7 @@ class Hub:
         self.position = position
         self.recent_base = position
         self.recent.clear()
+        self.recent_bytes = 0
 
     def attach(self, conn: Conn) -> None:
         self.conns.add(conn)
@@ -371,10 +377,22 @@ class Hub:
             conn.buffer = []
             conn.buffered_bytes = 0
 
+    def take_replay_buffer(self, conn: Conn) -> list[Entry]:
+        """What was held so far for a replaying connection; holding goes on.
+
+        The bytes taken still count against the cap until :meth:`end_replay`:
+        the caller holds them until its replay sends them.
+        """
+        held, conn.buffer = conn.buffer or [], []
+        return held
+
     def end_replay(self, conn: Conn) -> None:
         """Send what was held during the replay and go live."""
         held, conn.buffer = conn.buffer or [], None
         conn.buffered_bytes = 0
+        # Held for the tags at the time; an unsubscribe during the replay
+        # removed some, whose items must not follow the ``subscribed`` saying so.
+        held = [e for e in held if e.matches(conn.keys)]
         if held:
             self.write(conn, held)
 
@@ -383,15 +401,34 @@ class Hub:
             return
         self.position = entries[-1].key
         self.recent.extend(entries)
+        self.recent_bytes += sum([len(e.json) for e in entries])
         killed = {e.guid for e in entries if e.withdrawal}
         if killed:
             # History never again shows a withdrawn story's versions; the
             # withdrawal itself stays so resuming clients learn of it.
             self.recent = [e for e in self.recent if e.withdrawal or e.guid not in killed]
-        if len(self.recent) > 2 * self.recent_size:
-            cut = len(self.recent) - self.recent_size
-            self.recent_base = self.recent[cut - 1].key
-            del self.recent[:cut]
+            self.recent_bytes = sum([len(e.json) for e in self.recent])
+        if len(self.recent) > 2 * self.recent_size or self.recent_bytes > self.recent_max_bytes:
+            self._evict()
+
+    def _evict(self) -> None:
+        """Drop the oldest entries: down to ``recent_size`` and to 3/4 of the byte cap.
+
+        Cutting the list's head moves the rest, so it is done once per many
+        batches (past twice the count, or the byte cap), not on every one.
+        Replays of a range the window no longer covers read Redis.
+        """
+        recent = self.recent
+        cut = max(0, len(recent) - self.recent_size)
+        size = self.recent_bytes - sum([len(e.json) for e in recent[:cut]])
+        target = self.recent_max_bytes * 3 // 4
+        while cut < len(recent) and size > target:
+            size -= len(recent[cut].json)
+            cut += 1
+        if cut:
+            self.recent_base = recent[cut - 1].key
+            del recent[:cut]
+        self.recent_bytes = size
 
     def recent_window(self, window: Window) -> list[Entry] | None:
         """Entries in ``window`` from memory, or None when memory does not cover it."""

@@ -15,16 +15,25 @@ import random
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import replace
 
 import orjson
 from aiohttp import WSMessage, WSMsgType, web
+from multidict import MultiDict
 
 from wire import frames, wsedge
 from wire.appkeys import ENTITLEMENTS, SETTINGS, STORE
 from wire.auth import bearer
 from wire.entitlements import EVERYTHING, Grant, reader_grant
 from wire.entry import Entry
-from wire.errors import ClientError, Forbidden, InvalidMessage, TooManyConnections, quoted
+from wire.errors import (
+    ClientError,
+    Forbidden,
+    InvalidMessage,
+    RateLimited,
+    TooManyConnections,
+    quoted,
+)
 from wire.fanout import Conn, Hub
 from wire.http import REDIS_DOWN, error_response
 from wire.ids import StreamKey
@@ -40,7 +49,17 @@ from wire.protocol import (
     subscribed_message,
     truncated_message,
 )
-from wire.resume import Window, compact, fresh, is_truncated, replay_window
+from wire.replay import History, merge, raise_if_cancelled
+from wire.resume import (
+    Held,
+    Latest,
+    Since,
+    Source,
+    Window,
+    is_truncated,
+    remainder,
+    replay_window,
+)
 from wire.settings import Settings
 from wire.store import Store, connect
 from wire.supervisor import SUPERVISOR
@@ -48,6 +67,8 @@ from wire.supervisor import SUPERVISOR
 log = logging.getLogger("wire.gateway")
 
 HUB = web.AppKey("hub", Hub)
+#: Catch-ups one connection may have under way at once (each a range to read).
+MAX_CATCH_UPS = 8
 
 
 class Reader:
@@ -131,7 +152,11 @@ async def _close_all(app: web.Application) -> None:
 
 async def _reader_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    hub = Hub(max_buffer=settings.max_buffer, recent=settings.recent_items)
+    hub = Hub(
+        max_buffer=settings.max_buffer,
+        recent=settings.recent_items,
+        recent_bytes=settings.recent_bytes,
+    )
     # The reader blocks for up to 5 s per XREAD, so it gets its own client
     # whose socket timeout is longer than that.
     assert settings.redis_url is not None
@@ -219,7 +244,7 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
             elif msg.type in (WSMsgType.PING, WSMsgType.PONG):
                 _ping_pong(session.hub, session.conn, msg)
     finally:
-        session.hub.detach(session.conn)
+        session.end()
     return ws
 
 
@@ -261,10 +286,10 @@ def _subscribe_from(query: Mapping[str, str], tags: str, since: str | None) -> S
 
 
 class Session:
-    """One subscriber connection: its subscription, replies and replays."""
+    """One subscriber connection: its subscription, replies and catch-up."""
 
     # One per connection: slots keep it small (see docs/performance.md, memory).
-    __slots__ = ("conn", "grant", "hub", "request", "store", "subscription")
+    __slots__ = ("catching_up", "conn", "grant", "hub", "owed", "request", "store", "subscription")
 
     def __init__(self, request: web.Request, conn: Conn, grant: Grant = EVERYTHING) -> None:
         settings = request.app[SETTINGS]
@@ -274,6 +299,10 @@ class Session:
         self.store = request.app[STORE]
         self.conn = conn
         self.subscription = Subscription(max_tags=settings.max_tags, rate=settings.subscribe_rate)
+        #: The catch-up being sent, as a task of its own so that the connection's
+        #: reads (pongs above all) go on meanwhile; and what it owes the client.
+        self.catching_up: asyncio.Task[None] | None = None
+        self.owed: list[Source] = []
         self.hub.attach(conn)
 
     def reply(self, message: dict[str, object]) -> None:
@@ -307,7 +336,11 @@ class Session:
         return self.conn.last_key if self.conn.held else self.hub.position
 
     async def handle(self, cmd: Subscribe | Unsubscribe | Ping) -> None:
-        """Apply one command; ClientErrors propagate to the caller to be answered."""
+        """Apply one command; ClientErrors propagate to the caller to be answered.
+
+        A subscribe with history returns once its catch-up has started, not
+        when it has been sent: the catch-up runs as the session's task.
+        """
         if isinstance(cmd, Ping):
             self.reply(PONG)
             return
@@ -322,79 +355,119 @@ class Session:
             # position to replay up to or to report, so the client retries.
             self.hub.close(self.conn, 1013, "gateway starting, retry")
             return
+        if cmd.since is None and cmd.backfill is None:
+            # During a catch-up the new tags' items are held with the rest.
+            keys = self.subscription.subscribe(cmd.tags)
+            self.hub.retag(self.conn, keys)
+            self.reply(subscribed_message(keys, self._position()))
+            return
+        await self._catch_up(cmd)
+
+    async def _catch_up(self, cmd: Subscribe) -> None:
+        """Subscribe with history: start a catch-up, taking over one still running.
+
+        The catch-up under way is stopped and what it still owed (its sources
+        after the last item written, and the live items held for it) is
+        merged into the new one, so nothing is lost or sent twice.
+        """
+        running = self.catching_up is not None and not self.catching_up.done()
+        if running and sum(not isinstance(s, Held) for s in self.owed) >= MAX_CATCH_UPS:
+            raise RateLimited(
+                f"more than {MAX_CATCH_UPS} catch-ups at once on this connection; "
+                "send this subscribe again once one has finished"
+            )
         keys = self.subscription.subscribe(cmd.tags)
-        replay = cmd.since is not None or cmd.backfill is not None
-        if replay:
-            self.hub.begin_replay(self.conn)
-        # No await between these two lines: no item can slip in between.
+        owed = await self.stop()
+        # No await from here on: no item can slip in between the held items
+        # taken, the new tags and the position the new history ends at.
+        self.hub.begin_replay(self.conn)
+        held = [e for s in owed if isinstance(s, Held) for e in s.entries]
+        held += self.hub.take_replay_buffer(self.conn)
+        owed = [s for s in owed if not isinstance(s, Held)]
+        if held:
+            owed.append(Held(tuple(held)))
         self.hub.retag(self.conn, keys)
         self.reply(subscribed_message(keys, self._position()))
-        if replay:
-            await self.replay(cmd, keys)
+        owed.append(self._source(cmd, keys))
+        self.owed = owed
+        self.catching_up = asyncio.create_task(self._run(), name="wire-catch-up")
 
-    async def replay(self, cmd: Subscribe, keys: frozenset[str]) -> None:
-        """Send history, then what arrived meanwhile, then go live."""
+    def _source(self, cmd: Subscribe, keys: frozenset[str]) -> Source:
+        """The history a subscribe asks for, up to what the hub has dispatched."""
         position = self.hub.position
+        if cmd.since is not None:
+            window = replay_window(cmd.since, self.conn.last_key, position)
+            return Since(window, keys, cmd.compact, unchecked=cmd.since)
+        assert cmd.backfill
+        return Latest(keys, cmd.backfill, position)
+
+    async def stop(self) -> list[Source]:
+        """Stop a running catch-up; return what it still owed (nothing when it had finished)."""
+        task, self.catching_up = self.catching_up, None
+        if task is None or task.done():
+            return []
+        task.cancel()
+        await asyncio.wait([task])
+        sent = self.conn.last_key
+        return [rest for s in self.owed if (rest := remainder(s, sent)) is not None]
+
+    def end(self) -> None:
+        """The connection is over: stop its catch-up and leave the hub."""
+        if self.catching_up is not None:
+            self.catching_up.cancel()
+        self.hub.detach(self.conn)
+
+    async def _run(self) -> None:
+        """Send what is owed, then what arrived meanwhile, then go live."""
+        history = History(self.hub, self.store, self.request.app[SETTINGS].compact_stories)
         try:
-            if cmd.since is not None:
-                await self._since(cmd, keys, replay_window(cmd.since, self.conn.last_key, position))
-            elif cmd.backfill:
-                await self._send(await self._latest(keys, cmd.backfill, position))
+            await self._check_retention()
+            async with contextlib.aclosing(merge([history.pages(s) for s in self.owed])) as pages:
+                async for page in pages:
+                    await self._send(page)
+                    if self.conn.closed:
+                        return
         except REDIS_DOWN:
+            # A cancel (a new subscribe took over) can come out of redis-py
+            # as a ConnectionError: that is no reason to close.
+            raise_if_cancelled()
             # Going live now would skip the history we could not read; the
             # client resumes with since and loses nothing.
             self.hub.close(self.conn, 1013, "history unavailable, retry")
             return
+        except Exception:
+            # Left as it is the connection would hold live items until 4008.
+            log.exception("catch-up failed")
+            self.hub.close(self.conn, 1011, "internal error")
+            return
+        self.owed = []
         self.hub.end_replay(self.conn)
 
-    async def _since(self, cmd: Subscribe, keys: frozenset[str], window: Window) -> None:
-        assert cmd.since is not None
-        trimmed = await self.store.trimmed_before()
-        if is_truncated(cmd.since, trimmed):
-            self.reply(truncated_message(cmd.since, trimmed))
-            # Retention removed those items on every gateway; one that still
-            # has some in memory must not send them (nor contradict the error).
-            window = Window(max(window.after, trimmed), window.upto)
-        if window.empty:
-            return
-        pages = self._pages(window, keys)
-        if cmd.compact:
-            collected: list[Entry] = []
-            async for page in pages:
-                collected.extend(page)
-            await self._send(compact(collected))
-            return
-        async for page in pages:
-            await self._send(page)
+    async def _check_retention(self) -> None:
+        """Say ``history_truncated`` (once per ``since``) and skip what retention removed.
 
-    async def _pages(self, window: Window, keys: frozenset[str]) -> AsyncIterator[list[Entry]]:
-        """Matching entries in the window, a page at a time (memory first, then Redis)."""
-        cached = self.hub.recent_window(window)
-        if cached is not None:
-            yield [e for e in cached if e.matches(keys)]
-            return
-        async for page in self.store.pages_after(window.after, window.upto, keys):
-            yield page
-
-    async def _latest(self, keys: frozenset[str], limit: int, upto: StreamKey) -> list[Entry]:
-        found = self.hub.recent_latest(keys, limit, upto)
-        if found is None:
-            found = (await self.store.scan_latest(keys, limit, before=_next(upto)))[::-1]
-        return found
+        Retention removed those items on every gateway; one that still has
+        some in memory must not send them (nor contradict the error).
+        """
+        for i, source in enumerate(self.owed):
+            if isinstance(source, Since) and source.unchecked is not None:
+                since, window = source.unchecked, source.window
+                trimmed = await self.store.trimmed_before()
+                if is_truncated(since, trimmed):
+                    self.reply(truncated_message(since, trimmed))
+                    window = Window(max(window.after, trimmed), window.upto)
+                self.owed[i] = replace(source, window=window, unchecked=None)
 
     async def _send(self, entries: list[Entry]) -> None:
-        """Write replayed entries a page at a time, each once the socket took the last."""
-        entries = fresh(entries, self.conn.last_key)
-        for start in range(0, len(entries), 100):
-            if self.conn.closed:
-                return
-            self.hub.write(self.conn, entries[start : start + 100])
-            await self.hub.caught_up(self.conn)
+        """Write a page of history once the socket took the last one.
 
-
-def _next(key: StreamKey) -> StreamKey:
-    """The smallest key after ``key`` (for inclusive upper bounds)."""
-    return key[0], key[1] + 1
+        Only items of tags still subscribed: an unsubscribe may have come
+        while the catch-up ran.
+        """
+        raise_if_cancelled()
+        keys = self.conn.keys
+        self.hub.write(self.conn, [e for e in entries if e.matches(keys)])
+        await self.hub.caught_up(self.conn)
 
 
 def _limit_send_buffer(request: web.Request, size: int) -> None:
@@ -443,13 +516,21 @@ async def sse_handler(request: web.Request) -> web.StreamResponse:
     except ClientError as err:
         session.reply(error_message(err))
     finally:
-        session.hub.detach(session.conn)
+        session.end()
     return resp
 
 
 def _sse_subscribe(request: web.Request) -> Subscribe:
-    """``/v1/sse?tags=a,b`` (everything without tags), resuming from Last-Event-ID."""
-    q = request.query
-    return _subscribe_from(
-        q, q.get("tags", "*"), request.headers.get("Last-Event-ID") or q.get("since")
-    )
+    """``/v1/sse?tags=a,b`` (everything without tags), resuming from Last-Event-ID.
+
+    An ``EventSource`` reconnects to the URL it was opened with and adds
+    ``Last-Event-ID``: the header says where it got to, so the URL's
+    ``since`` and ``backfill`` no longer apply. (Since with backfill would be
+    a 400, and a browser never retries a 4xx: the feed would stop for good.)
+    """
+    q = MultiDict(request.query)
+    resume = request.headers.get("Last-Event-ID")
+    if resume:
+        q.popall("since", None)
+        q.popall("backfill", None)
+    return _subscribe_from(q, q.get("tags", "*"), resume or q.get("since"))

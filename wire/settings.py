@@ -59,6 +59,10 @@ class Settings:
     #: trickled in, slowloris) or sit idle between keep-alive requests.
     idle_timeout: float = 30.0
     recent_items: int = 10_000
+    #: The recent-items window's cap in bytes of item JSON (oldest go first).
+    recent_bytes: int = 64 * 1024 * 1024
+    #: Most stories one compact catch-up tracks; past it the range goes out uncompacted.
+    compact_stories: int = 100_000
     read_batch: int = 1_000
     #: While a burst is under way (a read returned more than one item) the
     #: reader waits this long before its next read, so more of the burst goes
