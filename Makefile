@@ -24,6 +24,7 @@ test: $(STAMP)
 
 fault: $(STAMP)
 	$(BIN)/python -m pytest -q -m fault
+	WIRE_MODEL_EXAMPLES=500 $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_model.py
 
 bench: $(STAMP)
 	$(BIN)/wire bench
