@@ -459,7 +459,7 @@ class Harness:
         """Wait until the releaser took ``guid`` off the schedule; fail at once if
         ``/readyz`` reports a background task down, else after the deadline."""
         deadline = time.monotonic() + WAIT
-        while await self.store.redis.zscore(keys.EMBARGOES, guid) is not None:
+        while await self.store.redis.zscore(keys.EMBARGOES, keys.embargo(guid)) is not None:
             status, ready = await self.request("GET", "/readyz", None)
             assert status == 200, f"not ready while an embargo is due: {ready}"
             assert time.monotonic() < deadline, "the releaser did not release it: is it alive?"
@@ -642,7 +642,7 @@ class WireMachine(RuleBasedStateMachine):
         self.touched.add(guid)
         self.ok = False
         before = len(self.h.run(self.h.entries()))
-        moved = self.h.redis.zadd(keys.EMBARGOES, {guid: 1}, xx=True, ch=True)
+        moved = self.h.redis.zadd(keys.EMBARGOES, {keys.embargo(guid): 1}, xx=True, ch=True)
         assert moved or guid in self.model.withdrawn, f"{guid!r} is not in the schedule"
         self.h.run(self.h.released(guid))
         new = self.h.run(self.h.entries())[before:]
