@@ -2,8 +2,8 @@
 
 from aiohttp import web
 
-from publisher.app import MAX_BODY, setup_items
 from publisher.embargo import setup_embargoes
+from publisher.items import MAX_BODY, setup_items
 from publisher.stories import setup_stories
 
 __all__ = ["MAX_BODY", "setup_publisher"]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from wire.appkeys import ENTITLEMENTS, SETTINGS
-from wire.auth import bearer, require
-from wire.entitlements import Grant, reader_grant
+from wire.core.entitlements import Grant, reader_grant
+from wire.core.tokens import bearer, require
+from wire.web.appkeys import ENTITLEMENTS, SETTINGS
 
 
 def require_editor(request: web.Request) -> None:

@@ -19,12 +19,12 @@ import orjson
 from aiohttp import web
 
 from publisher.access import require_editor
-from wire.appkeys import SETTINGS, STORE
-from wire.errors import NotFound, quoted
-from wire.http import REDIS_DOWN, json_response, raw_json
-from wire.items import Submission
-from wire.store import RELEASE_BATCH, Store
-from wire.supervisor import SUPERVISOR
+from wire.core.errors import NotFound, quoted
+from wire.core.items import Submission
+from wire.runtime.supervisor import SUPERVISOR
+from wire.storage.store import RELEASE_BATCH, Store
+from wire.web.appkeys import SETTINGS, STORE
+from wire.web.http import REDIS_DOWN, json_response, raw_json
 
 log = logging.getLogger("wire.embargo")
 

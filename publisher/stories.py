@@ -6,12 +6,12 @@ import orjson
 from aiohttp import web
 
 from publisher.access import require_editor, require_reader
-from publisher.app import ninjs_response, read_json
-from wire import ninjs
-from wire.appkeys import STORE
-from wire.errors import NotFound, ValidationError, quoted
-from wire.http import raw_json
-from wire.items import check_text
+from publisher.items import ninjs_response, read_json
+from wire.core import ninjs
+from wire.core.errors import NotFound, ValidationError, quoted
+from wire.core.items import check_text
+from wire.web.appkeys import STORE
+from wire.web.http import raw_json
 
 MAX_REASON = 1_000
 

@@ -18,8 +18,8 @@ import pytest
 from aiohttp import web
 
 from tests.support import EDITOR_TOKEN, RedisServer, free_port
-from wire.app import create_app
-from wire.settings import Settings
+from wire.runtime.settings import Settings
+from wire.web.app import create_app
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ import aiohttp
 import orjson
 import redis
 
-from wire.embedded import BUNDLED, bundled_server
+from wire.storage.embedded import BUNDLED, bundled_server
 
 EDITOR_TOKEN = "editor-token-for-tests"
 ROOT = Path(__file__).resolve().parent.parent

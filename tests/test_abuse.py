@@ -505,8 +505,8 @@ BAD_TAG_SHAPES = ["", "   ", "/", "a//b", "/a", "a/", "a" * 65, "x" * 10_000, "*
 
 
 def bad_tags() -> list[str]:
-    from wire.errors import InvalidTag
-    from wire.tags import normalize_tag
+    from wire.core.errors import InvalidTag
+    from wire.core.tags import normalize_tag
 
     tags = [f"a{ch}b" for chars in BAD_TAG_CHARS.values() for ch in chars] + BAD_TAG_SHAPES
     for tag in tags:  # the table itself is checked: each must be one the wire rejects
@@ -572,8 +572,8 @@ def nested(depth: int) -> Any:
 
 
 def accepted(body: object) -> bool:
-    from wire.errors import ValidationError
-    from wire.items import parse_submission
+    from wire.core.errors import ValidationError
+    from wire.core.items import parse_submission
 
     try:
         parse_submission(body)
@@ -651,8 +651,8 @@ GOOD = orjson.dumps(item())
 
 
 def expected_submission_error(name: str, raw: bytes) -> tuple[int, str]:
-    from wire.errors import ValidationError
-    from wire.items import parse_submission
+    from wire.core.errors import ValidationError
+    from wire.core.items import parse_submission
 
     try:
         parse_submission(orjson.loads(raw))
@@ -664,8 +664,8 @@ def expected_submission_error(name: str, raw: bytes) -> tuple[int, str]:
 
 
 def expected_message_error(frame: str) -> tuple[str, str]:
-    from wire.errors import ClientError
-    from wire.protocol import parse_message
+    from wire.core.errors import ClientError
+    from wire.core.protocol import parse_message
 
     try:
         parse_message(frame)

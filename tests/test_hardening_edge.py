@@ -28,7 +28,7 @@ import pytest
 
 from tests.conftest import Server, ServerFactory
 from tests.support import EDITOR_TOKEN, ROOT, WireProcess, free_port, get_json, item, post
-from wire.listen import FD_RESERVE
+from wire.web.listen import FD_RESERVE
 
 AUTH = {"Authorization": f"Bearer {EDITOR_TOKEN}", "Content-Type": "application/json"}
 MIB = 1 << 20

@@ -32,14 +32,14 @@ from hypothesis import strategies as st
 
 from tests.conftest import Server, ServerFactory
 from tests.support import RedisServer, WireProcess, free_port, get_json, post
-from wire.entry import Entry
-from wire.fanout import Hub
-from wire.gateway import HUB
-from wire.ids import ZERO
-from wire.items import parse_submission
-from wire.resume import Window
-from wire.settings import Settings
-from wire.store import Store, connect
+from wire.core.entry import Entry
+from wire.core.ids import ZERO
+from wire.core.items import parse_submission
+from wire.core.resume import Window
+from wire.gateway.handlers import HUB
+from wire.gateway.hub import Hub
+from wire.runtime.settings import Settings
+from wire.storage.store import Store, connect
 
 WAIT = 15.0
 MIB = 1024 * 1024

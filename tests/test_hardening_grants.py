@@ -21,11 +21,11 @@ import websockets
 from tests.conftest import Server, ServerFactory
 from tests.support import EDITOR_TOKEN, get_json, item, post, publish
 from tests.test_ninjs import run_export
-from wire import keys
-from wire.entry import Entry
-from wire.items import parse_submission, published_now
-from wire.settings import Settings
-from wire.store import Store, _parts, connect
+from wire.core.entry import Entry
+from wire.core.items import parse_submission, published_now
+from wire.runtime.settings import Settings
+from wire.storage import keys
+from wire.storage.store import Store, _parts, connect
 
 AUTH = {"Authorization": f"Bearer {EDITOR_TOKEN}"}
 PARTNER = {"Authorization": "Bearer partner"}

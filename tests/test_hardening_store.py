@@ -21,11 +21,11 @@ from hypothesis import strategies as st
 from publisher.embargo import release_due
 from tests.conftest import Server, ServerFactory
 from tests.support import EDITOR_TOKEN, get_json, item, post
-from wire import keys
-from wire.items import parse_submission
-from wire.settings import Settings
-from wire.store import Store, connect
-from wire.supervisor import SUPERVISOR, Supervisor
+from wire.core.items import parse_submission
+from wire.runtime.settings import Settings
+from wire.runtime.supervisor import SUPERVISOR, Supervisor
+from wire.storage import keys
+from wire.storage.store import Store, connect
 
 AUTH = {"Authorization": f"Bearer {EDITOR_TOKEN}"}
 Http = aiohttp.ClientSession
@@ -342,7 +342,7 @@ async def test_supervisor_restarts_a_failing_task_and_reports_it_down(
         second_run.set()
         await asyncio.Event().wait()
 
-    caplog.set_level(logging.ERROR, logger="wire.supervisor")
+    caplog.set_level(logging.ERROR, logger="wire.runtime.supervisor")
     supervisor.start("flaky", flaky)
     await asyncio.wait_for(second_run.wait(), 10)
     assert runs == [0, 1, 2] and supervisor.failures["flaky"] == 2

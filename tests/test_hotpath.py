@@ -13,12 +13,15 @@ import pytest
 from websockets.asyncio.client import connect
 
 from tests.conftest import Server, ServerFactory
-from wire import frames, gateway, loop
-from wire.entry import Entry
-from wire.fanout import NO_PONG, Conn, Hub
-from wire.gateway import Reader
-from wire.ids import ZERO, StreamKey
-from wire.settings import Settings
+from wire.core import frames
+from wire.core.closecodes import CloseCode
+from wire.core.entry import Entry
+from wire.core.ids import ZERO, StreamKey
+from wire.gateway import handlers as gateway
+from wire.gateway.handlers import Reader
+from wire.gateway.hub import Conn, Hub
+from wire.runtime import loop
+from wire.runtime.settings import Settings
 
 
 def entry(ms: int) -> Entry:
@@ -108,7 +111,7 @@ async def test_a_keepalive_round_pings_websockets_and_closes_the_silent() -> Non
     await hub.keepalive(b"comment")
     assert not answers.closed and not sse.closed
     assert silent.closed
-    close = frames.ws_close(NO_PONG, "ping timeout")
+    close = frames.ws_close(CloseCode.PROTOCOL_ERROR, "ping timeout")
     assert silent.transport.data == frames.WS_PING + close  # type: ignore[attr-defined]
     assert hub.unanswered == {answers}
     hub.detach(answers)

@@ -16,10 +16,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wire.errors import InvalidTag, ValidationError
-from wire.ids import ZERO, format_id, parse_id
-from wire.items import Submission, parse_submission, published_now
-from wire.tags import (
+from wire.core.errors import InvalidTag, ValidationError
+from wire.core.ids import ZERO, format_id, parse_id
+from wire.core.items import Submission, parse_submission, published_now
+from wire.core.tags import (
     WILDCARD,
     match_keys,
     matches,
@@ -518,7 +518,7 @@ def test_format_and_parse_round_trip(ms: int, seq: int) -> None:
 def test_settings_survive_the_trip_to_a_worker_process() -> None:
     from pathlib import Path
 
-    from wire.settings import Settings
+    from wire.runtime.settings import Settings
 
     settings = Settings(
         redis_url="redis+sentinel://a:1,b:2/m",

@@ -62,10 +62,10 @@ from yarl import URL
 
 from tests.conftest import Server, server_factory
 from tests.support import EDITOR_TOKEN, RedisServer
-from wire import keys
-from wire.appkeys import STORE
-from wire.entry import Entry
-from wire.store import Store
+from wire.core.entry import Entry
+from wire.storage import keys
+from wire.storage.store import Store
+from wire.web.appkeys import STORE
 
 T = TypeVar("T")
 

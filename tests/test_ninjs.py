@@ -24,9 +24,9 @@ from jsonschema import Draft202012Validator
 
 from tests.conftest import Server
 from tests.support import EDITOR_TOKEN, ROOT, get_json, item, post
-from wire import ninjs
-from wire.errors import ValidationError
-from wire.items import parse_submission
+from wire.core import ninjs
+from wire.core.errors import ValidationError
+from wire.core.items import parse_submission
 
 SCHEMA = json.loads((Path(__file__).parent / "schemas" / "ninjs-3.x.json").read_text())
 VALIDATOR = Draft202012Validator(SCHEMA, format_checker=Draft202012Validator.FORMAT_CHECKER)

@@ -17,8 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wire.entry import Entry
-from wire.errors import (
+from wire.core.entry import Entry
+from wire.core.errors import (
     ClientError,
     InvalidJSON,
     InvalidMessage,
@@ -27,8 +27,8 @@ from wire.errors import (
     TooManyTags,
     ValidationError,
 )
-from wire.ids import ZERO, StreamKey, format_id
-from wire.protocol import (
+from wire.core.ids import ZERO, StreamKey, format_id
+from wire.core.protocol import (
     MAX_BACKFILL,
     PONG,
     Ping,
@@ -40,7 +40,7 @@ from wire.protocol import (
     subscribed_message,
     truncated_message,
 )
-from wire.resume import Window, compact, fresh, is_truncated, merge, replay_window
+from wire.core.resume import Window, compact, fresh, is_truncated, merge, replay_window
 
 
 def msg(**fields: Any) -> bytes:

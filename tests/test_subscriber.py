@@ -34,8 +34,8 @@ from subscriber import (
 )
 from tests.conftest import Server, ServerFactory
 from tests.support import publish
-from wire import keys
-from wire.gateway import HUB
+from wire.gateway.handlers import HUB
+from wire.storage import keys
 
 FAST = {"min_delay": 0.05, "max_delay": 0.5}
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,10 +27,10 @@ from subscriber.tags import matches as client_matches
 from subscriber.tags import normalize_tag as client_tag
 from tests.conftest import Server
 from tests.support import item, post
-from wire.errors import InvalidTag, ValidationError
-from wire.ids import parse_id
-from wire.tags import match_keys
-from wire.tags import normalize_tag as server_tag
+from wire.core.errors import InvalidTag, ValidationError
+from wire.core.ids import parse_id
+from wire.core.tags import match_keys
+from wire.core.tags import normalize_tag as server_tag
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The environment of a process that must see only the clean venv, not this checkout.
@@ -119,10 +120,13 @@ def clean_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     venv = tmp_path_factory.mktemp("subscriber-venv") / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
+    # From a copy: pip builds in the source tree, which must stay clean.
+    leftovers = shutil.ignore_patterns("build", "__pycache__", "*.egg-info")
+    source = shutil.copytree(ROOT / "subscriber", venv.parent / "subscriber", ignore=leftovers)
     # The test's own pip installs into the new environment (pip --python).
     subprocess.run(
         [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet",
-         str(ROOT / "subscriber")],
+         str(source)],
         check=True,
         cwd=venv.parent,
         env=CLEAN_ENV,

@@ -1,5 +1,5 @@
 import sys
 
-from wire.cli import main
+from wire.cli.main import main
 
 sys.exit(main())

@@ -29,10 +29,10 @@ import orjson
 import redis.asyncio as aioredis
 from aiohttp import WSMsgType, web
 
-from wire import keys
-from wire.entry import with_id
-from wire.ids import format_id, parse_id
-from wire.tags import match_keys, normalize_tags
+from wire.core.entry import with_id
+from wire.core.ids import format_id, parse_id
+from wire.core.tags import match_keys, normalize_tags
+from wire.storage import keys
 
 log = logging.getLogger("wire.bench.baseline")
 SUBS = web.AppKey("subs", list["Subscriber"])

@@ -16,8 +16,8 @@ from typing import Any
 
 import orjson
 
-from wire.embedded import find_server
-from wire.settings import Settings
+from wire.runtime.settings import Settings
+from wire.storage.embedded import find_server
 
 
 def free_port() -> int:

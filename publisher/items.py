@@ -1,0 +1,184 @@
+"""Publisher routes: ``POST /v1/items`` and the history reads.
+
+Every request is validated in full before anything is written, and a publish
+is one atomic Redis script, so a rejected or interrupted request leaves
+nothing half-written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import orjson
+from aiohttp import web
+
+from publisher.access import require_editor, require_reader
+from publisher.embargo import accept_embargoed
+from wire.core import ninjs
+from wire.core.errors import (
+    Gone,
+    InvalidBody,
+    InvalidJSON,
+    NotFound,
+    PayloadTooLarge,
+    RequestTimeout,
+    UnsupportedMediaType,
+    ValidationError,
+    quoted,
+)
+from wire.core.ids import format_id, parse_cursor, parse_id
+from wire.core.items import parse_submission
+from wire.core.tags import WILDCARD, normalize_tags
+from wire.storage.store import body_hash
+from wire.web.appkeys import SETTINGS, STORE
+from wire.web.http import raw_json, send_continue
+from wire.web.metrics import METRICS
+
+MAX_BODY = 1024 * 1024
+MAX_LIMIT = 500
+DEFAULT_LIMIT = 50
+JSON_TYPES = ("application/json",)
+_LIMIT = re.compile(r"[0-9]{1,4}")
+
+
+def setup_items(app: web.Application) -> None:
+    """Add the item routes to ``app``."""
+    app.router.add_post("/v1/items", post_item)
+    app.router.add_get("/v1/items", list_items)
+    app.router.add_get("/v1/items/{id}", get_item)
+
+
+async def read_json(request: web.Request, types: tuple[str, ...] = JSON_TYPES) -> object:
+    """The request's JSON body, after the media type and size checks."""
+    if request.content_type not in types:
+        raise UnsupportedMediaType(
+            f"Content-Type must be {' or '.join(types)}, got {quoted(request.content_type)}"
+        )
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise PayloadTooLarge(f"the body is larger than {MAX_BODY:,} bytes")
+    # Only now, with every check that needs no body passed, is the client
+    # told to send it (routes defer "100 Continue", see wire.http).
+    await send_continue(request)
+    # A client that trickles its body must not hold a handler forever.
+    limit = request.app[SETTINGS].idle_timeout
+    try:
+        async with asyncio.timeout(limit):
+            # The app's client_max_size is MAX_BODY and counts decompressed
+            # bytes: a gzip body stops inflating just past the limit.
+            body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge(f"the body is larger than {MAX_BODY:,} bytes") from None
+    except web.RequestPayloadError:
+        raise InvalidBody(
+            "the body could not be read: corrupt Content-Encoding data or broken chunked framing"
+        ) from None
+    except TimeoutError:
+        raise RequestTimeout(f"the body did not arrive within {limit:g} s") from None
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as err:
+        raise InvalidJSON(f"the body is not valid JSON: {err.msg}") from None
+
+
+def idempotency_key(request: web.Request) -> str | None:
+    """The ``Idempotency-Key`` header, checked: 1-255 visible ASCII characters."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not 1 <= len(key) <= 255 or not all(33 <= ord(c) < 127 for c in key):
+        raise ValidationError(
+            "Idempotency-Key must be 1-255 visible ASCII characters", field="Idempotency-Key"
+        )
+    return key
+
+
+async def post_item(request: web.Request) -> web.Response:
+    """Validate and publish one item: 201 when new, 200 for an idempotent repeat
+    (an embargoed item: 202 when new, 200 for a repeat)."""
+    require_editor(request)
+    key = idempotency_key(request)
+    data = await read_json(request, (*JSON_TYPES, ninjs.MEDIA_TYPE))
+    if request.content_type == ninjs.MEDIA_TYPE:
+        submission = ninjs.parse_ninjs(data)
+    else:
+        submission = parse_submission(data)
+    digest = body_hash(data) if key else ""
+    if submission.embargo_until is not None:
+        return await accept_embargoed(request, submission, key, digest)
+    published = await request.app[STORE].publish(submission, idempotency_key=key, digest=digest)
+    if published.created:
+        request.app[METRICS].published.labels("item").inc()
+    return raw_json(b'{"item":' + published.json + b"}", 201 if published.created else 200)
+
+
+def query_tags(request: web.Request) -> frozenset[str]:
+    """``?tags=a,b`` normalized; no tags means everything."""
+    raw = [t for t in request.query.get("tags", "").split(",") if t.strip()]
+    return frozenset(normalize_tags(raw, allow_wildcard=True)) if raw else frozenset({WILDCARD})
+
+
+def query_limit(request: web.Request) -> int:
+    """``?limit=N``, 1-500, default 50."""
+    raw = request.query.get("limit")
+    if raw is None:
+        return DEFAULT_LIMIT
+    # str.isdigit() is not enough: it accepts "²" (which int() rejects, a 500)
+    # and thousands of digits (which int() refuses to convert).
+    if not _LIMIT.fullmatch(raw) or not 1 <= int(raw) <= MAX_LIMIT:
+        raise ValidationError(f"limit must be an integer from 1 to {MAX_LIMIT}", field="limit")
+    return int(raw)
+
+
+async def list_items(request: web.Request) -> web.Response:
+    """Latest matching items (newest first, or older than ``before``), or those after
+    ``after`` (oldest first); ``next`` is the cursor to go on from, when there is more.
+
+    A read scans at most ``scan_budget`` stream entries, so a filter that
+    matches nothing answers quickly, with the ``next`` cursor to go on from.
+    """
+    grant = require_reader(request)
+    tags, limit = grant.narrow(query_tags(request)), query_limit(request)
+    store = request.app[STORE]
+    after, before = request.query.get("after"), request.query.get("before")
+    if after is not None and before is not None:
+        raise ValidationError("give after or before, not both", field="before")
+    if after is not None:
+        scan = await store.history_after(parse_cursor(after, field="after"), tags, limit)
+    else:
+        start = parse_id(before, field="before") if before is not None else None
+        scan = await store.history_before(tags, limit, before=start)
+    items = b",".join(e.json for e in grant.visible(scan.entries))
+    cursor = b',"next":"%s"' % format_id(scan.next).encode() if scan.next is not None else b""
+    return raw_json(b'{"items":[' + items + b"]" + cursor + b"}")
+
+
+async def get_item(request: web.Request) -> web.Response:
+    """One item by stream id (``?format=ninjs``: as an IPTC ninjs document).
+
+    An item outside the reader's grant is answered exactly like a missing one,
+    so that ids cannot be probed for what exists.
+    """
+    grant = require_reader(request)
+    as_ninjs = ninjs.wants_ninjs(request.query)
+    raw = request.match_info["id"]
+    key = parse_id(raw)
+    store = request.app[STORE]
+    entry = await store.get(f"{key[0]}-{key[1]}")
+    if entry is not None:
+        entry = grant.view(entry)
+    if entry is None:
+        raise NotFound(f"no item with id {raw}")
+    if not await store.redact([entry]):
+        raise Gone(f"item {raw} belongs to a withdrawn story; see /v1/stories/{entry.guid}")
+    if as_ninjs:
+        item = orjson.loads(entry.json)
+        story = [] if item.get("version") == 1 else grant.visible(await store.story(entry.guid))
+        first = ninjs.first_created([item, *(orjson.loads(v.json) for v in story)])
+        return ninjs_response(ninjs.to_ninjs(item, first))
+    return raw_json(b'{"item":' + entry.json + b"}")
+
+
+def ninjs_response(doc: object) -> web.Response:
+    """A ninjs document, as ``application/vnd.iptc.ninjs+json``."""
+    return web.Response(body=orjson.dumps(doc), content_type=ninjs.MEDIA_TYPE)

@@ -1,0 +1,147 @@
+"""Subscriber tokens limited to parts of the tag tree (partners, syndication).
+
+Loaded once from a small TOML file (``--entitlements path.toml``)::
+
+    [[token]]
+    token = "partner-sport-7f3a"
+    name = "Partner A"          # for logs and docs only
+    tags = ["sport"]            # sport and everything below it
+
+A limited token may subscribe only to its tags and tags below them (never
+``*``), and sees an item by any route only if one of the item's tags is
+within them. Tokens from ``WIRE_SUBSCRIBER_TOKENS`` are not limited.
+"""
+
+from __future__ import annotations
+
+import hmac
+import tomllib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from wire.core.entry import Entry
+from wire.core.errors import Forbidden, Unauthorized, ValidationError
+from wire.core.tags import WILDCARD, normalize_tags
+from wire.core.tokens import token_ok
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What one token may see: ``tags`` and below, or everything when None."""
+
+    tags: frozenset[str] | None = None
+
+    @property
+    def limited(self) -> bool:
+        return self.tags is not None
+
+    def covers(self, tag: str) -> bool:
+        """True when ``tag`` is one of the granted tags or below one."""
+        if self.tags is None:
+            return True
+        return any(tag == g or tag.startswith(g + "/") for g in self.tags)
+
+    def check_subscription(self, keys: Iterable[str]) -> None:
+        """Raise Forbidden (naming the tag) for a subscription outside the grant."""
+        for key in keys:
+            if (key == WILDCARD and self.limited) or not self.covers(key):
+                raise Forbidden(f"this token may not subscribe to {key!r}", field="tags")
+
+    def sees(self, item_tags: Iterable[str]) -> bool:
+        """True when an item with these tags is within the grant."""
+        return self.tags is None or any(self.covers(t) for t in item_tags)
+
+    def view(self, entry: Entry) -> Entry | None:
+        """``entry`` as this grant sees it: None when outside it, and a withdrawal
+        with only the granted ones of its tags.
+
+        A withdrawal carries the tags of every version of its story, which
+        must not tell a partner about versions it never saw.
+        """
+        if self.tags is None:
+            return entry
+        if entry.withdrawal:
+            return entry.narrowed(self.tags, self.covers)
+        return entry if self.sees(entry.tags) else None
+
+    def visible(self, entries: Sequence[Entry]) -> list[Entry]:
+        """The entries within the grant, each as :meth:`view` shows it."""
+        if self.tags is None:
+            return list(entries)
+        return [v for v in map(self.view, entries) if v is not None]
+
+    def narrow(self, keys: frozenset[str]) -> frozenset[str]:
+        """A read filter within the grant: ``*`` becomes the granted tags."""
+        if self.tags is None:
+            return keys
+        if WILDCARD in keys:
+            return self.tags
+        self.check_subscription(keys)
+        return keys
+
+
+EVERYTHING = Grant()
+
+
+@dataclass(frozen=True, slots=True)
+class Entitlements:
+    """Limited tokens and their grants."""
+
+    grants: tuple[tuple[str, Grant], ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.grants)
+
+    def grant_for(self, token: str) -> Grant | None:
+        """The grant of ``token``, or None when it is not a limited token.
+
+        Every token is compared in constant time, so timing reveals nothing.
+        """
+        found: Grant | None = None
+        given = token.encode()
+        for known, grant in self.grants:
+            if hmac.compare_digest(given, known.encode()):
+                found = grant
+        return found
+
+
+def load(path: Path) -> Entitlements:
+    """Read an entitlements file; raise ValidationError with a clear message."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise ValidationError(f"cannot read entitlements file {path}: {err}") from None
+    grants = []
+    for i, entry in enumerate(data.get("token", [])):
+        token, tags = entry.get("token"), entry.get("tags")
+        if not isinstance(token, str) or not token or not isinstance(tags, list) or not tags:
+            raise ValidationError(f"{path}: token #{i + 1} needs 'token' and a non-empty 'tags'")
+        grants.append((token, Grant(frozenset(normalize_tags(tags)))))
+    return Entitlements(tuple(grants))
+
+
+def reader_grant(
+    presented: str | None,
+    subscriber_tokens: Iterable[str],
+    entitlements: Entitlements,
+    also: Iterable[str] = (),
+) -> Grant:
+    """Who is reading: everything for an unlimited token (or a public wire), else a grant.
+
+    The wire is public only while neither subscriber tokens nor entitlements
+    are configured; ``also`` are further unlimited tokens (editors may read).
+    Raises Unauthorized for a missing or unknown token.
+    """
+    tokens = tuple(subscriber_tokens)
+    if not tokens and not entitlements:
+        return EVERYTHING
+    tokens += tuple(also)
+    if presented is None:
+        raise Unauthorized("a subscriber token is required (Authorization: Bearer <token>)")
+    if token_ok(presented, tokens):
+        return EVERYTHING
+    grant = entitlements.grant_for(presented)
+    if grant is None:
+        raise Unauthorized("the subscriber token is not valid")
+    return grant

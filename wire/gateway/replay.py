@@ -1,0 +1,155 @@
+"""Reading what a catch-up owes a connection, in bounded memory.
+
+A catch-up (``since``, ``compact``, ``backfill``) is a list of sources
+(:mod:`wire.resume`). :class:`History` turns each into pages of entries, from
+the hub's window of recent items when it covers them, else from Redis a page
+at a time; :func:`merge` interleaves several sources' pages in stream order,
+each entry once. Nothing here holds a whole range: a compact catch-up reads
+its range twice, keeping only one id per story in between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+
+from wire.core.entry import Entry
+from wire.core.ids import StreamKey
+from wire.core.resume import Held, Latest, Newest, Source, Window, fresh
+from wire.gateway.hub import Hub
+from wire.storage.store import PAGE, Store
+
+log = logging.getLogger("wire.gateway.handlers")
+
+#: Entries per page handed to the connection (each written once the socket took the last).
+SEND_PAGE = 100
+
+
+class History:
+    """The pages of a catch-up's sources, for one gateway process."""
+
+    __slots__ = ("compact_stories", "hub", "store")
+
+    def __init__(self, hub: Hub, store: Store, compact_stories: int) -> None:
+        self.hub = hub
+        self.store = store
+        self.compact_stories = compact_stories
+
+    def pages(self, source: Source) -> AsyncIterator[list[Entry]]:
+        """The source's entries, oldest first, a page at a time."""
+        if isinstance(source, Held):
+            return _listed(source.entries)
+        if isinstance(source, Latest):
+            return self._latest(source)
+        if source.compact:
+            return self._compact(source.window, source.keys)
+        return self._window(source.window, source.keys)
+
+    async def _window(self, window: Window, keys: frozenset[str]) -> AsyncIterator[list[Entry]]:
+        """Matching entries in the window (withdrawn versions left out)."""
+        cached = self.hub.recent_window(window)
+        if cached is not None:
+            yield [e for e in cached if e.matches(keys)]
+            return
+        async for page in self.store.pages_after(window.after, window.upto, keys):
+            yield page
+
+    async def _raw(self, window: Window) -> AsyncIterator[list[Entry]]:
+        """Every entry in the window, unfiltered: enough to find each story's newest."""
+        cached = self.hub.recent_window(window)
+        if cached is not None:
+            yield cached
+            return
+        cursor = window.after
+        while True:
+            page = await self.store.range_after(cursor, window.upto, count=PAGE)
+            raise_if_cancelled()
+            yield page
+            if len(page) < PAGE:
+                return
+            cursor = page[-1].key
+
+    async def _compact(self, window: Window, keys: frozenset[str]) -> AsyncIterator[list[Entry]]:
+        """Of each story only its newest matching version in the window.
+
+        A first read keeps the newest id per story (not the entries); the
+        second sends those entries. Withdrawn versions need no redaction in
+        the first read: a withdrawal is always its story's newest entry, and
+        the second read leaves out what redaction removes. Past
+        ``compact_stories`` stories the window goes out uncompacted (every
+        version, still in order and once each), so memory stays bounded.
+        """
+        newest = Newest(self.compact_stories)
+        async for page in self._raw(window):
+            if not newest.add(e for e in page if e.matches(keys)):
+                log.info("compact catch-up over %d stories: sending it uncompacted", newest.cap)
+                async for whole in self._window(window, keys):
+                    yield whole
+                return
+        async for page in self._window(window, keys):
+            yield [e for e in page if newest.keeps(e)]
+
+    async def _latest(self, source: Latest) -> AsyncIterator[list[Entry]]:
+        found = self.hub.recent_latest(source.keys, source.limit, source.upto)
+        if found is None:
+            before = _next(source.upto)
+            found = (await self.store.scan_latest(source.keys, source.limit, before=before))[::-1]
+        yield fresh(found, source.after)
+
+
+async def _listed(entries: Sequence[Entry]) -> AsyncIterator[list[Entry]]:
+    yield list(entries)
+
+
+async def merge(
+    streams: list[AsyncIterator[list[Entry]]],
+) -> AsyncGenerator[list[Entry], None]:
+    """Pages of at most :data:`SEND_PAGE` entries from ordered page streams: in
+    stream order, each key once."""
+    pending = [(stream, deque[Entry]()) for stream in streams]
+    out: list[Entry] = []
+    last: StreamKey | None = None
+    while True:
+        pending = [(stream, head) for stream, head in pending if await _fill(stream, head)]
+        if not pending:
+            break
+        head = min((h for _, h in pending), key=lambda h: h[0].key)
+        entry = head.popleft()
+        if last is None or entry.key > last:
+            last = entry.key
+            out.append(entry)
+            if len(out) == SEND_PAGE:
+                yield out
+                out = []
+    if out:
+        yield out
+
+
+async def _fill(stream: AsyncIterator[list[Entry]], head: deque[Entry]) -> bool:
+    """Refill an empty head from its stream; False once the stream has ended."""
+    while not head:
+        page = await anext(stream, None)
+        raise_if_cancelled()
+        if page is None:
+            return False
+        head.extend(page)
+    return True
+
+
+def raise_if_cancelled() -> None:
+    """Raise CancelledError when the current task was asked to stop.
+
+    redis-py can swallow a cancel that lands mid-command (3.11's
+    ``asyncio.wait_for`` drops it); without this a catch-up taken over by a
+    new subscribe could read on through its whole range.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+def _next(key: StreamKey) -> StreamKey:
+    """The smallest key after ``key`` (for inclusive upper bounds)."""
+    return key[0], key[1] + 1

@@ -1,0 +1,550 @@
+"""The Redis edge: publishing into the item stream and reading it back.
+
+Publishing is one Lua script, so the idempotency record, the story's version
+counter and the stream entry are written together or not at all: a publisher
+killed mid-request leaves either nothing or a complete item that a retry with
+the same Idempotency-Key finds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, cast
+from urllib.parse import unquote, urlsplit
+
+import orjson
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
+
+from wire.core.entry import Entry, with_id
+from wire.core.errors import (
+    IdempotencyKeyReused,
+    KeyConflict,
+    NotFound,
+    ServiceUnavailable,
+    StoryWithdrawn,
+)
+from wire.core.ids import ZERO, StreamKey, format_id
+from wire.core.items import Submission, published_now
+from wire.runtime.settings import Settings
+from wire.storage import keys, scripts
+
+PAGE = 1000  # entries per XRANGE while scanning history
+#: Due embargoes released per script: big enough that 5,000 due at one moment
+#: go out in ten round trips, small enough that Redis is busy for only a few
+#: milliseconds per script.
+RELEASE_BATCH = 500
+#: How long an embargo whose story keys hold a foreign type waits before the
+#: next attempt (an operator can repair the key meanwhile).
+CONFLICT_RETRY_MS = 60_000
+
+log = logging.getLogger("wire.storage.store")
+
+
+@dataclass(frozen=True, slots=True)
+class Scan:
+    """A bounded history read: what it found, and where to go on from.
+
+    ``next`` is None when the read reached the end (of the stream, or of its
+    range); otherwise a later read from it (exclusive) continues without
+    missing or repeating anything, whether the limit or the budget ended it.
+    """
+
+    entries: list[Entry]
+    next: StreamKey | None
+
+
+_Read = Callable[[StreamKey | None, int], Awaitable[list[Entry]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """What a publish returns: the item's JSON (with id) and whether it is new."""
+
+    id: str
+    json: bytes
+    created: bool
+
+
+def connect(url: str, *, socket_timeout: float | None = 5.0) -> aioredis.Redis:
+    """A Redis client for ``redis://``, ``rediss://``, ``unix://`` or a Sentinel URL.
+
+    ``redis+sentinel://h1:26379,h2:26379/mymaster`` asks the Sentinels for the
+    current primary on every (re)connect, so a failover is followed without a
+    restart.
+
+    redis-py's automatic retries are off: re-sending a publish script whose
+    answer was lost could store the item twice when the editor sent no
+    Idempotency-Key. Callers see the error (HTTP 503) and retry with the key;
+    the gateway's reader retries on its own, from the last id it delivered.
+    """
+    no_retry = Retry(NoBackoff(), 0)
+    if url.startswith("redis+sentinel://"):
+        parts = urlsplit(url)
+        hosts = []
+        for hp in parts.netloc.split("@")[-1].split(","):
+            host, _, port = hp.rpartition(":")
+            hosts.append((host or "127.0.0.1", int(port or 26379)))
+        service = unquote(parts.path.strip("/")) or "mymaster"
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            hosts, socket_timeout=socket_timeout, socket_connect_timeout=2.0
+        )
+        return cast(
+            aioredis.Redis,
+            sentinel.master_for(
+                service,
+                socket_timeout=socket_timeout,
+                socket_connect_timeout=2.0,
+                retry=no_retry,
+            ),
+        )
+    # A blocking pool: past max_connections a command waits for a free
+    # connection (redis-py's default pool raises "Too many connections" at
+    # 100 in flight, which a resume storm or a publish burst reaches at once).
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=64,
+        timeout=20,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=2.0,
+        health_check_interval=30,
+        retry=no_retry,
+    )
+    return aioredis.Redis.from_pool(pool)
+
+
+def body_hash(data: object) -> str:
+    """A stable digest of a request body, for Idempotency-Key comparisons."""
+    return hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+class Store:
+    """Reads and writes the item stream for the publisher and the gateway."""
+
+    def __init__(self, redis: aioredis.Redis, settings: Settings) -> None:
+        self.redis = redis
+        self.settings = settings
+        self._trimmed: asyncio.Future[StreamKey] | None = None
+        self._publish = redis.register_script(scripts.PUBLISH)
+        self._withdraw = redis.register_script(scripts.WITHDRAW)
+        self._embargo = redis.register_script(scripts.EMBARGO)
+        self._cancel = redis.register_script(scripts.CANCEL_EMBARGO)
+        self._release = redis.register_script(scripts.RELEASE)
+
+    async def publish(
+        self, sub: Submission, *, idempotency_key: str | None = None, digest: str = ""
+    ) -> Published:
+        """Append a new version of ``sub``'s story; idempotent per key and body."""
+        head, mark, rest, tags, urgency = _parts(sub)
+        result, acked = await self._write(
+            self._publish,
+            keys=[
+                keys.STREAM,
+                keys.story(sub.guid),
+                keys.story_tags(sub.guid),
+                keys.story_ids(sub.guid),
+                keys.idempotency(idempotency_key) if idempotency_key else "",
+            ],
+            args=[
+                sub.guid,
+                head,
+                mark,
+                published_now(),
+                rest,
+                tags,
+                urgency,
+                *self._retention(),
+                digest,
+                self.settings.idempotency_ttl,
+            ],
+        )
+        status, entry_id, json = self._answer(result, acked)
+        return Published(entry_id, with_id(entry_id, json), status == "new")
+
+    def _retention(self) -> list[int]:
+        """Stream MAXLEN, stream MINID and the story keys' ttl, for the write scripts."""
+        now_ms = int(time.time() * 1000)
+        minid = max(0, now_ms - int(self.settings.retention_days * 86_400_000))
+        story_ttl = int(self.settings.retention_days * 86_400) + 86_400
+        return [self.settings.max_items, minid, story_ttl]
+
+    async def _write(
+        self, script: AsyncScript, *, keys: list[Any], args: list[Any]
+    ) -> tuple[list[bytes], int]:
+        """Run a write script and, with ``replica_acks``, WAIT on its connection.
+
+        WAIT counts the replicas that have the writes of its own connection:
+        sent separately, from the pool, it may run on another connection and
+        return at once whatever the replicas hold. So both go in one pipeline.
+        (A script that finds an earlier answer still writes, so that the WAIT
+        then covers the original entry too.)
+        """
+        if self.settings.replica_acks <= 0:
+            return await script(keys=keys, args=args), 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            await script(keys=keys, args=args, client=pipe)
+            pipe.execute_command("WAIT", self.settings.replica_acks, 2000)
+            result, acked = await pipe.execute()
+        return result, int(acked)
+
+    def _answer(self, result: list[bytes], acked: int = 0) -> tuple[str, str, bytes]:
+        """A write script's (status, stream id, JSON), or the error its status means."""
+        status = result[0].decode()
+        if status == "reused":
+            raise IdempotencyKeyReused(
+                "this Idempotency-Key was already used with a different body"
+            )
+        if status == "withdrawn":
+            raise StoryWithdrawn("this story was withdrawn; publish it under a new guid")
+        if status == "unknown":
+            raise NotFound("no such story")
+        if status == "conflict":
+            raise KeyConflict(f"redis key {result[1].decode()!r} holds a type wire did not write")
+        if self.settings.replica_acks > 0 and acked < self.settings.replica_acks:
+            # Answer 201 (or 200 to a retry) only once a replica has the entry,
+            # so a failover to that replica cannot lose an acknowledged item.
+            raise ServiceUnavailable("no replica acknowledged the write in time; retry")
+        return status, result[1].decode(), result[2]
+
+    async def withdraw(self, guid: str, reason: str) -> Published:
+        """Append the withdrawal of a story (idempotent: a repeat returns the first)."""
+        maxlen, minid, story_ttl = self._retention()
+        result, acked = await self._write(
+            self._withdraw,
+            keys=[keys.STREAM, keys.story(guid), keys.story_tags(guid), keys.story_ids(guid)],
+            args=[
+                guid,
+                orjson.dumps(guid),
+                orjson.dumps(reason),
+                published_now(),
+                maxlen,
+                minid,
+                story_ttl,
+            ],
+        )
+        status, entry_id, json = self._answer(result, acked)
+        return Published(entry_id, with_id(entry_id, json), status == "new")
+
+    async def story(self, guid: str) -> list[Entry]:
+        """Every kept version of a story (withdrawn content redacted), oldest first."""
+        ids = await self.redis.lrange(keys.story_ids(guid), 0, -1)
+        if not ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for eid in ids:
+                pipe.xrange(keys.STREAM, eid, eid, count=1)
+            rows = await pipe.execute()
+        entries = [_entries(r)[0] for r in rows if r]
+        if any(e.withdrawal for e in entries):
+            entries = [e if e.withdrawal else _stub(e) for e in entries]
+        return entries
+
+    async def redact(self, entries: list[Entry]) -> list[Entry]:
+        """Drop versions of withdrawn stories (their withdrawals stay)."""
+        guids = list({e.guid for e in entries if not e.withdrawal})
+        if not guids:
+            return entries
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for guid in guids:
+                pipe.hexists(keys.story(guid), "withdrawn")
+            flags = await pipe.execute()
+        gone = {g for g, flag in zip(guids, flags, strict=True) if flag}
+        if not gone:
+            return entries
+        return [e for e in entries if e.withdrawal or e.guid not in gone]
+
+    async def embargo(
+        self,
+        sub: Submission,
+        pending: bytes,
+        *,
+        idempotency_key: str | None = None,
+        digest: str = "",
+    ) -> Published:
+        """Schedule ``sub`` for release at its embargo time (replacing a pending one).
+
+        Idempotent per key and body like :meth:`publish`: a repeat answers the
+        first pending item (``created`` False) and schedules nothing. Refused
+        (StoryWithdrawn) for a withdrawn story. The answer has no stream id.
+        """
+        assert sub.embargo_until is not None
+        due = int(sub.embargo_until.timestamp() * 1000)
+        head, mark, rest, tags, urgency = _parts(sub)
+        result, acked = await self._write(
+            self._embargo,
+            keys=[
+                keys.EMBARGOES,
+                keys.embargo(sub.guid),
+                keys.story(sub.guid),
+                keys.story_tags(sub.guid),
+                keys.story_ids(sub.guid),
+                keys.idempotency(idempotency_key) if idempotency_key else "",
+            ],
+            args=[
+                *(due, pending, sub.guid, head, mark, rest, tags, urgency),
+                *(digest, self.settings.idempotency_ttl),
+            ],
+        )
+        status, _, json = self._answer(result, acked)
+        return Published("", json, status == "new")
+
+    async def embargoes(self) -> list[bytes]:
+        """Pending embargoed items (JSON), soonest first."""
+        members: Any = await self.redis.zrange(keys.EMBARGOES, 0, -1)
+        if not members:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for member in members:
+                pipe.hget(member, "p")
+            found = await pipe.execute()
+        return [f for f in found if f is not None]
+
+    async def cancel_embargo(self, guid: str) -> bool:
+        """Cancel a pending embargoed item; False when there was none."""
+        return bool(await self._cancel(keys=[keys.EMBARGOES, keys.embargo(guid)], args=[]))
+
+    async def release_embargoes(
+        self, now_ms: int, limit: int = RELEASE_BATCH
+    ) -> list[tuple[str, str, str]]:
+        """Publish up to ``limit`` items due by ``now_ms`` in one script, soonest first.
+
+        Answers (status, guid, stream id or detail) per item handled; see
+        ``scripts.RELEASE``. Fewer than ``limit`` answers: nothing more is due.
+        """
+        maxlen, minid, story_ttl = self._retention()
+        result, acked = await self._write(
+            self._release,
+            keys=[keys.STREAM, keys.EMBARGOES],
+            args=[now_ms, limit, published_now(), maxlen, minid, story_ttl, CONFLICT_RETRY_MS],
+        )
+        if result and acked < self.settings.replica_acks:
+            # Released is released (it cannot be taken back); say it is at risk.
+            log.warning("embargo release: no replica acknowledged %d items", len(result) // 3)
+        it = iter(v.decode() for v in result)
+        return list(zip(it, it, it, strict=True))
+
+    async def get(self, entry_id: str) -> Entry | None:
+        """One entry by id, or None when unknown (or trimmed)."""
+        rows = await self.redis.xrange(keys.STREAM, entry_id, entry_id, count=1)
+        return _entries(rows)[0] if rows else None
+
+    async def last_key(self) -> StreamKey:
+        """The id of the newest entry, (0, 0) for an empty stream."""
+        rows = await self.redis.xrevrange(keys.STREAM, count=1)
+        return _entries(rows)[0].key if rows else (0, 0)
+
+    async def trimmed_before(self) -> StreamKey:
+        """The greatest id ever trimmed away by retention ((0, 0) if none).
+
+        Concurrent callers (a resume storm: thousands of clients at once)
+        share one ``XINFO`` in flight instead of sending one each, so an
+        answer is at most one round trip old.
+        """
+        if self._trimmed is None or self._trimmed.done():
+            self._trimmed = asyncio.ensure_future(self._read_trimmed())
+        return await asyncio.shield(self._trimmed)
+
+    async def _read_trimmed(self) -> StreamKey:
+        try:
+            info = await self.redis.xinfo_stream(keys.STREAM)
+        except aioredis.ResponseError:  # no such key: nothing stored, nothing trimmed
+            return (0, 0)
+
+        def key(name: str) -> StreamKey:
+            raw = info.get(name) or b"0-0"
+            ms, _, seq = (raw.decode() if isinstance(raw, bytes) else str(raw)).partition("-")
+            return int(ms), int(seq or 0)
+
+        trimmed = key("max-deleted-entry-id")
+        # Redis 7.0 does not move max-deleted-entry-id on XTRIM, which is how
+        # retention removes entries: when fewer entries remain than were ever
+        # added, everything before the first one kept is gone too.
+        if int(info.get("entries-added") or 0) > int(info.get("length") or 0):
+            if info.get("length"):
+                ms, seq = key("recorded-first-entry-id")
+                trimmed = max(trimmed, (ms, seq - 1) if seq else (ms - 1, 2**64 - 1))
+            else:
+                trimmed = max(trimmed, key("last-generated-id"))
+        return trimmed
+
+    async def length(self) -> int:
+        """Number of entries currently kept."""
+        return await self.redis.xlen(keys.STREAM)
+
+    async def read_new(self, after: StreamKey, *, count: int, block_ms: int | None) -> list[Entry]:
+        """Entries after ``after`` (the gateway's one blocking reader uses this)."""
+        reply: Any = await self.redis.xread(
+            {keys.STREAM: format_id(after)}, count=count, block=block_ms
+        )
+        if not reply:
+            return []
+        return _entries(reply[0][1])
+
+    async def range_after(
+        self, after: StreamKey, upto: StreamKey | None, *, count: int
+    ) -> list[Entry]:
+        """Up to ``count`` entries with after < id <= upto, oldest first."""
+        end = format_id(upto) if upto is not None else "+"
+        rows = await self.redis.xrange(keys.STREAM, "(" + format_id(after), end, count=count)
+        return _entries(rows)
+
+    async def range_before(self, before: StreamKey | None, *, count: int) -> list[Entry]:
+        """Up to ``count`` entries with id < before (or the newest), newest first."""
+        if before == ZERO:  # nothing precedes 0-0, and Redis refuses the range "(0-0"
+            return []
+        start = "(" + format_id(before) if before is not None else "+"
+        rows = await self.redis.xrevrange(keys.STREAM, start, "-", count=count)
+        return _entries(rows)
+
+    async def pages_after(
+        self,
+        after: StreamKey,
+        upto: StreamKey | None,
+        keys: frozenset[str],
+        budget: int | None = None,
+    ) -> AsyncIterator[list[Entry]]:
+        """Entries matching ``keys`` with after < id <= upto, a page at a time, oldest
+        first, withdrawn versions left out (every history read goes through here).
+
+        Without a ``budget`` the read is complete (a resume must be); with one it
+        stops after that many stream entries, matching or not.
+        """
+        read = self._reader_after(upto)
+        async for found, _ in self._walk(read, after, keys, budget):
+            yield found
+
+    async def pages_before(
+        self, before: StreamKey | None, keys: frozenset[str], budget: int | None = None
+    ) -> AsyncIterator[list[Entry]]:
+        """Like :meth:`pages_after`, newest first, from before ``before`` (or the end)."""
+        async for found, _ in self._walk(self._reader_before, before, keys, budget):
+            yield found
+
+    @property
+    def _budget(self) -> int:
+        return max(1, self.settings.scan_budget)
+
+    async def _reader_before(self, cursor: StreamKey | None, count: int) -> list[Entry]:
+        return await self.range_before(cursor, count=count)
+
+    def _reader_after(self, upto: StreamKey | None) -> _Read:
+        async def read(cursor: StreamKey | None, count: int) -> list[Entry]:
+            assert cursor is not None
+            return await self.range_after(cursor, upto, count=count)
+
+        return read
+
+    async def _walk(
+        self, read: _Read, cursor: StreamKey | None, keys: frozenset[str], budget: int | None
+    ) -> AsyncIterator[tuple[list[Entry], StreamKey | None]]:
+        """(matching entries of a page, where to go on from): the second is None
+        once the stream ends, so a reader can tell "ran out of budget" from "done"."""
+        left = budget
+        while True:
+            count = PAGE if left is None else max(0, min(PAGE, left))
+            page = await read(cursor, count) if count else []
+            more = bool(page) and len(page) == count
+            if page:
+                cursor = page[-1].key
+            if left is not None:
+                left -= len(page)
+            found = await self.redact([e for e in page if e.matches(keys)]) if page else []
+            yield found, cursor if more else None
+            if not more or left == 0:
+                return
+
+    async def history_after(
+        self,
+        after: StreamKey,
+        subscription: Iterable[str],
+        limit: int,
+        upto: StreamKey | None = None,
+    ) -> Scan:
+        """Up to ``limit`` matching entries after ``after``, oldest first, reading at
+        most ``scan_budget`` entries; ``next`` says where to continue."""
+        pages = self._walk(self._reader_after(upto), after, frozenset(subscription), self._budget)
+        return await _first(pages, limit)
+
+    async def history_before(
+        self, subscription: Iterable[str], limit: int, before: StreamKey | None = None
+    ) -> Scan:
+        """Like :meth:`history_after`, newest first, from before ``before`` (or the end)."""
+        pages = self._walk(self._reader_before, before, frozenset(subscription), self._budget)
+        return await _first(pages, limit)
+
+    async def scan_after(
+        self,
+        after: StreamKey,
+        subscription: Iterable[str],
+        limit: int,
+        upto: StreamKey | None = None,
+    ) -> list[Entry]:
+        """Matching entries after ``after`` (up to ``upto``), oldest first, at most
+        ``limit``, within the scan budget (see :meth:`history_after`)."""
+        return (await self.history_after(after, subscription, limit, upto)).entries
+
+    async def scan_latest(
+        self, subscription: Iterable[str], limit: int, before: StreamKey | None = None
+    ) -> list[Entry]:
+        """The newest ``limit`` matching entries (older than ``before``), newest first,
+        within the scan budget (a backfill shows what the budget found)."""
+        return (await self.history_before(subscription, limit, before)).entries
+
+    async def ping(self) -> bool:
+        """True when Redis answers."""
+        return bool(await self.redis.ping())
+
+
+async def _first(pages: AsyncIterator[tuple[list[Entry], StreamKey | None]], limit: int) -> Scan:
+    """The first ``limit`` entries of a paged read, reading no further page than needed."""
+    found: list[Entry] = []
+    going_on: StreamKey | None = None
+    async for page, going_on in pages:
+        found.extend(page)
+        if len(found) >= limit:
+            more = len(found) > limit or going_on is not None
+            return Scan(found[:limit], found[limit - 1].key if more else None)
+    # Out of budget (going_on set) or at the stream's end (None).
+    return Scan(found, going_on)
+
+
+def _stub(entry: Entry) -> Entry:
+    """A withdrawn version with its content removed: who, when, which version."""
+    item = orjson.loads(entry.json)
+    kept = {k: item[k] for k in ("id", "guid", "version", "published_at", "tags")}
+    kept["pubstatus"] = "canceled"
+    return Entry(entry.id, entry.tags, entry.urgency, entry.guid, orjson.dumps(kept))
+
+
+def _entries(rows: Any) -> list[Entry]:
+    return [Entry.from_fields(eid, fields) for eid, fields in rows]
+
+
+def _parts(sub: Submission) -> tuple[bytes, bytes, bytes, str, int]:
+    """What the scripts build an item from: head, mark JSON, rest, tags, urgency.
+
+    Stored layout: ``{"guid":..,"version":<v>,"mark":<m>,"pubstatus":"usable",
+    "published_at":<t>,"urgency":..,...}``; the script fills in the version,
+    the mark ("Updated" for a later version without one) and the time, so an
+    embargoed item gets its time when it is released.
+    """
+    head = b'{"guid":' + orjson.dumps(sub.guid) + b',"version":'
+    rest = orjson.dumps(
+        {
+            "urgency": sub.urgency,
+            "title": sub.title,
+            "subtitle": sub.subtitle,
+            "tags": list(sub.tags),
+            "url": sub.url,
+            "body": sub.body,
+        }
+    )
+    return head, orjson.dumps(sub.mark), b"," + rest[1:], " ".join(sub.tags), sub.urgency

@@ -1,0 +1,90 @@
+"""Cross-origin reads for dashboards, and the editor API for listed origins only.
+
+Which origin may use what (``WIRE_ALLOWED_ORIGINS``, comma-separated):
+
+- **Reads** (``GET`` of ``/v1/items``, ``/v1/stories`` and ``/v1/sse``): any
+  origin (``Access-Control-Allow-Origin: *``) while no origin is listed, like
+  the WebSocket, which then accepts any ``Origin`` too; once origins are
+  listed, only those (the origin is echoed, with ``Vary: Origin``).
+- **The editor API** (everything else under ``/v1/``: publish, withdraw,
+  embargoes): listed origins only, never ``*``.
+
+The headers are added when a response is prepared, so errors (401, 404...)
+and the SSE stream carry them too and a browser can read the JSON error.
+Bearer tokens are not cookies: no ``Access-Control-Allow-Credentials``.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from wire.core.errors import Forbidden, quoted
+from wire.web.appkeys import SETTINGS
+from wire.web.http import Handler
+
+_READ_PREFIXES = ("/v1/items", "/v1/stories/", "/v1/sse")
+_READ_METHODS = frozenset({"GET", "HEAD"})
+#: Request headers a page may send (beyond the CORS-safelisted ones).
+ALLOW_HEADERS = "Authorization, Content-Type, Idempotency-Key, Last-Event-ID, X-Request-Id"
+#: Response headers a page may read (beyond the CORS-safelisted ones).
+EXPOSE_HEADERS = "X-Request-Id, ETag, Retry-After, Location, Allow, Link"
+MAX_AGE = "600"
+
+
+def _is_read(method: str, path: str) -> bool:
+    return method in _READ_METHODS and path.startswith(_READ_PREFIXES)
+
+
+def allow_origin(request: web.Request, method: str) -> str | None:
+    """The ``Access-Control-Allow-Origin`` value for ``method`` on this path, or None."""
+    listed = request.app[SETTINGS].allowed_origins
+    if _is_read(method, request.path) and not listed:
+        return "*"
+    origin = request.headers.get("Origin")
+    if origin is not None and origin in listed and request.path.startswith("/v1/"):
+        return origin
+    return None
+
+
+async def add_cors_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: the CORS headers of every ``/v1/`` response."""
+    if not request.path.startswith("/v1/") or request.path == "/v1/ws":
+        return
+    method = request.method
+    if method == "OPTIONS":  # a preflight: answered for the method it asks about
+        method = request.headers.get("Access-Control-Request-Method", method)
+    value = allow_origin(request, method)
+    if value != "*":
+        # The answer depends on Origin: shared caches must keep one per origin.
+        response.headers.add("Vary", "Origin")
+    if value is not None:
+        response.headers["Access-Control-Allow-Origin"] = value
+        response.headers["Access-Control-Expose-Headers"] = EXPOSE_HEADERS
+
+
+@web.middleware
+async def preflight(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer CORS preflights (``OPTIONS`` with ``Access-Control-Request-Method``).
+
+    A preflight for a method the route has, from an origin allowed to use it,
+    is 204; from any other origin it is 403 without CORS headers, which the
+    browser reports as a blocked request. Unknown routes stay 404.
+    """
+    wanted = request.headers.get("Access-Control-Request-Method")
+    if request.method != "OPTIONS" or wanted is None:
+        return await handler(request)
+    refused = request.match_info.http_exception
+    allowed = getattr(refused, "allowed_methods", None)
+    if allowed is None:  # no such route (or, some day, a real OPTIONS handler)
+        return await handler(request)
+    if wanted not in allowed:
+        raise Forbidden(f"{quoted(wanted)} is not a method of {quoted(request.path)}")
+    origin = allow_origin(request, wanted)
+    if origin is None:
+        raise Forbidden(f"origin {quoted(request.headers.get('Origin', ''))} may not {wanted} here")
+    response = web.Response(status=204)
+    response.headers["Access-Control-Allow-Methods"] = wanted
+    response.headers["Access-Control-Allow-Headers"] = ALLOW_HEADERS
+    response.headers["Access-Control-Max-Age"] = MAX_AGE
+    response.headers["Vary"] = "Access-Control-Request-Method, Access-Control-Request-Headers"
+    return response

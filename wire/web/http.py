@@ -1,0 +1,179 @@
+"""HTTP edge helpers: JSON responses and the one place errors become statuses."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import orjson
+from aiohttp import web
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from wire.core.errors import (
+    ClientError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    quoted,
+)
+
+log = logging.getLogger("wire.web.http")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError)
+
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+access = logging.getLogger("wire.access")
+
+
+@web.middleware
+async def request_log(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """One JSON log line per request, with a request id echoed as X-Request-Id.
+
+    Only the method, route pattern and status are logged: never the query
+    string (it may carry ``?token=``), headers or bodies.
+    """
+    given = request.headers.get("X-Request-Id", "")
+    rid = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex[:16]
+    started = time.perf_counter()
+    response = await handler(request)
+    if not response.prepared:
+        response.headers["X-Request-Id"] = rid
+    resource = request.match_info.route.resource
+    access.info(
+        "request",
+        extra={
+            "request_id": rid,
+            "method": request.method,
+            "route": resource.canonical if resource is not None else "unmatched",
+            "status": response.status,
+            "ms": round((time.perf_counter() - started) * 1000, 2),
+        },
+    )
+    return response
+
+
+def json_response(data: object, status: int = 200) -> web.Response:
+    """A JSON response serialized with orjson."""
+    return raw_json(orjson.dumps(data), status)
+
+
+def raw_json(body: bytes, status: int = 200) -> web.Response:
+    """A response around JSON that is already serialized (stored items are)."""
+    return web.Response(body=body, status=status, content_type="application/json")
+
+
+def error_response(status: int, body: dict[str, str]) -> web.Response:
+    """``{"error": {"code", "message", "field"?}}`` with the given status."""
+    return json_response({"error": body}, status)
+
+
+_HTTP_ERRORS: dict[int, type[ClientError]] = {
+    404: NotFound,
+    405: MethodNotAllowed,
+    413: PayloadTooLarge,
+}
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Map every failure to a JSON error; bad input never becomes a 500."""
+    try:
+        return await handler(request)
+    except ClientError as err:
+        return error_response(err.status, err.as_dict())
+    except ServiceUnavailable as err:
+        return error_response(503, err.as_dict())
+    except REDIS_DOWN as err:
+        log.warning("redis unavailable: %s", err)
+        return error_response(503, ServiceUnavailable("redis is unavailable, retry").as_dict())
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        kind = _HTTP_ERRORS.get(exc.status)
+        if kind is not None:
+            reason = exc.reason if kind is not NotFound else f"no route for {quoted(request.path)}"
+            response = error_response(exc.status, kind(reason).as_dict())
+            # A 405 must say which methods the resource has (RFC 9110 15.5.6).
+            if "Allow" in exc.headers:
+                response.headers["Allow"] = exc.headers["Allow"]
+            return response
+        return error_response(exc.status, {"code": "http_error", "message": exc.reason})
+    except Exception:
+        # A bug, not bad input: log it whole, answer without internals.
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, {"code": "internal_error", "message": "internal error"})
+
+
+# -- request bodies: "100 Continue" only when wanted, never drained at a cost ------
+
+
+async def defer_continue(request: web.Request) -> web.StreamResponse | None:
+    """The routes' ``Expect`` handler: say nothing yet.
+
+    aiohttp's default answers ``100 Continue`` before any middleware or
+    handler runs, inviting a 5 MB upload that is then refused (401, 413...).
+    Here the handler decides: :func:`send_continue` is called just before the
+    body is read. An expectation other than ``100-continue`` is a 417.
+    """
+    if request.headers.get("Expect", "").lower() == "100-continue":
+        return None
+    body = {"code": "expectation_failed", "message": "only Expect: 100-continue is supported"}
+    return error_response(417, body)
+
+
+def defer_continue_everywhere(app: web.Application) -> None:
+    """Install :func:`defer_continue` on every route of ``app`` (call after adding them)."""
+    for route in app.router.routes():
+        # aiohttp offers expect_handler= only when a route is added, and the
+        # routes are added by each half's setup function; this one attribute
+        # covers them all (tests/test_hardening_edge.py checks it works).
+        route._expect_handler = defer_continue
+
+
+async def send_continue(request: web.Request) -> None:
+    """Send ``100 Continue`` if the client waits for it: its body is about to be read."""
+    expect = request.headers.get("Expect", "").lower()
+    if expect == "100-continue" and request.version >= (1, 1) and not request.content.is_eof():
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the response proper has not started
+
+
+def _unread_costly(request: web.Request) -> bool:
+    """The body is not all in, and taking it in would cost more than bytes.
+
+    aiohttp drains an unread body after the response (for up to 10 s) so the
+    connection can be reused; a compressed body is inflated while drained (a
+    1 MB gzip bomb is 1 GB of work), and a client that sent ``Expect:
+    100-continue`` and was never told to continue has nothing to drain.
+    """
+    if request.content.is_eof():
+        return False
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    return encoding not in ("", "identity") or "Expect" in request.headers
+
+
+@web.middleware
+async def close_unread_body(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer a request whose body was left unread, then close instead of draining.
+
+    The outermost middleware: the response is final (request id, CORS
+    headers) by the time it is sent here.
+    """
+    response = await handler(request)
+    if isinstance(response, web.WebSocketResponse) or not _unread_costly(request):
+        return response
+    if not response.prepared:
+        response.force_close()  # Connection: close
+    await response.prepare(request)
+    await response.write_eof()
+    # Without this aiohttp would read (and inflate) the rest to reuse the
+    # connection. The response is already written; close() flushes it first.
+    request.protocol.force_close()
+    return response

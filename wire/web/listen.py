@@ -1,0 +1,162 @@
+"""The listening socket: a cap on plain HTTP connections, and quiet accept errors.
+
+WebSocket and SSE connections have their own cap (``WIRE_MAX_CONNECTIONS``,
+checked before the upgrade). Plain HTTP connections (idle keep-alives, slow
+or abandoned requests) are capped here, per process, at
+``WIRE_MAX_HTTP_CONNECTIONS`` and never above what the open-files limit
+leaves room for: a connection beyond it is answered ``503`` and closed at
+once, so a flood of idle sockets cannot use up the descriptors that Redis,
+new subscribers and the log need.
+
+When descriptors run out anyway, asyncio logs "socket.accept() out of system
+resource" with a traceback once per connection waiting in the backlog (tens
+of thousands of lines a second); :class:`AcceptErrors` keeps one line per
+interval, with a count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import resource
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+log = logging.getLogger("wire.web.listen")
+
+#: Descriptors kept back from the plain HTTP cap for Redis connections, the
+#: listening socket, log files and the like.
+FD_RESERVE = 64
+
+
+def http_connection_limit(configured: int) -> int:
+    """``configured``, lowered to what the open-files limit leaves room for."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return configured
+    room = max(1, soft - FD_RESERVE)
+    if room < configured:
+        log.warning(
+            "plain HTTP connections capped at %d by the open-files limit (%d); "
+            "raise ulimit -n for more",
+            room,
+            soft,
+        )
+    return min(configured, room)
+
+
+_BODY = orjson.dumps(
+    {
+        "error": {
+            "code": "too_many_connections",
+            "message": "this server is at its HTTP connection limit; retry shortly",
+        }
+    }
+)
+REFUSAL = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"Retry-After: 1\r\nConnection: close\r\nContent-Length: "
+    + str(len(_BODY)).encode()
+    + b"\r\n\r\n"
+    + _BODY
+)
+
+
+class _Refused(asyncio.Protocol):
+    """A connection over the cap: a 503, then closed, nothing read."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(REFUSAL)
+        transport.close()
+
+
+class _Counted(asyncio.Protocol):
+    """aiohttp's protocol for one connection, with its end counted."""
+
+    def __init__(self, inner: asyncio.Protocol, cap: ConnectionCap) -> None:
+        self._inner = inner
+        self._cap = cap
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cap.open -= 1
+        self._inner.connection_lost(exc)
+
+
+class ConnectionCap:
+    """The protocol factory for ``loop.create_server``: aiohttp's, within the cap.
+
+    ``open`` counts every connection (streams included) in O(1), from accept
+    to close; ``streams()`` says how many of them are WebSocket/SSE
+    subscribers, which count against their own cap instead.
+    """
+
+    def __init__(self, server: web.Server, limit: int, streams: Callable[[], int]) -> None:
+        self.server = server
+        self.limit = limit
+        self.streams = streams
+        self.open = 0
+        self.refused = 0
+
+    def __call__(self) -> asyncio.Protocol:
+        if self.open - self.streams() >= self.limit:
+            self.refused += 1
+            return _Refused()
+        self.open += 1
+        return _Counted(self.server(), self)
+
+
+ACCEPT_MESSAGE = "socket.accept() out of system resource"
+
+
+class AcceptErrors:
+    """A loop exception handler that logs accept failures once per ``interval`` seconds.
+
+    Everything else goes to the loop's default handler unchanged.
+    """
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self.interval = interval
+        self.suppressed = 0
+        self.next_log = 0.0
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if context.get("message") != ACCEPT_MESSAGE:
+            loop.default_exception_handler(context)
+            return
+        self.suppressed += 1
+        now = time.monotonic()
+        if now < self.next_log:
+            return
+        exc = context.get("exception")
+        code = errno.errorcode.get(getattr(exc, "errno", 0) or 0, "unknown")
+        log.error(
+            "accept() failed %d times (%s: out of file descriptors or memory); "
+            "new connections wait in the backlog; next report in %gs at the earliest",
+            self.suppressed,
+            code,
+            self.interval,
+            extra={"failures": self.suppressed, "errno": code},
+        )
+        self.suppressed = 0
+        self.next_log = now + self.interval

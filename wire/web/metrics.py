@@ -1,0 +1,168 @@
+"""Prometheus metrics at ``GET /metrics``.
+
+Counters on the fan-out path are plain integers kept by the hub and read by a
+collector at scrape time, so delivering an item costs no metric update per
+subscriber; the publish-to-deliver histogram is observed once per item.
+
+No label ever carries a string a client or an editor chose (a tag, a guid, a
+token's name, an HTTP method): metrics are read by people and systems outside
+any grant, and such labels would also let anyone grow the series without end.
+With ``WIRE_METRICS_TOKEN`` set, ``/metrics`` requires it as a Bearer token.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+
+from wire.core.entry import Entry
+from wire.core.tokens import bearer, require
+from wire.gateway.handlers import HUB, READER, Reader
+from wire.gateway.hub import Hub
+from wire.web.appkeys import SETTINGS, STORE
+from wire.web.http import REDIS_DOWN, Handler
+
+#: HTTP methods counted by name; anything else a client sends is "other".
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class Metrics:
+    """One registry per app, so several apps in one process never collide."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.published = Counter(
+            "wire_items_published",
+            "Items accepted by this publisher",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.requests = Counter(
+            "wire_http_requests",
+            "HTTP requests answered",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.redis_errors = Counter(
+            "wire_redis_errors",
+            "Redis operations that failed (connection or timeout)",
+            ["component"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "wire_publish_to_deliver_seconds",
+            "From the item's stream id (Redis time at publish) to its fan-out here",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=self.registry,
+        )
+        self.stream_length = Gauge(
+            "wire_stream_length", "Entries kept in the item stream", registry=self.registry
+        )
+        self.reader_lag = Gauge(
+            "wire_reader_lag_seconds",
+            "Age gap between the newest stream entry and the last one this gateway fanned out",
+            registry=self.registry,
+        )
+
+    def observe(self, entries: Sequence[Entry]) -> None:
+        """Record publish-to-deliver latency for a dispatched batch."""
+        now_ms = time.time() * 1000
+        observe = self.latency.observe
+        for entry in entries:
+            observe(max(0.0, now_ms - entry.key[0]) / 1000)
+
+
+class HubCollector(Collector):
+    """Gateway state read at scrape time."""
+
+    def __init__(self, hub: Hub, reader: Reader) -> None:
+        self.hub = hub
+        self.reader = reader
+
+    def collect(self) -> Iterable[Metric]:
+        hub = self.hub
+        yield CounterMetricFamily(
+            "wire_deliveries", "Items written to subscribers", value=hub.deliveries
+        )
+        yield CounterMetricFamily(
+            "wire_slow_consumer_closes", "Connections closed with 4008", value=hub.slow_closes
+        )
+        yield CounterMetricFamily(
+            "wire_reader_redis_errors", "Failed stream reads", value=self.reader.errors
+        )
+        yield GaugeMetricFamily(
+            "wire_connections", "Open subscriber connections", value=len(hub.conns)
+        )
+        yield GaugeMetricFamily(
+            "wire_connections_behind",
+            "Connections whose items are queued in the hub",
+            value=len(hub.behind),
+        )
+        yield GaugeMetricFamily(
+            "wire_subscribed_tags", "Distinct subscribed tags", value=len(hub.index)
+        )
+        # How concentrated subscriptions are, without naming a tag.
+        yield GaugeMetricFamily(
+            "wire_tag_subscribers_max",
+            "Subscribers of the most subscribed tag",
+            value=max(map(len, hub.index.values()), default=0),
+        )
+
+
+METRICS = web.AppKey("metrics", Metrics)
+
+
+def setup_metrics(app: web.Application) -> None:
+    """Create the app's metrics, serve ``/metrics``, count every HTTP answer."""
+    app[METRICS] = Metrics()
+    app.router.add_get("/metrics", metrics_handler)
+    # Just inside the request log, outside the error mapping: counts final statuses.
+    app.middlewares.insert(1, count_requests)
+    app.cleanup_ctx.append(_attach_gateway)
+
+
+async def _attach_gateway(app: web.Application) -> AsyncIterator[None]:
+    # Runs after the gateway's reader context, so the hub and reader exist.
+    reader = app.get(READER)
+    if reader is not None:
+        metrics = app[METRICS]
+        metrics.registry.register(HubCollector(app[HUB], reader))
+        reader.observe = metrics.observe
+    yield
+
+
+@web.middleware
+async def count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count answers by route (the pattern, never the raw path: ids would explode it)."""
+    response = await handler(request)
+    route = request.match_info.route.resource
+    name = route.canonical if route is not None else "unmatched"
+    method = request.method if request.method in METHODS else "other"
+    request.app[METRICS].requests.labels(method, name, str(response.status)).inc()
+    return response
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    """Prometheus text exposition, with stream length and reader lag read now."""
+    token = request.app[SETTINGS].metrics_token
+    if token:
+        require(bearer(request.headers), (token,), what="metrics")
+    metrics = request.app[METRICS]
+    store = request.app[STORE]
+    try:
+        metrics.stream_length.set(await store.length())
+        newest = await store.last_key()
+    except REDIS_DOWN:
+        metrics.redis_errors.labels("metrics").inc()
+    else:
+        hub = request.app.get(HUB)
+        if hub is not None:
+            metrics.reader_lag.set(max(0, newest[0] - hub.position[0]) / 1000)
+    body = generate_latest(metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
