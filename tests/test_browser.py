@@ -37,6 +37,7 @@ from playwright.async_api import (
     async_playwright,
     expect,
 )
+from redis.typing import EncodableT, FieldT
 
 from tests.conftest import Server, ServerFactory, server_factory
 from tests.support import EDITOR_TOKEN, get_json, item, post
@@ -415,7 +416,7 @@ async def xadd(redis_url: str, stored: dict[str, Any]) -> str:
     from earlier days, so it writes them with ids from their publish times.
     """
     when = datetime.fromisoformat(stored["published_at"].replace("Z", "+00:00"))
-    fields = {
+    fields: dict[FieldT, EncodableT] = {
         "j": orjson.dumps(stored),
         "t": " ".join(stored["tags"]),
         "u": str(stored["urgency"]),
@@ -424,6 +425,7 @@ async def xadd(redis_url: str, stored: dict[str, Any]) -> str:
     client = aioredis.Redis.from_url(redis_url)
     try:
         entry_id = await client.xadd(keys.STREAM, fields, id=f"{int(when.timestamp() * 1000)}-*")
+        assert isinstance(entry_id, bytes)  # no decode_responses: Redis answers bytes
         return str(entry_id.decode())
     finally:
         await client.aclose()

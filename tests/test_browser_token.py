@@ -6,6 +6,7 @@ The browser, profile and server fixtures are those of tests/test_browser.py
 
 from __future__ import annotations
 
+import aiohttp
 import pytest
 from playwright.async_api import WebSocket, expect
 
@@ -19,7 +20,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
 
 
 async def test_desk_asks_once_for_a_token_and_then_shows_the_news(
-    make_server: ServerFactory, browsing: Browsing, http
+    make_server: ServerFactory, browsing: Browsing, http: aiohttp.ClientSession
 ) -> None:
     server = await make_server(subscriber_tokens=("staff-token",))
     page = await browsing.context.new_page()

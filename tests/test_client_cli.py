@@ -89,7 +89,7 @@ async def stop_with_ctrl_c(proc: Any) -> str:
 
 
 async def lines(stream: asyncio.StreamReader, n: int, within: float = 15) -> list[str]:
-    got = []
+    got: list[str] = []
     async with asyncio.timeout(within):
         while len(got) < n:
             got.append((await stream.readline()).decode().rstrip("\n"))

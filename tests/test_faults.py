@@ -28,10 +28,10 @@ import socket
 import subprocess
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import orjson
@@ -372,7 +372,7 @@ async def stop_all(subs: Iterable[Sub | LibraryFeed]) -> None:
 
 
 async def received_all(
-    subs: list[Sub] | list[LibraryFeed], expected: list[list[str]], within: float
+    subs: Sequence[Sub | LibraryFeed], expected: list[list[str]], within: float
 ) -> None:
     """Wait until every subscriber has at least as many items as expected."""
 
@@ -403,8 +403,13 @@ def assert_exact(got: list[str], want: list[str], who: str) -> None:
     )
 
 
+#: What xrange answers on a client without decode_responses; redis-py's own
+#: type allows str, None and a None answer, which such a client never gives.
+RawRows = list[tuple[bytes, dict[bytes, bytes]]]
+
+
 def stream_ids(r: redis.Redis) -> list[str]:
-    return [eid.decode() for eid, _ in r.xrange("wire:items")]
+    return [eid.decode() for eid, _ in cast(RawRows, r.xrange("wire:items"))]
 
 
 @pytest.fixture
@@ -585,7 +590,8 @@ async def test_publisher_kill_9_mid_request_retry_elsewhere_stores_once(
 
         # Exactly once: the stream, the history API and the story index agree.
         assert r.xlen("wire:items") == base_len + 2 + PUBLISHER_KILL_REQUESTS
-        guids = [orjson.loads(f[b"j"])["guid"] for _, f in r.xrange("wire:items")]
+        rows = cast(RawRows, r.xrange("wire:items"))
+        guids = [orjson.loads(f[b"j"])["guid"] for _, f in rows]
         assert len(guids) == len(set(guids)), "no item stored twice"
         assert {f"storm-{i}" for i in range(PUBLISHER_KILL_REQUESTS)} | {"a1", "b1"} <= set(guids)
         assert all(a.id in set(stream_ids(r)) for a in posters.acked.values())

@@ -196,7 +196,9 @@ class RawWS:
 # --- tag filtering ------------------------------------------------------------------
 
 
-async def test_tag_filtering_exact_hierarchy_and_wildcard(server: Server, http) -> None:
+async def test_tag_filtering_exact_hierarchy_and_wildcard(
+    server: Server, http: aiohttp.ClientSession
+) -> None:
     urls = {
         "world": server.ws + "?tags=world",
         "europe": server.ws + "?tags=world/europe",
@@ -227,7 +229,7 @@ async def test_tag_filtering_exact_hierarchy_and_wildcard(server: Server, http) 
     assert got["worl"] == [end]
 
 
-async def test_item_is_the_stored_item_exactly(server: Server, http) -> None:
+async def test_item_is_the_stored_item_exactly(server: Server, http: aiohttp.ClientSession) -> None:
     async with subscriber(server.ws + "?tags=world") as s:
         await s.expect("subscribed", tags=["world"])
         body = {"title": "Full", "tags": ["world"], "subtitle": "Sub", "body": "Text\nmore"}
@@ -238,7 +240,9 @@ async def test_item_is_the_stored_item_exactly(server: Server, http) -> None:
         assert set(msg["item"]) >= {"id", "guid", "version", "published_at", "urgency", "tags"}
 
 
-async def test_once_per_connection_when_several_tags_match(server: Server, http) -> None:
+async def test_once_per_connection_when_several_tags_match(
+    server: Server, http: aiohttp.ClientSession
+) -> None:
     tags = "*,world,world/europe,world/europe/france,sport"
     async with subscriber(f"{server.ws}?tags={tags}") as s:
         await s.expect("subscribed", tags=sorted(tags.split(",")))
@@ -247,7 +251,9 @@ async def test_once_per_connection_when_several_tags_match(server: Server, http)
         assert await s.items_until("fence") == [one["id"], end]
 
 
-async def test_subscription_tags_are_normalized(server: Server, http) -> None:
+async def test_subscription_tags_are_normalized(
+    server: Server, http: aiohttp.ClientSession
+) -> None:
     async with subscriber(server.ws) as s:
         await s.send(type="subscribe", tags=["  World/Europe ", "Business  News"])
         await s.expect("subscribed", tags=["business-news", "world/europe"])
@@ -256,7 +262,9 @@ async def test_subscription_tags_are_normalized(server: Server, http) -> None:
         assert await s.items_until("two") == [one["id"], two["id"]]
 
 
-async def test_per_connection_order_with_concurrent_publishers(server: Server, http) -> None:
+async def test_per_connection_order_with_concurrent_publishers(
+    server: Server, http: aiohttp.ClientSession
+) -> None:
     async with (
         subscriber(server.ws + "?tags=*", max_queue=None) as a,
         subscriber(server.ws + "?tags=world", max_queue=None) as b,
@@ -284,7 +292,9 @@ async def test_per_connection_order_with_concurrent_publishers(server: Server, h
 # --- subscribe, unsubscribe, subscribed ----------------------------------------------
 
 
-async def test_subscribed_precedes_the_items_it_causes(server: Server, http) -> None:
+async def test_subscribed_precedes_the_items_it_causes(
+    server: Server, http: aiohttp.ClientSession
+) -> None:
     stop = asyncio.Event()
     ids: list[str] = []
 
@@ -317,7 +327,7 @@ async def test_subscribed_precedes_the_items_it_causes(server: Server, http) -> 
         await task
 
 
-async def test_unsubscribe(server: Server, http) -> None:
+async def test_unsubscribe(server: Server, http: aiohttp.ClientSession) -> None:
     async with subscriber(server.ws + "?tags=world,sport,business") as s:
         await s.expect("subscribed", tags=["business", "sport", "world"])
         await s.send(type="unsubscribe", tags=["Sport", "never-subscribed"])
@@ -340,7 +350,9 @@ async def test_ping_pong(server: Server) -> None:
         assert await s.next() == {"type": "pong"}
 
 
-async def test_subscribed_reports_the_position_to_resume_from(server: Server, http) -> None:
+async def test_subscribed_reports_the_position_to_resume_from(
+    server: Server, http: aiohttp.ClientSession
+) -> None:
     first = await publish(http, server.base, tags=["world"], title="first")
     async with subscriber(server.ws + "?tags=world") as s:
         subscribed = await s.expect("subscribed", tags=["world"])
@@ -362,7 +374,7 @@ async def test_subscribed_reports_the_position_to_resume_from(server: Server, ht
 
 @pytest.mark.parametrize("recent_items", [10_000, 8], ids=["from-memory", "from-redis"])
 async def test_since_is_gapless_while_publishing(
-    make_server: ServerFactory, http, recent_items: int
+    make_server: ServerFactory, http: aiohttp.ClientSession, recent_items: int
 ) -> None:
     """Clients resume at various points while 300 items are being published."""
     server = await make_server(recent_items=recent_items)
@@ -376,7 +388,9 @@ async def test_since_is_gapless_while_publishing(
             ids.append((await publish(http, server.base, tags=t, title=f"n{i}"))["id"])
             tags.append(t)
 
-    async def resumer(since_index: int, connect_at: int, sub_tags: str) -> tuple[int, str, list]:
+    async def resumer(
+        since_index: int, connect_at: int, sub_tags: str
+    ) -> tuple[int, str, list[str]]:
         await wait_for(lambda: len(ids) > connect_at, f"{connect_at} items")
         since = "0" if since_index < 0 else ids[since_index]
         async with subscriber(f"{server.ws}?tags={sub_tags}&since={since}", max_queue=None) as s:
@@ -388,13 +402,14 @@ async def test_since_is_gapless_while_publishing(
     async with subscriber(server.ws + "?tags=*", max_queue=None) as live:
         await live.expect("subscribed")
         writing = asyncio.create_task(publisher())
-        results = await asyncio.gather(
-            *(resumer(*p) for p in plan), writing_then_fence(writing, http, server.base)
+        # Two groups, so that each result keeps its own type (a flat gather mixes them).
+        resumed, end = await asyncio.gather(
+            asyncio.gather(*(resumer(*p) for p in plan)),
+            writing_then_fence(writing, http, server.base),
         )
-        end = results[-1]
         got_live = await live.items_until("fence")
     assert got_live == [*ids, end]
-    for since_index, sub_tags, got in results[:-1]:
+    for since_index, sub_tags, got in resumed:
         wanted = [
             eid
             for eid, t in zip(ids[since_index + 1 :], tags[since_index + 1 :], strict=True)
@@ -403,12 +418,16 @@ async def test_since_is_gapless_while_publishing(
         assert got == [*wanted, end], (since_index, sub_tags)
 
 
-async def writing_then_fence(writing: asyncio.Task[None], http, base: str) -> str:
+async def writing_then_fence(
+    writing: asyncio.Task[None], http: aiohttp.ClientSession, base: str
+) -> str:
     await writing
     return await fence(http, base, ["world", "sport"])
 
 
-async def test_since_never_resends_on_the_same_connection(server: Server, http) -> None:
+async def test_since_never_resends_on_the_same_connection(
+    server: Server, http: aiohttp.ClientSession
+) -> None:
     async with subscriber(server.ws + "?tags=world") as s:
         await s.expect("subscribed")
         a1 = await publish(http, server.base, tags=["world"], title="a1")
@@ -432,7 +451,9 @@ async def test_since_never_resends_on_the_same_connection(server: Server, http) 
         assert len(ids) == len(set(ids)) and ids == sorted(ids, key=key)
 
 
-async def test_since_on_a_live_connection_fills_in_a_new_tag(server: Server, http) -> None:
+async def test_since_on_a_live_connection_fills_in_a_new_tag(
+    server: Server, http: aiohttp.ClientSession
+) -> None:
     async with subscriber(server.ws + "?tags=world") as s:
         await s.expect("subscribed")
         a1 = await publish(http, server.base, tags=["world"], title="a1")
@@ -447,7 +468,9 @@ async def test_since_on_a_live_connection_fills_in_a_new_tag(server: Server, htt
         assert await s.items_until("fence") == [end]
 
 
-async def test_since_from_a_lagging_connection_never_resends(server: Server, http) -> None:
+async def test_since_from_a_lagging_connection_never_resends(
+    server: Server, http: aiohttp.ClientSession
+) -> None:
     """A client that has fallen behind (its items queued in the hub) asks for a replay."""
     hub = server.app[HUB]
     lagging = await RawWS.open(server.settings.port, "/v1/ws?tags=big", rcvbuf=4096)
@@ -485,7 +508,9 @@ def assert_positions_are_cursors(messages: list[dict[str, Any]]) -> None:
             assert all(k > position for k in after), (i, msg)
 
 
-async def test_since_at_or_past_the_end_sends_only_new_items(server: Server, http) -> None:
+async def test_since_at_or_past_the_end_sends_only_new_items(
+    server: Server, http: aiohttp.ClientSession
+) -> None:
     last = await publish(http, server.base, tags=["world"])
     for since in (last["id"], "99999999999999-0"):
         async with subscriber(f"{server.ws}?tags=world&since={since}") as s:
@@ -494,7 +519,7 @@ async def test_since_at_or_past_the_end_sends_only_new_items(server: Server, htt
             assert await s.items_until("fence") == [end]
 
 
-async def test_since_by_message_with_compact(server: Server, http) -> None:
+async def test_since_by_message_with_compact(server: Server, http: aiohttp.ClientSession) -> None:
     first = await publish(http, server.base, tags=["world"], title="v1", guid="story-1")
     other = await publish(http, server.base, tags=["world"], title="o1", guid="story-2")
     latest = await publish(http, server.base, tags=["world"], title="v2", guid="story-1")
@@ -506,7 +531,9 @@ async def test_since_by_message_with_compact(server: Server, http) -> None:
     assert first["id"] != latest["id"]
 
 
-async def test_backfill_oldest_first_from_memory(server: Server, http) -> None:
+async def test_backfill_oldest_first_from_memory(
+    server: Server, http: aiohttp.ClientSession
+) -> None:
     items = [
         await publish(http, server.base, tags=["world" if i % 2 else "sport"]) for i in range(10)
     ]
@@ -523,7 +550,7 @@ async def test_backfill_oldest_first_from_memory(server: Server, http) -> None:
 
 
 async def test_backfill_from_redis_when_the_gateway_started_later(
-    make_server: ServerFactory, http
+    make_server: ServerFactory, http: aiohttp.ClientSession
 ) -> None:
     pub = await make_server(gateway=False)
     items = [await publish(http, pub.base, tags=["world" if i % 2 else "sport"]) for i in range(10)]
@@ -545,7 +572,7 @@ async def test_backfill_limit(server: Server) -> None:
 
 
 async def test_history_truncated_then_everything_still_kept(
-    make_server: ServerFactory, redis_server: RedisServer, http
+    make_server: ServerFactory, redis_server: RedisServer, http: aiohttp.ClientSession
 ) -> None:
     server = await make_server(max_items=10)
     ids = [
@@ -570,7 +597,7 @@ async def test_history_truncated_then_everything_still_kept(
 
 
 async def test_every_bad_message_is_answered_and_the_connection_stays_open(
-    server: Server, http
+    server: Server, http: aiohttp.ClientSession
 ) -> None:
     async with subscriber(server.ws + "?tags=okay") as s:
         await s.expect("subscribed", tags=["okay"])
@@ -593,7 +620,9 @@ async def test_every_bad_message_is_answered_and_the_connection_stays_open(
         await s.alive()
 
 
-async def test_bad_tag_is_named_and_changes_nothing(server: Server, http) -> None:
+async def test_bad_tag_is_named_and_changes_nothing(
+    server: Server, http: aiohttp.ClientSession
+) -> None:
     async with subscriber(server.ws + "?tags=okay") as s:
         await s.expect("subscribed", tags=["okay"])
         await s.send(type="subscribe", tags=["good", "bad tag!"])
@@ -607,7 +636,7 @@ async def test_bad_tag_is_named_and_changes_nothing(server: Server, http) -> Non
         assert await s.items_until("fence") == [end]
 
 
-async def test_too_many_tags(server: Server, http) -> None:
+async def test_too_many_tags(server: Server, http: aiohttp.ClientSession) -> None:
     async with subscriber(server.ws) as s:
         await s.send(type="subscribe", tags=[f"t{i}" for i in range(101)])
         err = await s.expect("error", code="too_many_tags")
@@ -635,7 +664,7 @@ async def test_max_tags_is_configurable(make_server: ServerFactory) -> None:
         await s.expect("error", code="too_many_tags")
 
 
-async def test_subscribe_rate_limit(server: Server, http) -> None:
+async def test_subscribe_rate_limit(server: Server, http: aiohttp.ClientSession) -> None:
     async with subscriber(server.ws) as s:
         # 40 subscribes in one go: the first 20 are within the limit whatever
         # the timing; the next ones arrive within the same second.
@@ -664,7 +693,9 @@ async def test_frame_over_64_kib_closes_with_1009(server: Server) -> None:
         assert info.value.rcvd is not None and info.value.rcvd.code == 1009
 
 
-async def test_origin_checked_when_allowed_origins_set(make_server: ServerFactory, http) -> None:
+async def test_origin_checked_when_allowed_origins_set(
+    make_server: ServerFactory, http: aiohttp.ClientSession
+) -> None:
     server = await make_server(allowed_origins=("https://news.example",))
     with pytest.raises(InvalidStatus) as info:
         async with subscriber(server.ws + "?tags=world", origin="https://evil.example"):
@@ -686,7 +717,7 @@ async def test_any_origin_when_allowed_origins_unset(server: Server) -> None:
         await s.expect("subscribed")
 
 
-async def test_subscriber_tokens(make_server: ServerFactory, http) -> None:
+async def test_subscriber_tokens(make_server: ServerFactory, http: aiohttp.ClientSession) -> None:
     server = await make_server(subscriber_tokens=("reader-1", "reader-2"))
     for url, headers in [
         (server.ws + "?tags=world", {}),
@@ -718,7 +749,7 @@ async def test_public_wire_needs_no_token(server: Server) -> None:
         await s.expect("subscribed")
 
 
-async def test_connection_limit(make_server: ServerFactory, http) -> None:
+async def test_connection_limit(make_server: ServerFactory, http: aiohttp.ClientSession) -> None:
     server = await make_server(max_connections=2)
     async with subscriber(server.ws) as first, subscriber(server.ws + "?tags=a") as second:
         await second.expect("subscribed")
@@ -756,7 +787,7 @@ async def test_bad_query_string_is_refused_before_upgrade(server: Server) -> Non
 
 
 async def test_slow_consumer_closed_with_4008_others_keep_everything_and_resume_loses_nothing(
-    make_server: ServerFactory, http
+    make_server: ServerFactory, http: aiohttp.ClientSession
 ) -> None:
     server = await make_server(max_buffer=64 * 1024)
     hub = server.app[HUB]
@@ -845,7 +876,7 @@ def durable_redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 @pytest.mark.fault
 async def test_redis_restart_mid_stream(
-    make_server: ServerFactory, durable_redis: RedisServer, http
+    make_server: ServerFactory, durable_redis: RedisServer, http: aiohttp.ClientSession
 ) -> None:
     server = await make_server(redis_url=durable_redis.url)
     async with subscriber(server.ws + "?tags=*") as s:
@@ -884,7 +915,7 @@ async def test_redis_restart_mid_stream(
 
 @pytest.mark.fault
 async def test_since_while_the_gateway_is_still_finding_the_stream(
-    make_server: ServerFactory, durable_redis: RedisServer, http
+    make_server: ServerFactory, durable_redis: RedisServer, http: aiohttp.ClientSession
 ) -> None:
     """A gateway that started while Redis was down never replays with a gap."""
     publisher = await make_server(redis_url=durable_redis.url, gateway=False)
@@ -919,7 +950,7 @@ async def test_since_while_the_gateway_is_still_finding_the_stream(
 
 
 async def test_two_gateways_serve_one_stream_and_resume_on_either(
-    make_server: ServerFactory, http
+    make_server: ServerFactory, http: aiohttp.ClientSession
 ) -> None:
     a = await make_server()
     b = await make_server(publisher=False)
@@ -941,7 +972,7 @@ async def test_two_gateways_serve_one_stream_and_resume_on_either(
 
 @pytest.mark.fault
 async def test_wire_gateway_with_two_workers_serves_and_resumes(
-    make_server: ServerFactory, redis_url: str, http
+    make_server: ServerFactory, redis_url: str, http: aiohttp.ClientSession
 ) -> None:
     publisher = await make_server(gateway=False)
     ids = [
@@ -1022,7 +1053,7 @@ async def sse(
         yield stream
 
 
-async def test_sse_framing_and_filtering(server: Server, http) -> None:
+async def test_sse_framing_and_filtering(server: Server, http: aiohttp.ClientSession) -> None:
     before = await publish(http, server.base, tags=["world"], title="before")
     async with sse(http, server.base + "/v1/sse?tags=world") as events:
         head, data = await events.event()  # no id: it must not move Last-Event-ID
@@ -1040,7 +1071,9 @@ async def test_sse_framing_and_filtering(server: Server, http) -> None:
         assert orjson.loads(lines[2].removeprefix("data: ")) == one
 
 
-async def test_sse_last_event_id_resume_is_gapless_while_publishing(server: Server, http) -> None:
+async def test_sse_last_event_id_resume_is_gapless_while_publishing(
+    server: Server, http: aiohttp.ClientSession
+) -> None:
     ids: list[str] = []
 
     async def publisher() -> None:
@@ -1064,7 +1097,9 @@ async def test_sse_last_event_id_resume_is_gapless_while_publishing(server: Serv
     assert got == ids
 
 
-async def test_sse_keepalive_comments(make_server: ServerFactory, http) -> None:
+async def test_sse_keepalive_comments(
+    make_server: ServerFactory, http: aiohttp.ClientSession
+) -> None:
     server = await make_server(ping_interval=0.1)
     async with sse(http, server.base + "/v1/sse?tags=world") as events:
         await events.event()
@@ -1073,7 +1108,9 @@ async def test_sse_keepalive_comments(make_server: ServerFactory, http) -> None:
         assert await events.items_until("one") == [one["id"]]
 
 
-async def test_sse_backfill_and_defaults_to_everything(server: Server, http) -> None:
+async def test_sse_backfill_and_defaults_to_everything(
+    server: Server, http: aiohttp.ClientSession
+) -> None:
     items = [
         (await publish(http, server.base, tags=[f"t{i}"], title=f"n{i}"))["id"] for i in range(5)
     ]
@@ -1084,7 +1121,9 @@ async def test_sse_backfill_and_defaults_to_everything(server: Server, http) -> 
         assert await events.items_until("n4") == items[-2:]
 
 
-async def test_sse_refuses_bad_requests_with_json_errors(server: Server, http) -> None:
+async def test_sse_refuses_bad_requests_with_json_errors(
+    server: Server, http: aiohttp.ClientSession
+) -> None:
     for query, headers, code in [
         ("tags=a!b", {}, "invalid_tag"),
         ("tags=a&since=soon", {}, "invalid_field"),
@@ -1095,7 +1134,9 @@ async def test_sse_refuses_bad_requests_with_json_errors(server: Server, http) -
         assert status == 400 and body["error"]["code"] == code, query
 
 
-async def test_sse_too_many_tags_is_an_error_event_then_the_end(server: Server, http) -> None:
+async def test_sse_too_many_tags_is_an_error_event_then_the_end(
+    server: Server, http: aiohttp.ClientSession
+) -> None:
     tags = ",".join(f"t{i}" for i in range(101))
     async with sse(http, f"{server.base}/v1/sse?tags={tags}") as events:
         head, data = await events.event()

@@ -88,7 +88,9 @@ class Raw:
     async def response(self) -> tuple[bytes, bytes]:
         """The next response's head and body (by Content-Length)."""
         head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), DEADLINE)
-        length = int(re.search(rb"(?i)\r\ncontent-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+        found = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+        assert found is not None, head
+        length = int(found.group(1))
         return head, await asyncio.wait_for(self.reader.readexactly(length), DEADLINE)
 
     async def closed_by_server(self) -> bool:

@@ -168,7 +168,8 @@ async def test_a_catch_up_waiting_on_redis_still_reads_pongs_and_pings(
             assert await sub.pings_answered(4) == []
             await sub.send(type="ping")
             assert (await sub.next())["type"] == "pong"  # before any history
-            redis_server.proc.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+            assert redis_server.proc is not None
+            redis_server.proc.send_signal(signal.SIGCONT)
             got = await sub.until(is_item(history[-1]["title"]))
             assert item_ids(got) == [i["id"] for i in history]  # all, once, in order
             await sub.send(type="ping")

@@ -47,14 +47,16 @@ async def limited(make_server: ServerFactory, partner_file: Path) -> Server:
 
 
 async def recv(ws: Any, wait: float = 5.0) -> dict[str, Any]:
-    return orjson.loads(await asyncio.wait_for(ws.recv(), wait))  # type: ignore[no-any-return]
+    msg: dict[str, Any] = orjson.loads(await asyncio.wait_for(ws.recv(), wait))
+    return msg
 
 
 async def next_item(ws: Any) -> dict[str, Any]:
     while True:
         msg = await recv(ws)
         if msg["type"] == "item":
-            return msg["item"]  # type: ignore[no-any-return]
+            got: dict[str, Any] = msg["item"]
+            return got
 
 
 async def withdraw(http: aiohttp.ClientSession, base: str, guid: str) -> dict[str, Any]:
@@ -62,7 +64,8 @@ async def withdraw(http: aiohttp.ClientSession, base: str, guid: str) -> dict[st
         f"{base}/v1/stories/{guid}/withdraw", json={"reason": "Legal"}, headers=AUTH
     ) as resp:
         assert resp.status == 200
-        return (await resp.json())["item"]  # type: ignore[no-any-return]
+        withdrawn: dict[str, Any] = (await resp.json())["item"]
+        return withdrawn
 
 
 async def text(http: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> tuple[int, str]:
@@ -82,7 +85,9 @@ async def two_desk_story(http: aiohttp.ClientSession, base: str) -> tuple[Any, A
 # ---- 3: a story read shows only the versions within the grant ----------------
 
 
-async def test_story_read_lists_only_the_versions_within_the_grant(limited: Server, http) -> None:
+async def test_story_read_lists_only_the_versions_within_the_grant(
+    limited: Server, http: aiohttp.ClientSession
+) -> None:
     v1, v2 = await two_desk_story(http, limited.base)
     status, body = await get_json(http, f"{limited.base}/v1/stories/deal", headers=PARTNER)
     assert status == 200
@@ -99,7 +104,7 @@ async def test_story_read_lists_only_the_versions_within_the_grant(limited: Serv
 
 
 async def test_an_item_or_story_outside_the_grant_is_404_like_a_missing_one(
-    limited: Server, http
+    limited: Server, http: aiohttp.ClientSession
 ) -> None:
     _, secret = await post(http, limited.base, item("Leak", [SECRET], guid="leak"))
     sid = secret["item"]["id"]
@@ -122,7 +127,9 @@ async def test_an_item_or_story_outside_the_grant_is_404_like_a_missing_one(
 # ---- 4: a withdrawal shows each reader only the tags within its grant ----------
 
 
-async def test_withdrawal_tags_are_narrowed_in_every_history_read(limited: Server, http) -> None:
+async def test_withdrawal_tags_are_narrowed_in_every_history_read(
+    limited: Server, http: aiohttp.ClientSession
+) -> None:
     v1, _ = await two_desk_story(http, limited.base)
     kill = await withdraw(http, limited.base, "deal")
     assert sorted(kill["tags"]) == sorted(["sport", SECRET])  # the editor sees all
@@ -158,7 +165,7 @@ async def sse_items(resp: aiohttp.ClientResponse, count: int) -> list[dict[str, 
 
 
 async def test_withdrawal_tags_are_narrowed_live_over_websocket_and_sse(
-    limited: Server, http
+    limited: Server, http: aiohttp.ClientSession
 ) -> None:
     await two_desk_story(http, limited.base)
     ws_url = limited.ws + "?tags=sport"
@@ -180,7 +187,7 @@ async def test_withdrawal_tags_are_narrowed_live_over_websocket_and_sse(
 
 
 async def test_withdrawal_tags_are_narrowed_in_replays_from_memory_and_from_redis(
-    make_server: ServerFactory, partner_file: Path, http
+    make_server: ServerFactory, partner_file: Path, http: aiohttp.ClientSession
 ) -> None:
     first = await make_server(entitlements=partner_file, subscriber_tokens=("staff",))
     await two_desk_story(http, first.base)
@@ -218,7 +225,9 @@ def test_a_narrowed_withdrawal_is_built_once_per_grant() -> None:
 # ---- 6: metrics name no tag, and can require a token --------------------------
 
 
-async def test_metrics_carry_no_client_chosen_label(server: Server, http) -> None:
+async def test_metrics_carry_no_client_chosen_label(
+    server: Server, http: aiohttp.ClientSession
+) -> None:
     async with websockets.connect(server.ws + "?tags=world/europe/secret-deal") as ws:
         assert (await recv(ws))["type"] == "subscribed"
         # Only a fixed set of methods is named (llhttp refuses made-up ones
@@ -232,7 +241,9 @@ async def test_metrics_carry_no_client_chosen_label(server: Server, http) -> Non
     assert 'method="other"' in raw and "PROPFIND" not in raw
 
 
-async def test_metrics_token_is_required_when_set(make_server: ServerFactory, http) -> None:
+async def test_metrics_token_is_required_when_set(
+    make_server: ServerFactory, http: aiohttp.ClientSession
+) -> None:
     server = await make_server(metrics_token="scrape-me")
     for headers in ({}, {"Authorization": "Bearer wrong"}, AUTH):
         status, body = await get_json(http, server.base + "/metrics", headers=headers)
@@ -245,7 +256,7 @@ async def test_metrics_token_is_required_when_set(make_server: ServerFactory, ht
 
 
 async def test_editor_token_reads_websocket_and_sse_on_a_wire_with_tokens(
-    make_server: ServerFactory, http
+    make_server: ServerFactory, http: aiohttp.ClientSession
 ) -> None:
     server = await make_server(subscriber_tokens=("staff",))
     async with (
@@ -314,7 +325,7 @@ async def follow(
 
 
 async def test_a_read_that_matches_nothing_stops_at_the_budget_with_a_cursor(
-    make_server: ServerFactory, bulk: list[str], http
+    make_server: ServerFactory, bulk: list[str], http: aiohttp.ClientSession
 ) -> None:
     server = await make_server(scan_budget=BUDGET)
     # The id of the BUDGET-th newest entry, read in two pages of BUDGET / 2.
@@ -331,7 +342,7 @@ async def test_a_read_that_matches_nothing_stops_at_the_budget_with_a_cursor(
 
 
 async def test_following_cursors_returns_every_match_once_in_both_directions(
-    make_server: ServerFactory, bulk: list[str], http
+    make_server: ServerFactory, bulk: list[str], http: aiohttp.ClientSession
 ) -> None:
     server = await make_server(scan_budget=BUDGET)
     ids, requests = await follow(http, server.base, "before", tags="rare", limit="5")
@@ -345,7 +356,7 @@ async def test_following_cursors_returns_every_match_once_in_both_directions(
 
 
 async def test_a_since_resume_is_complete_whatever_the_budget(
-    make_server: ServerFactory, bulk: list[str], http
+    make_server: ServerFactory, bulk: list[str], http: aiohttp.ClientSession
 ) -> None:
     server = await make_server(scan_budget=BUDGET)
     async with websockets.connect(server.ws + "?tags=rare&since=0") as ws:
@@ -364,7 +375,9 @@ async def test_wire_export_follows_the_cursor_past_short_pages(
     assert [d["id"] for d in docs] == bulk
 
 
-async def test_after_and_before_together_are_refused(server: Server, http) -> None:
+async def test_after_and_before_together_are_refused(
+    server: Server, http: aiohttp.ClientSession
+) -> None:
     status, body = await get_json(http, f"{server.base}/v1/items?after=1-0&before=2-0")
     assert status == 400 and body["error"]["field"] == "before"
     status, body = await get_json(http, f"{server.base}/v1/items?before=x")

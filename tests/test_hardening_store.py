@@ -56,7 +56,8 @@ async def withdraw(http: Http, server: Server, guid: str) -> tuple[int, Any]:
 async def embargoes(http: Http, server: Server) -> list[dict[str, Any]]:
     async with http.get(f"{server.base}/v1/embargoes", headers=AUTH) as resp:
         assert resp.status == 200
-        return (await resp.json())["embargoes"]  # type: ignore[no-any-return]
+        pending: list[dict[str, Any]] = (await resp.json())["embargoes"]
+        return pending
 
 
 def _soon(seconds: float) -> str:

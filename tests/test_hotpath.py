@@ -17,7 +17,6 @@ from wire.core import frames
 from wire.core.closecodes import CloseCode
 from wire.core.entry import Entry
 from wire.core.ids import ZERO, StreamKey
-from wire.gateway import handlers as gateway
 from wire.gateway.handlers import Reader
 from wire.gateway.hub import Conn, Hub
 from wire.runtime import loop
@@ -53,7 +52,7 @@ async def test_the_reader_gathers_only_while_a_burst_is_under_way(
         sleeps.append(delay)
         await real_sleep(0)
 
-    monkeypatch.setattr(gateway.asyncio, "sleep", fake_sleep)
+    monkeypatch.setattr(asyncio, "sleep", fake_sleep)
     hub = Hub()
     batches = [[entry(1)], [entry(2), entry(3)], [entry(4)], [], [entry(5), entry(6)]]
     reader = Reader(FakeStore(batches), hub, Settings(read_gather_ms=2.0))  # type: ignore[arg-type]
@@ -70,7 +69,7 @@ async def test_gathering_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> N
     async def fake_sleep(delay: float, *args: Any) -> None:
         sleeps.append(delay)
 
-    monkeypatch.setattr(gateway.asyncio, "sleep", fake_sleep)
+    monkeypatch.setattr(asyncio, "sleep", fake_sleep)
     batches = [[entry(1), entry(2)], [entry(3), entry(4)]]
     reader = Reader(FakeStore(batches), Hub(), Settings(read_gather_ms=0))  # type: ignore[arg-type]
     with pytest.raises(asyncio.CancelledError):

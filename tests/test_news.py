@@ -21,7 +21,8 @@ AUTH = {"Authorization": f"Bearer {EDITOR_TOKEN}"}
 
 
 async def recv(ws: Any, wait: float = 5.0) -> dict[str, Any]:
-    return orjson.loads(await asyncio.wait_for(ws.recv(), wait))  # type: ignore[no-any-return]
+    msg: dict[str, Any] = orjson.loads(await asyncio.wait_for(ws.recv(), wait))
+    return msg
 
 
 async def items_until(ws: Any, count: int) -> list[dict[str, Any]]:
@@ -42,7 +43,9 @@ async def withdraw(
         return resp.status, await resp.json()
 
 
-async def test_concurrent_publishes_of_one_guid_get_consecutive_versions(server: Server, http):
+async def test_concurrent_publishes_of_one_guid_get_consecutive_versions(
+    server: Server, http: aiohttp.ClientSession
+) -> None:
     bodies = [item(f"Take {i}", ["world"], guid="story-1") for i in range(10)]
     results = await asyncio.gather(*(post(http, server.base, b) for b in bodies))
     assert all(status == 201 for status, _ in results)
@@ -52,7 +55,9 @@ async def test_concurrent_publishes_of_one_guid_get_consecutive_versions(server:
     assert marks[1] is None and all(marks[v] == "Updated" for v in range(2, 11))
 
 
-async def test_editor_mark_wins_over_updated_and_story_lists_versions(server: Server, http):
+async def test_editor_mark_wins_over_updated_and_story_lists_versions(
+    server: Server, http: aiohttp.ClientSession
+) -> None:
     await post(http, server.base, item("First", guid="s2"))
     _, second = await post(http, server.base, item("Second", guid="s2", mark="Exclusive"))
     assert second["item"]["mark"] == "Exclusive"
@@ -66,7 +71,9 @@ async def test_editor_mark_wins_over_updated_and_story_lists_versions(server: Se
     assert status == 404 and body["error"]["code"] == "not_found"
 
 
-async def test_withdrawal_reaches_live_and_resuming_subscribers(server: Server, http):
+async def test_withdrawal_reaches_live_and_resuming_subscribers(
+    server: Server, http: aiohttp.ClientSession
+) -> None:
     _, before = await post(http, server.base, item("Unrelated", ["sport"]))
     _, v1 = await post(http, server.base, item("Claim", ["politics"], guid="kill-me"))
     await post(http, server.base, item("Claim, updated", ["world"], guid="kill-me"))
@@ -99,7 +106,9 @@ async def test_withdrawal_reaches_live_and_resuming_subscribers(server: Server, 
     assert status == 404
 
 
-async def test_compact_catch_up_sends_latest_version_per_story(server: Server, http):
+async def test_compact_catch_up_sends_latest_version_per_story(
+    server: Server, http: aiohttp.ClientSession
+) -> None:
     _, start = await post(http, server.base, item("Start", ["world"]))
     for i in range(3):
         await post(http, server.base, item(f"A v{i + 1}", ["world"], guid="a"))
@@ -123,7 +132,9 @@ def _soon(seconds: float) -> str:
     return (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat()
 
 
-async def test_embargo_is_invisible_until_released_once(server: Server, http):
+async def test_embargo_is_invisible_until_released_once(
+    server: Server, http: aiohttp.ClientSession
+) -> None:
     async with websockets.connect(server.ws + "?tags=markets") as ws:
         assert (await recv(ws))["type"] == "subscribed"
         status, body = await post(
@@ -145,7 +156,7 @@ async def test_embargo_is_invisible_until_released_once(server: Server, http):
         assert (await resp.json())["embargoes"] == []
 
 
-async def test_cancelled_embargo_never_appears(server: Server, http):
+async def test_cancelled_embargo_never_appears(server: Server, http: aiohttp.ClientSession) -> None:
     status, _ = await post(
         http, server.base, item("Never", ["markets"], guid="never", embargo_until=_soon(0.6))
     )
@@ -172,7 +183,7 @@ async def test_cancelled_embargo_never_appears(server: Server, http):
     assert status == 404
 
 
-async def test_bad_embargo_times_are_rejected(server: Server, http):
+async def test_bad_embargo_times_are_rejected(server: Server, http: aiohttp.ClientSession) -> None:
     for value, hint in [
         ("2001-01-01T00:00:00Z", "future"),
         ("tomorrow", "ISO"),
@@ -185,7 +196,9 @@ async def test_bad_embargo_times_are_rejected(server: Server, http):
 
 
 @pytest.mark.fault
-async def test_embargo_released_exactly_once_across_kill_9(redis_url: str, http) -> None:
+async def test_embargo_released_exactly_once_across_kill_9(
+    redis_url: str, http: aiohttp.ClientSession
+) -> None:
     env = {"WIRE_REDIS_URL": redis_url, "WIRE_EDITOR_TOKENS": EDITOR_TOKEN}
     pubs = [WireProcess(["publisher"], env, free_port()).start() for _ in range(2)]
     try:
@@ -222,7 +235,7 @@ def partner_file(tmp_path: Path) -> Path:
 
 
 async def test_partner_token_never_sees_a_forbidden_item(
-    make_server: ServerFactory, partner_file: Path, http
+    make_server: ServerFactory, partner_file: Path, http: aiohttp.ClientSession
 ) -> None:
     server = await make_server(entitlements=partner_file, subscriber_tokens=("staff",))
     _, secret = await post(http, server.base, item("Cabinet leak", ["politics"], guid="pol"))
@@ -268,7 +281,7 @@ async def test_partner_token_never_sees_a_forbidden_item(
 
 
 async def test_workers_keep_every_setting_given_as_a_flag(
-    redis_url: str, partner_file: Path, http
+    redis_url: str, partner_file: Path, http: aiohttp.ClientSession
 ) -> None:
     """A limit given only as a flag must hold in every worker process."""
     gw = WireProcess(

@@ -299,7 +299,7 @@ async def post_ninjs(http: aiohttp.ClientSession, base: str, doc: object) -> tup
     return await post(http, base, doc, headers={"Content-Type": NINJS})
 
 
-async def test_items_and_stories_read_as_ninjs(server: Server, http: aiohttp.ClientSession):
+async def test_items_and_stories_read_as_ninjs(server: Server, http: aiohttp.ClientSession) -> None:
     _, v1 = await post(http, server.base, item("First take", ["world"], guid="quake"))
     _, v2 = await post(
         http,
@@ -337,7 +337,7 @@ async def test_items_and_stories_read_as_ninjs(server: Server, http: aiohttp.Cli
         assert status == 400 and body["error"]["field"] == "format", url
 
 
-async def test_ninjs_in_round_trips(server: Server, http: aiohttp.ClientSession):
+async def test_ninjs_in_round_trips(server: Server, http: aiohttp.ClientSession) -> None:
     sent = a_ninjs_doc()
     status, body = await post_ninjs(http, server.base, sent)
     assert status == 201, body
@@ -377,7 +377,9 @@ async def test_ninjs_in_round_trips(server: Server, http: aiohttp.ClientSession)
     assert_valid(ninjs.to_ninjs(pending["item"]))
 
 
-async def test_bad_ninjs_gets_a_400_naming_the_property(server: Server, http):
+async def test_bad_ninjs_gets_a_400_naming_the_property(
+    server: Server, http: aiohttp.ClientSession
+) -> None:
     for doc, field, hint in BAD_DOCS:
         status, body = await post_ninjs(http, server.base, doc)
         assert status == 400, doc
@@ -396,7 +398,9 @@ async def test_bad_ninjs_gets_a_400_naming_the_property(server: Server, http):
     assert listing["items"] == []
 
 
-async def test_withdrawn_story_renders_canceled_without_text(server: Server, http):
+async def test_withdrawn_story_renders_canceled_without_text(
+    server: Server, http: aiohttp.ClientSession
+) -> None:
     _, v1 = await post(
         http,
         server.base,
@@ -449,7 +453,9 @@ async def run_export(base: str, *args: str) -> tuple[int, list[Any], str]:
     return proc.returncode, [orjson.loads(line) for line in out.splitlines()], err.decode()
 
 
-async def test_wire_export_writes_valid_ninjs_lines(server: Server, http):
+async def test_wire_export_writes_valid_ninjs_lines(
+    server: Server, http: aiohttp.ClientSession
+) -> None:
     ids = []
     for n in range(5):
         _, body = await post(

@@ -8,6 +8,7 @@ import re
 import signal
 from pathlib import Path
 
+import aiohttp
 import orjson
 import pytest
 import websockets
@@ -23,7 +24,7 @@ def metric(text: str, name: str) -> float:
     return float(m.group(1))
 
 
-async def test_metrics_count_what_happened(server: Server, http) -> None:
+async def test_metrics_count_what_happened(server: Server, http: aiohttp.ClientSession) -> None:
     async with websockets.connect(server.ws + "?tags=world") as ws:
         await ws.recv()
         await post(http, server.base, item("Counted"))
@@ -48,7 +49,7 @@ async def test_metrics_count_what_happened(server: Server, http) -> None:
 
 
 async def test_requests_get_an_id_and_one_log_line_without_secrets(
-    server: Server, http, caplog: pytest.LogCaptureFixture
+    server: Server, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="wire.access")
     async with http.get(

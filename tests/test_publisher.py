@@ -91,7 +91,9 @@ async def raw_exchange(server: Server, request: bytes, *, chunks: int = 0) -> tu
             await asyncio.wait_for(writer.drain(), 10)
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
         status = int(head.split(b" ", 2)[1])
-        length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+        found = re.search(rb"(?i)content-length: *(\d+)", head)
+        assert found is not None, head
+        length = int(found.group(1))
         return status, orjson.loads(await asyncio.wait_for(reader.readexactly(length), 10))
     finally:
         writer.close()

@@ -1,5 +1,6 @@
 """A first end-to-end check through the real interfaces."""
 
+import aiohttp
 import orjson
 import websockets
 
@@ -7,7 +8,9 @@ from tests.conftest import Server
 from tests.support import item, post
 
 
-async def test_published_item_reaches_a_websocket_subscriber(server: Server, http) -> None:
+async def test_published_item_reaches_a_websocket_subscriber(
+    server: Server, http: aiohttp.ClientSession
+) -> None:
     async with websockets.connect(server.ws + "?tags=world") as ws:
         subscribed = orjson.loads(await ws.recv())
         assert subscribed["type"] == "subscribed" and subscribed["tags"] == ["world"]

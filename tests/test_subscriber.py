@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import aiohttp
 import orjson
@@ -37,7 +37,15 @@ from tests.support import publish
 from wire.gateway.handlers import HUB
 from wire.storage import keys
 
-FAST = {"min_delay": 0.05, "max_delay": 0.5}
+
+class Delays(TypedDict):
+    """Reconnection delays for ``subscriber.connect``, as keyword arguments."""
+
+    min_delay: float
+    max_delay: float
+
+
+FAST: Delays = {"min_delay": 0.05, "max_delay": 0.5}
 
 
 async def until(condition: Callable[[], bool], within: float = 10.0) -> None:

@@ -9,6 +9,7 @@ import os
 import socket
 from typing import Any
 
+import aiohttp
 import orjson
 import websockets
 
@@ -40,11 +41,12 @@ async def read_message(reader: asyncio.StreamReader) -> dict[str, Any]:
         size = int.from_bytes(await reader.readexactly(2), "big")
     elif size == 127:
         size = int.from_bytes(await reader.readexactly(8), "big")
-    return orjson.loads(await reader.readexactly(size))  # type: ignore[no-any-return]
+    msg: dict[str, Any] = orjson.loads(await reader.readexactly(size))
+    return msg
 
 
 async def test_flash_overtakes_queued_items_on_a_lagging_connection(
-    make_server: ServerFactory, http
+    make_server: ServerFactory, http: aiohttp.ClientSession
 ) -> None:
     # A cap high enough that only the queue, not the slow-consumer close, is tested.
     server = await make_server(max_buffer=64 * 1024 * 1024)
