@@ -24,7 +24,9 @@ lines, and tests/test_stored.py holds the two to each other.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
+from operator import attrgetter
 from typing import Any, ClassVar
 
 # Shared Lua: type checks, the Idempotency-Key record and appending a version.
@@ -105,8 +107,19 @@ class ScriptArgs:
 
     def lists(self) -> tuple[list[Any], list[Any]]:
         """The KEYS and ARGV lists, as the script is called with them."""
-        values = [getattr(self, f.name) for f in fields(self)]
-        return values[: self.N_KEYS], values[self.N_KEYS :]
+        read = _READERS.get(type(self))
+        if read is None:  # built once per class: publishing is hot
+            names = [f.name for f in fields(self)]
+            # attrgetter of one name answers the value itself, not a 1-tuple.
+            one = names[0]
+            read = attrgetter(*names) if len(names) > 1 else lambda o: (getattr(o, one),)
+            _READERS[type(self)] = read
+        values = read(self)
+        return list(values[: self.N_KEYS]), list(values[self.N_KEYS :])
+
+
+#: Per ScriptArgs class, what reads all its fields in order.
+_READERS: dict[type[ScriptArgs], Callable[[ScriptArgs], tuple[Any, ...]]] = {}
 
 
 @dataclass(frozen=True, slots=True)
