@@ -164,7 +164,7 @@ async def get_item(request: web.Request) -> web.Response:
     raw = request.match_info["id"]
     key = parse_id(raw)
     store = request.app[STORE]
-    entry = await store.get(f"{key[0]}-{key[1]}")
+    entry = await store.get(format_id(key))
     if entry is not None:
         entry = grant.view(entry)
     if entry is None:

@@ -23,9 +23,10 @@ from tests.support import EDITOR_TOKEN, get_json, item, post, publish
 from tests.test_ninjs import run_export
 from wire.core.entry import Entry
 from wire.core.items import parse_submission, published_now
+from wire.core.stored import first_version
 from wire.runtime.settings import Settings
 from wire.storage import keys
-from wire.storage.store import Store, _parts, connect
+from wire.storage.store import Store, connect
 
 AUTH = {"Authorization": f"Bearer {EDITOR_TOKEN}"}
 PARTNER = {"Authorization": "Bearer partner"}
@@ -297,9 +298,7 @@ async def bulk(redis_url: str) -> AsyncIterator[list[str]]:
             rare.append((await store.publish(parse_submission(item(f"r{i}", ["rare"])))).id)
             continue
         sub = parse_submission(item(f"n{i}", ["common"]))
-        head, mark, rest, _, _ = _parts(sub)
-        at = b',"pubstatus":"usable","published_at":"' + published_now().encode() + b'"'
-        stored = head + b'1,"mark":' + mark + at + rest
+        stored = first_version(sub, published_now())
         pipe.xadd(keys.STREAM, {"j": stored, "t": "common", "u": 5, "g": sub.guid})
         if len(pipe) >= 1000:
             await pipe.execute()

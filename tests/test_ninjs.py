@@ -13,7 +13,7 @@ import os
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 import orjson
@@ -256,31 +256,45 @@ def test_ninjs_in_maps_to_a_submission_and_ignores_what_the_wire_does_not_model(
     assert sub.guid.startswith("urn:wire:")  # no uri: the wire assigns one
 
 
+class BadDoc(NamedTuple):
+    """A ninjs document the parser must refuse, naming ``field`` with ``hint`` in its message."""
+
+    doc: dict[str, Any]
+    field: str
+    hint: str
+
+
 BAD_DOCS = [
-    ({"subjects": [{"name": "world"}]}, "headlines", "main headline"),
-    (
+    BadDoc({"subjects": [{"name": "world"}]}, "headlines", "main headline"),
+    BadDoc(
         {"headlines": [{"role": "main", "value": "x" * 301}], "subjects": [{"name": "w"}]},
         "headlines",
         "longer than",
     ),
-    ({"headlines": "Quake", "subjects": [{"name": "world"}]}, "headlines", "array"),
-    ({"headlines": [{"value": "Quake"}]}, "subjects", "required: 1 to 20 subjects"),
-    (a_ninjs_doc(subjects=[{"name": f"t{n}"} for n in range(21)]), "subjects", "20 subjects"),
-    ({"headlines": [{"value": "Q"}], "subjects": [{"name": "a.b"}]}, "subjects", "'a.b'"),
-    ({"headlines": [{"value": "Q"}], "subjects": [{"uri": "wire:tag:a..b"}]}, "subjects", "a..b"),
-    (a_ninjs_doc(urgency=12), "urgency", "1 (flash) to 9"),
-    (a_ninjs_doc(uri="not a uri"), "uri", "absolute URI"),
-    (a_ninjs_doc(pubStatus="canceled"), "pubStatus", "withdraw"),
-    (a_ninjs_doc(pubStatus="withheld"), "pubStatus", "embargoedUntil"),
-    (a_ninjs_doc(renditions=[{"name": "web", "href": "ftp://x"}]), "renditions", "http"),
-    (a_ninjs_doc(embargoedUntil="tomorrow"), "embargoedUntil", "ISO 8601"),
-    (a_ninjs_doc(**{"wire:mark": 5}), "wire:mark", "string"),
-    (a_ninjs_doc(**{"wire:marc": "x"}), "wire:marc", "unknown"),
-    (a_ninjs_doc(bodies=[{"value": 5}]), "bodies", "string"),
+    BadDoc({"headlines": "Quake", "subjects": [{"name": "world"}]}, "headlines", "array"),
+    BadDoc({"headlines": [{"value": "Quake"}]}, "subjects", "required: 1 to 20 subjects"),
+    BadDoc(
+        a_ninjs_doc(subjects=[{"name": f"t{n}"} for n in range(21)]), "subjects", "20 subjects"
+    ),
+    BadDoc({"headlines": [{"value": "Q"}], "subjects": [{"name": "a.b"}]}, "subjects", "'a.b'"),
+    BadDoc(
+        {"headlines": [{"value": "Q"}], "subjects": [{"uri": "wire:tag:a..b"}]}, "subjects", "a..b"
+    ),
+    BadDoc(a_ninjs_doc(urgency=12), "urgency", "1 (flash) to 9"),
+    BadDoc(a_ninjs_doc(uri="not a uri"), "uri", "absolute URI"),
+    BadDoc(a_ninjs_doc(pubStatus="canceled"), "pubStatus", "withdraw"),
+    BadDoc(a_ninjs_doc(pubStatus="withheld"), "pubStatus", "embargoedUntil"),
+    BadDoc(a_ninjs_doc(renditions=[{"name": "web", "href": "ftp://x"}]), "renditions", "http"),
+    BadDoc(a_ninjs_doc(embargoedUntil="tomorrow"), "embargoedUntil", "ISO 8601"),
+    BadDoc(a_ninjs_doc(**{"wire:mark": 5}), "wire:mark", "string"),
+    BadDoc(a_ninjs_doc(**{"wire:marc": "x"}), "wire:marc", "unknown"),
+    BadDoc(a_ninjs_doc(bodies=[{"value": 5}]), "bodies", "string"),
 ]
 
 
-@pytest.mark.parametrize(("doc", "field", "hint"), BAD_DOCS)
+@pytest.mark.parametrize(
+    ("doc", "field", "hint"), BAD_DOCS, ids=[f"{c.field}: {c.hint}" for c in BAD_DOCS]
+)
 def test_bad_ninjs_names_the_ninjs_property(doc: dict[str, Any], field: str, hint: str) -> None:
     with pytest.raises(ValidationError) as err:
         ninjs.parse_ninjs(doc)

@@ -29,8 +29,8 @@ import orjson
 import redis.asyncio as aioredis
 from aiohttp import WSMsgType, web
 
-from wire.core.entry import with_id
 from wire.core.ids import format_id, parse_id
+from wire.core.stored import with_id
 from wire.core.tags import match_keys, normalize_tags
 from wire.storage import keys
 

@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from wire.core.ids import parse_id
+
 
 class HttpConn(asyncio.Protocol):
     """One keep-alive connection; one request in flight at a time."""
@@ -157,7 +159,7 @@ class Poster:
 
         await asyncio.gather(*(worker(c) for c in self.conns[:conns]))
         out.finished = time.monotonic_ns()
-        out.ids.sort(key=_key)
+        out.ids.sort(key=parse_id)
         return out
 
     async def steady(
@@ -190,7 +192,7 @@ class Poster:
             tasks.append(asyncio.create_task(one(conn)))
         await asyncio.gather(*tasks)
         out.finished = time.monotonic_ns()
-        out.ids.sort(key=_key)
+        out.ids.sort(key=parse_id)
         return out
 
     async def _one(
@@ -220,10 +222,5 @@ class Poster:
             out.errors.append(f"{status} {reply[:200].decode(errors='replace')}")
 
 
-def _key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
-
-
 def sorted_ids(ids: Sequence[str]) -> list[str]:
-    return sorted(ids, key=_key)
+    return sorted(ids, key=parse_id)

@@ -18,6 +18,7 @@ from typing import Any
 
 from wire.bench.poster import Poster, Published
 from wire.bench.procs import Clients, cpu_seconds, rss_bytes
+from wire.core.ids import parse_id
 
 
 @dataclass
@@ -208,11 +209,11 @@ class Bench:
                 continue
             if len(set(ids)) < len(ids):
                 problems.append(f"a sampled connection received duplicates ({len(ids)} ids)")
-            elif ids != sorted(ids, key=_key):
+            elif ids != sorted(ids, key=parse_id):
                 problems.append("a sampled connection received items out of order")
             else:
-                missing = sorted(set(expected_ids) - set(ids), key=_key)
-                extra = sorted(set(ids) - set(expected_ids), key=_key)
+                missing = sorted(set(expected_ids) - set(ids), key=parse_id)
+                extra = sorted(set(ids) - set(expected_ids), key=parse_id)
                 problems.append(
                     f"a sampled connection got the wrong ids: missing {missing[:3]}, "
                     f"unexpected {extra[:3]}"
@@ -461,8 +462,3 @@ def _per_item(got: dict[str, Any]) -> tuple[list[float], list[float]]:
     first = [min(v) / 1000 for v in seen.values()]
     spread = [(max(v) - min(v)) / 1000 for v in seen.values()]
     return first, spread
-
-
-def _key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)

@@ -14,6 +14,7 @@ import orjson
 
 from wire.core import frames
 from wire.core.ids import StreamKey, parse_id
+from wire.core.stored import with_id
 from wire.core.tags import match_keys
 
 
@@ -132,7 +133,3 @@ class Entry:
     def __repr__(self) -> str:
         return f"Entry({self.id}, tags={self.tags})"
 
-
-def with_id(entry_id: str, stored: bytes) -> bytes:
-    """Put ``"id"`` first into stored item JSON (which is stored without it)."""
-    return b'{"id":"' + entry_id.encode() + b'",' + stored[1:]

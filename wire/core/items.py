@@ -4,7 +4,7 @@
 :class:`Submission` or raises a :class:`~wire.errors.ValidationError` naming
 the field. Nothing else builds a Submission, so code past this boundary
 (store, gateway) trusts it. The stored form adds ``id``, ``version`` and
-``published_at``, set by the server.
+``published_at``, set by the server; its layout is :mod:`wire.core.stored`'s.
 """
 
 from __future__ import annotations
@@ -18,7 +18,10 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+from wire.core import stored
 from wire.core.errors import ValidationError, quoted
+from wire.core.stored import iso as iso  # re-exported: callers know the time format here
+from wire.core.stored import published_now as published_now  # re-exported too
 from wire.core.tags import normalize_tags
 
 MAX_TITLE = 300
@@ -52,18 +55,7 @@ class Submission:
 
     def pending(self) -> dict[str, Any]:
         """The JSON of an accepted embargoed item: no id or version until release."""
-        return {
-            "guid": self.guid,
-            "pubstatus": "withheld",
-            "embargo_until": iso(self.embargo_until) if self.embargo_until else None,
-            "urgency": self.urgency,
-            "mark": self.mark,
-            "title": self.title,
-            "subtitle": self.subtitle,
-            "tags": list(self.tags),
-            "url": self.url,
-            "body": self.body,
-        }
+        return stored.pending(self)
 
     def released(self) -> Submission:
         """The same item without its embargo, as published when it falls due."""
@@ -73,16 +65,6 @@ class Submission:
 def new_guid() -> str:
     """A fresh story id for items whose editor did not choose one."""
     return "urn:wire:" + secrets.token_hex(12)
-
-
-def published_now() -> str:
-    """Now, as the ISO 8601 UTC timestamp with milliseconds used in items."""
-    return iso(datetime.now(UTC))
-
-
-def iso(moment: datetime) -> str:
-    """``moment`` as ISO 8601 UTC with milliseconds and a ``Z``."""
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def parse_submission(data: object, *, now: datetime | None = None) -> Submission:

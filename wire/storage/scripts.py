@@ -12,7 +12,22 @@ its writes fail (the TYPE of each key it writes, existence rules, a withdrawn
 story) BEFORE its first write, and answers a status instead of writing. The
 shared Lua below is pasted at the top of the scripts that use it, so a release
 publishes exactly like ``POST /v1/items`` does.
+
+The item JSON the scripts write is not built here: :mod:`wire.core.stored`
+hands them its pieces and they only splice them (see ``append``).
+
+Each script's KEYS and ARGV are named by a frozen dataclass below
+(:class:`PublishArgs`...), whose fields are the KEYS then the ARGV in order;
+the Lua text names them by position in its ``-- KEYS:`` and ``-- ARGV:``
+lines, and tests/test_stored.py holds the two to each other.
 """
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from operator import attrgetter
+from typing import Any, ClassVar
 
 # Shared Lua: type checks, the Idempotency-Key record and appending a version.
 # An Idempotency-Key record is "digest \n stream id \n JSON"; the id is empty
@@ -60,14 +75,17 @@ local function recorded(key, digest, ttl, immediate)
 end
 
 -- Append the next version of a story; call only after refused() said nil.
--- p: guid, head, mark, at (published_at), rest, tags (space-separated), urgency
+-- p: the item's pieces (wire.core.stored.Pieces, and its guid):
+--    guid, head, mark, rest, tags (space-separated), urgency
+-- L: the pieces every version shares (wire.core.stored.Layout):
+--    mark_key, no_mark, updated, stamp
 -- r: stream MAXLEN, stream MINID, story ttl
-local function append(stream, story, tags, ids, p, r)
+-- The JSON is spliced exactly as wire.core.stored.version_json does.
+local function append(stream, story, tags, ids, p, L, r)
   local v = redis.call('HINCRBY', story, 'version', 1)
   local mark = p.mark
-  if mark == 'null' and v > 1 then mark = '"Updated"' end
-  local json = p.head .. v .. ',"mark":' .. mark ..
-    ',"pubstatus":"usable","published_at":"' .. p.at .. '"' .. p.rest
+  if mark == L.no_mark and v > 1 then mark = L.updated end
+  local json = p.head .. v .. L.mark_key .. mark .. L.stamp .. p.rest
   local id = redis.call('XADD', stream, 'MAXLEN', '~', r[1], '*',
                         'j', json, 't', p.tags, 'u', p.urgency, 'g', p.guid)
   redis.call('XTRIM', stream, 'MINID', '~', r[2])
@@ -78,33 +96,111 @@ local function append(stream, story, tags, ids, p, r)
 end
 """
 
-# KEYS: 1 stream, 2 story, 3 story tags, 4 story ids, 5 idempotency key or ""
-# ARGV: 1 guid, 2 head, 3 mark JSON, 4 published_at, 5 rest, 6 tags, 7 urgency,
-#       8 maxlen, 9 minid, 10 story ttl, 11 body digest, 12 idempotency ttl
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptArgs:
+    """A script call's arguments by name: the first ``N_KEYS`` fields are its
+    KEYS, the others its ARGV, each in the order the script reads them."""
+
+    N_KEYS: ClassVar[int] = 0
+
+    def lists(self) -> tuple[list[Any], list[Any]]:
+        """The KEYS and ARGV lists, as the script is called with them."""
+        read = _READERS.get(type(self))
+        if read is None:  # built once per class: publishing is hot
+            names = [f.name for f in fields(self)]
+            # attrgetter of one name answers the value itself, not a 1-tuple.
+            one = names[0]
+            read = attrgetter(*names) if len(names) > 1 else lambda o: (getattr(o, one),)
+            _READERS[type(self)] = read
+        values = read(self)
+        return list(values[: self.N_KEYS]), list(values[self.N_KEYS :])
+
+
+#: Per ScriptArgs class, what reads all its fields in order.
+_READERS: dict[type[ScriptArgs], Callable[[ScriptArgs], tuple[Any, ...]]] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class PublishArgs(ScriptArgs):
+    """:data:`PUBLISH`: append a version; idempotent per key and body."""
+
+    N_KEYS: ClassVar[int] = 5
+    stream: str
+    story: str
+    story_tags: str
+    story_ids: str
+    #: The Idempotency-Key's record, or "" without a key.
+    idempotency: str
+    guid: str
+    head: bytes
+    mark: bytes
+    rest: bytes
+    tags: str
+    urgency: int
+    mark_key: bytes
+    no_mark: bytes
+    updated: bytes
+    stamp: bytes
+    maxlen: int
+    minid: int
+    story_ttl: int
+    digest: str
+    idempotency_ttl: int
+
+
 PUBLISH = (
     _LIB
     + r"""
-local found = recorded(KEYS[5], ARGV[11], ARGV[12], true)
+-- KEYS: 1 stream, 2 story, 3 story_tags, 4 story_ids, 5 idempotency (or '')
+-- ARGV: 1 guid, 2 head, 3 mark, 4 rest, 5 tags, 6 urgency, 7 mark_key, 8 no_mark,
+--       9 updated, 10 stamp, 11 maxlen, 12 minid, 13 story_ttl, 14 digest,
+--       15 idempotency_ttl
+local found = recorded(KEYS[5], ARGV[14], ARGV[15], true)
 if found then return found end
 local no = refused(KEYS[1], KEYS[2], KEYS[3], KEYS[4])
 if no then return no end
 local id, json = append(KEYS[1], KEYS[2], KEYS[3], KEYS[4],
-  {guid = ARGV[1], head = ARGV[2], mark = ARGV[3], at = ARGV[4], rest = ARGV[5],
-   tags = ARGV[6], urgency = ARGV[7]},
-  {ARGV[8], ARGV[9], ARGV[10]})
+  {guid = ARGV[1], head = ARGV[2], mark = ARGV[3], rest = ARGV[4], tags = ARGV[5],
+   urgency = ARGV[6]},
+  {mark_key = ARGV[7], no_mark = ARGV[8], updated = ARGV[9], stamp = ARGV[10]},
+  {ARGV[11], ARGV[12], ARGV[13]})
 if KEYS[5] ~= '' then
-  redis.call('SET', KEYS[5], ARGV[11] .. '\n' .. id .. '\n' .. json, 'EX', ARGV[12])
+  redis.call('SET', KEYS[5], ARGV[14] .. '\n' .. id .. '\n' .. json, 'EX', ARGV[15])
 end
 return {'new', id, json}
 """
 )
 
-# KEYS: 1 stream, 2 story, 3 story tags, 4 story ids
-# ARGV: 1 guid, 2 guid JSON, 3 reason JSON, 4 published_at, 5 maxlen, 6 minid, 7 story ttl
-# Tags are validated to characters that need no JSON escaping.
+
+@dataclass(frozen=True, slots=True)
+class WithdrawArgs(ScriptArgs):
+    """:data:`WITHDRAW`: append a story's kill notice (a repeat answers the first)."""
+
+    N_KEYS: ClassVar[int] = 4
+    stream: str
+    story: str
+    story_tags: str
+    story_ids: str
+    guid: str
+    #: The pieces of wire.core.stored.WithdrawalPieces.
+    head: bytes
+    middle: bytes
+    tail: bytes
+    maxlen: int
+    minid: int
+    story_ttl: int
+
+
+# The JSON is spliced exactly as wire.core.stored.withdrawal_json does; it
+# cannot be finished in Python, as the version and the story's tags must be
+# read and written in this one script (see wire.core.stored).
 WITHDRAW = (
     _LIB
     + r"""
+-- KEYS: 1 stream, 2 story, 3 story_tags, 4 story_ids
+-- ARGV: 1 guid, 2 head, 3 middle, 4 tail, 5 maxlen, 6 minid, 7 story_ttl
 local bad = conflict({KEYS[1], 'stream', KEYS[2], 'hash', KEYS[3], 'set', KEYS[4], 'list'})
 if bad then return {'conflict', bad} end
 local current = redis.call('HGET', KEYS[2], 'version')
@@ -121,9 +217,7 @@ local tags = redis.call('SMEMBERS', KEYS[3])
 table.sort(tags)
 local quoted = {}
 for i, t in ipairs(tags) do quoted[i] = '"' .. t .. '"' end
-local json = '{"guid":' .. ARGV[2] .. ',"version":' .. v ..
-  ',"pubstatus":"canceled","published_at":"' .. ARGV[4] .. '","reason":' .. ARGV[3] ..
-  ',"tags":[' .. table.concat(quoted, ',') .. ']}'
+local json = ARGV[2] .. v .. ARGV[3] .. table.concat(quoted, ',') .. ARGV[4]
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], '*', 'j', json,
                       't', table.concat(tags, ' '), 'u', '1', 'g', ARGV[1], 'k', 'w')
 redis.call('XTRIM', KEYS[1], 'MINID', '~', ARGV[6])
@@ -134,15 +228,40 @@ return {'new', id, json}
 """
 )
 
-# KEYS: 1 embargo schedule, 2 embargo item, 3 story, 4 story tags, 5 story ids,
-#       6 idempotency key or ""
-# ARGV: 1 due ms, 2 pending JSON, 3 guid, 4 head, 5 mark JSON, 6 rest, 7 tags,
-#       8 urgency, 9 body digest, 10 idempotency ttl
+
+@dataclass(frozen=True, slots=True)
+class EmbargoArgs(ScriptArgs):
+    """:data:`EMBARGO`: schedule an item's release (replacing a pending one)."""
+
+    N_KEYS: ClassVar[int] = 6
+    schedule: str
+    item: str
+    story: str
+    story_tags: str
+    story_ids: str
+    idempotency: str
+    due_ms: int
+    #: The pending item's JSON (wire.core.stored.pending).
+    pending: bytes
+    guid: str
+    head: bytes
+    mark: bytes
+    rest: bytes
+    tags: str
+    urgency: int
+    digest: str
+    idempotency_ttl: int
+
+
 # The item hash keeps what RELEASE needs, story keys included: Lua cannot
-# compute a key (no SHA-256), so keys are only ever built in wire/keys.py.
+# compute a key (no SHA-256), so keys are only ever built in wire/storage/keys.py.
+# Its fields (g h m r t u ks kt ki) outlive an upgrade: keep their meaning.
 EMBARGO = (
     _LIB
     + r"""
+-- KEYS: 1 schedule, 2 item, 3 story, 4 story_tags, 5 story_ids, 6 idempotency (or '')
+-- ARGV: 1 due_ms, 2 pending, 3 guid, 4 head, 5 mark, 6 rest, 7 tags, 8 urgency,
+--       9 digest, 10 idempotency_ttl
 local found = recorded(KEYS[6], ARGV[9], ARGV[10], false)
 if found then return found end
 local bad = conflict({KEYS[1], 'zset', KEYS[2], 'hash', KEYS[3], 'hash'})
@@ -159,16 +278,44 @@ return {'new', '', ARGV[2]}
 """
 )
 
-# KEYS: embargo schedule, embargo item
+
+@dataclass(frozen=True, slots=True)
+class CancelArgs(ScriptArgs):
+    """:data:`CANCEL_EMBARGO`: unschedule a pending item (1 if there was one, else 0)."""
+
+    N_KEYS: ClassVar[int] = 2
+    schedule: str
+    item: str
+
+
 CANCEL_EMBARGO = """
+-- KEYS: 1 schedule, 2 item
 if redis.call('ZREM', KEYS[1], KEYS[2]) == 0 then return 0 end
 redis.call('DEL', KEYS[2])
 return 1
 """
 
-# KEYS: 1 stream, 2 embargo schedule
-# ARGV: 1 now ms, 2 batch size, 3 published_at, 4 maxlen, 5 minid, 6 story ttl,
-#       7 ms to wait before retrying an item whose story keys conflict
+
+@dataclass(frozen=True, slots=True)
+class ReleaseArgs(ScriptArgs):
+    """:data:`RELEASE`: publish a batch of due embargoed items."""
+
+    N_KEYS: ClassVar[int] = 2
+    stream: str
+    schedule: str
+    now_ms: int
+    batch: int
+    mark_key: bytes
+    no_mark: bytes
+    updated: bytes
+    stamp: bytes
+    maxlen: int
+    minid: int
+    story_ttl: int
+    #: How long an item whose story keys conflict waits before it is retried.
+    retry_ms: int
+
+
 # Releases up to a batch of due items, soonest first, each exactly like a
 # publish. An item is released by the call that removes it from the schedule;
 # as the range and the removals run in one script, two publishers racing can
@@ -179,7 +326,10 @@ return 1
 RELEASE = (
     _LIB
     + r"""
-local function release(key, r)
+-- KEYS: 1 stream, 2 schedule
+-- ARGV: 1 now_ms, 2 batch, 3 mark_key, 4 no_mark, 5 updated, 6 stamp, 7 maxlen,
+--       8 minid, 9 story_ttl, 10 retry_ms
+local function release(key, L, r)
   local f = {}
   if not conflict({key, 'hash'}) then
     f = redis.call('HMGET', key, 'g', 'h', 'm', 'r', 't', 'u', 'ks', 'kt', 'ki')
@@ -192,24 +342,24 @@ local function release(key, r)
   end
   local no = refused(KEYS[1], f[7], f[8], f[9])
   if no and no[1] == 'conflict' then
-    redis.call('ZADD', KEYS[2], ARGV[1] + ARGV[7], key)
+    redis.call('ZADD', KEYS[2], ARGV[1] + ARGV[10], key)
     return {'conflict', f[1], no[2]}
   end
   redis.call('ZREM', KEYS[2], key)
   redis.call('DEL', key)
   if no then return {'withdrawn', f[1], ''} end
   local id = append(KEYS[1], f[7], f[8], f[9],
-    {guid = f[1], head = f[2], mark = f[3], at = ARGV[3], rest = f[4], tags = f[5],
-     urgency = f[6]},
-    r)
+    {guid = f[1], head = f[2], mark = f[3], rest = f[4], tags = f[5], urgency = f[6]},
+    L, r)
   return {'new', f[1], id}
 end
 
-local r = {ARGV[4], ARGV[5], ARGV[6]}
+local L = {mark_key = ARGV[3], no_mark = ARGV[4], updated = ARGV[5], stamp = ARGV[6]}
+local r = {ARGV[7], ARGV[8], ARGV[9]}
 local out = {}
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 for _, key in ipairs(due) do
-  for _, v in ipairs(release(key, r)) do out[#out + 1] = v end
+  for _, v in ipairs(release(key, L, r)) do out[#out + 1] = v end
 end
 return out
 """

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 from urllib.parse import unquote, urlsplit
 
 import orjson
@@ -24,7 +24,8 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 
-from wire.core.entry import Entry, with_id
+from wire.core import stored
+from wire.core.entry import Entry
 from wire.core.errors import (
     IdempotencyKeyReused,
     KeyConflict,
@@ -32,8 +33,9 @@ from wire.core.errors import (
     ServiceUnavailable,
     StoryWithdrawn,
 )
-from wire.core.ids import ZERO, StreamKey, format_id
-from wire.core.items import Submission, published_now
+from wire.core.ids import ZERO, StreamKey, format_id, parse_id
+from wire.core.items import Submission
+from wire.core.stored import published_now, with_id
 from wire.runtime.settings import Settings
 from wire.storage import keys, scripts
 
@@ -62,12 +64,21 @@ class Scan:
     next: StreamKey | None
 
 
+class Retention(NamedTuple):
+    """What the write scripts keep: stream length and age, and the story keys' ttl (s)."""
+
+    maxlen: int
+    minid: int
+    story_ttl: int
+
+
 _Read = Callable[[StreamKey | None, int], Awaitable[list[Entry]]]
 
 
 @dataclass(frozen=True, slots=True)
-class Published:
-    """What a publish returns: the item's JSON (with id) and whether it is new."""
+class Written:
+    """What a write (publish, withdrawal, embargo) answers: the stored JSON (with
+    its id; an embargoed item has none yet) and whether this call created it."""
 
     id: str
     json: bytes
@@ -141,43 +152,44 @@ class Store:
 
     async def publish(
         self, sub: Submission, *, idempotency_key: str | None = None, digest: str = ""
-    ) -> Published:
+    ) -> Written:
         """Append a new version of ``sub``'s story; idempotent per key and body."""
-        head, mark, rest, tags, urgency = _parts(sub)
-        result, acked = await self._write(
-            self._publish,
-            keys=[
-                keys.STREAM,
-                keys.story(sub.guid),
-                keys.story_tags(sub.guid),
-                keys.story_ids(sub.guid),
-                keys.idempotency(idempotency_key) if idempotency_key else "",
-            ],
-            args=[
-                sub.guid,
-                head,
-                mark,
-                published_now(),
-                rest,
-                tags,
-                urgency,
-                *self._retention(),
-                digest,
-                self.settings.idempotency_ttl,
-            ],
+        item, shared, kept = stored.pieces(sub), stored.layout(published_now()), self._retention()
+        call = scripts.PublishArgs(
+            stream=keys.STREAM,
+            story=keys.story(sub.guid),
+            story_tags=keys.story_tags(sub.guid),
+            story_ids=keys.story_ids(sub.guid),
+            idempotency=keys.idempotency(idempotency_key) if idempotency_key else "",
+            guid=sub.guid,
+            head=item.head,
+            mark=item.mark,
+            rest=item.rest,
+            tags=item.tags,
+            urgency=item.urgency,
+            mark_key=shared.mark_key,
+            no_mark=shared.no_mark,
+            updated=shared.updated,
+            stamp=shared.stamp,
+            maxlen=kept.maxlen,
+            minid=kept.minid,
+            story_ttl=kept.story_ttl,
+            digest=digest,
+            idempotency_ttl=self.settings.idempotency_ttl,
         )
+        result, acked = await self._write(self._publish, call)
         status, entry_id, json = self._answer(result, acked)
-        return Published(entry_id, with_id(entry_id, json), status == "new")
+        return Written(entry_id, with_id(entry_id, json), status == "new")
 
-    def _retention(self) -> list[int]:
+    def _retention(self) -> Retention:
         """Stream MAXLEN, stream MINID and the story keys' ttl, for the write scripts."""
         now_ms = int(time.time() * 1000)
         minid = max(0, now_ms - int(self.settings.retention_days * 86_400_000))
         story_ttl = int(self.settings.retention_days * 86_400) + 86_400
-        return [self.settings.max_items, minid, story_ttl]
+        return Retention(self.settings.max_items, minid, story_ttl)
 
     async def _write(
-        self, script: AsyncScript, *, keys: list[Any], args: list[Any]
+        self, script: AsyncScript, call: scripts.ScriptArgs
     ) -> tuple[list[bytes], int]:
         """Run a write script and, with ``replica_acks``, WAIT on its connection.
 
@@ -187,6 +199,7 @@ class Store:
         (A script that finds an earlier answer still writes, so that the WAIT
         then covers the original entry too.)
         """
+        keys, args = call.lists()
         if self.settings.replica_acks <= 0:
             return await script(keys=keys, args=args), 0
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -214,24 +227,25 @@ class Store:
             raise ServiceUnavailable("no replica acknowledged the write in time; retry")
         return status, result[1].decode(), result[2]
 
-    async def withdraw(self, guid: str, reason: str) -> Published:
+    async def withdraw(self, guid: str, reason: str) -> Written:
         """Append the withdrawal of a story (idempotent: a repeat returns the first)."""
-        maxlen, minid, story_ttl = self._retention()
-        result, acked = await self._write(
-            self._withdraw,
-            keys=[keys.STREAM, keys.story(guid), keys.story_tags(guid), keys.story_ids(guid)],
-            args=[
-                guid,
-                orjson.dumps(guid),
-                orjson.dumps(reason),
-                published_now(),
-                maxlen,
-                minid,
-                story_ttl,
-            ],
+        notice, kept = stored.withdrawal_pieces(guid, reason, published_now()), self._retention()
+        call = scripts.WithdrawArgs(
+            stream=keys.STREAM,
+            story=keys.story(guid),
+            story_tags=keys.story_tags(guid),
+            story_ids=keys.story_ids(guid),
+            guid=guid,
+            head=notice.head,
+            middle=notice.middle,
+            tail=notice.tail,
+            maxlen=kept.maxlen,
+            minid=kept.minid,
+            story_ttl=kept.story_ttl,
         )
+        result, acked = await self._write(self._withdraw, call)
         status, entry_id, json = self._answer(result, acked)
-        return Published(entry_id, with_id(entry_id, json), status == "new")
+        return Written(entry_id, with_id(entry_id, json), status == "new")
 
     async def story(self, guid: str) -> list[Entry]:
         """Every kept version of a story (withdrawn content redacted), oldest first."""
@@ -268,7 +282,7 @@ class Store:
         *,
         idempotency_key: str | None = None,
         digest: str = "",
-    ) -> Published:
+    ) -> Written:
         """Schedule ``sub`` for release at its embargo time (replacing a pending one).
 
         Idempotent per key and body like :meth:`publish`: a repeat answers the
@@ -276,25 +290,28 @@ class Store:
         (StoryWithdrawn) for a withdrawn story. The answer has no stream id.
         """
         assert sub.embargo_until is not None
-        due = int(sub.embargo_until.timestamp() * 1000)
-        head, mark, rest, tags, urgency = _parts(sub)
-        result, acked = await self._write(
-            self._embargo,
-            keys=[
-                keys.EMBARGOES,
-                keys.embargo(sub.guid),
-                keys.story(sub.guid),
-                keys.story_tags(sub.guid),
-                keys.story_ids(sub.guid),
-                keys.idempotency(idempotency_key) if idempotency_key else "",
-            ],
-            args=[
-                *(due, pending, sub.guid, head, mark, rest, tags, urgency),
-                *(digest, self.settings.idempotency_ttl),
-            ],
+        item = stored.pieces(sub)
+        call = scripts.EmbargoArgs(
+            schedule=keys.EMBARGOES,
+            item=keys.embargo(sub.guid),
+            story=keys.story(sub.guid),
+            story_tags=keys.story_tags(sub.guid),
+            story_ids=keys.story_ids(sub.guid),
+            idempotency=keys.idempotency(idempotency_key) if idempotency_key else "",
+            due_ms=int(sub.embargo_until.timestamp() * 1000),
+            pending=pending,
+            guid=sub.guid,
+            head=item.head,
+            mark=item.mark,
+            rest=item.rest,
+            tags=item.tags,
+            urgency=item.urgency,
+            digest=digest,
+            idempotency_ttl=self.settings.idempotency_ttl,
         )
+        result, acked = await self._write(self._embargo, call)
         status, _, json = self._answer(result, acked)
-        return Published("", json, status == "new")
+        return Written("", json, status == "new")
 
     async def embargoes(self) -> list[bytes]:
         """Pending embargoed items (JSON), soonest first."""
@@ -309,7 +326,8 @@ class Store:
 
     async def cancel_embargo(self, guid: str) -> bool:
         """Cancel a pending embargoed item; False when there was none."""
-        return bool(await self._cancel(keys=[keys.EMBARGOES, keys.embargo(guid)], args=[]))
+        names, args = scripts.CancelArgs(schedule=keys.EMBARGOES, item=keys.embargo(guid)).lists()
+        return bool(await self._cancel(keys=names, args=args))
 
     async def release_embargoes(
         self, now_ms: int, limit: int = RELEASE_BATCH
@@ -319,12 +337,22 @@ class Store:
         Answers (status, guid, stream id or detail) per item handled; see
         ``scripts.RELEASE``. Fewer than ``limit`` answers: nothing more is due.
         """
-        maxlen, minid, story_ttl = self._retention()
-        result, acked = await self._write(
-            self._release,
-            keys=[keys.STREAM, keys.EMBARGOES],
-            args=[now_ms, limit, published_now(), maxlen, minid, story_ttl, CONFLICT_RETRY_MS],
+        shared, kept = stored.layout(published_now()), self._retention()
+        call = scripts.ReleaseArgs(
+            stream=keys.STREAM,
+            schedule=keys.EMBARGOES,
+            now_ms=now_ms,
+            batch=limit,
+            mark_key=shared.mark_key,
+            no_mark=shared.no_mark,
+            updated=shared.updated,
+            stamp=shared.stamp,
+            maxlen=kept.maxlen,
+            minid=kept.minid,
+            story_ttl=kept.story_ttl,
+            retry_ms=CONFLICT_RETRY_MS,
         )
+        result, acked = await self._write(self._release, call)
         if result and acked < self.settings.replica_acks:
             # Released is released (it cannot be taken back); say it is at risk.
             log.warning("embargo release: no replica acknowledged %d items", len(result) // 3)
@@ -360,8 +388,7 @@ class Store:
 
         def key(name: str) -> StreamKey:
             raw = info.get(name) or b"0-0"
-            ms, _, seq = (raw.decode() if isinstance(raw, bytes) else str(raw)).partition("-")
-            return int(ms), int(seq or 0)
+            return parse_id(raw.decode() if isinstance(raw, bytes) else str(raw), field=name)
 
         trimmed = key("max-deleted-entry-id")
         # Redis 7.0 does not move max-deleted-entry-id on XTRIM, which is how
@@ -517,34 +544,9 @@ async def _first(pages: AsyncIterator[tuple[list[Entry], StreamKey | None]], lim
 
 
 def _stub(entry: Entry) -> Entry:
-    """A withdrawn version with its content removed: who, when, which version."""
-    item = orjson.loads(entry.json)
-    kept = {k: item[k] for k in ("id", "guid", "version", "published_at", "tags")}
-    kept["pubstatus"] = "canceled"
-    return Entry(entry.id, entry.tags, entry.urgency, entry.guid, orjson.dumps(kept))
+    """A withdrawn version with its content removed (see :func:`stored.stub`)."""
+    return Entry(entry.id, entry.tags, entry.urgency, entry.guid, stored.stub(entry.json))
 
 
 def _entries(rows: Any) -> list[Entry]:
     return [Entry.from_fields(eid, fields) for eid, fields in rows]
-
-
-def _parts(sub: Submission) -> tuple[bytes, bytes, bytes, str, int]:
-    """What the scripts build an item from: head, mark JSON, rest, tags, urgency.
-
-    Stored layout: ``{"guid":..,"version":<v>,"mark":<m>,"pubstatus":"usable",
-    "published_at":<t>,"urgency":..,...}``; the script fills in the version,
-    the mark ("Updated" for a later version without one) and the time, so an
-    embargoed item gets its time when it is released.
-    """
-    head = b'{"guid":' + orjson.dumps(sub.guid) + b',"version":'
-    rest = orjson.dumps(
-        {
-            "urgency": sub.urgency,
-            "title": sub.title,
-            "subtitle": sub.subtitle,
-            "tags": list(sub.tags),
-            "url": sub.url,
-            "body": sub.body,
-        }
-    )
-    return head, orjson.dumps(sub.mark), b"," + rest[1:], " ".join(sub.tags), sub.urgency
