@@ -35,7 +35,6 @@ from wire.gateway.state import (
     CLOSED,
     FALL_BEHIND,
     GO_LIVE,
-    LIVE,
     REPLAY,
     step,
 )
@@ -136,7 +135,6 @@ class Hub:
     def dispatch(self, entries: Sequence[Entry]) -> None:
         """Deliver a batch read from the stream, in order, once per connection."""
         index = self.index
-        live = LIVE
         touched: list[Conn] = []
         overflowed: list[Conn] = []
         for entry in entries:
@@ -145,9 +143,12 @@ class Hub:
                 continue
             targets = lists[0] if len(lists) == 1 else set().union(*lists)
             for conn in targets:
-                state = conn.state
-                # One attribute read for a live connection, as before states.
-                if state is not live and state.replaying:
+                # The replay buffer is the replaying states' data: not None
+                # exactly when ``conn.state.replaying`` (a closed connection
+                # keeps its own but has left the index). Tested against None
+                # because CPython fuses that test and its jump: this runs per
+                # item per connection.
+                if conn.buffer is not None:
                     if self._buffer(conn, entry):
                         # Closed after the loop: closing removes the connection
                         # from the index set that ``targets`` may be.
@@ -174,7 +175,7 @@ class Hub:
 
     def _buffer(self, conn: Conn, entry: Entry) -> bool:
         """Hold a live entry for a replaying connection; True once over the cap."""
-        assert conn.buffer is not None
+        assert conn.buffer is not None and conn.state.replaying
         conn.buffer.append(entry)
         conn.buffered_bytes += len(entry.json)
         return conn.buffered_bytes > self.max_buffer
@@ -195,7 +196,12 @@ class Hub:
             entries = fresh(entries, conn.last_key)
             if not entries:
                 return
-        self._write_items(conn, entries, entries[-1].key)
+        # _write_items inlined: this runs once per connection per batch.
+        conn.last_key = entries[-1].key
+        self.deliveries += len(entries)
+        self.send(conn, conn.encode(entries))
+        if conn.state is not CLOSED and conn.transport.get_write_buffer_size() > HOLD_AT:
+            self._fall_behind(conn)
 
     def _write_items(self, conn: Conn, entries: Sequence[Entry], last: StreamKey) -> None:
         """Write ``entries``, after which the connection has had everything up to ``last``."""
