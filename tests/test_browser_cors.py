@@ -24,7 +24,7 @@ from playwright.async_api import Browser, Page, async_playwright
 from tests.conftest import ServerFactory, server_factory
 from tests.support import EDITOR_TOKEN, free_port, item, post
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
-from wire.gateway.handlers import HUB
+from wire.gateway.reader import HUB
 
 pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
 

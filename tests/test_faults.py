@@ -892,7 +892,7 @@ async def test_replica_acks_are_never_given_for_an_unreplicated_item(
 async def test_slow_consumer_closed_4008_fast_ones_get_everything_it_resumes(
     make_server: Any, http: aiohttp.ClientSession
 ) -> None:
-    from wire.gateway.handlers import HUB
+    from wire.gateway.reader import HUB
 
     server = await make_server(max_buffer=64 * 1024, send_buffer=16 * 1024, ping_interval=60)
     hub = server.app[HUB]

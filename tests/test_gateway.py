@@ -41,7 +41,7 @@ from tests.support import (
     publish,
     wait_for,
 )
-from wire.gateway.handlers import HUB
+from wire.gateway.reader import HUB
 
 WAIT = 15.0  # the most any single expected message may take
 

@@ -36,8 +36,8 @@ from wire.core.entry import Entry
 from wire.core.ids import ZERO
 from wire.core.items import parse_submission
 from wire.core.resume import Window
-from wire.gateway.handlers import HUB
 from wire.gateway.hub import Hub
+from wire.gateway.reader import HUB
 from wire.runtime.settings import Settings
 from wire.storage.store import Store, connect
 

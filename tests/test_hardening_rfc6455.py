@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from tests.conftest import Server
 from tests.support import post
 from wire.core.closecodes import sendable as sendable_close_code
-from wire.gateway.handlers import HUB
+from wire.gateway.reader import HUB
 from wire.gateway.wsedge import SHORT_CLOSE, UNMASKED, FrameGuard
 
 WAIT = 15.0

@@ -17,8 +17,8 @@ from wire.core import frames
 from wire.core.closecodes import CloseCode
 from wire.core.entry import Entry
 from wire.core.ids import ZERO, StreamKey
-from wire.gateway.handlers import Reader
 from wire.gateway.hub import Conn, Hub
+from wire.gateway.reader import Reader
 from wire.runtime import loop
 from wire.runtime.settings import Settings
 

@@ -40,7 +40,7 @@ from wire.core.protocol import (
     subscribed_message,
     truncated_message,
 )
-from wire.core.resume import Window, compact, fresh, is_truncated, merge, replay_window
+from wire.core.resume import Window, compact, fresh, is_truncated, replay_window
 
 
 def msg(**fields: Any) -> bytes:
@@ -401,7 +401,7 @@ def test_truncated_only_when_unseen_items_were_removed() -> None:
     assert not is_truncated((7, 0), (6, 0))
 
 
-# --- resume: fresh and merge ------------------------------------------------------
+# --- resume: fresh ---------------------------------------------------------------
 
 
 def test_fresh_keeps_only_after_last_sent_in_order() -> None:
@@ -409,31 +409,6 @@ def test_fresh_keeps_only_after_last_sent_in_order() -> None:
     assert keys(fresh(es, (2, 0))) == [(3, 0), (3, 1)]
     assert keys(fresh(es, ZERO)) == keys(es)
     assert fresh(es, (3, 1)) == []
-
-
-def test_merge_history_then_buffer_without_duplicates() -> None:
-    history = [entry(1), entry(2), entry(3)]
-    buffered = [entry(3), entry(4), entry(5)]  # the reader delivered 3 during the replay too
-    assert keys(merge(history, buffered, ZERO)) == [(1, 0), (2, 0), (3, 0), (4, 0), (5, 0)]
-
-
-def test_merge_skips_what_the_connection_already_got() -> None:
-    history = [entry(1), entry(2), entry(3)]
-    buffered = [entry(4)]
-    assert keys(merge(history, buffered, (2, 0))) == [(3, 0), (4, 0)]
-    assert keys(merge(history, buffered, (4, 0))) == []
-
-
-def test_merge_with_empty_history() -> None:
-    assert keys(merge([], [entry(4), entry(5)], (4, 0))) == [(5, 0)]
-    assert keys(merge([], [], ZERO)) == []
-
-
-def test_merge_is_strictly_increasing() -> None:
-    history = [entry(i) for i in range(1, 50)]
-    buffered = [entry(i) for i in range(30, 80)]
-    out = keys(merge(history, buffered, (10, 0)))
-    assert out == [(i, 0) for i in range(11, 80)]
 
 
 # --- resume: compact --------------------------------------------------------------

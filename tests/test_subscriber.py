@@ -34,7 +34,7 @@ from subscriber import (
 )
 from tests.conftest import Server, ServerFactory
 from tests.support import publish
-from wire.gateway.handlers import HUB
+from wire.gateway.reader import HUB
 from wire.storage import keys
 
 

@@ -10,7 +10,11 @@ connection asks for history (``since`` or ``backfill``) the gateway:
 3. sends history, then the buffer, each filtered through the connection's
    ``last_sent`` key so an item can never go out twice.
 
-The functions here make steps 2 and 3 decisions; the I/O lives in the gateway.
+The decisions are pure and live here: the window to replay, whether
+retention cut it, :func:`fresh` (the no-duplicate rule) and, for a catch-up
+taken over by another, :func:`remainder`. Reading the sources and
+interleaving them in stream order (each key once) is
+:func:`wire.gateway.replay.merge`, the one merge.
 """
 
 from __future__ import annotations
@@ -47,14 +51,6 @@ def is_truncated(since: StreamKey, trimmed_upto: StreamKey) -> bool:
 def fresh(entries: Iterable[Entry], last_sent: StreamKey) -> list[Entry]:
     """Entries strictly after ``last_sent``, in order: the no-duplicate rule."""
     return [e for e in entries if e.key > last_sent]
-
-
-def merge(history: Sequence[Entry], buffered: Sequence[Entry], last_sent: StreamKey) -> list[Entry]:
-    """History followed by buffered live entries, each sent at most once, in order."""
-    out = fresh(history, last_sent)
-    tail = out[-1].key if out else last_sent
-    out.extend(fresh(buffered, tail))
-    return out
 
 
 def compact(entries: Sequence[Entry]) -> list[Entry]:

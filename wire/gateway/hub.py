@@ -7,29 +7,45 @@ not to the number of subscribers), collects each connection's share of the
 batch, and writes that share with one ``transport.write``. Nothing on this
 path awaits a subscriber: a connection whose unsent data passes the cap is
 closed with 4008 ``slow consumer`` and resumes with ``since``.
+
+The hub composes small units: each connection's state machine
+(:mod:`~wire.gateway.state`, the one table of transitions), the backlog of a
+connection that is behind (:mod:`~wire.gateway.backlog`), the window of
+recent items (:mod:`~wire.gateway.recent`) and keep-alive rounds
+(:mod:`~wire.gateway.keepalive`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
-import operator
-from collections.abc import Callable, Iterable, Sequence
-from typing import Protocol
+from collections.abc import Iterable, Sequence
 
 from wire.core import frames
 from wire.core.closecodes import CloseCode
-from wire.core.entitlements import Grant
 from wire.core.entry import Entry
 from wire.core.ids import ZERO, StreamKey
 from wire.core.resume import Window, fresh
+from wire.gateway.backlog import Backlog
+from wire.gateway.conn import Conn, Transport
+from wire.gateway.keepalive import Pings, sweep
+from wire.gateway.recent import Recent
+from wire.gateway.state import (
+    CATCH_UP,
+    CLOSE,
+    CLOSED,
+    FALL_BEHIND,
+    GO_LIVE,
+    REPLAY,
+    step,
+)
+
+__all__ = ["Conn", "Hub", "Transport"]
 
 #: Past this much unsent data a connection is behind: the hub queues its items
 #: itself (where urgent ones can overtake) instead of handing them to asyncio.
 HOLD_AT = 64 * 1024
 RELEASE_AT = 16 * 1024
 FLUSH_EVERY = 0.005
-_key = operator.attrgetter("key")
 ABORT_AFTER = 5.0  # seconds a closing slow consumer gets to read its close frame
 
 
@@ -49,85 +65,6 @@ def _wake(conn: Conn) -> None:
         waiter.set_result(None)
 
 
-class Transport(Protocol):
-    """The part of an asyncio transport the hub uses."""
-
-    def write(self, data: bytes) -> None: ...
-    def get_write_buffer_size(self) -> int: ...
-    def is_closing(self) -> bool: ...
-    def close(self) -> None: ...
-    def abort(self) -> None: ...
-
-
-class Conn:
-    """A subscribed connection as the hub sees it."""
-
-    __slots__ = (
-        "ahead",
-        "buffer",
-        "buffered_bytes",
-        "caught_up_waiter",
-        "closed",
-        "grant",
-        "held",
-        "held_bytes",
-        "keys",
-        "last_key",
-        "on_close",
-        "out",
-        "sse",
-        "transport",
-    )
-
-    def __init__(
-        self, transport: Transport, *, sse: bool = False, grant: Grant | None = None
-    ) -> None:
-        self.transport = transport
-        self.sse = sse
-        #: A limited grant (partner token), else None: see :meth:`visible`.
-        self.grant = grant if grant is not None and grant.limited else None
-        self.keys: frozenset[str] = frozenset()
-        #: The key of the last item written: nothing at or before it is sent again.
-        self.last_key: StreamKey = ZERO
-        #: Live entries held while the connection replays history, else None.
-        self.buffer: list[Entry] | None = None
-        self.buffered_bytes = 0
-        #: This connection's share of the batch being dispatched (None between batches).
-        self.out: list[Entry] | None = None
-        #: Entries queued by the hub while the socket is behind, else None.
-        self.held: list[Entry] | None = None
-        self.held_bytes = 0
-        #: Resolved when the hub stops holding entries for this connection.
-        self.caught_up_waiter: asyncio.Future[None] | None = None
-        #: Urgent entries already sent ahead of ``held`` (skipped when it is written);
-        #: None when there are none (an empty set costs 216 bytes per connection).
-        self.ahead: set[StreamKey] | None = None
-        self.closed = False
-        self.on_close: Callable[[int, str], None] | None = None
-
-    def visible(self, entries: Sequence[Entry]) -> Sequence[Entry]:
-        """``entries`` as this connection may see them.
-
-        Routing already keeps items outside a grant away; what is left is a
-        withdrawal's tags (those of every version), narrowed to the grant with
-        frames built once per grant. Unlimited connections pay nothing.
-        """
-        grant = self.grant
-        if grant is None or not any(e.withdrawal for e in entries):
-            return entries
-        return grant.visible(entries)
-
-    def encode(self, entries: Sequence[Entry]) -> bytes:
-        """The bytes of ``entries`` in this connection's encoding."""
-        if self.grant is not None:
-            entries = self.visible(entries)
-        if len(entries) == 1:  # a quiet wire: one item, its cached bytes as they are
-            return entries[0].sse_chunk if self.sse else entries[0].ws_frame
-        if self.sse:
-            return b"".join([e.sse_chunk for e in entries])
-        return b"".join([e.ws_frame for e in entries])
-
-
 class Hub:
     """Subscriptions, the recent-items window and fan-out for one process."""
 
@@ -139,26 +76,36 @@ class Hub:
         self.conns: set[Conn] = set()
         #: Everything up to here has been dispatched.
         self.position: StreamKey = ZERO
-        #: The newest dispatched entries; contiguous after ``recent_base``.
-        self.recent: list[Entry] = []
-        self.recent_base: StreamKey | None = None
-        self.recent_size = recent
-        #: The window's cap in bytes of item JSON, and what it holds now.
-        self.recent_max_bytes = recent_bytes
-        self.recent_bytes = 0
+        self.window = Recent(recent, recent_bytes)
         self.deliveries = 0
+        #: Connections in a behind state, which the flusher watches drain.
         self.behind: set[Conn] = set()
         self._flusher: asyncio.Task[None] | None = None
         self.slow_closes = 0
-        #: WebSocket connections pinged in the last keep-alive round and not yet ponged.
-        self.unanswered: set[Conn] = set()
+        self.pings: Pings[Conn] = Pings()
+
+    @property
+    def recent(self) -> list[Entry]:
+        """The newest dispatched entries; contiguous after :attr:`recent_base`."""
+        return self.window.entries
+
+    @property
+    def recent_base(self) -> StreamKey | None:
+        return self.window.base
+
+    @property
+    def recent_bytes(self) -> int:
+        return self.window.total
+
+    @property
+    def unanswered(self) -> set[Conn]:
+        """WebSocket connections pinged in the last keep-alive round and not yet ponged."""
+        return self.pings.unanswered
 
     def start(self, position: StreamKey) -> None:
         """Set where the reader starts; the recent window begins there."""
         self.position = position
-        self.recent_base = position
-        self.recent.clear()
-        self.recent_bytes = 0
+        self.window.start(position)
 
     def attach(self, conn: Conn) -> None:
         self.conns.add(conn)
@@ -166,7 +113,7 @@ class Hub:
     def detach(self, conn: Conn) -> None:
         """Forget a connection (idempotent)."""
         self.conns.discard(conn)
-        self.unanswered.discard(conn)
+        self.pings.answered(conn)
         self._unindex(conn, conn.keys)
         conn.keys = frozenset()
 
@@ -196,10 +143,13 @@ class Hub:
                 continue
             targets = lists[0] if len(lists) == 1 else set().union(*lists)
             for conn in targets:
+                # The replay buffer is the replaying states' data: not None
+                # exactly when ``conn.state.replaying`` (a closed connection
+                # keeps its own but has left the index). Tested against None
+                # because CPython fuses that test and its jump: this runs per
+                # item per connection.
                 if conn.buffer is not None:
-                    conn.buffer.append(entry)
-                    conn.buffered_bytes += len(entry.json)
-                    if conn.buffered_bytes > self.max_buffer:
+                    if self._buffer(conn, entry):
                         # Closed after the loop: closing removes the connection
                         # from the index set that ``targets`` may be.
                         overflowed.append(conn)
@@ -218,65 +168,67 @@ class Hub:
                 self.write(conn, share)
         self._remember(entries)
 
+    def _remember(self, entries: Sequence[Entry]) -> None:
+        if entries:
+            self.position = entries[-1].key
+            self.window.add(entries)
+
+    def _buffer(self, conn: Conn, entry: Entry) -> bool:
+        """Hold a live entry for a replaying connection; True once over the cap."""
+        assert conn.buffer is not None and conn.state.replaying
+        conn.buffer.append(entry)
+        conn.buffered_bytes += len(entry.json)
+        return conn.buffered_bytes > self.max_buffer
+
     def write(self, conn: Conn, entries: Sequence[Entry]) -> None:
         """Write entries newer than the connection's last one; enforce the cap.
 
         A connection whose socket is behind gets its entries queued instead
         (see :meth:`_hold`), so that urgent ones can still go ahead.
         """
-        if conn.closed or not entries:
+        state = conn.state
+        if state is CLOSED or not entries:
             return
-        if conn.held is not None:
+        if state.behind:
             self._hold(conn, entries)
             return
         if entries[0].key <= conn.last_key:
             entries = fresh(entries, conn.last_key)
             if not entries:
                 return
-        last = entries[-1].key
-        ahead = conn.ahead
-        if ahead:
-            entries = [e for e in entries if e.key not in ahead]
-            conn.ahead = {k for k in ahead if k > last} or None
+        # _write_items inlined: this runs once per connection per batch.
+        conn.last_key = entries[-1].key
+        self.deliveries += len(entries)
+        self.send(conn, conn.encode(entries))
+        if conn.state is not CLOSED and conn.transport.get_write_buffer_size() > HOLD_AT:
+            self._fall_behind(conn)
+
+    def _write_items(self, conn: Conn, entries: Sequence[Entry], last: StreamKey) -> None:
+        """Write ``entries``, after which the connection has had everything up to ``last``."""
         conn.last_key = last
         if not entries:
             return
         self.deliveries += len(entries)
         self.send(conn, conn.encode(entries))
-        if not conn.closed and conn.transport.get_write_buffer_size() > HOLD_AT:
+        if conn.state is not CLOSED and conn.transport.get_write_buffer_size() > HOLD_AT:
             self._fall_behind(conn)
 
     def _fall_behind(self, conn: Conn) -> None:
-        conn.held, conn.held_bytes = [], 0
+        conn.state = step(conn.state, FALL_BEHIND)
+        conn.backlog = Backlog()
         self.behind.add(conn)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(self._flush_behind())
 
     def _hold(self, conn: Conn, entries: Sequence[Entry]) -> None:
-        """Queue entries for a connection that is behind; urgent ones go ahead now.
-
-        An urgent item (urgency 1-2) is written at once, marked ``ahead``, when
-        lower-urgency items are already queued; its place in the queue is kept
-        so the connection's order and resume cursor stay those of the stream.
-        """
-        held = conn.held
-        assert held is not None
-        # Only what comes after everything queued or sent: a replay page that
-        # overlaps the queue must not put an item in it (or send it ahead) twice.
-        tail = held[-1].key if held else conn.last_key
-        if entries[0].key <= tail:
-            entries = fresh(entries, tail)
-            if not entries:
-                return
-        if held and not conn.sse:
-            urgent = [e for e in entries if e.urgency <= 2 and e.key > conn.last_key]
-            if urgent:
-                conn.ahead = (conn.ahead or set()) | {e.key for e in urgent}
-                self.deliveries += len(urgent)
-                self.send(conn, b"".join([e.ahead_frame for e in conn.visible(urgent)]))
-        held.extend(entries)
-        conn.held_bytes += sum(len(e.json) for e in entries)
-        if conn.held_bytes + conn.transport.get_write_buffer_size() > self.max_buffer:
+        """Queue entries for a connection that is behind; urgent ones go ahead now."""
+        backlog = conn.backlog
+        assert backlog is not None
+        urgent = backlog.add(entries, conn.last_key, overtake=not conn.sse)
+        if urgent:
+            self.deliveries += len(urgent)
+            self.send(conn, b"".join([e.ahead_frame for e in conn.visible(urgent)]))
+        if backlog.size + conn.transport.get_write_buffer_size() > self.max_buffer:
             self.close(conn, CloseCode.SLOW_CONSUMER, "slow consumer")
 
     async def _flush_behind(self) -> None:
@@ -284,11 +236,23 @@ class Hub:
         while self.behind:
             await asyncio.sleep(FLUSH_EVERY)
             for conn in list(self.behind):
-                if conn.closed or conn.transport.get_write_buffer_size() <= RELEASE_AT:
+                if conn.state is CLOSED:
                     self.behind.discard(conn)
-                    held, conn.held = conn.held or [], None
-                    self.write(conn, held)
+                    conn.backlog = None
                     _wake(conn)
+                elif conn.transport.get_write_buffer_size() <= RELEASE_AT:
+                    self.behind.discard(conn)
+                    self._catch_up(conn)
+                    _wake(conn)
+
+    def _catch_up(self, conn: Conn) -> None:
+        """The socket drained: leave the behind state and write the backlog."""
+        backlog, conn.backlog = conn.backlog, None
+        conn.state = step(conn.state, CATCH_UP)
+        assert backlog is not None
+        entries, last = backlog.release()
+        if last is not None:
+            self._write_items(conn, entries, last)
 
     async def caught_up(self, conn: Conn) -> None:
         """Wait until the hub holds nothing for ``conn`` (at once when it is not behind).
@@ -298,19 +262,19 @@ class Hub:
         mistaken for a slow one, and the hub's queue (where urgent items can
         overtake) never fills with history.
         """
-        while conn.held is not None and not conn.closed:
+        while conn.state.behind:
             if conn.caught_up_waiter is None:
                 conn.caught_up_waiter = asyncio.get_running_loop().create_future()
             await conn.caught_up_waiter
 
     def send(self, conn: Conn, data: bytes) -> None:
         """Write raw bytes (a control message or items); close if over the cap."""
-        if conn.closed:
+        if conn.state is CLOSED:
             return
         transport = conn.transport
         if transport.is_closing():
             self.detach(conn)
-            conn.closed = True
+            conn.state = step(conn.state, CLOSE)
             return
         # The cap applies to what earlier writes left unread: a client that
         # reads keeps up even when one write (a burst, a replay page) is
@@ -322,40 +286,29 @@ class Hub:
         transport.write(data)
 
     async def keepalive(self, sse_comment: bytes, per_step: int = 500, spread: float = 0) -> None:
-        """One keep-alive round for every connection, from one task.
-
-        WebSocket connections get a ping, and one that has not answered the
-        previous round's ping is closed: its peer is gone or frozen. SSE
-        connections get a comment. (aiohttp's own heartbeat costs a timer and
-        callbacks per connection, about 600 bytes each.) The round goes
-        ``per_step`` connections at a time, spread over ``spread`` seconds, so
-        live items never wait behind thousands of pings.
-        """
-        for conn in list(self.unanswered):
+        """One keep-alive round for every connection (see :mod:`wire.gateway.keepalive`)."""
+        for conn in self.pings.overdue():
             self.close(conn, CloseCode.PROTOCOL_ERROR, "ping timeout")
-        conns = list(self.conns)
-        pause = spread * per_step / len(conns) if conns else 0
-        for start in range(0, len(conns), per_step):
-            if start:
-                await asyncio.sleep(pause)
-            for conn in conns[start : start + per_step]:
-                if conn.closed:
-                    continue
-                if conn.sse:
-                    self.send(conn, sse_comment)
-                else:
-                    self.unanswered.add(conn)
-                    self.send(conn, frames.WS_PING)
+        await sweep(list(self.conns), lambda c: self._keep(c, sse_comment), per_step, spread)
+
+    def _keep(self, conn: Conn, sse_comment: bytes) -> None:
+        if conn.state is CLOSED:
+            return
+        if conn.sse:
+            self.send(conn, sse_comment)
+        else:
+            self.pings.pinged(conn)
+            self.send(conn, frames.WS_PING)
 
     def pong(self, conn: Conn) -> None:
         """The connection answered its ping."""
-        self.unanswered.discard(conn)
+        self.pings.answered(conn)
 
     def close(self, conn: Conn, code: int, reason: str) -> None:
         """Close a connection from the server side, without awaiting it."""
-        if conn.closed:
+        if conn.state is CLOSED:
             return
-        conn.closed = True
+        conn.state = step(conn.state, CLOSE)
         self.detach(conn)
         if code == CloseCode.SLOW_CONSUMER:
             self.slow_closes += 1
@@ -372,7 +325,8 @@ class Hub:
 
     def begin_replay(self, conn: Conn) -> None:
         """Hold live entries for a connection while it replays history."""
-        if conn.buffer is None:
+        was, conn.state = conn.state, step(conn.state, REPLAY)
+        if not was.replaying:
             conn.buffer = []
             conn.buffered_bytes = 0
 
@@ -387,6 +341,7 @@ class Hub:
 
     def end_replay(self, conn: Conn) -> None:
         """Send what was held during the replay and go live."""
+        conn.state = step(conn.state, GO_LIVE)
         held, conn.buffer = conn.buffer or [], None
         conn.buffered_bytes = 0
         # Held for the tags at the time; an unsubscribe during the replay
@@ -395,63 +350,15 @@ class Hub:
         if held:
             self.write(conn, held)
 
-    def _remember(self, entries: Sequence[Entry]) -> None:
-        if not entries:
-            return
-        self.position = entries[-1].key
-        self.recent.extend(entries)
-        self.recent_bytes += sum([len(e.json) for e in entries])
-        killed = {e.guid for e in entries if e.withdrawal}
-        if killed:
-            # History never again shows a withdrawn story's versions; the
-            # withdrawal itself stays so resuming clients learn of it.
-            self.recent = [e for e in self.recent if e.withdrawal or e.guid not in killed]
-            self.recent_bytes = sum([len(e.json) for e in self.recent])
-        if len(self.recent) > 2 * self.recent_size or self.recent_bytes > self.recent_max_bytes:
-            self._evict()
-
-    def _evict(self) -> None:
-        """Drop the oldest entries: down to ``recent_size`` and to 3/4 of the byte cap.
-
-        Cutting the list's head moves the rest, so it is done once per many
-        batches (past twice the count, or the byte cap), not on every one.
-        Replays of a range the window no longer covers read Redis.
-        """
-        recent = self.recent
-        cut = max(0, len(recent) - self.recent_size)
-        size = self.recent_bytes - sum([len(e.json) for e in recent[:cut]])
-        target = self.recent_max_bytes * 3 // 4
-        while cut < len(recent) and size > target:
-            size -= len(recent[cut].json)
-            cut += 1
-        if cut:
-            self.recent_base = recent[cut - 1].key
-            del recent[:cut]
-        self.recent_bytes = size
-
     def recent_window(self, window: Window) -> list[Entry] | None:
         """Entries in ``window`` from memory, or None when memory does not cover it."""
-        if self.recent_base is None or window.after < self.recent_base:
-            return None
-        lo = bisect.bisect_right(self.recent, window.after, key=_key)
-        hi = bisect.bisect_right(self.recent, window.upto, key=_key)
-        return self.recent[lo:hi]
+        return self.window.window(window)
 
     def recent_latest(
         self, keys: frozenset[str], limit: int, upto: StreamKey
     ) -> list[Entry] | None:
         """The newest ``limit`` matching entries up to ``upto`` from memory, oldest first.
 
-        None when memory runs out before ``limit`` matches are found and older
-        entries may exist in the stream.
+        None when memory runs out before ``limit`` matches are found.
         """
-        found: list[Entry] = []
-        for entry in reversed(self.recent):
-            if entry.key > upto or not entry.matches(keys):
-                continue
-            found.append(entry)
-            if len(found) == limit:
-                return found[::-1]
-        if self.recent_base == ZERO:
-            return found[::-1]
-        return None
+        return self.window.latest(keys, limit, upto)

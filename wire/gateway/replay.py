@@ -1,7 +1,7 @@
 """Reading what a catch-up owes a connection, in bounded memory.
 
 A catch-up (``since``, ``compact``, ``backfill``) is a list of sources
-(:mod:`wire.resume`). :class:`History` turns each into pages of entries, from
+(:mod:`wire.core.resume`). :class:`History` turns each into pages of entries, from
 the hub's window of recent items when it covers them, else from Redis a page
 at a time; :func:`merge` interleaves several sources' pages in stream order,
 each entry once. Nothing here holds a whole range: a compact catch-up reads
@@ -21,7 +21,7 @@ from wire.core.resume import Held, Latest, Newest, Source, Window, fresh
 from wire.gateway.hub import Hub
 from wire.storage.store import PAGE, Store
 
-log = logging.getLogger("wire.gateway.handlers")
+log = logging.getLogger("wire.gateway.replay")
 
 #: Entries per page handed to the connection (each written once the socket took the last).
 SEND_PAGE = 100

@@ -13,7 +13,8 @@ from aiohttp import web
 
 from publisher import MAX_BODY, setup_publisher
 from wire.core.entitlements import Entitlements, load
-from wire.gateway.handlers import HUB, READER, setup_gateway
+from wire.gateway.reader import HUB, READER
+from wire.gateway.routes import setup_gateway
 from wire.runtime.settings import Settings
 from wire.runtime.supervisor import SUPERVISOR, Supervisor
 from wire.storage.store import Store, connect

@@ -23,8 +23,8 @@ from prometheus_client.registry import Collector
 
 from wire.core.entry import Entry
 from wire.core.tokens import bearer, require
-from wire.gateway.handlers import HUB, READER, Reader
 from wire.gateway.hub import Hub
+from wire.gateway.reader import HUB, READER, Reader
 from wire.web.appkeys import SETTINGS, STORE
 from wire.web.http import REDIS_DOWN, Handler
 

@@ -1,0 +1,124 @@
+"""The one stream reader of a gateway process, and the hub it feeds.
+
+Per process there is one task reading the item stream (a blocking ``XREAD``)
+and one :class:`~wire.gateway.hub.Hub` routing what it reads. Connection
+handlers only parse client messages, change subscriptions and replay history;
+live delivery never passes through them. :func:`reader_ctx` creates both for
+an app, with the keep-alive task, and stops them with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import AsyncIterator, Callable, Sequence
+
+from aiohttp import web
+
+from wire.core.entry import Entry
+from wire.gateway import keepalive
+from wire.gateway.hub import Hub
+from wire.runtime.settings import Settings
+from wire.runtime.supervisor import SUPERVISOR
+from wire.storage.store import Store, connect
+from wire.web.appkeys import SETTINGS
+from wire.web.http import REDIS_DOWN
+
+log = logging.getLogger("wire.gateway.reader")
+
+HUB = web.AppKey("hub", Hub)
+
+
+class Reader:
+    """The one stream reader of a gateway process, with its readiness."""
+
+    def __init__(self, store: Store, hub: Hub, settings: Settings) -> None:
+        self.store = store
+        self.hub = hub
+        self.settings = settings
+        self.ready = False
+        self.errors = 0
+        #: Called with each dispatched batch (metrics set it); a no-op by default.
+        self.observe: Callable[[Sequence[Entry]], None] = lambda entries: None
+
+    async def run(self) -> None:
+        """Read forever; on Redis trouble retry with backoff from where it stopped."""
+        delay = 0.05
+        gather = self.settings.read_gather_ms / 1000
+        started = self.ready = self.hub.recent_base is not None
+        task = asyncio.current_task()
+        while True:
+            # A cancel that lands mid-command can be lost inside redis-py (3.11's
+            # asyncio.wait_for drops it, or it comes out as a ConnectionError);
+            # without this check the app's shutdown would wait forever.
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError
+            try:
+                if not started:
+                    self.hub.start(await self.store.last_key())
+                    started = self.ready = True
+                elif not self.ready:
+                    # Back after an outage: ready as soon as Redis answers, not
+                    # when the blocking read below returns (up to 5 s later).
+                    await self.store.ping()
+                    self.ready = True
+                entries = await self.store.read_new(
+                    self.hub.position, count=self.settings.read_batch, block_ms=5000
+                )
+                self.ready, delay = True, 0.05
+                if entries:
+                    self.hub.dispatch(entries)
+                    self.observe(entries)
+                    if len(entries) > 1 and gather:
+                        # A burst is under way: let more of it arrive, so each
+                        # connection gets it in fewer, larger writes.
+                        await asyncio.sleep(gather)
+            except REDIS_DOWN as err:
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError from err
+                self.ready = False
+                self.errors += 1
+                log.warning("stream reader: redis unavailable (%s); retrying in %.2fs", err, delay)
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 2.0)
+            except Exception:
+                # A bug must not silently end delivery for the whole process.
+                # Retrying the batch is safe: each connection's last_key keeps
+                # whatever part of it was already written from going out twice.
+                self.errors += 1
+                log.exception("stream reader: unexpected error; retrying")
+                await asyncio.sleep(1.0)
+
+
+READER = web.AppKey("reader", Reader)
+
+
+async def reader_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The app's hub, its reader and keep-alive task, for the app's lifetime."""
+    settings = app[SETTINGS]
+    hub = Hub(
+        max_buffer=settings.max_buffer,
+        recent=settings.recent_items,
+        recent_bytes=settings.recent_bytes,
+    )
+    # The reader blocks for up to 5 s per XREAD, so it gets its own client
+    # whose socket timeout is longer than that.
+    assert settings.redis_url is not None
+    redis = connect(settings.redis_url, socket_timeout=15.0)
+    reader = Reader(Store(redis, settings), hub, settings)
+    app[HUB] = hub
+    app[READER] = reader
+    # Find the stream's end before serving, so subscribers have a position
+    # from the first connection; if Redis is down the reader keeps trying.
+    with contextlib.suppress(*REDIS_DOWN):
+        async with asyncio.timeout(2):
+            hub.start(await reader.store.last_key())
+    # Supervised: restarted if they ever stop, and reported by /readyz meanwhile.
+    supervisor = app[SUPERVISOR]
+    supervisor.start("reader", reader.run)
+    supervisor.start("keepalive", lambda: keepalive.run(hub, settings.ping_interval))
+    yield
+    await supervisor.stop("reader", "keepalive")
+    await redis.aclose()

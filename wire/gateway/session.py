@@ -1,0 +1,236 @@
+"""One subscriber connection: its subscription, replies and catch-up.
+
+Shared by both endpoints: the WebSocket handler feeds it client messages, the
+SSE handler the one subscribe its URL asks for. A catch-up (``since``,
+``backfill``) runs as the session's own task, reading through
+:class:`~wire.gateway.replay.History`, while the hub holds live items.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import replace
+
+import orjson
+from aiohttp import web
+
+from wire.core import frames
+from wire.core.closecodes import CloseCode
+from wire.core.entitlements import EVERYTHING, Grant
+from wire.core.entry import Entry
+from wire.core.errors import ClientError, RateLimited
+from wire.core.ids import StreamKey
+from wire.core.protocol import (
+    PONG,
+    Command,
+    Ping,
+    Subscribe,
+    Subscription,
+    Unsubscribe,
+    error_message,
+    parse_message,
+    subscribed_message,
+    truncated_message,
+)
+from wire.core.resume import (
+    Held,
+    Latest,
+    Since,
+    Source,
+    Window,
+    is_truncated,
+    remainder,
+    replay_window,
+)
+from wire.gateway.conn import Conn
+from wire.gateway.reader import HUB
+from wire.gateway.replay import History, merge, raise_if_cancelled
+from wire.web.appkeys import SETTINGS, STORE
+from wire.web.http import REDIS_DOWN
+
+log = logging.getLogger("wire.gateway.session")
+
+#: Catch-ups one connection may have under way at once (each a range to read).
+MAX_CATCH_UPS = 8
+
+
+class Session:
+    """One subscriber connection: its subscription, replies and catch-up."""
+
+    # One per connection: slots keep it small (see docs/performance.md, memory).
+    __slots__ = ("catching_up", "conn", "grant", "hub", "owed", "request", "store", "subscription")
+
+    def __init__(self, request: web.Request, conn: Conn, grant: Grant = EVERYTHING) -> None:
+        settings = request.app[SETTINGS]
+        self.request = request
+        self.grant = grant
+        self.hub = request.app[HUB]
+        self.store = request.app[STORE]
+        self.conn = conn
+        self.subscription = Subscription(max_tags=settings.max_tags, rate=settings.subscribe_rate)
+        #: The catch-up being sent, as a task of its own so that the connection's
+        #: reads (pongs above all) go on meanwhile; and what it owes the client.
+        self.catching_up: asyncio.Task[None] | None = None
+        self.owed: list[Source] = []
+        self.hub.attach(conn)
+
+    def reply(self, message: dict[str, object]) -> None:
+        """Send a control message, ordered with the items around it."""
+        payload = orjson.dumps(message)
+        if self.conn.sse:
+            event = str(message.get("type", "message"))
+            self.hub.send(self.conn, frames.http_chunk(frames.sse_event(event, payload)))
+        else:
+            self.hub.send(self.conn, frames.ws_frame(payload))
+
+    async def answer(self, message: str | Command) -> None:
+        """Apply a client message (text, or already parsed), answering a ClientError in-band."""
+        try:
+            await self.handle(parse_message(message) if isinstance(message, str) else message)
+        except ClientError as err:
+            self.reply(error_message(err))
+
+    def _position(self) -> StreamKey:
+        """The cursor a ``subscribed`` reports: after every item sent before it.
+
+        A reply jumps the hub's queue of a connection that is behind, so while
+        items are queued the cursor is the last item actually written.
+        """
+        return self.conn.last_key if self.conn.held else self.hub.position
+
+    async def handle(self, cmd: Command) -> None:
+        """Apply one command; ClientErrors propagate to the caller to be answered.
+
+        A subscribe with history returns once its catch-up has started, not
+        when it has been sent: the catch-up runs as the session's task.
+        """
+        if isinstance(cmd, Ping):
+            self.reply(PONG)
+            return
+        self.subscription.check_rate(time.monotonic())
+        if isinstance(cmd, Unsubscribe):
+            self.hub.retag(self.conn, self.subscription.unsubscribe(cmd.tags))
+            self.reply(subscribed_message(self.subscription.tags, self._position()))
+            return
+        self.grant.check_subscription(cmd.tags)
+        if self.hub.recent_base is None:
+            # The reader has not found the stream's end yet: there is no
+            # position to replay up to or to report, so the client retries.
+            self.hub.close(self.conn, CloseCode.TRY_AGAIN_LATER, "gateway starting, retry")
+            return
+        if cmd.since is None and cmd.backfill is None:
+            # During a catch-up the new tags' items are held with the rest.
+            keys = self.subscription.subscribe(cmd.tags)
+            self.hub.retag(self.conn, keys)
+            self.reply(subscribed_message(keys, self._position()))
+            return
+        await self._catch_up(cmd)
+
+    async def _catch_up(self, cmd: Subscribe) -> None:
+        """Subscribe with history: start a catch-up, taking over one still running.
+
+        The catch-up under way is stopped and what it still owed (its sources
+        after the last item written, and the live items held for it) is
+        merged into the new one, so nothing is lost or sent twice.
+        """
+        running = self.catching_up is not None and not self.catching_up.done()
+        if running and sum(not isinstance(s, Held) for s in self.owed) >= MAX_CATCH_UPS:
+            raise RateLimited(
+                f"more than {MAX_CATCH_UPS} catch-ups at once on this connection; "
+                "send this subscribe again once one has finished"
+            )
+        keys = self.subscription.subscribe(cmd.tags)
+        owed = await self.stop()
+        # No await from here on: no item can slip in between the held items
+        # taken, the new tags and the position the new history ends at.
+        self.hub.begin_replay(self.conn)
+        held = [e for s in owed if isinstance(s, Held) for e in s.entries]
+        held += self.hub.take_replay_buffer(self.conn)
+        owed = [s for s in owed if not isinstance(s, Held)]
+        if held:
+            owed.append(Held(tuple(held)))
+        self.hub.retag(self.conn, keys)
+        self.reply(subscribed_message(keys, self._position()))
+        owed.append(self._source(cmd, keys))
+        self.owed = owed
+        self.catching_up = asyncio.create_task(self._run(), name="wire-catch-up")
+
+    def _source(self, cmd: Subscribe, keys: frozenset[str]) -> Source:
+        """The history a subscribe asks for, up to what the hub has dispatched."""
+        position = self.hub.position
+        if cmd.since is not None:
+            window = replay_window(cmd.since, self.conn.last_key, position)
+            return Since(window, keys, cmd.compact, unchecked=cmd.since)
+        assert cmd.backfill
+        return Latest(keys, cmd.backfill, position)
+
+    async def stop(self) -> list[Source]:
+        """Stop a running catch-up; return what it still owed (nothing when it had finished)."""
+        task, self.catching_up = self.catching_up, None
+        if task is None or task.done():
+            return []
+        task.cancel()
+        await asyncio.wait([task])
+        sent = self.conn.last_key
+        return [rest for s in self.owed if (rest := remainder(s, sent)) is not None]
+
+    def end(self) -> None:
+        """The connection is over: stop its catch-up and leave the hub."""
+        if self.catching_up is not None:
+            self.catching_up.cancel()
+        self.hub.detach(self.conn)
+
+    async def _run(self) -> None:
+        """Send what is owed, then what arrived meanwhile, then go live."""
+        history = History(self.hub, self.store, self.request.app[SETTINGS].compact_stories)
+        try:
+            await self._check_retention()
+            async with contextlib.aclosing(merge([history.pages(s) for s in self.owed])) as pages:
+                async for page in pages:
+                    await self._send(page)
+                    if self.conn.closed:
+                        return
+        except REDIS_DOWN:
+            # A cancel (a new subscribe took over) can come out of redis-py
+            # as a ConnectionError: that is no reason to close.
+            raise_if_cancelled()
+            # Going live now would skip the history we could not read; the
+            # client resumes with since and loses nothing.
+            self.hub.close(self.conn, CloseCode.TRY_AGAIN_LATER, "history unavailable, retry")
+            return
+        except Exception:
+            # Left as it is the connection would hold live items until 4008.
+            log.exception("catch-up failed")
+            self.hub.close(self.conn, CloseCode.INTERNAL_ERROR, "internal error")
+            return
+        self.owed = []
+        self.hub.end_replay(self.conn)
+
+    async def _check_retention(self) -> None:
+        """Say ``history_truncated`` (once per ``since``) and skip what retention removed.
+
+        Retention removed those items on every gateway; one that still has
+        some in memory must not send them (nor contradict the error).
+        """
+        for i, source in enumerate(self.owed):
+            if isinstance(source, Since) and source.unchecked is not None:
+                since, window = source.unchecked, source.window
+                trimmed = await self.store.trimmed_before()
+                if is_truncated(since, trimmed):
+                    self.reply(truncated_message(since, trimmed))
+                    window = Window(max(window.after, trimmed), window.upto)
+                self.owed[i] = replace(source, window=window, unchecked=None)
+
+    async def _send(self, entries: list[Entry]) -> None:
+        """Write a page of history once the socket took the last one.
+
+        Only items of tags still subscribed: an unsubscribe may have come
+        while the catch-up ran.
+        """
+        raise_if_cancelled()
+        keys = self.conn.keys
+        self.hub.write(self.conn, [e for e in entries if e.matches(keys)])
+        await self.hub.caught_up(self.conn)

@@ -1,0 +1,78 @@
+"""``GET /v1/sse``: Server-Sent Events, one subscribe per connection, resumable.
+
+The URL is the subscribe; an ``EventSource`` that reconnects says where it
+got to with ``Last-Event-ID``. After the handover the hub writes every
+event; the handler only waits for the connection to close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+from multidict import MultiDict
+
+from wire.core import frames
+from wire.core.errors import ClientError
+from wire.core.protocol import Subscribe, error_message
+from wire.gateway import handover
+from wire.gateway.handshake import admit, subscribe_from
+from wire.gateway.session import Session
+from wire.web.appkeys import SETTINGS
+from wire.web.http import error_response
+
+#: How long a browser waits before reconnecting, sent first on every stream.
+RETRY = frames.http_chunk(b"retry: 1000\n\n")
+
+
+async def sse_handler(request: web.Request) -> web.StreamResponse:
+    """``GET /v1/sse?tags=a,b``: Server-Sent Events with Last-Event-ID resume."""
+    try:
+        grant = admit(request)
+        cmd = _sse_subscribe(request)
+        grant.check_subscription(cmd.tags)
+    except ClientError as err:
+        return error_response(err.status, err.as_dict())
+    resp = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+        }
+    )
+    resp.enable_chunked_encoding()
+    await resp.prepare(request)
+    conn = handover.sse(request, resp, grant, request.app[SETTINGS].send_buffer)
+    session = Session(request, conn, grant)
+    closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def on_close(code: int, reason: str) -> None:
+        if not closed.done():
+            closed.set_result(None)
+
+    conn.on_close = on_close
+    session.hub.send(conn, RETRY)
+    try:
+        await session.handle(cmd)
+        await closed
+    except ClientError as err:
+        session.reply(error_message(err))
+    finally:
+        session.end()
+    return resp
+
+
+def _sse_subscribe(request: web.Request) -> Subscribe:
+    """``/v1/sse?tags=a,b`` (everything without tags), resuming from Last-Event-ID.
+
+    An ``EventSource`` reconnects to the URL it was opened with and adds
+    ``Last-Event-ID``: the header says where it got to, so the URL's
+    ``since`` and ``backfill`` no longer apply. (Since with backfill would be
+    a 400, and a browser never retries a 4xx: the feed would stop for good.)
+    """
+    q = MultiDict(request.query)
+    resume = request.headers.get("Last-Event-ID")
+    if resume:
+        q.popall("since", None)
+        q.popall("backfill", None)
+    return subscribe_from(q, q.get("tags", "*"), resume or q.get("since"))
