@@ -364,3 +364,40 @@ end
 return out
 """
 )
+
+# KEYS: 1 stream
+# ARGV: 1 low bound, 2 high bound (XRANGE syntax, "(" for exclusive), 3 most
+#       entries, 4 byte budget, 5 "1" to read newest first
+# One page of a history read, bounded in bytes as well as entries: XRANGE's
+# COUNT alone lets a page of 1,000 items of 400 KB be 400 MB, in Redis's reply
+# buffer and then in the process that asked. Reads a few entries at a time and
+# stops after the entry that reaches the budget. Answers {entries, ended}:
+# ended is 1 when the range has nothing after the last entry returned.
+RANGE = r"""
+local lo, hi = ARGV[1], ARGV[2]
+local left, budget, rev = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5] == '1'
+local out, bytes = {}, 0
+while left > 0 do
+  -- As many entries as the budget has room for at the sizes seen so far (one
+  -- to start with): a read of whole entries it then drops would cost as much.
+  local n = 1
+  if #out > 0 then n = math.floor((budget - bytes) * #out / math.max(bytes, 1)) end
+  n = math.max(1, math.min(left, n, 100))
+  local rows
+  if rev then
+    rows = redis.call('XREVRANGE', KEYS[1], hi, lo, 'COUNT', n)
+  else
+    rows = redis.call('XRANGE', KEYS[1], lo, hi, 'COUNT', n)
+  end
+  for _, row in ipairs(rows) do
+    out[#out + 1] = row
+    left = left - 1
+    local fields = row[2]
+    for i = 2, #fields, 2 do bytes = bytes + #fields[i] end
+    if bytes >= budget then return {out, 0} end
+  end
+  if #rows < n then return {out, 1} end
+  if rev then hi = '(' .. rows[#rows][1] else lo = '(' .. rows[#rows][1] end
+end
+return {out, 0}
+"""

@@ -40,6 +40,17 @@ from wire.runtime.settings import Settings
 from wire.storage import keys, scripts
 
 PAGE = 1000  # entries per XRANGE while scanning history
+#: Bytes of stored item JSON one history page reads from Redis (the entry that
+#: reaches it is the page's last): items can be 400 KB each, and a page bounded
+#: by count alone was 400 MB, in Redis's reply buffer and in this process.
+PAGE_BYTES = 1 << 20
+#: Bytes of item JSON one history answer (``GET /v1/items``, a backfill)
+#: carries, about: past it the answer ends early with its ``next`` cursor, as
+#: when the scan budget runs out (500 items of 400 KB were a 200 MB answer).
+ANSWER_BYTES = 4 << 20
+#: Bytes of stored item JSON one budgeted history read scans at most, whatever
+#: its entry budget (``WIRE_SCAN_BUDGET``) still allows.
+SCAN_BYTES = 32 << 20
 #: Due embargoes released per script: big enough that 5,000 due at one moment
 #: go out in ten round trips, small enough that Redis is busy for only a few
 #: milliseconds per script.
@@ -72,7 +83,8 @@ class Retention(NamedTuple):
     story_ttl: int
 
 
-_Read = Callable[[StreamKey | None, int], Awaitable[list[Entry]]]
+#: Reads one page from a cursor: (entries, True when the range may hold more).
+_Read = Callable[[StreamKey | None, int], Awaitable[tuple[list[Entry], bool]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +161,7 @@ class Store:
         self._embargo = redis.register_script(scripts.EMBARGO)
         self._cancel = redis.register_script(scripts.CANCEL_EMBARGO)
         self._release = redis.register_script(scripts.RELEASE)
+        self._range = redis.register_script(scripts.RANGE)
 
     async def publish(
         self, sub: Submission, *, idempotency_key: str | None = None, digest: str = ""
@@ -459,13 +472,31 @@ class Store:
     def _budget(self) -> int:
         return max(1, self.settings.scan_budget)
 
-    async def _reader_before(self, cursor: StreamKey | None, count: int) -> list[Entry]:
-        return await self.range_before(cursor, count=count)
+    async def _page(
+        self, low: str, high: str, count: int, newest_first: bool = False
+    ) -> tuple[list[Entry], bool]:
+        """Up to ``count`` entries and about PAGE_BYTES of them (see ``scripts.RANGE``)."""
+        args: list[str | int] = [low, high, count, PAGE_BYTES, 1 if newest_first else 0]
+        rows, ended = await self._range(keys=[keys.STREAM], args=args)
+        entries = [
+            Entry.from_fields(eid, dict(zip(f[::2], f[1::2], strict=True))) for eid, f in rows
+        ]
+        return entries, not ended
+
+    async def _reader_before(
+        self, cursor: StreamKey | None, count: int
+    ) -> tuple[list[Entry], bool]:
+        if cursor == ZERO:  # nothing precedes 0-0, and Redis refuses the range "(0-0"
+            return [], False
+        high = "(" + format_id(cursor) if cursor is not None else "+"
+        return await self._page("-", high, count, newest_first=True)
 
     def _reader_after(self, upto: StreamKey | None) -> _Read:
-        async def read(cursor: StreamKey | None, count: int) -> list[Entry]:
+        high = format_id(upto) if upto is not None else "+"
+
+        async def read(cursor: StreamKey | None, count: int) -> tuple[list[Entry], bool]:
             assert cursor is not None
-            return await self.range_after(cursor, upto, count=count)
+            return await self._page("(" + format_id(cursor), high, count)
 
         return read
 
@@ -474,15 +505,20 @@ class Store:
     ) -> AsyncIterator[tuple[list[Entry], StreamKey | None]]:
         """(matching entries of a page, where to go on from): the second is None
         once the stream ends, so a reader can tell "ran out of budget" from "done"."""
-        left = budget
+        left, scanned = budget, 0
         while True:
             count = PAGE if left is None else max(0, min(PAGE, left))
-            page = await read(cursor, count) if count else []
-            more = bool(page) and len(page) == count
+            page, more = await read(cursor, count) if count else ([], False)
+            more = more and bool(page)
             if page:
                 cursor = page[-1].key
             if left is not None:
                 left -= len(page)
+                # The budget counts bytes too: 5,000 entries of 400 KB are 2 GB
+                # to ship from Redis for an answer that may be empty.
+                scanned += sum([len(e.json) for e in page])
+                if scanned >= SCAN_BYTES:
+                    left = 0
             found = await self.redact([e for e in page if e.matches(keys)]) if page else []
             yield found, cursor if more else None
             if not more or left == 0:
@@ -531,14 +567,18 @@ class Store:
 
 
 async def _first(pages: AsyncIterator[tuple[list[Entry], StreamKey | None]], limit: int) -> Scan:
-    """The first ``limit`` entries of a paged read, reading no further page than needed."""
+    """The first ``limit`` entries of a paged read (ANSWER_BYTES of them at most,
+    give or take the last), reading no further page than needed."""
     found: list[Entry] = []
+    size = 0
     going_on: StreamKey | None = None
     async for page, going_on in pages:
-        found.extend(page)
-        if len(found) >= limit:
-            more = len(found) > limit or going_on is not None
-            return Scan(found[:limit], found[limit - 1].key if more else None)
+        for i, entry in enumerate(page):
+            found.append(entry)
+            size += len(entry.json)
+            if len(found) >= limit or size >= ANSWER_BYTES:
+                more = i + 1 < len(page) or going_on is not None
+                return Scan(found, entry.key if more else None)
     # Out of budget (going_on set) or at the stream's end (None).
     return Scan(found, going_on)
 
