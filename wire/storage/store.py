@@ -545,6 +545,7 @@ def _parts(sub: Submission) -> tuple[bytes, bytes, bytes, str, int]:
             "tags": list(sub.tags),
             "url": sub.url,
             "body": sub.body,
+            **sub.content(),
         }
     )
     return head, orjson.dumps(sub.mark), b"," + rest[1:], " ".join(sub.tags), sub.urgency
