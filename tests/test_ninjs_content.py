@@ -12,11 +12,13 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.test_content import MAXIMAL
-from tests.test_ninjs import assert_valid
+from tests.test_ninjs import VALIDATOR, assert_valid
 from wire.core import ninjs
-from wire.core.errors import ValidationError
+from wire.core.errors import ClientError, ValidationError
 from wire.core.items import CONTENT_FIELDS, parse_submission
 
 NOW = "2024-06-01T12:00:00.000Z"
@@ -264,3 +266,28 @@ def test_every_content_field_has_a_ninjs_home() -> None:
     doc = ninjs.to_ninjs(stored_from({**MAXIMAL, "correction": True}))
     back = ninjs.parse_ninjs(doc).content()
     assert set(back) == set(CONTENT_FIELDS)
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=12),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+_PROPS = ["by", "language", "descriptions", "subjects", "people", "places", "associations",
+          "genres", "type", "title", "slugline", "altIds", "copyrightNotice", "acme:x"]  # fmt: skip
+
+
+@given(st.dictionaries(st.sampled_from(_PROPS), _json, max_size=5))
+def test_any_ninjs_content_is_read_or_refused_cleanly(extra: dict[str, Any]) -> None:
+    sent = {**SIMPLE_TEXT, **extra}
+    try:
+        sub = ninjs.parse_ninjs(sent)
+    except ClientError as err:
+        assert err.message
+        return
+    out = ninjs.to_ninjs(stored_from(_native(sub)))
+    if VALIDATOR.is_valid(sent):  # what is kept verbatim is as valid as it came
+        assert_valid(out)
+    assert ninjs.parse_ninjs(out) == sub
