@@ -99,10 +99,11 @@ async def post_item(request: web.Request) -> web.Response:
     require_editor(request)
     key = idempotency_key(request)
     data = await read_json(request, (*JSON_TYPES, ninjs.MEDIA_TYPE))
+    language = request.app[SETTINGS].default_language
     if request.content_type == ninjs.MEDIA_TYPE:
-        submission = ninjs.parse_ninjs(data)
+        submission = ninjs.parse_ninjs(data, default_language=language)
     else:
-        submission = parse_submission(data)
+        submission = parse_submission(data, default_language=language)
     digest = body_hash(data) if key else ""
     if submission.embargo_until is not None:
         return await accept_embargoed(request, submission, key, digest)

@@ -126,7 +126,7 @@ def test_item_renders_as_ninjs_3() -> None:
         "renditions": [
             {"name": "web", "href": "https://example.com/a", "contentType": "text/html"}
         ],
-        "wire:mark": "Updated",
+        "genres": [{"name": "Updated", "uri": "wire:mark:Updated"}],  # issue 13: no wire:mark
         "subjects": [
             {"name": "world", "uri": "wire:tag:world"},
             {"name": "world/asia", "uri": "wire:tag:world/asia"},
@@ -336,7 +336,8 @@ async def test_items_and_stories_read_as_ninjs(server: Server, http: aiohttp.Cli
     assert doc["uri"] == "urn:wire:story:quake" and doc["version"] == "2"
     assert doc["firstCreated"] == v1["item"]["published_at"]
     assert doc["versionCreated"] == v2["item"]["published_at"]
-    assert doc["wire:mark"] == "Updated" and doc["urgency"] == 1
+    assert doc["genres"] == [{"name": "Updated", "uri": "wire:mark:Updated"}]
+    assert doc["urgency"] == 1
     status, ctype, story = await get_ninjs(http, f"{server.base}/v1/stories/quake?format=ninjs")
     assert status == 200 and ctype == NINJS
     assert_valid(story)
@@ -365,8 +366,10 @@ async def test_ninjs_in_round_trips(server: Server, http: aiohttp.ClientSession)
     assert back["subjects"] == [
         {"name": "world", "uri": "wire:tag:world"},
         {"name": "world/asia", "uri": "wire:tag:world/asia"},
+        sent["subjects"][2],  # issue 13: Media Topic subjects are kept
     ]
-    assert back["urgency"] == 2 and back["wire:mark"] == "Breaking"
+    assert back["urgency"] == 2
+    assert back["genres"] == [{"name": "Breaking", "uri": "wire:mark:Breaking"}]
     assert back["renditions"] == [sent["renditions"][1]]
     # What the wire emits, it accepts again: the same uri is the next version.
     status, again = await post_ninjs(http, server.base, back)

@@ -5,37 +5,72 @@
 the field. Nothing else builds a Submission, so code past this boundary
 (store, gateway) trusts it. The stored form adds ``id``, ``version`` and
 ``published_at``, set by the server; its layout is :mod:`wire.core.stored`'s.
+Text rules live in :mod:`wire.core.text`, link rules in :mod:`wire.core.links`,
+subjects, entities and pictures in :mod:`wire.core.content`, languages in
+:mod:`wire.core.language`.
 """
 
 from __future__ import annotations
 
-import ipaddress
+import json
 import re
 import secrets
-import unicodedata
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 from wire.core import stored
+from wire.core.content import (
+    Association,
+    Entity,
+    Subject,
+    parse_associations,
+    parse_entities,
+    parse_subjects,
+)
 from wire.core.errors import ValidationError, quoted
+from wire.core.language import DEFAULT_LANGUAGE, normalize_language
+from wire.core.links import MAX_URL, check_url
 from wire.core.stored import iso as iso  # re-exported: callers know the time format here
 from wire.core.stored import published_now as published_now  # re-exported too
 from wire.core.tags import normalize_tags
+from wire.core.text import BIDI_CONTROLS, MAX_MARKS, check_text
+
+__all__ = ["BIDI_CONTROLS", "MAX_MARKS", "MAX_URL", "Submission", "check_text", "parse_submission"]
 
 MAX_TITLE = 300
 MAX_SUBTITLE = 1_000
 MAX_BODY = 100_000
 MAX_MARK = 40
-MAX_URL = 2_048
 MAX_TAGS = 20
 DEFAULT_URGENCY = 5
+MAX_BYLINE = 200
+MAX_SLUGLINE = 64
+MAX_LOCATED = 100
+MAX_SUMMARY = 2_000
+MAX_EDNOTE = 1_000
+MAX_COPYRIGHT = 500
+MAX_USAGE_TERMS = 500
+#: Serialized size (UTF-8 bytes of compact JSON) of ``extra``.
+MAX_EXTRA = 16 * 1024
+TYPES = ("text", "advisory")
+#: The mark of a correction that names none (a re-publish defaults to "Updated").
+CORRECTED = "Corrected"
 
-FIELDS = ("title", "subtitle", "body", "tags", "mark", "url", "urgency", "guid", "embargo_until")
+CONTENT_FIELDS = (
+    "language", "type", "byline", "slugline", "located", "summary", "ednote", "copyright",
+    "usage_terms", "translation_of", "correction", "subjects", "people", "places",
+    "organisations", "associations", "extra",
+)  # fmt: skip
+FIELDS = (
+    "title", "subtitle", "body", "tags", "mark", "url", "urgency", "guid", "embargo_until",
+    *CONTENT_FIELDS,
+)  # fmt: skip
 SERVER_FIELDS = ("id", "version", "published_at", "pubstatus")
 MAX_EMBARGO_DAYS = 366
 _GUID = re.compile(r"[A-Za-z0-9._~:@+=-]{1,200}")
+_SLUGLINE = re.compile(r"[^\W_]+(?:-+[^\W_]+)*")
+_EXTRA_KEY = re.compile(r"[A-Za-z][A-Za-z0-9._:-]{0,99}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +87,48 @@ class Submission:
     urgency: int = DEFAULT_URGENCY
     #: When set, the item stays invisible until then (see Store.embargo).
     embargo_until: datetime | None = None
+    language: str = DEFAULT_LANGUAGE
+    type: str = "text"
+    byline: str | None = None
+    slugline: str | None = None
+    located: str | None = None
+    summary: str | None = None
+    ednote: str | None = None
+    copyright: str | None = None
+    usage_terms: str | None = None
+    translation_of: str | None = None
+    correction: bool = False
+    subjects: tuple[Subject, ...] = ()
+    people: tuple[Entity, ...] = ()
+    places: tuple[Entity, ...] = ()
+    organisations: tuple[Entity, ...] = ()
+    associations: tuple[Association, ...] = ()
+    #: Properties of an ingested document the wire does not model, as compact
+    #: JSON text (a string, so the submission stays immutable).
+    extra: str | None = None
+
+    def content(self) -> dict[str, Any]:
+        """The JSON of the newsroom fields, in a fixed order.
+
+        ``language`` and ``type`` are always there; every other field only
+        when set (docs/protocol.md, "Item fields").
+        """
+        data: dict[str, Any] = {"language": self.language, "type": self.type}
+        for name in ("byline", "slugline", "located", "summary", "ednote", "copyright"):
+            if getattr(self, name) is not None:
+                data[name] = getattr(self, name)
+        if self.usage_terms is not None:
+            data["usage_terms"] = self.usage_terms
+        if self.translation_of is not None:
+            data["translation_of"] = self.translation_of
+        if self.correction:
+            data["correction"] = True
+        for name in ("subjects", "people", "places", "organisations", "associations"):
+            if getattr(self, name):
+                data[name] = [member.json() for member in getattr(self, name)]
+        if self.extra is not None:
+            data["extra"] = json.loads(self.extra)
+        return data
 
     def pending(self) -> dict[str, Any]:
         """The JSON of an accepted embargoed item: no id or version until release."""
@@ -67,10 +144,14 @@ def new_guid() -> str:
     return "urn:wire:" + secrets.token_hex(12)
 
 
-def parse_submission(data: object, *, now: datetime | None = None) -> Submission:
+def parse_submission(
+    data: object, *, now: datetime | None = None, default_language: str = DEFAULT_LANGUAGE
+) -> Submission:
     """Validate an editor's JSON object; raise ValidationError naming the field.
 
     ``now`` is when the request arrived; an ``embargo_until`` must be after it.
+    ``default_language`` (the server's ``WIRE_DEFAULT_LANGUAGE``) is the
+    language of an item that names none.
     """
     if not isinstance(data, dict):
         raise ValidationError("the request body must be a JSON object")
@@ -79,16 +160,45 @@ def parse_submission(data: object, *, now: datetime | None = None) -> Submission
             raise ValidationError(f"{name} is set by the server", field=name)
         if name not in FIELDS:
             raise ValidationError(f"unknown field {quoted(name)}", field=str(name))
-    return Submission(
+    sub = Submission(
         title=_text(data, "title", MAX_TITLE, required=True, multiline=False) or "",
         subtitle=_text(data, "subtitle", MAX_SUBTITLE),
         body=_text(data, "body", MAX_BODY),
         mark=_text(data, "mark", MAX_MARK, multiline=False),
         tags=_tags(data.get("tags")),
-        url=_url(data.get("url")),
+        url=check_url(data.get("url")),
         urgency=_urgency(data.get("urgency")),
         guid=_guid(data.get("guid")),
         embargo_until=_embargo(data.get("embargo_until"), now or datetime.now(UTC)),
+    )
+    return _with_content(sub, data, default_language)
+
+
+def _with_content(sub: Submission, data: dict[str, Any], default_language: str) -> Submission:
+    """``sub`` with the newsroom fields of ``data`` (see :meth:`Submission.content`)."""
+    language = data.get("language")
+    correction = _correction(data.get("correction"))
+    translation_of = data.get("translation_of")
+    return replace(
+        sub,
+        language=normalize_language(default_language if language is None else language),
+        type=_type(data.get("type")),
+        byline=_text(data, "byline", MAX_BYLINE, multiline=False),
+        slugline=_slugline(data.get("slugline")),
+        located=_text(data, "located", MAX_LOCATED, multiline=False),
+        summary=_text(data, "summary", MAX_SUMMARY),
+        ednote=_text(data, "ednote", MAX_EDNOTE),
+        copyright=_text(data, "copyright", MAX_COPYRIGHT, multiline=False),
+        usage_terms=_text(data, "usage_terms", MAX_USAGE_TERMS),
+        translation_of=_translation_of(translation_of, sub.guid),
+        correction=correction,
+        mark=sub.mark or (CORRECTED if correction else None),
+        subjects=parse_subjects(data.get("subjects")),
+        people=parse_entities(data.get("people"), "people"),
+        places=parse_entities(data.get("places"), "places"),
+        organisations=parse_entities(data.get("organisations"), "organisations"),
+        associations=parse_associations(data.get("associations")),
+        extra=_extra(data.get("extra")),
     )
 
 
@@ -100,73 +210,6 @@ def _text(
     )
 
 
-#: Bidirectional embeddings, overrides and isolates: in a one-paragraph field
-#: they reorder what follows them ("Trojan Source"), so a title can read as
-#: something other than what was sent.
-BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-#: Combining marks allowed on one base character: real scripts (Vietnamese,
-#: Devanagari, Tibetan stacks) stay within it, "Zalgo" text does not.
-MAX_MARKS = 4
-_LINE_BREAKS = frozenset("\u2028\u2029")
-
-
-def check_text(
-    value: object,
-    name: str,
-    limit: int,
-    *,
-    required: bool = False,
-    multiline: bool = True,
-    bidi: bool = False,
-) -> str | None:
-    """The one validator of every free-text field (item fields, a withdrawal's reason).
-
-    Returns the trimmed text, or None for an absent optional field; raises a
-    ValidationError naming ``name``. The rules are in docs/protocol.md
-    ("Text fields"): no control characters (a one-line field not even tab or
-    newline), no bidi controls unless ``bidi``, at most 4 combining marks on
-    one character.
-    """
-    if value is None:
-        if required:
-            raise ValidationError(f"{name} is required", field=name)
-        return None
-    if not isinstance(value, str):
-        raise ValidationError(f"{name} must be a string", field=name)
-    value = value.strip()
-    if not value:
-        if required:
-            raise ValidationError(f"{name} must not be empty", field=name)
-        return None
-    if len(value) > limit:
-        raise ValidationError(f"{name} is longer than {limit:,} characters", field=name)
-    if multiline:
-        # Editors on Windows send CRLF; store one line-ending convention
-        # rather than reject the text for its carriage returns.
-        value = value.replace("\r\n", "\n").replace("\r", "\n")
-    _check_characters(value, name, multiline=multiline, bidi=bidi)
-    return value
-
-
-def _check_characters(value: str, name: str, *, multiline: bool, bidi: bool) -> None:
-    allowed = "\n\t" if multiline else ""
-    marks = 0
-    for ch in value:
-        category = unicodedata.category(ch)
-        if ch not in allowed and (category == "Cc" or (not multiline and ch in _LINE_BREAKS)):
-            raise ValidationError(f"{name} contains control character U+{ord(ch):04X}", field=name)
-        if not bidi and ch in BIDI_CONTROLS:
-            raise ValidationError(
-                f"{name} contains bidirectional control U+{ord(ch):04X}", field=name
-            )
-        marks = marks + 1 if category in ("Mn", "Me") else 0
-        if marks > MAX_MARKS:
-            raise ValidationError(
-                f"{name} stacks more than {MAX_MARKS} combining marks on one character",
-                field=name,
-            )
-
-
 def _tags(value: object) -> tuple[str, ...]:
     if value is None:
         raise ValidationError("tags is required: 1 to 20 tags", field="tags")
@@ -176,88 +219,6 @@ def _tags(value: object) -> tuple[str, ...]:
     if len(tags) > MAX_TAGS:
         raise ValidationError(f"at most {MAX_TAGS} tags per item", field="tags")
     return tags
-
-
-_URL_ERROR = "url must be an absolute http(s) link"
-_ASCII_LABEL = re.compile(r"[A-Za-z0-9_-]{1,63}")
-_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
-_NUMERIC_LABEL = re.compile(r"(?:0[xX][0-9A-Fa-f]*|[0-9]+)")
-_DOT_SEGMENTS = frozenset((".", "..", "%2e", ".%2e", "%2e.", "%2e%2e"))
-
-
-def _url(value: object) -> str | None:
-    """An absolute http(s) URL that means the same to us as to a browser.
-
-    Browsers parse URLs by the WHATWG URL standard, Python by RFC 3986; every
-    place where the two differ (a backslash is a path separator to a browser,
-    tabs and newlines are dropped, ``%2e`` is a dot, ``0x7f.1`` is an IPv4
-    address...) could make a link show one host and open another, so a URL
-    that relies on any of them is refused rather than interpreted.
-    """
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise ValidationError("url must be a string", field="url")
-    value = value.strip()
-    if not value:
-        return None
-    # Whitespace, controls (DEL and C1 too) and invisible format characters
-    # (bidi overrides can disguise where a link goes) must be percent-encoded.
-    if len(value) > MAX_URL or any(
-        ch.isspace() or ch == "\\" or unicodedata.category(ch) in ("Cc", "Cf") for ch in value
-    ):
-        raise ValidationError(_URL_ERROR + " (no spaces, controls or backslashes)", field="url")
-    try:
-        parts = urlsplit(value)
-        _ = parts.port  # raises for a port that is not a number from 0 to 65535
-    except ValueError:
-        raise ValidationError(_URL_ERROR, field="url") from None
-    # "http:example.com" and "http:/example.com" open example.com in a browser.
-    if parts.scheme not in ("http", "https") or value[len(parts.scheme) + 1 :][:2] != "//":
-        raise ValidationError(_URL_ERROR, field="url")
-    if "@" in parts.netloc:
-        raise ValidationError("url must not carry a user name or password (@)", field="url")
-    _check_host(parts.hostname or "", parts.netloc)
-    if any(seg.lower() in _DOT_SEGMENTS for seg in parts.path.split("/")):
-        raise ValidationError("url path must not contain . or .. segments", field="url")
-    return value
-
-
-def _check_host(host: str, netloc: str) -> None:
-    """A host name (ASCII or IDN), a dotted-quad IPv4 address or a bracketed IPv6 one."""
-    if netloc.startswith("["):
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValidationError(_URL_ERROR, field="url") from None
-        return
-    labels = host[:-1].split(".") if host.endswith(".") else host.split(".")
-    if not host or not all(labels) or len(host) > 253:
-        raise ValidationError(_URL_ERROR, field="url")
-    # A browser reads any host whose last label is a number as an IPv4 address
-    # (in decimal, octal or hex, with 1 to 4 parts); only the plain form is kept.
-    if _NUMERIC_LABEL.fullmatch(labels[-1]) and not _IPV4.fullmatch(".".join(labels)):
-        raise ValidationError("url host must be a dotted-quad IPv4 address", field="url")
-    for label in labels:
-        if not (_ASCII_LABEL.fullmatch(label) or _idn_label(label)):
-            raise ValidationError(f"url host label {quoted(label)} is not valid", field="url")
-
-
-def _idn_label(label: str) -> bool:
-    """A non-ASCII label a browser would map to itself: letters, marks, digits, hyphens.
-
-    Fullwidth letters, ideographic full stops and other characters that IDNA
-    mapping turns into something else are refused.
-    """
-    if label.isascii() or unicodedata.normalize("NFKC", label) != label.lower():
-        return False
-    if not all(ch == "-" or unicodedata.category(ch)[0] in "LMN" for ch in label):
-        return False
-    try:
-        return len(label.encode("idna")) <= 63
-    except UnicodeError:
-        return False
 
 
 def _urgency(value: object) -> int:
@@ -288,12 +249,70 @@ def _embargo(value: object, now: datetime) -> datetime | None:
     return moment
 
 
-def _guid(value: object) -> str:
+def _guid(value: object, name: str = "guid") -> str:
     if value is None:
         return new_guid()
     if not isinstance(value, str) or not _GUID.fullmatch(value):
         raise ValidationError(
-            "guid must be 1-200 characters of letters, digits and . _ ~ : @ + = -",
-            field="guid",
+            f"{name} must be 1-200 characters of letters, digits and . _ ~ : @ + = -",
+            field=name,
         )
     return value
+
+
+def _translation_of(value: object, guid: str) -> str | None:
+    """The guid of the story this one translates: its shape here, its existence in the store."""
+    if value is None:
+        return None
+    original = _guid(value, "translation_of")
+    if original == guid:
+        raise ValidationError("translation_of must name another story", field="translation_of")
+    return original
+
+
+def _type(value: object) -> str:
+    if value is None:
+        return "text"
+    if value not in TYPES:
+        raise ValidationError("type must be text or advisory", field="type")
+    return str(value)
+
+
+def _correction(value: object) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise ValidationError("correction must be true or false", field="correction")
+    return value
+
+
+def _slugline(value: object) -> str | None:
+    slug = check_text(value, "slugline", MAX_SLUGLINE, multiline=False)
+    if slug is not None and not _SLUGLINE.fullmatch(slug):
+        raise ValidationError(
+            "slugline must be letters, digits and - (like QUAKE-JAPAN)", field="slugline"
+        )
+    return slug
+
+
+def _extra(value: object) -> str | None:
+    """Properties the wire does not model, kept verbatim (a JSON object up to 16 KiB)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValidationError("extra must be a JSON object", field="extra")
+    for key in value:
+        if not _EXTRA_KEY.fullmatch(key):
+            raise ValidationError(
+                f"extra has a property name {quoted(key[:80])} that is not a ninjs-style name",
+                field="extra",
+            )
+    if not value:
+        return None
+    try:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except (ValueError, TypeError, RecursionError):
+        raise ValidationError("extra must be plain JSON", field="extra") from None
+    if len(text.encode()) > MAX_EXTRA:
+        raise ValidationError(f"extra is larger than {MAX_EXTRA:,} bytes of JSON", field="extra")
+    return text

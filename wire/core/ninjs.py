@@ -10,9 +10,12 @@ See ``docs/ninjs.md`` for the mapping table. In short:
   links contain ``/``, which guids may not) is hashed into a stable guid
   ``urn:wire:ninjs:<sha256 prefix>``, so re-sending the same uri still makes
   new versions of the same story.
-* the mark travels in the extension property ``wire:mark`` (the ``wire:``
-  prefix cannot clash with an IPTC property name); ``GET /v1/stories/<guid>``
-  in ninjs adds ``wire:versions``. The stream id is ``altIds`` role ``wire:id``.
+* the mark is a ``genres`` member ``{"name": mark, "uri": "wire:mark:<mark>"}``
+  (the IPTC schema is closed, so the wire adds no property of its own to an
+  item; ``wire:mark`` is still read on input). ``GET /v1/stories/<guid>`` in
+  ninjs adds ``wire:versions``. The stream id is ``altIds`` role ``wire:id``.
+* the newsroom fields (byline, language, subjects, pictures...) and ``extra``
+  are mapped by :mod:`wire.core.ninjs_content`.
 * tags are ``subjects`` ``{"name": tag, "uri": "wire:tag:<tag>"}`` (the tag
   percent-encoded in the uri, so non-ASCII tags still give a valid URI).
 """
@@ -29,6 +32,13 @@ from urllib.parse import quote, unquote
 
 from wire.core.errors import ClientError, InvalidTag, ValidationError, quoted
 from wire.core.items import _GUID, Submission, parse_submission
+from wire.core.language import DEFAULT_LANGUAGE
+from wire.core.ninjs_content import (
+    MARK_GENRE,
+    content_from_ninjs,
+    content_to_ninjs,
+    extra_to_ninjs,
+)
 from wire.core.tags import normalize_tag
 
 MEDIA_TYPE = "application/vnd.iptc.ninjs+json"
@@ -59,6 +69,23 @@ _NINJS_FIELD = {
     "guid": "uri",
     "embargo_until": "embargoedUntil",
     "mark": MARK,
+    "language": "language",
+    "type": "genres",
+    "correction": "genres",
+    "byline": "by",
+    "slugline": "slugline",
+    "located": "located",
+    "summary": "descriptions",
+    "ednote": "edNote",
+    "copyright": "copyrightNotice",
+    "usage_terms": "usageTerms",
+    "translation_of": "associations",
+    "subjects": "subjects",
+    "people": "people",
+    "places": "places",
+    "organisations": "organisations",
+    "associations": "associations",
+    "extra": None,
 }
 _NINJS_PHRASE = {
     "title": 'the main headline (headlines role "main")',
@@ -68,6 +95,13 @@ _NINJS_PHRASE = {
     "guid": "uri",
     "embargo_until": "embargoedUntil",
     "mark": MARK,
+    "byline": "by",
+    "summary": 'the summary (descriptions role "summary")',
+    "ednote": "edNote",
+    "copyright": "copyrightNotice",
+    "usage_terms": "usageTerms",
+    "translation_of": 'the uri of the association with rel "translationOf"',
+    "extra": "the properties the wire does not model",
 }
 
 
@@ -130,14 +164,14 @@ def to_ninjs(item: Mapping[str, Any], first_created: str | None = None) -> dict[
         doc["embargoedUntil"] = item["embargo_until"]
     if item.get("urgency") is not None and status != "canceled":
         doc["urgency"] = item["urgency"]
-    if status != "canceled":
-        _content(doc, item)
     if item.get("tags"):
         doc["subjects"] = [{"name": t, "uri": tag_uri(t)} for t in item["tags"]]
     if item.get("reason"):
         doc["edNote"] = item["reason"]
     if item.get("id"):
         doc["altIds"] = [{"role": ID_ROLE, "value": item["id"]}]
+    if status != "canceled":
+        _content(doc, item)
     return doc
 
 
@@ -154,8 +188,12 @@ def _content(doc: dict[str, Any], item: Mapping[str, Any]) -> None:
     if item.get("url"):
         href = quote(item["url"], safe=_URI_SAFE)  # an IRI's non-ASCII: percent-encoded
         doc["renditions"] = [{"name": "web", "href": href, "contentType": "text/html"}]
-    if item.get("mark"):
-        doc[MARK] = item["mark"]
+    content_to_ninjs(doc, item, uri_for)
+    extra_to_ninjs(doc, item)
+    # An http(s) uri became a hashed guid; the uri it came in with is kept in extra.
+    kept = (item.get("extra") or {}).get("uri")
+    if isinstance(kept, str) and guid_for(kept) == item["guid"]:
+        doc["uri"] = kept
 
 
 def story_to_ninjs(versions: list[Mapping[str, Any]]) -> dict[str, Any]:
@@ -200,21 +238,53 @@ def from_ninjs(doc: object) -> dict[str, Any]:
     return {k: v for k, v in data.items() if v is not None}
 
 
-def parse_ninjs(doc: object, *, now: datetime | None = None) -> Submission:
-    """Validate a ninjs document; errors name the ninjs property, not the wire field."""
+def parse_ninjs(
+    doc: object, *, now: datetime | None = None, default_language: str = DEFAULT_LANGUAGE
+) -> Submission:
+    """Validate a ninjs document; errors name the ninjs property, not the wire field.
+
+    A document with no subject that gives a tag (IPTC's own example articles
+    have none) is tagged with its ninjs ``type`` (``text``, ``picture``...), as
+    every wire item needs a tag to be routed.
+    """
     data = from_ninjs(doc)
+    assert isinstance(doc, dict)  # from_ninjs refuses anything else
+    data.update(content_from_ninjs(doc, guid_for))
+    if data.get("guid", "").startswith(HASHED_PREFIX):
+        data["extra"] = {"uri": doc["uri"].strip(), **data.get("extra", {})}
+    if "mark" not in data:
+        data.update(_mark_genre(doc.get("genres")))
+    if "title" not in data and isinstance(doc.get("title"), str):
+        data["title"] = doc["title"]  # an event or a picture may have a title, no headline
+    if "tags" not in data and isinstance(doc.get("type"), str) and _is_tag(doc["type"]):
+        data["tags"] = [doc["type"]]
     try:
-        return parse_submission(data, now=now)
+        return parse_submission(data, now=now, default_language=default_language)
     except ClientError as err:
-        if err.field not in _NINJS_FIELD:
-            raise
-        message = err.message
-        phrase = _NINJS_PHRASE.get(err.field)
-        if phrase and message.startswith(err.field + " "):
-            message = phrase + message[len(err.field) :]
-        elif err.field == "tags" and not isinstance(err, InvalidTag):
-            message = message.replace("tags", "subjects")  # "at most 20 subjects per item"
-        raise type(err)(message, field=_NINJS_FIELD[err.field]) from None
+        raise _in_ninjs_terms(err) from None
+
+
+def _in_ninjs_terms(err: ClientError) -> ClientError:
+    """``err`` with the ninjs property (and phrase) for the wire field it names."""
+    field = (err.field or "").split("[")[0].split(".")[0]
+    if field not in _NINJS_FIELD:
+        return err
+    message = err.message
+    phrase = _NINJS_PHRASE.get(field)
+    if phrase and message.startswith(field + " "):
+        message = phrase + message[len(field) :]
+    elif field == "tags" and not isinstance(err, InvalidTag):
+        message = message.replace("tags", "subjects")  # "at most 20 subjects per item"
+    return type(err)(message, field=_NINJS_FIELD[field])
+
+
+def _mark_genre(genres: object) -> dict[str, str]:
+    """``{"mark": m}`` for a ``wire:mark:<m>`` genre, else nothing."""
+    for genre in genres if isinstance(genres, list) else []:
+        uri = genre.get("uri") if isinstance(genre, dict) else None
+        if isinstance(uri, str) and uri.startswith(MARK_GENRE):
+            return {"mark": unquote(uri[len(MARK_GENRE) :])}
+    return {}
 
 
 def _guid(uri: object) -> str | None:
@@ -285,12 +355,12 @@ def _tags(value: object) -> list[str] | None:
     ]
     if explicit:
         return explicit
+    # A subject with a uri (a Media Topic...) is a subject in its own right
+    # (wire.core.ninjs_content): its name is a tag only when it is a valid one.
+    loose = [s.get("name") or s.get("literal") for s in subjects if not s.get("uri")]
     names = [s.get("name") or s.get("literal") for s in subjects]
-    named = [n for n in names if n]
-    if not named:
-        return None
-    valid = [n for n in named if _is_tag(n)]
-    return valid or named
+    valid = [n for n in names if n and _is_tag(n)]
+    return valid or [n for n in loose if n] or None
 
 
 def _is_tag(name: str) -> bool:

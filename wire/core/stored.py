@@ -67,6 +67,8 @@ class Content(Protocol):
     def urgency(self) -> int: ...
     @property
     def embargo_until(self) -> datetime | None: ...
+    def content(self) -> dict[str, Any]:
+        """The newsroom fields (language, type, byline...), absent ones left out."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +114,7 @@ def pieces(item: Content) -> Pieces:
             "tags": list(item.tags),
             "url": item.url,
             "body": item.body,
+            **item.content(),
         }
     )
     return Pieces(
@@ -193,6 +196,7 @@ def pending(item: Content) -> dict[str, Any]:
         "tags": list(item.tags),
         "url": item.url,
         "body": item.body,
+        **item.content(),
     }
 
 

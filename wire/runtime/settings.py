@@ -84,6 +84,8 @@ class Settings:
     scan_budget: int = 5_000
     #: When set, ``GET /metrics`` requires ``Authorization: Bearer <this>``.
     metrics_token: str | None = None
+    #: The language (BCP 47) of an item that names none.
+    default_language: str = "en"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
