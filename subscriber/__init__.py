@@ -25,13 +25,16 @@ from subscriber.errors import (
     SubscriberError,
     SubscriptionError,
 )
-from subscriber.items import Event, Item, Withdrawal
+from subscriber.items import Association, Entity, Event, Item, Rendition, Subject, Withdrawal
+from subscriber.languages import normalize_language
 from subscriber.notices import Disconnected, HistoryTruncated, Notice, Subscribed
 
 __all__ = [
+    "Association",
     "AuthError",
     "CursorFile",
     "Disconnected",
+    "Entity",
     "Event",
     "Feed",
     "HistoryTruncated",
@@ -39,11 +42,14 @@ __all__ = [
     "Notice",
     "ProtocolError",
     "RefusedError",
+    "Rendition",
+    "Subject",
     "Subscribed",
     "SubscriberError",
     "SubscriptionError",
     "Withdrawal",
     "connect",
+    "normalize_language",
     "stream_key",
     "websocket_url",
 ]

@@ -31,6 +31,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from subscriber.cursor import CursorFile, StreamKey, stream_key
 from subscriber.errors import AuthError, ProtocolError, RefusedError, SubscriptionError
 from subscriber.items import Event, parse_event
+from subscriber.languages import language_matches, normalize_languages
 from subscriber.notices import Disconnected, HistoryTruncated, Notice, Subscribed, log_notice
 from subscriber.tags import matches, normalize_tags
 
@@ -49,6 +50,7 @@ def connect(
     tags: Iterable[str],
     *,
     token: str | None = None,
+    languages: Iterable[str] = (),
     since: str | None = None,
     backfill: int | None = None,
     cursor_file: str | os.PathLike[str] | None = None,
@@ -70,11 +72,15 @@ def connect(
     delays are drawn at random up to ``min_delay * 2**attempt``, capped at
     ``max_delay`` seconds. ``on_notice`` receives :mod:`subscriber.notices`
     (connection lost, history truncated...); by default they are logged.
+    ``languages`` (BCP 47 tags such as ``en``, ``pt-BR``) limits the feed to
+    items in those languages, on top of the tags (both must match); a tag
+    matches exactly, case aside: ``en`` does not include ``en-GB``.
     """
     return Feed(
         websocket_url(url),
         _normalize(tags),
         token=token,
+        languages=normalize_languages(languages),
         since=since,
         backfill=backfill,
         cursor=CursorFile(cursor_file) if cursor_file is not None else None,
@@ -127,6 +133,7 @@ class Feed:
         tags: frozenset[str],
         *,
         token: str | None,
+        languages: frozenset[str] = frozenset(),
         since: str | None,
         backfill: int | None,
         cursor: CursorFile | None,
@@ -136,6 +143,7 @@ class Feed:
     ) -> None:
         self.url = url
         self._token = token
+        self._languages = languages
         self._backfill = backfill
         self._cursor = cursor
         self._notify = on_notice
@@ -170,6 +178,11 @@ class Feed:
         for kind, change in self._ops:
             tags = tags | change if kind == "subscribe" else tags - change
         return tuple(sorted(tags))
+
+    @property
+    def languages(self) -> tuple[str, ...]:
+        """The languages asked for (empty: every language)."""
+        return tuple(sorted(self._languages))
 
     @property
     def last_id(self) -> str | None:
@@ -267,6 +280,8 @@ class Feed:
         self._confirmed, self._ops = frozenset(), deque([("subscribe", tags)])
         self._ws = ws
         message: dict[str, object] = {"type": "subscribe", "tags": sorted(tags)}
+        if self._languages:
+            message["languages"] = sorted(self._languages)
         since = self._last_id or self._origin
         if since is not None:
             message["since"] = since
@@ -361,8 +376,11 @@ class Feed:
             # A flash sent before earlier items still on their way: show it,
             # but do not move the resume cursor past the items it overtook.
             self._ahead.add(event.id)
-        # Items of an unsubscribed tag that were already on the way.
+        # Items of an unsubscribed tag that were already on the way, and
+        # (from a server that does not filter languages) other languages.
         if not matches(self.tags, event.tags):
+            return None
+        if not language_matches(self._languages, event.language):
             return None
         return event
 

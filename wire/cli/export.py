@@ -40,6 +40,7 @@ def add_command(sub: Any) -> None:
     add_url_flag(exp)
     exp.add_argument("--format", choices=("json", "ninjs"), default="json")
     exp.add_argument("--tags", help="comma-separated tags (default: every item)")
+    exp.add_argument("--lang", help="comma-separated language tags, e.g. en,ru (default: all)")
     exp.add_argument("--after", default="0", metavar="ID", help="start after this stream id")
     exp.add_argument("--limit", type=_positive, metavar="N", help="stop after N documents")
     exp.add_argument(
@@ -62,12 +63,20 @@ def _page_size(raw: str) -> int:
 
 
 def fetch_page(
-    base: str, token: str | None, *, after: str, limit: int, tags: str | None
+    base: str,
+    token: str | None,
+    *,
+    after: str,
+    limit: int,
+    tags: str | None,
+    lang: str | None = None,
 ) -> tuple[list[dict[str, Any]], str | None]:
     """One page of ``GET /v1/items?after=...`` (oldest first), and its ``next`` cursor."""
     query = {"after": after, "limit": str(limit)}
     if tags:
         query["tags"] = tags
+    if lang:
+        query["lang"] = lang
     req = urllib.request.Request(base.rstrip("/") + "/v1/items?" + urllib.parse.urlencode(query))
     if token:
         req.add_header("Authorization", f"Bearer {token}")
@@ -91,13 +100,14 @@ def items(
     after: str = "0",
     limit: int | None = None,
     tags: str | None = None,
+    lang: str | None = None,
     page_size: int = MAX_PAGE,
 ) -> Iterator[dict[str, Any]]:
     """Every item after ``after`` (at most ``limit``), oldest first, a page at a time."""
     sent = 0
     while limit is None or sent < limit:
         want = page_size if limit is None else min(page_size, limit - sent)
-        page, going_on = fetch_page(base, token, after=after, limit=want, tags=tags)
+        page, going_on = fetch_page(base, token, after=after, limit=want, tags=tags, lang=lang)
         yield from page
         sent += len(page)
         # A page can be short (or empty) before the end: a read scans a
@@ -130,6 +140,7 @@ def export(args: argparse.Namespace, out: BinaryIO) -> int:
         after=args.after,
         limit=args.limit,
         tags=args.tags,
+        lang=getattr(args, "lang", None),
         page_size=args.page_size,
     ):
         out.write(orjson.dumps(render(item) if render else item) + b"\n")

@@ -52,7 +52,52 @@ def add_command(sub: Any) -> None:
     pub.add_argument("--link", "--item-url", dest="link", help="link to the full story")
     pub.add_argument("--urgency", type=int)
     pub.add_argument("--guid")
+    _content_flags(pub)
     pub.set_defaults(handler=publish_command, usage=pub.error)
+
+
+#: Flags that become text fields of the item as they are (flag -> field).
+TEXT_FLAGS = {
+    "byline": "byline",
+    "slugline": "slugline",
+    "located": "located",
+    "language": "language",
+    "summary": "summary",
+    "ednote": "ednote",
+    "copyright": "copyright",
+    "usage_terms": "usage_terms",
+    "translation_of": "translation_of",
+}
+
+
+def _content_flags(pub: Any) -> None:
+    """The newsroom fields: byline, dateline, language, subjects, a picture..."""
+    pub.add_argument("--byline", help="who wrote it, e.g. 'By Aiko Tanabe'")
+    pub.add_argument("--slugline", help="a short keyword handle, e.g. QUAKE-JAPAN")
+    pub.add_argument("--located", help="the dateline place, e.g. TOKYO")
+    pub.add_argument("--language", help="a BCP 47 tag, e.g. en, ru, pt-BR (default: the wire's)")
+    pub.add_argument("--summary")
+    pub.add_argument("--ednote", help="a note to client editors")
+    pub.add_argument("--copyright")
+    pub.add_argument("--usage-terms", dest="usage_terms")
+    pub.add_argument("--translation-of", dest="translation_of", metavar="GUID")
+    pub.add_argument(
+        "--correction", action="store_true", help="this version fixes an error (needs --guid)"
+    )
+    pub.add_argument(
+        "--advisory", action="store_true", help="a note to editors, not for publication"
+    )
+    pub.add_argument(
+        "--subject",
+        action="append",
+        dest="subjects",
+        metavar="CODE[=NAME]",
+        help="e.g. medtop:20000051=disaster and accident; repeat for more",
+    )
+    pub.add_argument("--picture", metavar="URL", help="an http(s) picture to go with the story")
+    pub.add_argument("--caption", help="the picture's caption")
+    pub.add_argument("--credit", help="the picture's credit")
+    pub.add_argument("--alt", help="the picture's text alternative")
 
 
 def publish_command(args: argparse.Namespace) -> int:
@@ -61,6 +106,8 @@ def publish_command(args: argparse.Namespace) -> int:
         args.usage("--file publishes the items in the file; leave out --title and --tag")
     if args.file is None and (args.title is None or not args.tags):
         args.usage("give --title and at least one --tag, or --file")
+    if args.picture is None and (args.caption or args.credit or args.alt):
+        args.usage("--caption, --credit and --alt describe a --picture; give its URL")
     token = editor_token(args)
     if not token:
         print("wire publish: set WIRE_TOKEN (or --token) to an editor token", file=sys.stderr)
@@ -73,7 +120,16 @@ def publish_command(args: argparse.Namespace) -> int:
 
 
 def publish_one(api: Api, args: argparse.Namespace) -> int:
-    fields = {
+    """POST the item the flags describe; print the stored item."""
+    code, stored = post_reporting(api, item_from_flags(args), "wire publish")
+    if stored is not None:
+        print(orjson.dumps(stored).decode())
+    return code
+
+
+def item_from_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The JSON body of ``POST /v1/items`` for ``wire publish --title ... --tag ...``."""
+    fields: dict[str, Any] = {
         "title": args.title,
         "tags": args.tags,
         "subtitle": args.subtitle,
@@ -83,11 +139,33 @@ def publish_one(api: Api, args: argparse.Namespace) -> int:
         "urgency": args.urgency,
         "guid": args.guid,
     }
+    fields.update({name: getattr(args, flag, None) for flag, name in TEXT_FLAGS.items()})
     item = {k: v for k, v in fields.items() if v is not None}
-    code, stored = post_reporting(api, item, "wire publish")
-    if stored is not None:
-        print(orjson.dumps(stored).decode())
-    return code
+    if getattr(args, "correction", False):
+        item["correction"] = True
+    if getattr(args, "advisory", False):
+        item["type"] = "advisory"
+    if getattr(args, "subjects", None):
+        item["subjects"] = [subject(raw) for raw in args.subjects]
+    if getattr(args, "picture", None):
+        item["associations"] = [picture(args)]
+    return item
+
+
+def subject(raw: str) -> dict[str, str]:
+    """``medtop:20000051=disaster and accident`` as ``{"code": ..., "name": ...}``."""
+    code, _, name = raw.partition("=")
+    return {"code": code.strip(), "name": name.strip()} if name.strip() else {"code": code.strip()}
+
+
+def picture(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``--picture`` association, its one rendition the picture itself."""
+    assoc: dict[str, Any] = {"type": "picture", "uri": args.picture}
+    for name in ("caption", "credit", "alt"):
+        if getattr(args, name, None):
+            assoc[name] = getattr(args, name)
+    assoc["renditions"] = [{"name": "original", "href": args.picture}]
+    return assoc
 
 
 # -- batches ----------------------------------------------------------------

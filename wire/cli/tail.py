@@ -20,7 +20,9 @@ from subscriber import Disconnected, HistoryTruncated, Item, Notice, Subscribed,
 from wire.cli.client import add_url_flag
 
 REMEMBERED_TITLES = 10_000
-BOLD_RED, YELLOW, DIM, RESET = "\x1b[1;31m", "\x1b[33m", "\x1b[2m", "\x1b[0m"
+BOLD_RED, YELLOW, CYAN, DIM, RESET = "\x1b[1;31m", "\x1b[33m", "\x1b[36m", "\x1b[2m", "\x1b[0m"
+#: The credit in a dateline: ``TOKYO, Dec 3 (WIRE) -``.
+AGENCY = "WIRE"
 
 
 def add_command(sub: Any) -> None:
@@ -28,6 +30,9 @@ def add_command(sub: Any) -> None:
     tail = sub.add_parser("tail", help="print live items as they arrive (Ctrl-C to stop)")
     add_url_flag(tail, websocket=True)
     tail.add_argument("--tags", required=True, help="comma-separated tags; * for everything")
+    tail.add_argument(
+        "--lang", help="comma-separated language tags, e.g. en,ru (default: every language)"
+    )
     tail.add_argument("--since", metavar="ID", help="start after this item id (replays history)")
     tail.add_argument("--json", action="store_true", help="one JSON object per line, for jq")
     tail.add_argument("--token", help="subscriber token (default: $WIRE_SUBSCRIBER_TOKEN)")
@@ -37,11 +42,17 @@ def add_command(sub: Any) -> None:
 def tail_command(args: argparse.Namespace) -> int:
     """Run until Ctrl-C (exit 130), a refusal (1) or a closed stdout (0)."""
     tags = [t for t in args.tags.split(",") if t.strip()]
+    languages = [t.strip() for t in (args.lang or "").split(",") if t.strip()]
     token = args.token or os.environ.get("WIRE_SUBSCRIBER_TOKEN") or None
     printer = Printer(sys.stdout, as_json=args.json, color=wants_color(sys.stdout))
     try:
         feed = subscriber.connect(
-            args.url, tags, token=token, since=args.since, on_notice=NoticePrinter(sys.stderr)
+            args.url,
+            tags,
+            token=token,
+            languages=languages,
+            since=args.since,
+            on_notice=NoticePrinter(sys.stderr),
         )
     except (ValueError, subscriber.SubscriptionError) as err:  # bad URL, --since or tag
         _note(str(err))
@@ -102,7 +113,13 @@ class NoticePrinter:
 
 
 class Printer:
-    """Items on stdout: a line each (``HH:MM ! MARK  Title (v2)  [tags]``) or raw JSON."""
+    """Items on stdout, a line each, or raw JSON.
+
+    ``HH:MM ! MARK  TOKYO, Dec 3 (WIRE) - Title (v2)  By Jane Doe  [tags]``:
+    the dateline when the item has a place, the byline when it has one; a
+    correction says ``CORRECTED`` and an advisory starts ``[ADVISORY]``
+    (dim on a terminal), so neither passes for an ordinary update.
+    """
 
     def __init__(self, stream: TextIO, *, as_json: bool = False, color: bool = False) -> None:
         self.stream = stream
@@ -126,10 +143,12 @@ class Printer:
         self._remember(item.guid, item.title)
         when = item.published_at.astimezone().strftime("%H:%M")
         urgent = item.urgency <= 2
-        mark = f"{clean(item.mark).upper()}  " if item.mark else ""
         version = f" (v{item.version})" if item.is_update else ""
-        text = self._paint(f"{mark}{clean(item.title)}{version}", BOLD_RED if urgent else "")
-        return f"{self._paint(when, DIM)} {'!' if urgent else ' '} {text}  {_tags(item.tags)}"
+        headline = f"{_marks(item)}{dateline(item)}{clean(item.title)}{version}"
+        text = self._paint(headline, _style(item))
+        byline = f"  {by(item.byline)}" if item.byline else ""
+        flag = "!" if urgent else " "
+        return f"{self._paint(when, DIM)} {flag} {text}{byline}  {_tags(item.tags)}"
 
     def withdrawal_line(self, kill: Withdrawal) -> str:
         stamp = kill.published_at.astimezone().strftime("%H:%M") if kill.published_at else "--:--"
@@ -146,6 +165,44 @@ class Printer:
 
     def _paint(self, text: str, style: str) -> str:
         return f"{style}{text}{RESET}" if self.color and style else text
+
+
+def _marks(item: Item) -> str:
+    advisory = "[ADVISORY] " if item.is_advisory else ""
+    mark = clean(item.mark).upper() if item.mark else ""
+    # A correction always says so, even when the editor set another mark.
+    if item.correction and mark != "CORRECTED":
+        mark = f"CORRECTED {mark}".strip()
+    return advisory + (f"{mark}  " if mark else "")
+
+
+def _style(item: Item) -> str:
+    if item.is_advisory:
+        return DIM
+    if item.urgency <= 2:
+        return BOLD_RED
+    return CYAN if item.correction else ""
+
+
+def dateline(item: Item) -> str:
+    """``TOKYO, Dec 3 (WIRE) - ``: the place in capitals and the day, in agency style.
+
+    The day is the viewer's local date of publication, like the time beside it.
+    """
+    if not item.located:
+        return ""
+    day = item.published_at.astimezone()
+    return f"{clean(item.located).upper()}, {_MONTHS[day.month - 1]} {day.day} ({AGENCY}) - "
+
+
+#: English month abbreviations, independent of the process locale.
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def by(byline: str) -> str:
+    """``By Jane Doe``, without doubling a ``By`` the byline already has."""
+    text = clean(byline).strip()
+    return text if text.casefold().startswith("by ") else f"By {text}"
 
 
 def clean(text: str) -> str:

@@ -20,13 +20,15 @@ from wire.core.errors import NotFound
 STATIC = Path(__file__).parent / "static"
 
 #: ``'self'`` in connect-src also covers ``ws:``/``wss:`` to this host (CSP
-#: Level 3), which is all the desk needs for ``/v1/ws``.
+#: Level 3), which is all the desk needs for ``/v1/ws``. Pictures that go with
+#: stories live wherever the newsroom keeps them, so images (and images only)
+#: may come from any http(s) origin; an image cannot run script.
 CONTENT_SECURITY_POLICY = "; ".join(
     [
         "default-src 'none'",
         "script-src 'self'",
         "style-src 'self'",
-        "img-src 'self' data:",
+        "img-src 'self' data: http: https:",
         "connect-src 'self'",
         "base-uri 'none'",
         "form-action 'self'",
@@ -60,12 +62,19 @@ def _file(path: Path) -> web.FileResponse:
 
 
 def setup_pages(app: web.Application, static: Path = STATIC) -> None:
-    """Add ``/`` (news desk), ``/editor`` (editor console) and ``/static/<file>``."""
-    # The asset set is fixed when the app is built: a lookup in this dict is
-    # the whole path check, so no request path can reach outside the folder.
-    assets = {p.name: p for p in static.iterdir() if p.is_file() and not p.name.startswith(".")}
+    """Add ``/`` (news desk), ``/editor`` (editor console), ``/static/<file>``
+    and ``/static/pictures/<file>`` (the placeholder pictures ``wire demo`` uses)."""
     app.router.add_get("/", _page(static / "index.html"))
     app.router.add_get("/editor", _page(static / "editor.html"))
+    app.router.add_get("/static/{name}", _folder(static))
+    app.router.add_get("/static/pictures/{name}", _folder(static / "pictures"))
+
+
+def _folder(folder: Path) -> Handler:
+    """Serve the files of one folder (not its subfolders) by name."""
+    # The asset set is fixed when the app is built: a lookup in this dict is
+    # the whole path check, so no request path can reach outside the folder.
+    assets = {p.name: p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")}
 
     async def asset(request: web.Request) -> web.StreamResponse:
         path = assets.get(request.match_info["name"])
@@ -73,7 +82,7 @@ def setup_pages(app: web.Application, static: Path = STATIC) -> None:
             raise NotFound(f"no route for {request.path}")
         return _file(path)
 
-    app.router.add_get("/static/{name}", asset)
+    return asset
 
 
 def _page(path: Path) -> Handler:

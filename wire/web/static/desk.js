@@ -9,6 +9,10 @@
 //   nothing is duplicated across gateway restarts or network loss.
 // - Text from items goes into the DOM through textContent only, never
 //   innerHTML: a headline containing markup shows as that markup.
+// - A language filter (BCP 47 tags, exact match, case aside) combines with the
+//   tag filter: both must match. Both live in the URL (?tags=world&lang=en,ru).
+// - Clicking a row opens the story (GET /v1/stories/<guid>): summary, body,
+//   pictures, translations and versions, all as text.
 // - On a wire that requires tokens, a refused stream asks for a token once
 //   (a form in the page, not a retry loop); it is kept in sessionStorage and
 //   sent as ?token= (a browser WebSocket cannot send an Authorization header).
@@ -28,6 +32,11 @@
   const statusText = document.getElementById("status-text");
   const form = document.getElementById("filter-form");
   const input = document.getElementById("filter");
+  const langInput = document.getElementById("lang");
+  const storyPanel = document.getElementById("story");
+  const AGENCY = "WIRE";
+  const PAGE_LANG = document.documentElement.lang || "en";
+  const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
   const filterError = document.getElementById("filter-error");
   const notice = document.getElementById("notice");
   const empty = document.getElementById("empty");
@@ -47,6 +56,7 @@
   // ---- state ---------------------------------------------------------------
 
   let filter = tagsFromLocation(); // [] means every tag
+  let langs = langsFromLocation(); // [] means every language
   let stories = new Map(); // guid -> {id, el}
   let seen = new Set(); // ids already handled (items, versions, withdrawals)
   let days = new Map(); // "YYYY-MM-DD" (viewer's local date) -> {section, list}
@@ -97,11 +107,47 @@
     return parseTags(new URLSearchParams(location.search).get("tags") || "");
   }
 
-  /** "/?tags=world/europe,sport": readable, and a link reproduces the view. */
-  function filterURL(tags) {
-    if (!tags.length) return "/";
-    const q = tags.map((t) => encodeURIComponent(t).replace(/%2F/gi, "/")).join(",");
-    return "/?tags=" + q;
+  /** A BCP 47 tag in its usual case: "pt-br" as "pt-BR", "zh-hant-tw" as "zh-Hant-TW". */
+  function normalizeLang(raw) {
+    const parts = raw.trim().split("-").filter(Boolean);
+    return parts
+      .map((p, i) => {
+        if (i === 0) return p.toLowerCase();
+        if (p.length === 4 && /^[a-z]+$/i.test(p)) return p[0].toUpperCase() + p.slice(1).toLowerCase();
+        if (p.length === 2 && /^[a-z]+$/i.test(p)) return p.toUpperCase();
+        return p.toLowerCase();
+      })
+      .join("-");
+  }
+
+  function parseLangs(text) {
+    const out = [];
+    for (const part of text.split(",")) {
+      const lang = normalizeLang(part);
+      if (lang && !out.includes(lang)) out.push(lang);
+    }
+    return out;
+  }
+
+  function langsFromLocation() {
+    return parseLangs(new URLSearchParams(location.search).get("lang") || "");
+  }
+
+  /** Exact match, case aside: "en" does not include "en-GB" (the server's rule). */
+  function langMatches(item) {
+    if (!langs.length || typeof item.language !== "string" || !item.language) return true;
+    const have = item.language.toLowerCase();
+    return langs.some((l) => l.toLowerCase() === have);
+  }
+
+  /** "/?tags=world/europe,sport&lang=en,ru": readable, and a link reproduces the view. */
+  function filterURL(tags, languages = langs) {
+    const parts = [];
+    if (tags.length) {
+      parts.push("tags=" + tags.map((t) => encodeURIComponent(t).replace(/%2F/gi, "/")).join(","));
+    }
+    if (languages.length) parts.push("lang=" + languages.map(encodeURIComponent).join(","));
+    return parts.length ? "/?" + parts.join("&") : "/";
   }
 
   // ---- connection ----------------------------------------------------------
@@ -133,7 +179,11 @@
 
   function wsURL() {
     const scheme = location.protocol === "https:" ? "wss://" : "ws://";
-    return scheme + location.host + "/v1/ws" + tokenQuery();
+    const params = new URLSearchParams();
+    if (langs.length) params.set("lang", langs.join(","));
+    if (token) params.set("token", token);
+    const query = params.toString();
+    return scheme + location.host + "/v1/ws" + (query ? "?" + query : "");
   }
 
   /**
@@ -192,6 +242,7 @@
       if (sock !== ws) return;
       opened = true;
       const msg = { type: "subscribe", tags: filter.length ? filter : ["*"] };
+      if (langs.length) msg.languages = langs;
       // Resume after the last item handled; with none yet, show recent history.
       resumed = lastId !== null;
       if (resumed) msg.since = lastId;
@@ -300,7 +351,11 @@
     const text = String(msg.message || msg.code || "error");
     if (msg.code === "history_truncated") {
       showNotice("Some older items are no longer kept on the server and could not be shown.");
-    } else if (msg.field === "tags" || ["invalid_tag", "too_many_tags", "forbidden"].includes(msg.code)) {
+    } else if (
+      msg.field === "tags" ||
+      msg.field === "languages" ||
+      ["invalid_tag", "too_many_tags", "forbidden", "invalid_language"].includes(msg.code)
+    ) {
       filterError.textContent = "Filter not accepted: " + text;
       filterError.hidden = false;
       setState("offline", "Not subscribed");
@@ -365,15 +420,68 @@
     return time;
   }
 
+  /** "TOKYO, Dec 3 (WIRE) -": the place in capitals and the (viewer's) day. */
+  function dateline(item, d) {
+    if (typeof item.located !== "string" || !item.located) return "";
+    return item.located.toUpperCase() + ", " + MONTHS[d.getMonth()] + " " + d.getDate() + " (" + AGENCY + ") -";
+  }
+
+  function byline(text) {
+    const t = String(text).trim();
+    return /^by\s/i.test(t) ? t : "By " + t;
+  }
+
+  /** A language badge, unless the filter already says which language this is. */
+  function showsBadge(item) {
+    if (typeof item.language !== "string" || !item.language) return false;
+    if (langs.length === 1) return false;
+    if (langs.length > 1) return true;
+    return item.language.toLowerCase() !== PAGE_LANG.toLowerCase();
+  }
+
+  function firstPicture(item) {
+    const assoc = Array.isArray(item.associations) ? item.associations : [];
+    return assoc.find((a) => a && a.type === "picture") || null;
+  }
+
+  /** The picture's best URL for a small view: a rendition's href or its uri (http/https only). */
+  function pictureURL(pic) {
+    const renditions = Array.isArray(pic.renditions) ? pic.renditions : [];
+    const thumb = renditions.find((r) => r && /thumb/i.test(String(r.name))) || renditions[0];
+    return (thumb && safeURL(String(thumb.href))) || safeURL(String(pic.uri));
+  }
+
+  function image(pic, className) {
+    const src = pictureURL(pic);
+    if (!src) return null;
+    const img = el("img", className);
+    img.loading = "lazy";
+    img.decoding = "async";
+    img.referrerPolicy = "no-referrer";
+    img.alt = typeof pic.alt === "string" ? pic.alt : "";
+    img.src = src;
+    return img;
+  }
+
   function renderStory(item, d) {
     const row = el("li", "item");
     const urgency = Number(item.urgency);
     if (urgency === 1 || urgency === 2) row.classList.add("urgency-" + urgency);
+    const advisory = item.type === "advisory";
+    if (advisory) row.classList.add("advisory");
+    if (item.correction === true) row.classList.add("corrected");
     const main = el("div", "main");
     const head = el("div", "headline");
+    if (advisory) head.append(el("span", "flag advisory-flag", "Advisory"));
     if (urgency === 1) head.append(el("span", "flag flash", "Flash"));
     else if (urgency === 2) head.append(el("span", "flag urgent", "Urgent"));
     if (item.mark) head.append(el("span", "mark", String(item.mark)));
+    if (item.correction === true && String(item.mark || "").toLowerCase() !== "corrected") {
+      head.append(el("span", "mark correction", "Corrected"));
+    }
+    if (showsBadge(item)) head.append(el("span", "lang-badge", item.language));
+    const place = dateline(item, d);
+    if (place) head.append(el("span", "dateline", place));
     const href = item.url ? safeURL(String(item.url)) : null;
     const title = el(href ? "a" : "span", "title", String(item.title ?? ""));
     if (href) {
@@ -384,8 +492,14 @@
     head.append(title);
     main.append(head);
     if (item.subtitle) main.append(el("p", "subtitle", String(item.subtitle)));
+    if (item.byline) main.append(el("p", "byline", byline(item.byline)));
     main.append(chips(item.tags));
     row.append(timeCell(item, d), main);
+    const pic = firstPicture(item);
+    const thumb = pic && image(pic, "thumb");
+    if (thumb) row.append(thumb);
+    row.tabIndex = 0;
+    row.title = "Open the story";
     return row;
   }
 
@@ -410,6 +524,7 @@
     if (!ahead && (!lastId || cmpId(item.id, lastId) > 0)) lastId = item.id;
     if (seen.has(item.id)) return;
     seen.add(item.id);
+    if (!langMatches(item)) return;
     const guid = typeof item.guid === "string" ? item.guid : item.id;
     const shown = stories.get(guid);
     if (shown && cmpId(shown.id, item.id) > 0) return; // an older version, superseded
@@ -510,11 +625,13 @@
   }
 
   /** Show a new filter: clear, resubscribe with a fresh backfill, keep it in the URL. */
-  function setFilter(tags, push) {
-    if (push && describe(tags) === describe(filter)) return;
+  function setFilter(tags, push, languages = langs) {
+    if (push && describe(tags) === describe(filter) && describe(languages) === describe(langs)) return;
     filter = tags;
-    if (push) history.pushState(null, "", filterURL(tags));
+    langs = languages;
+    if (push) history.pushState(null, "", filterURL(tags, languages));
     input.value = describe(tags);
+    langInput.value = describe(languages);
     filterError.hidden = true;
     notice.hidden = true;
     feed.replaceChildren();
@@ -537,7 +654,7 @@
 
   form.addEventListener("submit", (event) => {
     event.preventDefault();
-    setFilter(parseTags(input.value), true);
+    setFilter(parseTags(input.value), true, parseLangs(langInput.value));
   });
 
   document.getElementById("filter-clear").addEventListener("click", () => setFilter([], true));
@@ -551,9 +668,127 @@
     window.scrollTo({ top: 0 });
   });
 
-  window.addEventListener("popstate", () => setFilter(tagsFromLocation(), false));
+  window.addEventListener("popstate", () => setFilter(tagsFromLocation(), false, langsFromLocation()));
+
+  // ---- the story view -------------------------------------------------------
+
+  feed.addEventListener("click", (event) => {
+    if (event.target.closest("a, button")) return; // links and chips keep their meaning
+    const row = event.target.closest("li.item");
+    if (row && !row.classList.contains("withdrawn")) openStory(row.dataset.guid);
+  });
+
+  feed.addEventListener("keydown", (event) => {
+    const row = event.target.closest && event.target.closest("li.item");
+    if (event.key === "Enter" && row === event.target && !row.classList.contains("withdrawn")) {
+      openStory(row.dataset.guid);
+    }
+  });
+
+  document.getElementById("story-close").addEventListener("click", closeStory);
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && !storyPanel.hidden) closeStory();
+  });
+
+  function closeStory() {
+    storyPanel.hidden = true;
+    storyPanel.dataset.guid = "";
+  }
+
+  const part = (id) => document.getElementById(id);
+
+  async function openStory(guid) {
+    if (!guid) return;
+    storyPanel.dataset.guid = guid;
+    storyPanel.hidden = false;
+    part("story-title").textContent = "Loading…";
+    for (const id of ["story-meta", "story-byline", "story-summary", "story-more"]) part(id).textContent = "";
+    for (const id of ["story-body", "story-pictures", "story-translations", "story-versions"]) {
+      part(id).replaceChildren();
+    }
+    let story;
+    try {
+      const headers = token ? { Authorization: "Bearer " + token } : {};
+      const response = await fetch("/v1/stories/" + encodeURIComponent(guid), { headers, cache: "no-store" });
+      const data = await response.json().catch(() => null);
+      if (!response.ok || !data || !data.story) throw new Error("HTTP " + response.status);
+      story = data.story;
+    } catch (err) {
+      if (storyPanel.dataset.guid === guid) part("story-title").textContent = "Could not load the story (" + err.message + ").";
+      return;
+    }
+    if (storyPanel.dataset.guid === guid) showStory(story);
+  }
+
+  function showStory(story) {
+    const item = story.current || {};
+    const d = itemDate(item);
+    const meta = [dateline(item, d), item.language, item.type === "advisory" ? "Advisory" : ""];
+    part("story-meta").textContent = meta.filter(Boolean).join(" · ");
+    part("story-title").textContent = String(item.title ?? "");
+    part("story-byline").textContent = item.byline ? byline(item.byline) : "";
+    part("story-summary").textContent = item.summary ? String(item.summary) : "";
+    for (const para of String(item.body || "").split(/\n\s*\n/)) {
+      if (para.trim()) part("story-body").append(el("p", "", para));
+    }
+    for (const pic of Array.isArray(item.associations) ? item.associations : []) {
+      if (!pic || pic.type !== "picture") continue;
+      const img = image(pic, "story-picture");
+      if (!img) continue;
+      const figure = el("figure");
+      figure.append(img);
+      const caption = [pic.caption, pic.credit ? "Credit: " + pic.credit : ""].filter(Boolean).join(" · ");
+      if (caption) figure.append(el("figcaption", "", String(caption)));
+      part("story-pictures").append(figure);
+    }
+    const href = item.url ? safeURL(String(item.url)) : null;
+    if (href) {
+      const a = el("a", "read-more", "Read more");
+      a.href = href;
+      a.target = "_blank";
+      a.rel = "noopener noreferrer";
+      part("story-more").append(a);
+    }
+    showTranslations(story);
+    for (const version of Array.isArray(story.versions) ? story.versions : []) {
+      const li = el("li", "story-version");
+      const when = itemDate(version);
+      const marks = [
+        "v" + String(version.version),
+        fullFormat.format(when),
+        version.mark ? String(version.mark) : "",
+        version.correction === true ? "correction" : "",
+      ];
+      li.textContent = marks.filter(Boolean).join(" · ") + " — " + String(version.title ?? "");
+      part("story-versions").append(li);
+    }
+  }
+
+  function showTranslations(story) {
+    const list = part("story-translations");
+    const links = [];
+    const original = story.translation_of || (story.current && story.current.translation_of);
+    if (typeof original === "string") links.push({ guid: original, label: "Original" });
+    for (const t of Array.isArray(story.translations) ? story.translations : []) {
+      if (t && typeof t.guid === "string") links.push({ guid: t.guid, label: String(t.language || t.guid) });
+    }
+    for (const link of links) {
+      const li = el("li");
+      const a = el("a", "translation", link.label);
+      a.href = "#";
+      a.dataset.guid = link.guid;
+      a.addEventListener("click", (event) => {
+        event.preventDefault();
+        openStory(link.guid);
+      });
+      li.append(a);
+      list.append(li);
+    }
+    if (!links.length) list.append(el("li", "hint", "None."));
+  }
 
   input.value = describe(filter);
+  langInput.value = describe(langs);
   empty.textContent = emptyText();
   refresh();
   connect();

@@ -10,7 +10,13 @@
 (() => {
   const TOKEN_KEY = "wire.editorToken";
   const RECENT = 20;
-  const FIELDS = ["title", "subtitle", "tags", "mark", "urgency", "url", "token"];
+  const FIELDS = [
+    "title", "subtitle", "tags", "mark", "urgency", "url", "token",
+    "byline", "located", "language", "summary", "picture", "caption", "credit", "alt",
+    "correction", "advisory",
+  ];
+  const TEXTS = ["byline", "located", "language", "summary"]; // sent as they are
+  const PICTURE = ["caption", "credit", "alt"]; // the picture's own fields
 
   const form = document.getElementById("publish");
   const submit = document.getElementById("submit");
@@ -73,10 +79,19 @@
     status.hidden = false;
   }
 
+  /** The form field an API error names: "associations[0].uri" is the picture URL. */
+  function formField(apiField) {
+    if (typeof apiField !== "string") return apiField;
+    const assoc = /^associations(?:\[\d+\])?(?:\.(\w+))?/.exec(apiField);
+    if (assoc) return PICTURE.includes(assoc[1]) ? assoc[1] : "picture";
+    if (apiField === "type") return "advisory";
+    return apiField;
+  }
+
   /** Show an API error next to its field, or as a general message. */
   function showError(error, httpStatus) {
     const message = String((error && error.message) || "The server refused the item (" + httpStatus + ").");
-    let name = error && error.field;
+    let name = formField(error && error.field);
     if (!name && httpStatus === 401) name = "token";
     if (name && FIELDS.includes(name)) fieldError(name, message);
     else formStatus("error", message);
@@ -96,10 +111,22 @@
       tags: field("tags").value.split(",").map((t) => t.trim()).filter(Boolean),
       urgency: Number(field("urgency").value),
     };
-    for (const name of ["subtitle", "mark", "url"]) {
+    for (const name of ["subtitle", "mark", "url", ...TEXTS]) {
       const value = field(name).value.trim();
       if (value) body[name] = value;
     }
+    const picture = field("picture").value.trim();
+    if (picture) {
+      const assoc = { type: "picture", uri: picture };
+      for (const name of PICTURE) {
+        const value = field(name).value.trim();
+        if (value) assoc[name] = value;
+      }
+      assoc.renditions = [{ name: "original", href: picture }];
+      body.associations = [assoc];
+    }
+    if (field("correction").checked) body.correction = true;
+    if (field("advisory").checked) body.type = "advisory";
     if (guid) body.guid = guid;
     return JSON.stringify(body);
   }
@@ -152,7 +179,11 @@
     const what = item.version > 1 ? "Published version " + item.version : "Published";
     formStatus("ok", (created ? what : "Already published") + " · " + item.id);
     // Tags usually carry over to the next item; urgency must be chosen again.
-    for (const name of ["title", "subtitle", "mark", "url"]) field(name).value = "";
+    for (const name of ["title", "subtitle", "mark", "url", "summary", "picture", ...PICTURE]) {
+      field(name).value = "";
+    }
+    field("correction").checked = false;
+    field("advisory").checked = false;
     field("urgency").value = "5";
     setGuid(null);
     addRecent(item, true);
@@ -176,6 +207,12 @@
     field("mark").value = "";
     field("url").value = item.url || "";
     field("urgency").value = String(item.urgency || 5);
+    for (const name of TEXTS) field(name).value = item[name] || "";
+    const pic = (item.associations || []).find((a) => a && a.type === "picture");
+    field("picture").value = (pic && pic.uri) || "";
+    for (const name of PICTURE) field(name).value = (pic && pic[name]) || "";
+    field("correction").checked = false;
+    field("advisory").checked = item.type === "advisory";
     setGuid(item.guid);
     field("title").focus();
   }
