@@ -398,6 +398,7 @@ PUBLIC = {
     ("GET", "/"),
     ("GET", "/editor"),
     ("GET", "/static/{name}"),
+    ("GET", "/static/pictures/{name}"),
 }
 #: Routes that need an editor token (a subscriber token is not enough).
 EDITOR_ONLY = {
