@@ -10,7 +10,6 @@ carrying ``Authorization`` and ``Idempotency-Key``. The same page loaded as
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,11 +18,10 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from aiohttp import web
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Browser, Page
 
 from tests.conftest import ServerFactory, server_factory
-from tests.support import EDITOR_TOKEN, free_port, item, post
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
+from tests.support import EDITOR_TOKEN, chromium, free_port, item, post
 from wire.gateway.reader import HUB
 
 pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
@@ -70,12 +68,8 @@ TRY_READ_ERROR = """async ([base]) => {
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def browser() -> AsyncIterator[Browser]:
-    if shutil.which(CHROMIUM) is None:
-        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium package to run these")
-    async with async_playwright() as pw:
-        chromium = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        await chromium.close()
+    async with chromium() as launched:
+        yield launched
 
 
 @pytest_asyncio.fixture(loop_scope="module")

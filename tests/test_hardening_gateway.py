@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import signal
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -31,7 +30,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import Server, ServerFactory
-from tests.support import RedisServer, WireProcess, free_port, get_json, post
+from tests.support import RedisServer, WireProcess, chromium, free_port, get_json, post
 from wire.core.entry import Entry
 from wire.core.ids import ZERO
 from wire.core.items import parse_submission
@@ -463,7 +462,6 @@ async def test_sse_last_event_id_wins_over_backfill_and_since(
     assert status == 400 and body["error"]["field"] == "backfill"
 
 
-CHROMIUM = "/usr/bin/chromium"
 
 
 @pytest.mark.browser
@@ -472,44 +470,34 @@ async def test_an_event_source_opened_with_backfill_resumes_after_the_gateway_re
 ) -> None:
     """Browsers never retry a 4xx: answering the reconnect (Last-Event-ID with
     the URL's backfill) with 400 ended the feed for good."""
-    if shutil.which(CHROMIUM) is None:
-        pytest.skip(f"{CHROMIUM} is missing")
-    from playwright.async_api import async_playwright
-
-    from tests.test_browser import CHROMIUM_ARGS
-
     publisher = await make_server(gateway=False)
     gateway = await make_server(publisher=False)
     old = [await publish(http, publisher.base, ["world"], f"old{i}") for i in range(2)]
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = await browser.new_page()
-            await page.goto(gateway.base + "/healthz")
-            await page.evaluate(
-                """() => {
-                    window.got = [];
-                    window.source = new EventSource("/v1/sse?tags=world&backfill=1");
-                    source.addEventListener("item", (e) => got.push(e.lastEventId));
-                }"""
-            )
+    async with chromium() as browser:
+        page = await browser.new_page()
+        await page.goto(gateway.base + "/healthz")
+        await page.evaluate(
+            """() => {
+                window.got = [];
+                window.source = new EventSource("/v1/sse?tags=world&backfill=1");
+                source.addEventListener("item", (e) => got.push(e.lastEventId));
+            }"""
+        )
 
-            async def received(n: int) -> list[str]:
-                await page.wait_for_function(f"window.got.length >= {n}", timeout=WAIT * 1000)
-                got: list[str] = await page.evaluate("window.got")
-                return got
+        async def received(n: int) -> list[str]:
+            await page.wait_for_function(f"window.got.length >= {n}", timeout=WAIT * 1000)
+            got: list[str] = await page.evaluate("window.got")
+            return got
 
-            assert await received(1) == old[-1:]
-            live = await publish(http, publisher.base, ["world"], "live")
-            assert await received(2) == [old[-1], live]
-            await gateway.stop()
-            missed = [
-                await publish(http, publisher.base, ["world"], f"missed{i}") for i in range(3)
-            ]
-            await make_server(publisher=False, port=gateway.settings.port)
-            assert await received(5) == [old[-1], live, *missed]
-            after = await publish(http, publisher.base, ["world"], "after")
-            assert await received(6) == [old[-1], live, *missed, after]
-            assert await page.evaluate("window.source.readyState") == 1  # open
-        finally:
-            await browser.close()
+        assert await received(1) == old[-1:]
+        live = await publish(http, publisher.base, ["world"], "live")
+        assert await received(2) == [old[-1], live]
+        await gateway.stop()
+        missed = [
+            await publish(http, publisher.base, ["world"], f"missed{i}") for i in range(3)
+        ]
+        await make_server(publisher=False, port=gateway.settings.port)
+        assert await received(5) == [old[-1], live, *missed]
+        after = await publish(http, publisher.base, ["world"], "after")
+        assert await received(6) == [old[-1], live, *missed, after]
+        assert await page.evaluate("window.source.readyState") == 1  # open
