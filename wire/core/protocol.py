@@ -3,7 +3,7 @@
 The gateway hands every client text frame to :func:`parse_message` and gets a
 typed command back (or a :class:`~wire.errors.ClientError` to answer with);
 :class:`Subscription` applies subscribe/unsubscribe to a connection's tag set
-and enforces the per-connection limits. Server messages are built by the
+and language filter and enforces the per-connection limits. Server messages are built by the
 small ``*_message`` functions so their shape lives in one place.
 """
 
@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from wire.core.entry import language_keys
 from wire.core.errors import (
     ClientError,
     InvalidJSON,
@@ -25,19 +26,27 @@ from wire.core.errors import (
     quoted,
 )
 from wire.core.ids import StreamKey, format_id, parse_cursor
+from wire.core.language import normalize_language
 from wire.core.tags import normalize_tags
 
 MAX_BACKFILL = 500
+#: Languages one connection may filter on.
+MAX_LANGUAGES = 10
 
 
 @dataclass(frozen=True, slots=True)
 class Subscribe:
-    """Add tags; optionally replay history first (``since`` or ``backfill``)."""
+    """Add tags; optionally replay history first (``since`` or ``backfill``).
+
+    ``languages``, when given, replaces the connection's language filter
+    (empty: every language); None leaves it as it was.
+    """
 
     tags: tuple[str, ...]
     since: StreamKey | None = None
     backfill: int | None = None
     compact: bool = False
+    languages: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +107,21 @@ def parse_subscribe(msg: dict[str, Any]) -> Subscribe:
         since=parse_cursor(since, field="since") if since is not None else None,
         backfill=backfill or None,
         compact=compact,
+        languages=_language_list(msg),
     )
+
+
+def _language_list(msg: dict[str, Any]) -> tuple[str, ...] | None:
+    """The subscribe's ``languages``, normalized, sorted and deduplicated (None when absent)."""
+    raw = msg.get("languages")
+    if raw is None:
+        return None
+    if not isinstance(raw, list):
+        raise ValidationError("languages must be a list of BCP 47 language tags", field="languages")
+    languages = sorted({normalize_language(lang, "languages") for lang in raw})
+    if len(languages) > MAX_LANGUAGES:
+        raise ValidationError(f"at most {MAX_LANGUAGES} languages", field="languages")
+    return tuple(languages)
 
 
 def _tag_list(msg: dict[str, Any]) -> tuple[str, ...]:
@@ -110,11 +133,13 @@ def _tag_list(msg: dict[str, Any]) -> tuple[str, ...]:
 
 @dataclass(slots=True)
 class Subscription:
-    """A connection's tag set and the limits on changing it."""
+    """A connection's tag set, its language filter and the limits on changing them."""
 
     max_tags: int = 100
     rate: int = 20
     tags: frozenset[str] = frozenset()
+    #: The languages the connection receives; empty: every language.
+    languages: frozenset[str] = frozenset()
     _window: float = 0.0
     _count: int = 0
     _extra: dict[str, int] = field(default_factory=dict)
@@ -127,13 +152,23 @@ class Subscription:
         if self._count > self.rate:
             raise RateLimited(f"more than {self.rate} subscribe or unsubscribe messages a second")
 
-    def subscribe(self, tags: tuple[str, ...]) -> frozenset[str]:
-        """The tag set after adding ``tags``; raises TooManyTags and changes nothing."""
+    def subscribe(
+        self, tags: tuple[str, ...], languages: tuple[str, ...] | None = None
+    ) -> frozenset[str]:
+        """The tag set after adding ``tags`` (and ``languages``, when given, replacing
+        the language filter); raises TooManyTags and changes nothing."""
         new = self.tags | frozenset(tags)
         if len(new) > self.max_tags:
             raise TooManyTags(f"at most {self.max_tags} tags per connection", field="tags")
         self.tags = new
+        if languages is not None:
+            self.languages = frozenset(languages)
         return new
+
+    @property
+    def keys(self) -> frozenset[str]:
+        """The hub's subscription keys: the tags, limited to the languages if any."""
+        return language_keys(self.tags, self.languages)
 
     def unsubscribe(self, tags: tuple[str, ...]) -> frozenset[str]:
         """The tag set after removing ``tags``."""
@@ -141,15 +176,23 @@ class Subscription:
         return self.tags
 
 
-def subscribed_message(tags: frozenset[str], position: StreamKey | None = None
-                       ) -> dict[str, object]:
+def subscribed_message(
+    tags: frozenset[str],
+    position: StreamKey | None = None,
+    languages: frozenset[str] = frozenset(),
+) -> dict[str, object]:
     """``{"type": "subscribed", "tags": [...], "position": id}``, tags sorted.
+
+    ``"languages": [...]`` (sorted) follows the tags while the connection
+    has a language filter; without one the message is as it always was.
 
     ``position`` is the last stream id the gateway had fanned out when the
     change took effect: live items after it follow. A client that has not
     received an item yet resumes from it, so a reconnect loses nothing.
     """
     message: dict[str, object] = {"type": "subscribed", "tags": sorted(tags)}
+    if languages:
+        message["languages"] = sorted(languages)
     if position is not None:
         message["position"] = format_id(position)
     return message
@@ -174,6 +217,7 @@ PONG: dict[str, object] = {"type": "pong"}
 
 __all__ = [
     "MAX_BACKFILL",
+    "MAX_LANGUAGES",
     "PONG",
     "Command",
     "InvalidTag",

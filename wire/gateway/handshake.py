@@ -41,8 +41,13 @@ def _query_int(raw: str) -> int | str:
 
 
 def subscribe_from(query: Mapping[str, str], tags: str, since: str | None) -> Subscribe:
-    """The subscribe a query string asks for (WebSocket shortcut and SSE alike)."""
+    """The subscribe a query string asks for (WebSocket shortcut and SSE alike).
+
+    ``lang=en,ru`` is the subscribe's ``languages`` (an empty ``lang=``: every language).
+    """
     msg: dict[str, object] = {"tags": [t for t in tags.split(",") if t.strip()]}
+    if "lang" in query:
+        msg["languages"] = [lang for lang in query["lang"].split(",") if lang.strip()]
     if since:
         msg["since"] = since
     if "backfill" in query:

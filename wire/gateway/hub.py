@@ -4,7 +4,14 @@ One :class:`Hub` per gateway process. The reader hands it batches of entries;
 for each entry it finds the subscribers through an index from subscription
 key to connections (cost proportional to the item's tags and their prefixes,
 not to the number of subscribers), collects each connection's share of the
-batch, and writes that share with one ``transport.write``. Nothing on this
+batch, and writes that share with one ``transport.write``.
+
+A language filter splits the index: a connection that wants only ``en`` sits
+in the ``world@en`` bucket instead of ``world`` (see
+:func:`wire.core.entry.language_keys`), so an item is looked up under its
+routes and, only while some connection filters languages, under its routes
+with its language. Connections without a filter stay in the plain buckets and
+cost nothing more; a filtered one costs nothing for items in other languages. Nothing on this
 path awaits a subscriber: a connection whose unsent data passes the cap is
 closed with 4008 ``slow consumer`` and resumes with ``since``.
 
@@ -22,7 +29,7 @@ from collections.abc import Iterable, Sequence
 
 from wire.core import frames
 from wire.core.closecodes import CloseCode
-from wire.core.entry import Entry
+from wire.core.entry import LANG_SEP, Entry
 from wire.core.ids import ZERO, StreamKey
 from wire.core.resume import Window, fresh
 from wire.gateway.backlog import Backlog
@@ -73,6 +80,10 @@ class Hub:
     ) -> None:
         self.max_buffer = max_buffer
         self.index: dict[str, set[Conn]] = {}
+        #: Per subscription key, the languages of its language-filtered buckets
+        #: (``world`` -> {``en``} while ``world@en`` is in the index): empty
+        #: while no connection filters languages.
+        self.languages: dict[str, set[str]] = {}
         self.conns: set[Conn] = set()
         #: Everything up to here has been dispatched.
         self.position: StreamKey = ZERO
@@ -118,10 +129,17 @@ class Hub:
         conn.keys = frozenset()
 
     def retag(self, conn: Conn, keys: frozenset[str]) -> None:
-        """Make ``keys`` the connection's subscription."""
+        """Make ``keys`` (language-filtered or not) the connection's subscription."""
         self._unindex(conn, conn.keys - keys)
+        index = self.index
         for key in keys - conn.keys:
-            self.index.setdefault(key, set()).add(conn)
+            subs = index.get(key)
+            if subs is None:
+                subs = index[key] = set()
+                if LANG_SEP in key:
+                    tag, _, language = key.partition(LANG_SEP)
+                    self.languages.setdefault(tag, set()).add(language)
+            subs.add(conn)
         conn.keys = keys
 
     def _unindex(self, conn: Conn, keys: Iterable[str]) -> None:
@@ -131,14 +149,43 @@ class Hub:
                 subs.discard(conn)
                 if not subs:
                     del self.index[key]
+                    if LANG_SEP in key:
+                        self._drop_language(key)
+
+    def _drop_language(self, key: str) -> None:
+        """A language-filtered bucket emptied: forget its language under its tag."""
+        tag, _, language = key.partition(LANG_SEP)
+        languages = self.languages.get(tag)
+        if languages is not None:
+            languages.discard(language)
+            if not languages:
+                del self.languages[tag]
+
+    def _language_buckets(self, entry: Entry, lists: list[set[Conn]]) -> None:
+        """Add the language-filtered buckets ``entry`` goes to (only while there are some).
+
+        An entry without a language (a withdrawal) goes to every language's
+        bucket of its routes: it reaches whoever could have had a version.
+        """
+        index = self.index
+        if entry.language is not None:
+            lists.extend([index[k] for k in entry.lang_routes if k in index])
+            return
+        languages = self.languages
+        for route in entry.routes:
+            for language in languages.get(route, ()):
+                lists.append(index[f"{route}{LANG_SEP}{language}"])
 
     def dispatch(self, entries: Sequence[Entry]) -> None:
         """Deliver a batch read from the stream, in order, once per connection."""
         index = self.index
+        languages = self.languages
         touched: list[Conn] = []
         overflowed: list[Conn] = []
         for entry in entries:
             lists = [index[k] for k in entry.routes if k in index]
+            if languages:
+                self._language_buckets(entry, lists)
             if not lists:
                 continue
             targets = lists[0] if len(lists) == 1 else set().union(*lists)
@@ -160,13 +207,17 @@ class Hub:
                     touched.append(conn)
                 else:
                     out.append(entry)
+        self._send_shares(touched, overflowed)
+        self._remember(entries)
+
+    def _send_shares(self, touched: list[Conn], overflowed: list[Conn]) -> None:
+        """After a batch's dispatch: close whom it overflowed, write each share."""
         for conn in overflowed:
             self.close(conn, CloseCode.SLOW_CONSUMER, "slow consumer")
         for conn in touched:
             share, conn.out = conn.out, None
             if share:
                 self.write(conn, share)
-        self._remember(entries)
 
     def _remember(self, entries: Sequence[Entry]) -> None:
         if entries:

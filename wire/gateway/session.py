@@ -112,8 +112,9 @@ class Session:
             return
         self.subscription.check_rate(time.monotonic())
         if isinstance(cmd, Unsubscribe):
-            self.hub.retag(self.conn, self.subscription.unsubscribe(cmd.tags))
-            self.reply(subscribed_message(self.subscription.tags, self._position()))
+            self.subscription.unsubscribe(cmd.tags)
+            self.hub.retag(self.conn, self.subscription.keys)
+            self._subscribed()
             return
         self.grant.check_subscription(cmd.tags)
         if self.hub.recent_base is None:
@@ -123,11 +124,16 @@ class Session:
             return
         if cmd.since is None and cmd.backfill is None:
             # During a catch-up the new tags' items are held with the rest.
-            keys = self.subscription.subscribe(cmd.tags)
-            self.hub.retag(self.conn, keys)
-            self.reply(subscribed_message(keys, self._position()))
+            self.subscription.subscribe(cmd.tags, cmd.languages)
+            self.hub.retag(self.conn, self.subscription.keys)
+            self._subscribed()
             return
         await self._catch_up(cmd)
+
+    def _subscribed(self) -> None:
+        """Tell the client its subscription (tags and any language filter) as it now is."""
+        sub = self.subscription
+        self.reply(subscribed_message(sub.tags, self._position(), sub.languages))
 
     async def _catch_up(self, cmd: Subscribe) -> None:
         """Subscribe with history: start a catch-up, taking over one still running.
@@ -142,7 +148,8 @@ class Session:
                 f"more than {MAX_CATCH_UPS} catch-ups at once on this connection; "
                 "send this subscribe again once one has finished"
             )
-        keys = self.subscription.subscribe(cmd.tags)
+        self.subscription.subscribe(cmd.tags, cmd.languages)
+        keys = self.subscription.keys
         owed = await self.stop()
         # No await from here on: no item can slip in between the held items
         # taken, the new tags and the position the new history ends at.
@@ -153,7 +160,7 @@ class Session:
         if held:
             owed.append(Held(tuple(held)))
         self.hub.retag(self.conn, keys)
-        self.reply(subscribed_message(keys, self._position()))
+        self._subscribed()
         owed.append(self._source(cmd, keys))
         self.owed = owed
         self.catching_up = asyncio.create_task(self._run(), name="wire-catch-up")

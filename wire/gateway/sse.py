@@ -26,7 +26,7 @@ RETRY = frames.http_chunk(b"retry: 1000\n\n")
 
 
 async def sse_handler(request: web.Request) -> web.StreamResponse:
-    """``GET /v1/sse?tags=a,b``: Server-Sent Events with Last-Event-ID resume."""
+    """``GET /v1/sse?tags=a,b&lang=en``: Server-Sent Events with Last-Event-ID resume."""
     try:
         grant = admit(request)
         cmd = _sse_subscribe(request)

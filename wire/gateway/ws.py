@@ -73,8 +73,11 @@ def _ping_pong(hub: Hub, conn: Conn, msg: WSMessage) -> None:
 
 
 def _query_subscribe(request: web.Request) -> Subscribe | None:
-    """``/v1/ws?tags=a,b&since=ID`` (or ``backfill=N``) as a subscribe at connect time."""
+    """``/v1/ws?tags=a,b&lang=en&since=ID`` (or ``backfill=N``) as a subscribe at connect time.
+
+    ``lang`` alone sets the language filter the later subscribe messages keep.
+    """
     tags = request.query.get("tags")
-    if tags is None:
+    if tags is None and "lang" not in request.query:
         return None
-    return subscribe_from(request.query, tags, request.query.get("since"))
+    return subscribe_from(request.query, tags or "", request.query.get("since"))

@@ -86,8 +86,12 @@ local function append(stream, story, tags, ids, p, L, r)
   local mark = p.mark
   if mark == L.no_mark and v > 1 then mark = L.updated end
   local json = p.head .. v .. L.mark_key .. mark .. L.stamp .. p.rest
+  -- The entry's 'l' field: the item's language, for the gateway's language
+  -- filter. Its first unescaped "language" key (every key before it in rest
+  -- is fixed, see wire.core.stored.pieces); '' for an item kept from before.
   local id = redis.call('XADD', stream, 'MAXLEN', '~', r[1], '*',
-                        'j', json, 't', p.tags, 'u', p.urgency, 'g', p.guid)
+                        'j', json, 't', p.tags, 'u', p.urgency, 'g', p.guid,
+                        'l', string.match(p.rest, '"language":"([^"]*)"') or '')
   redis.call('XTRIM', stream, 'MINID', '~', r[2])
   for tag in string.gmatch(p.tags, '%S+') do redis.call('SADD', tags, tag) end
   redis.call('RPUSH', ids, id)
