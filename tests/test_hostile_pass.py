@@ -8,15 +8,19 @@ hold hundreds of megabytes per request. Real Redis, real HTTP/WebSocket.
 
 from __future__ import annotations
 
+import asyncio
+import socket
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
 
 from tests.conftest import Server, ServerFactory
-from tests.support import get_json, post
+from tests.support import get_json, post, publish, wait_for
 from wire.core.entry import Entry
 from wire.core.ids import ZERO
+from wire.gateway import session as session_module
 from wire.gateway.reader import HUB
 from wire.storage import store as store_module
 from wire.storage.store import ANSWER_BYTES, PAGE_BYTES, Store
@@ -103,19 +107,26 @@ async def test_history_pages_from_redis_are_bounded_in_bytes(
     assert sum(len(e.json) for e in scan.entries) <= ANSWER_BYTES + BIG
 
 
-# -- the gateway (wire/gateway is being refactored: described, not fixed here) --
+# -- the gateway's catch-ups ---------------------------------------------------------------
 
 
-def spy_range_after(store: Store, pages: list[int]) -> None:
-    """Record the bytes of every page the gateway reads with ``range_after``."""
-    original = store.range_after
+def spy_redis_pages(store: Store, pages: list[int]) -> None:
+    """Record the bytes of every page of history the store reads from Redis, with
+    ``range_after`` (bounded by count only) or the byte-bounded reader."""
+    original_range, original_page = store.range_after, store._page
 
     async def range_after(*args: Any, **kwargs: Any) -> list[Entry]:
-        page = await original(*args, **kwargs)
+        page = await original_range(*args, **kwargs)
         pages.append(sum(len(e.json) for e in page))
         return page
 
+    async def page(*args: Any, **kwargs: Any) -> tuple[list[Entry], bool]:
+        found, more = await original_page(*args, **kwargs)
+        pages.append(sum(len(e.json) for e in found))
+        return found, more
+
     store.range_after = range_after  # type: ignore[method-assign]
+    store._page = page  # type: ignore[method-assign]
 
 
 async def ws_items(server: Server, query: str, want: int) -> list[str]:
@@ -134,33 +145,25 @@ async def ws_items(server: Server, query: str, want: int) -> list[str]:
     return got
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway/replay.py History._raw reads store.range_after(count=PAGE): 1,000 "
-    "entries per Redis read, whatever their size",
-)
 async def test_compact_catch_up_reads_redis_in_bounded_pages(
     make_server: ServerFactory, http: aiohttp.ClientSession
 ) -> None:
+    """The compact first pass read 1,000 entries (400 MB) per Redis read: 1013 after 5 s."""
     # recent_bytes=1: the hub's window never covers the range, so it comes from Redis.
     server = await make_server(recent_bytes=1)
     ids = await publish_big(http, server)
     pages: list[int] = []
-    spy_range_after(server.app[STORE], pages)
+    spy_redis_pages(server.app[STORE], pages)
     got = await ws_items(server, "tags=world&since=0&compact=1", COUNT)
     assert got == ids
     assert pages and max(pages) <= PAGE_BYTES + BIG
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway/replay.py merge() cuts catch-up pages at SEND_PAGE=100 entries, not "
-    "bytes: one page of big items is a 30 MB write, and any frame queued while it "
-    "drains (a keep-alive ping) finds the buffer over WIRE_MAX_BUFFER: 4008",
-)
 async def test_catch_up_writes_stay_under_the_slow_consumer_cap(
     make_server: ServerFactory, http: aiohttp.ClientSession
 ) -> None:
+    """A catch-up batch was 100 entries (a 30 MB write): a keep-alive ping queued
+    behind it found the buffer over WIRE_MAX_BUFFER, and a reading client got 4008."""
     server = await make_server(recent_bytes=1)
     await publish_big(http, server)
     the_hub = server.app[HUB]
@@ -175,3 +178,60 @@ async def test_catch_up_writes_stay_under_the_slow_consumer_cap(
     got = await ws_items(server, "tags=world&since=0", COUNT)
     assert len(got) == COUNT
     assert max(writes) <= server.settings.max_buffer
+
+
+# -- catch-ups per process --------------------------------------------------------------------
+
+
+async def test_catch_ups_reading_redis_take_turns_and_all_complete(
+    make_server: ServerFactory, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each catch-up from Redis holds a page and a batch in flight: at most
+    ``max_catchups`` at once per process; the others wait, then complete."""
+    server = await make_server(recent_bytes=1, max_catchups=2)
+    ids = [(await publish(http, server.base, f"n{i}", ["world"]))["id"] for i in range(30)]
+    store: Store = server.app[STORE]
+    active, most = 0, 0
+    original = store.pages_after
+
+    async def pages_after(*args: Any, **kwargs: Any) -> AsyncIterator[list[Entry]]:
+        nonlocal active, most
+        active += 1
+        most = max(most, active)
+        try:
+            async for page in original(*args, **kwargs):
+                yield page
+        finally:
+            active -= 1
+
+    monkeypatch.setattr(store, "pages_after", pages_after)
+    got = await asyncio.gather(*(ws_items(server, "tags=world&since=0", 30) for _ in range(40)))
+    assert all(g == ids for g in got)  # every one complete, each item once and in order
+    assert 1 <= most <= 2
+    assert server.app[HUB].catchups._value == 2  # every turn given back
+
+
+async def test_an_sse_catch_up_nobody_reads_gives_its_turn_back(
+    make_server: ServerFactory, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Last-Event-ID: 0-0`` and never a read: once its socket takes nothing for a
+    ping interval the connection is a slow consumer, and its turn at Redis (and the
+    page it held) goes to the next catch-up."""
+    monkeypatch.setattr(session_module, "MIN_STALL", 0.5)
+    server = await make_server(recent_bytes=1, max_catchups=1, ping_interval=1.0)
+    ids = await publish_big(http, server)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, ("127.0.0.1", server.settings.port))
+    request = b"GET /v1/sse?tags=world HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 0-0\r\n\r\n"
+    await loop.sock_sendall(sock, request)
+    the_hub = server.app[HUB]
+    try:
+        await wait_for(lambda: the_hub.catchups.locked(), "the SSE catch-up to take the turn")
+        # Waits for the turn, then gets everything.
+        assert await ws_items(server, "tags=world&since=0", COUNT) == ids
+        assert the_hub.slow_closes >= 1
+    finally:
+        sock.close()

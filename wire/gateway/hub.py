@@ -76,7 +76,12 @@ class Hub:
     """Subscriptions, the recent-items window and fan-out for one process."""
 
     def __init__(
-        self, *, max_buffer: int = 1 << 20, recent: int = 10_000, recent_bytes: int = 64 << 20
+        self,
+        *,
+        max_buffer: int = 1 << 20,
+        recent: int = 10_000,
+        recent_bytes: int = 64 << 20,
+        max_catchups: int = 16,
     ) -> None:
         self.max_buffer = max_buffer
         self.index: dict[str, set[Conn]] = {}
@@ -94,6 +99,9 @@ class Hub:
         self._flusher: asyncio.Task[None] | None = None
         self.slow_closes = 0
         self.pings: Pings[Conn] = Pings()
+        #: Turns for catch-ups that read Redis (see :mod:`wire.gateway.replay`):
+        #: each holds a page from Redis and a batch in flight, a few MiB.
+        self.catchups = asyncio.Semaphore(max(1, max_catchups))
 
     @property
     def recent(self) -> list[Entry]:
@@ -314,7 +322,8 @@ class Hub:
         overtake) never fills with history.
         """
         while conn.state.behind:
-            if conn.caught_up_waiter is None:
+            # A waiter left done by a waiter that timed out is replaced.
+            if conn.caught_up_waiter is None or conn.caught_up_waiter.done():
                 conn.caught_up_waiter = asyncio.get_running_loop().create_future()
             await conn.caught_up_waiter
 

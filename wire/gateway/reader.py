@@ -102,6 +102,7 @@ async def reader_ctx(app: web.Application) -> AsyncIterator[None]:
         max_buffer=settings.max_buffer,
         recent=settings.recent_items,
         recent_bytes=settings.recent_bytes,
+        max_catchups=settings.max_catchups,
     )
     # The reader blocks for up to 5 s per XREAD, so it gets its own client
     # whose socket timeout is longer than that.

@@ -3,9 +3,12 @@
 A catch-up (``since``, ``compact``, ``backfill``) is a list of sources
 (:mod:`wire.core.resume`). :class:`History` turns each into pages of entries, from
 the hub's window of recent items when it covers them, else from Redis a page
-at a time; :func:`merge` interleaves several sources' pages in stream order,
-each entry once. Nothing here holds a whole range: a compact catch-up reads
-its range twice, keeping only one id per story in between.
+at a time (pages of about ``PAGE_BYTES``, whatever the items' size);
+:func:`merge` interleaves several sources' pages in stream order, each entry
+once, cut into batches small in entries and in bytes. Nothing here holds a
+whole range: a compact catch-up reads its range twice, keeping only one id per
+story in between. A catch-up that reads Redis first takes one of the process's
+``max_catchups`` turns (the hub's ``catchups`` semaphore) and keeps it to its end.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from wire.core.entry import Entry
 from wire.core.ids import StreamKey
 from wire.core.resume import Held, Latest, Newest, Source, Window, fresh
 from wire.gateway.hub import Hub
-from wire.storage.store import PAGE, Store
+from wire.storage.store import Store
 
 log = logging.getLogger("wire.gateway.replay")
 
@@ -30,12 +33,33 @@ SEND_PAGE = 100
 class History:
     """The pages of a catch-up's sources, for one gateway process."""
 
-    __slots__ = ("compact_stories", "hub", "store")
+    __slots__ = ("compact_stories", "gate", "holding", "hub", "store")
 
-    def __init__(self, hub: Hub, store: Store, compact_stories: int) -> None:
+    def __init__(
+        self, hub: Hub, store: Store, compact_stories: int, gate: asyncio.Semaphore | None = None
+    ) -> None:
         self.hub = hub
         self.store = store
         self.compact_stories = compact_stories
+        #: Bounds the catch-ups of a process that read Redis at once (None: unbounded).
+        self.gate = gate
+        self.holding = False
+
+    async def _turn(self) -> None:
+        """Wait for this catch-up's turn to read Redis; kept until :meth:`release`.
+
+        Taken once, however many sources read Redis: a catch-up never waits
+        for a second turn while holding one, so turns cannot deadlock.
+        """
+        if self.gate is not None and not self.holding:
+            await self.gate.acquire()
+            self.holding = True
+
+    def release(self) -> None:
+        """The catch-up ended (sent, taken over or closed): give its turn back."""
+        if self.holding and self.gate is not None:
+            self.holding = False
+            self.gate.release()
 
     def pages(self, source: Source) -> AsyncIterator[list[Entry]]:
         """The source's entries, oldest first, a page at a time."""
@@ -53,6 +77,7 @@ class History:
         if cached is not None:
             yield [e for e in cached if e.matches(keys)]
             return
+        await self._turn()
         async for page in self.store.pages_after(window.after, window.upto, keys):
             yield page
 
@@ -62,14 +87,11 @@ class History:
         if cached is not None:
             yield cached
             return
-        cursor = window.after
-        while True:
-            page = await self.store.range_after(cursor, window.upto, count=PAGE)
+        await self._turn()
+        # Pages bounded in bytes: a page of 1,000 entries of 400 KB was 400 MB.
+        async for page, _ in self.store.pages_raw(window.after, window.upto):
             raise_if_cancelled()
             yield page
-            if len(page) < PAGE:
-                return
-            cursor = page[-1].key
 
     async def _compact(self, window: Window, keys: frozenset[str]) -> AsyncIterator[list[Entry]]:
         """Of each story only its newest matching version in the window.
@@ -94,6 +116,7 @@ class History:
     async def _latest(self, source: Latest) -> AsyncIterator[list[Entry]]:
         found = self.hub.recent_latest(source.keys, source.limit, source.upto)
         if found is None:
+            await self._turn()
             before = _next(source.upto)
             found = (await self.store.scan_latest(source.keys, source.limit, before=before))[::-1]
         yield fresh(found, source.after)
@@ -104,12 +127,18 @@ async def _listed(entries: Sequence[Entry]) -> AsyncIterator[list[Entry]]:
 
 
 async def merge(
-    streams: list[AsyncIterator[list[Entry]]],
+    streams: list[AsyncIterator[list[Entry]]], max_bytes: int | None = None
 ) -> AsyncGenerator[list[Entry], None]:
-    """Pages of at most :data:`SEND_PAGE` entries from ordered page streams: in
-    stream order, each key once."""
+    """Batches from ordered page streams, in stream order, each key once.
+
+    A batch has at most :data:`SEND_PAGE` entries and, with ``max_bytes``, at
+    most that many bytes of item JSON (or one entry, when that one is bigger):
+    100 items of 400 KB were one 40 MB write, which left any frame queued
+    behind it (a keep-alive ping) over the slow-consumer cap.
+    """
     pending = [(stream, deque[Entry]()) for stream in streams]
     out: list[Entry] = []
+    size = 0
     last: StreamKey | None = None
     while True:
         pending = [(stream, head) for stream, head in pending if await _fill(stream, head)]
@@ -117,12 +146,17 @@ async def merge(
             break
         head = min((h for _, h in pending), key=lambda h: h[0].key)
         entry = head.popleft()
-        if last is None or entry.key > last:
-            last = entry.key
-            out.append(entry)
-            if len(out) == SEND_PAGE:
-                yield out
-                out = []
+        if last is not None and entry.key <= last:
+            continue
+        last = entry.key
+        if out and max_bytes is not None and size + len(entry.json) > max_bytes:
+            yield out
+            out, size = [], 0
+        out.append(entry)
+        size += len(entry.json)
+        if len(out) == SEND_PAGE:
+            yield out
+            out, size = [], 0
     if out:
         yield out
 

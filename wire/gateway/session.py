@@ -55,6 +55,10 @@ log = logging.getLogger("wire.gateway.session")
 
 #: Catch-ups one connection may have under way at once (each a range to read).
 MAX_CATCH_UPS = 8
+#: Seconds a catch-up's socket may take nothing before the client counts as
+#: gone: a ping interval, but never less than this (a client busy with the
+#: pages it got may pause for longer than a short test interval).
+MIN_STALL = 5.0
 
 
 class Session:
@@ -192,10 +196,14 @@ class Session:
 
     async def _run(self) -> None:
         """Send what is owed, then what arrived meanwhile, then go live."""
-        history = History(self.hub, self.store, self.request.app[SETTINGS].compact_stories)
+        settings = self.request.app[SETTINGS]
+        history = History(self.hub, self.store, settings.compact_stories, self.hub.catchups)
         try:
             await self._check_retention()
-            async with contextlib.aclosing(merge([history.pages(s) for s in self.owed])) as pages:
+            # Batches of a quarter of the cap: what a batch leaves unsent plus a
+            # keep-alive or a reply queued behind it stays under the cap.
+            batches = merge([history.pages(s) for s in self.owed], self.hub.max_buffer // 4)
+            async with contextlib.aclosing(batches) as pages:
                 async for page in pages:
                     await self._send(page)
                     if self.conn.closed:
@@ -213,6 +221,8 @@ class Session:
             log.exception("catch-up failed")
             self.hub.close(self.conn, CloseCode.INTERNAL_ERROR, "internal error")
             return
+        finally:
+            history.release()
         self.owed = []
         self.hub.end_replay(self.conn)
 
@@ -240,4 +250,26 @@ class Session:
         raise_if_cancelled()
         keys = self.conn.keys
         self.hub.write(self.conn, [e for e in entries if e.matches(keys)])
-        await self.hub.caught_up(self.conn)
+        await self._drained()
+
+    async def _drained(self) -> None:
+        """Wait until the socket took the last page; close a client that takes nothing.
+
+        A client that asks for history and never reads (an SSE
+        ``Last-Event-ID: 0-0`` left unread, a WebSocket with pongs sent but
+        nothing read) would keep its turn at Redis and a page in memory for
+        good: once its socket has taken nothing for a ping interval (at least
+        :data:`MIN_STALL`), it is a slow consumer. A slow reader that makes
+        progress waits on.
+        """
+        stall = max(self.request.app[SETTINGS].ping_interval, MIN_STALL)
+        while True:
+            unsent = self.conn.transport.get_write_buffer_size()
+            try:
+                async with asyncio.timeout(stall):
+                    await self.hub.caught_up(self.conn)
+                return
+            except TimeoutError:
+                if self.conn.transport.get_write_buffer_size() >= unsent:
+                    self.hub.close(self.conn, CloseCode.SLOW_CONSUMER, "slow consumer")
+                    return

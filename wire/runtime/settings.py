@@ -63,6 +63,9 @@ class Settings:
     recent_bytes: int = 64 * 1024 * 1024
     #: Most stories one compact catch-up tracks; past it the range goes out uncompacted.
     compact_stories: int = 100_000
+    #: Catch-ups per process that read history from Redis at once; the rest
+    #: wait their turn, holding live items as a replay does (under max_buffer).
+    max_catchups: int = 16
     read_batch: int = 1_000
     #: While a burst is under way (a read returned more than one item) the
     #: reader waits this long before its next read, so more of the burst goes

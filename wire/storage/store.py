@@ -461,6 +461,24 @@ class Store:
         async for found, _ in self._walk(read, after, keys, budget):
             yield found
 
+    async def pages_raw(
+        self, after: StreamKey, upto: StreamKey | None
+    ) -> AsyncIterator[tuple[list[Entry], bool]]:
+        """Every entry with after < id <= upto, unfiltered and unredacted, oldest
+        first, in pages of about PAGE_BYTES: (page, whether more may remain).
+
+        A short page does not mean the range ended (a page of big items is
+        short); only the second element says so.
+        """
+        read, cursor = self._reader_after(upto), after
+        while True:
+            page, more = await read(cursor, PAGE)
+            more = more and bool(page)
+            yield page, more
+            if not more:
+                return
+            cursor = page[-1].key
+
     async def pages_before(
         self, before: StreamKey | None, keys: frozenset[str], budget: int | None = None
     ) -> AsyncIterator[list[Entry]]:
