@@ -83,12 +83,6 @@ class Entry:
             self._routes = match_keys(self.tags)
         return self._routes
 
-    @property
-    def language(self) -> str | None:
-        """The item's language (temporary: g3lang reads it from the entry's ``l``)."""
-        value = orjson.loads(self.json).get("language")
-        return value if isinstance(value, str) else None
-
     def matches(self, keys: frozenset[str]) -> bool:
         """True when a subscription to ``keys`` receives this entry."""
         return not self.routes.isdisjoint(keys)
