@@ -29,6 +29,7 @@ from wire.core.errors import (
 )
 from wire.core.ids import format_id, parse_cursor, parse_id
 from wire.core.items import parse_submission
+from wire.core.language import normalize_language
 from wire.core.tags import WILDCARD, normalize_tags
 from wire.storage.store import body_hash
 from wire.web.appkeys import SETTINGS, STORE
@@ -119,6 +120,12 @@ def query_tags(request: web.Request) -> frozenset[str]:
     return frozenset(normalize_tags(raw, allow_wildcard=True)) if raw else frozenset({WILDCARD})
 
 
+def query_languages(request: web.Request) -> frozenset[str]:
+    """``?lang=en,ru`` in canonical case; none means every language."""
+    raw = [t for t in request.query.get("lang", "").split(",") if t.strip()]
+    return frozenset(normalize_language(t, "lang") for t in raw)
+
+
 def query_limit(request: web.Request) -> int:
     """``?limit=N``, 1-500, default 50."""
     raw = request.query.get("limit")
@@ -140,18 +147,20 @@ async def list_items(request: web.Request) -> web.Response:
     """
     grant = require_reader(request)
     tags, limit = grant.narrow(query_tags(request)), query_limit(request)
+    languages = query_languages(request)
     store = request.app[STORE]
     after, before = request.query.get("after"), request.query.get("before")
     if after is not None and before is not None:
         raise ValidationError("give after or before, not both", field="before")
     if after is not None:
-        scan = await store.history_after(parse_cursor(after, field="after"), tags, limit)
+        cursor = parse_cursor(after, field="after")
+        scan = await store.history_after(cursor, tags, limit, languages=languages)
     else:
         start = parse_id(before, field="before") if before is not None else None
-        scan = await store.history_before(tags, limit, before=start)
+        scan = await store.history_before(tags, limit, before=start, languages=languages)
     items = b",".join(e.json for e in grant.visible(scan.entries))
-    cursor = b',"next":"%s"' % format_id(scan.next).encode() if scan.next is not None else b""
-    return raw_json(b'{"items":[' + items + b"]" + cursor + b"}")
+    going_on = b',"next":"%s"' % format_id(scan.next).encode() if scan.next is not None else b""
+    return raw_json(b'{"items":[' + items + b"]" + going_on + b"}")
 
 
 async def get_item(request: web.Request) -> web.Response:

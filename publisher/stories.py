@@ -8,6 +8,7 @@ from aiohttp import web
 from publisher.access import require_editor, require_reader
 from publisher.items import ninjs_response, read_json
 from wire.core import ninjs
+from wire.core.entry import Entry
 from wire.core.errors import NotFound, ValidationError, quoted
 from wire.core.items import check_text
 from wire.web.appkeys import STORE
@@ -23,28 +24,42 @@ def setup_stories(app: web.Application) -> None:
 
 
 async def get_story(request: web.Request) -> web.Response:
-    """``{"story": {"guid", "current", "versions": [oldest first]}}``, the versions
-    within the reader's grant only."""
+    """``{"story": {"guid", "translation_of"?, "current", "versions": [oldest first],
+    "translations": [{"guid", "language", "version"}]}}``, the versions and the
+    translations within the reader's grant only."""
     grant = require_reader(request)
     as_ninjs = ninjs.wants_ninjs(request.query)
     guid = request.match_info["guid"]
+    store = request.app[STORE]
     # Only the versions within the grant (a withdrawal with only granted tags);
     # a story with none is answered exactly like a missing one.
-    versions = grant.visible(await request.app[STORE].story(guid))
+    versions = grant.visible(await store.story(guid))
     if not versions:
         raise NotFound(f"no story with guid {quoted(guid)}")
     if as_ninjs:  # the current version as ninjs, every version in "wire:versions"
         return ninjs_response(ninjs.story_to_ninjs([orjson.loads(v.json) for v in versions]))
+    current = versions[-1]
+    original = None if current.withdrawal else orjson.loads(current.json).get("translation_of")
+    translations = [_translation(e) for e in grant.visible(await store.translations(guid))]
     body = (
         b'{"story":{"guid":"'
         + guid.encode()
-        + b'","current":'
-        + versions[-1].json
+        + (b'","translation_of":' + orjson.dumps(original) if original else b'"')
+        + b',"current":'
+        + current.json
         + b',"versions":['
         + b",".join(v.json for v in versions)
-        + b"]}}"
+        + b'],"translations":'
+        + orjson.dumps(translations)
+        + b"}}"
     )
     return raw_json(body)
+
+
+def _translation(entry: Entry) -> dict[str, object]:
+    """How a story read names one translation: its guid, language and current version."""
+    item = orjson.loads(entry.json)
+    return {"guid": entry.guid, "language": item.get("language"), "version": item["version"]}
 
 
 async def withdraw_story(request: web.Request) -> web.Response:

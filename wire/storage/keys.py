@@ -52,6 +52,11 @@ def story_ids(guid: str) -> str:
     return PREFIX + "s:" + _digest(guid) + ":ids"
 
 
+def translations(guid: str) -> str:
+    """The guids of the stories that translate the story ``guid`` (a set)."""
+    return PREFIX + "s:" + _digest(guid) + ":translations"
+
+
 #: Pending embargoed items: a sorted set of their :func:`embargo` keys scored
 #: by release time (ms). Members are keys, not guids, so the release script
 #: never has to build a key itself (Lua has no SHA-256).

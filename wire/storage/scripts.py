@@ -74,6 +74,24 @@ local function recorded(key, digest, ttl, immediate)
   return {'existing', id, string.sub(rest, sep2 + 1)}
 end
 
+-- {'invalid', 'correction'} for a correction ('1') of a story that has no
+-- version yet, else nil.
+local function uncorrectable(story, correction)
+  if correction == '1' and redis.call('HEXISTS', story, 'version') == 0 then
+    return {'invalid', 'correction'}
+  end
+  return nil
+end
+
+-- Record that the story guid translates the one whose set of translations is
+-- key ('' for none); call only once conflict() has passed key as a set. The
+-- original need not exist yet (a forward link, see docs/protocol.md).
+local function link(key, guid, ttl)
+  if key == '' then return end
+  redis.call('SADD', key, guid)
+  redis.call('EXPIRE', key, ttl)
+end
+
 -- Append the next version of a story; call only after refused() said nil.
 -- p: the item's pieces (wire.core.stored.Pieces, and its guid):
 --    guid, head, mark, rest, tags (space-separated), urgency
@@ -130,13 +148,15 @@ _READERS: dict[type[ScriptArgs], Callable[[ScriptArgs], tuple[Any, ...]]] = {}
 class PublishArgs(ScriptArgs):
     """:data:`PUBLISH`: append a version; idempotent per key and body."""
 
-    N_KEYS: ClassVar[int] = 5
+    N_KEYS: ClassVar[int] = 6
     stream: str
     story: str
     story_tags: str
     story_ids: str
     #: The Idempotency-Key's record, or "" without a key.
     idempotency: str
+    #: The set of translations of the story this one translates, or "".
+    translations: str
     guid: str
     head: bytes
     mark: bytes
@@ -152,24 +172,32 @@ class PublishArgs(ScriptArgs):
     story_ttl: int
     digest: str
     idempotency_ttl: int
+    #: "1" for a correction (its story must exist), else "0".
+    correction: str
 
 
 PUBLISH = (
     _LIB
     + r"""
--- KEYS: 1 stream, 2 story, 3 story_tags, 4 story_ids, 5 idempotency (or '')
+-- KEYS: 1 stream, 2 story, 3 story_tags, 4 story_ids, 5 idempotency (or ''),
+--       6 translations (or '')
 -- ARGV: 1 guid, 2 head, 3 mark, 4 rest, 5 tags, 6 urgency, 7 mark_key, 8 no_mark,
 --       9 updated, 10 stamp, 11 maxlen, 12 minid, 13 story_ttl, 14 digest,
---       15 idempotency_ttl
+--       15 idempotency_ttl, 16 correction
 local found = recorded(KEYS[5], ARGV[14], ARGV[15], true)
 if found then return found end
 local no = refused(KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+if no then return no end
+local bad = conflict({KEYS[6], 'set'})
+if bad then return {'conflict', bad} end
+no = uncorrectable(KEYS[2], ARGV[16])
 if no then return no end
 local id, json = append(KEYS[1], KEYS[2], KEYS[3], KEYS[4],
   {guid = ARGV[1], head = ARGV[2], mark = ARGV[3], rest = ARGV[4], tags = ARGV[5],
    urgency = ARGV[6]},
   {mark_key = ARGV[7], no_mark = ARGV[8], updated = ARGV[9], stamp = ARGV[10]},
   {ARGV[11], ARGV[12], ARGV[13]})
+link(KEYS[6], ARGV[1], ARGV[13])
 if KEYS[5] ~= '' then
   redis.call('SET', KEYS[5], ARGV[14] .. '\n' .. id .. '\n' .. json, 'EX', ARGV[15])
 end
@@ -237,13 +265,15 @@ return {'new', id, json}
 class EmbargoArgs(ScriptArgs):
     """:data:`EMBARGO`: schedule an item's release (replacing a pending one)."""
 
-    N_KEYS: ClassVar[int] = 6
+    N_KEYS: ClassVar[int] = 7
     schedule: str
     item: str
     story: str
     story_tags: str
     story_ids: str
     idempotency: str
+    #: As in :class:`PublishArgs` (the link is recorded on release).
+    translations: str
     due_ms: int
     #: The pending item's JSON (wire.core.stored.pending).
     pending: bytes
@@ -255,25 +285,32 @@ class EmbargoArgs(ScriptArgs):
     urgency: int
     digest: str
     idempotency_ttl: int
+    correction: str
 
 
 # The item hash keeps what RELEASE needs, story keys included: Lua cannot
 # compute a key (no SHA-256), so keys are only ever built in wire/storage/keys.py.
-# Its fields (g h m r t u ks kt ki) outlive an upgrade: keep their meaning.
+# Its fields (g h m r t u ks kt ki, and kx: the translations set to join, or
+# '') outlive an upgrade: keep their meaning (an item scheduled before kx
+# existed has none).
 EMBARGO = (
     _LIB
     + r"""
--- KEYS: 1 schedule, 2 item, 3 story, 4 story_tags, 5 story_ids, 6 idempotency (or '')
+-- KEYS: 1 schedule, 2 item, 3 story, 4 story_tags, 5 story_ids, 6 idempotency (or ''),
+--       7 translations (or '')
 -- ARGV: 1 due_ms, 2 pending, 3 guid, 4 head, 5 mark, 6 rest, 7 tags, 8 urgency,
---       9 digest, 10 idempotency_ttl
+--       9 digest, 10 idempotency_ttl, 11 correction
 local found = recorded(KEYS[6], ARGV[9], ARGV[10], false)
 if found then return found end
-local bad = conflict({KEYS[1], 'zset', KEYS[2], 'hash', KEYS[3], 'hash'})
+local bad = conflict({KEYS[1], 'zset', KEYS[2], 'hash', KEYS[3], 'hash', KEYS[7], 'set'})
 if bad then return {'conflict', bad} end
 if redis.call('HEXISTS', KEYS[3], 'withdrawn') == 1 then return {'withdrawn'} end
+local no = uncorrectable(KEYS[3], ARGV[11])
+if no then return no end
 redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[2], 'p', ARGV[2], 'g', ARGV[3], 'h', ARGV[4], 'm', ARGV[5],
-           'r', ARGV[6], 't', ARGV[7], 'u', ARGV[8], 'ks', KEYS[3], 'kt', KEYS[4], 'ki', KEYS[5])
+           'r', ARGV[6], 't', ARGV[7], 'u', ARGV[8], 'ks', KEYS[3], 'kt', KEYS[4], 'ki', KEYS[5],
+           'kx', KEYS[7])
 redis.call('ZADD', KEYS[1], ARGV[1], KEYS[2])
 if KEYS[6] ~= '' then
   redis.call('SET', KEYS[6], ARGV[9] .. '\n\n' .. ARGV[2], 'EX', ARGV[10])
@@ -336,7 +373,7 @@ RELEASE = (
 local function release(key, L, r)
   local f = {}
   if not conflict({key, 'hash'}) then
-    f = redis.call('HMGET', key, 'g', 'h', 'm', 'r', 't', 'u', 'ks', 'kt', 'ki')
+    f = redis.call('HMGET', key, 'g', 'h', 'm', 'r', 't', 'u', 'ks', 'kt', 'ki', 'kx')
   end
   for i = 1, 9 do
     if not f[i] then
@@ -344,7 +381,10 @@ local function release(key, L, r)
       return {'orphan', key, ''}
     end
   end
+  local kx = f[10] or ''
   local no = refused(KEYS[1], f[7], f[8], f[9])
+  local bad = conflict({kx, 'set'})
+  if bad and not no then no = {'conflict', bad} end
   if no and no[1] == 'conflict' then
     redis.call('ZADD', KEYS[2], ARGV[1] + ARGV[10], key)
     return {'conflict', f[1], no[2]}
@@ -355,6 +395,7 @@ local function release(key, L, r)
   local id = append(KEYS[1], f[7], f[8], f[9],
     {guid = f[1], head = f[2], mark = f[3], rest = f[4], tags = f[5], urgency = f[6]},
     L, r)
+  link(kx, f[1], r[3])
   return {'new', f[1], id}
 end
 

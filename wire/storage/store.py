@@ -32,6 +32,7 @@ from wire.core.errors import (
     NotFound,
     ServiceUnavailable,
     StoryWithdrawn,
+    ValidationError,
 )
 from wire.core.ids import ZERO, StreamKey, format_id, parse_id
 from wire.core.items import Submission
@@ -59,6 +60,12 @@ RELEASE_BATCH = 500
 #: next attempt (an operator can repair the key meanwhile).
 CONFLICT_RETRY_MS = 60_000
 
+#: Why the write scripts refuse an item (their status "invalid"), by field.
+_INVALID = {
+    "correction": "correction is only for a story that exists: publish its first version"
+    " without it",
+}
+
 log = logging.getLogger("wire.storage.store")
 
 
@@ -73,6 +80,24 @@ class Scan:
 
     entries: list[Entry]
     next: StreamKey | None
+
+
+class Filter(NamedTuple):
+    """What a history read keeps: entries matching ``keys`` (subscription keys)
+    and, when ``languages`` is not empty, in one of those languages."""
+
+    keys: frozenset[str]
+    languages: frozenset[str] = frozenset()
+
+    def passes(self, entry: Entry) -> bool:
+        """True when ``entry`` is one to return.
+
+        A withdrawal passes any language filter: a kill notice carries no
+        language, and whoever may have the story must learn of it.
+        """
+        if not entry.matches(self.keys):
+            return False
+        return not self.languages or entry.withdrawal or entry.language in self.languages
 
 
 class Retention(NamedTuple):
@@ -174,6 +199,7 @@ class Store:
             story_tags=keys.story_tags(sub.guid),
             story_ids=keys.story_ids(sub.guid),
             idempotency=keys.idempotency(idempotency_key) if idempotency_key else "",
+            translations=keys.translations(sub.translation_of) if sub.translation_of else "",
             guid=sub.guid,
             head=item.head,
             mark=item.mark,
@@ -189,6 +215,7 @@ class Store:
             story_ttl=kept.story_ttl,
             digest=digest,
             idempotency_ttl=self.settings.idempotency_ttl,
+            correction="1" if sub.correction else "0",
         )
         result, acked = await self._write(self._publish, call)
         status, entry_id, json = self._answer(result, acked)
@@ -232,6 +259,9 @@ class Store:
             raise StoryWithdrawn("this story was withdrawn; publish it under a new guid")
         if status == "unknown":
             raise NotFound("no such story")
+        if status == "invalid":
+            field = result[1].decode()
+            raise ValidationError(_INVALID[field], field=field)
         if status == "conflict":
             raise KeyConflict(f"redis key {result[1].decode()!r} holds a type wire did not write")
         if self.settings.replica_acks > 0 and acked < self.settings.replica_acks:
@@ -274,6 +304,28 @@ class Store:
             entries = [e if e.withdrawal else _stub(e) for e in entries]
         return entries
 
+    async def translations(self, guid: str) -> list[Entry]:
+        """The current version of each story that translates ``guid``, by guid;
+        withdrawn translations (and those retention forgot) left out."""
+        members: Any = await self.redis.smembers(keys.translations(guid))
+        guids = sorted(m.decode() for m in members)
+        if not guids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for member in guids:
+                pipe.lindex(keys.story_ids(member), -1)
+                pipe.hexists(keys.story(member), "withdrawn")
+            found = await pipe.execute()
+        pairs = zip(found[::2], found[1::2], strict=True)
+        current = [eid for eid, gone in pairs if eid and not gone]
+        if not current:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for eid in current:
+                pipe.xrange(keys.STREAM, eid, eid, count=1)
+            rows = await pipe.execute()
+        return [_entries(r)[0] for r in rows if r]
+
     async def redact(self, entries: list[Entry]) -> list[Entry]:
         """Drop versions of withdrawn stories (their withdrawals stay)."""
         guids = list({e.guid for e in entries if not e.withdrawal})
@@ -303,7 +355,7 @@ class Store:
         (StoryWithdrawn) for a withdrawn story. The answer has no stream id.
         """
         assert sub.embargo_until is not None
-        item = stored.pieces(sub)
+        item, original = stored.pieces(sub), sub.translation_of
         call = scripts.EmbargoArgs(
             schedule=keys.EMBARGOES,
             item=keys.embargo(sub.guid),
@@ -311,6 +363,7 @@ class Store:
             story_tags=keys.story_tags(sub.guid),
             story_ids=keys.story_ids(sub.guid),
             idempotency=keys.idempotency(idempotency_key) if idempotency_key else "",
+            translations=keys.translations(original) if original else "",
             due_ms=int(sub.embargo_until.timestamp() * 1000),
             pending=pending,
             guid=sub.guid,
@@ -321,6 +374,7 @@ class Store:
             urgency=item.urgency,
             digest=digest,
             idempotency_ttl=self.settings.idempotency_ttl,
+            correction="1" if sub.correction else "0",
         )
         result, acked = await self._write(self._embargo, call)
         status, _, json = self._answer(result, acked)
@@ -450,15 +504,17 @@ class Store:
         upto: StreamKey | None,
         keys: frozenset[str],
         budget: int | None = None,
+        languages: frozenset[str] = frozenset(),
     ) -> AsyncIterator[list[Entry]]:
         """Entries matching ``keys`` with after < id <= upto, a page at a time, oldest
         first, withdrawn versions left out (every history read goes through here).
 
         Without a ``budget`` the read is complete (a resume must be); with one it
-        stops after that many stream entries, matching or not.
+        stops after that many stream entries, matching or not. ``languages``
+        (when not empty) keeps only items in one of them (see :class:`Filter`).
         """
         read = self._reader_after(upto)
-        async for found, _ in self._walk(read, after, keys, budget):
+        async for found, _ in self._walk(read, after, Filter(keys, languages), budget):
             yield found
 
     async def pages_raw(
@@ -480,10 +536,15 @@ class Store:
             cursor = page[-1].key
 
     async def pages_before(
-        self, before: StreamKey | None, keys: frozenset[str], budget: int | None = None
+        self,
+        before: StreamKey | None,
+        keys: frozenset[str],
+        budget: int | None = None,
+        languages: frozenset[str] = frozenset(),
     ) -> AsyncIterator[list[Entry]]:
         """Like :meth:`pages_after`, newest first, from before ``before`` (or the end)."""
-        async for found, _ in self._walk(self._reader_before, before, keys, budget):
+        wanted = Filter(keys, languages)
+        async for found, _ in self._walk(self._reader_before, before, wanted, budget):
             yield found
 
     @property
@@ -519,7 +580,7 @@ class Store:
         return read
 
     async def _walk(
-        self, read: _Read, cursor: StreamKey | None, keys: frozenset[str], budget: int | None
+        self, read: _Read, cursor: StreamKey | None, wanted: Filter, budget: int | None
     ) -> AsyncIterator[tuple[list[Entry], StreamKey | None]]:
         """(matching entries of a page, where to go on from): the second is None
         once the stream ends, so a reader can tell "ran out of budget" from "done"."""
@@ -537,7 +598,7 @@ class Store:
                 scanned += sum([len(e.json) for e in page])
                 if scanned >= SCAN_BYTES:
                     left = 0
-            found = await self.redact([e for e in page if e.matches(keys)]) if page else []
+            found = await self.redact([e for e in page if wanted.passes(e)]) if page else []
             yield found, cursor if more else None
             if not more or left == 0:
                 return
@@ -548,17 +609,25 @@ class Store:
         subscription: Iterable[str],
         limit: int,
         upto: StreamKey | None = None,
+        languages: Iterable[str] = (),
     ) -> Scan:
         """Up to ``limit`` matching entries after ``after``, oldest first, reading at
-        most ``scan_budget`` entries; ``next`` says where to continue."""
-        pages = self._walk(self._reader_after(upto), after, frozenset(subscription), self._budget)
+        most ``scan_budget`` entries; ``next`` says where to continue.
+        ``languages`` (when given) narrows the tag match (see :class:`Filter`)."""
+        wanted = Filter(frozenset(subscription), frozenset(languages))
+        pages = self._walk(self._reader_after(upto), after, wanted, self._budget)
         return await _first(pages, limit)
 
     async def history_before(
-        self, subscription: Iterable[str], limit: int, before: StreamKey | None = None
+        self,
+        subscription: Iterable[str],
+        limit: int,
+        before: StreamKey | None = None,
+        languages: Iterable[str] = (),
     ) -> Scan:
         """Like :meth:`history_after`, newest first, from before ``before`` (or the end)."""
-        pages = self._walk(self._reader_before, before, frozenset(subscription), self._budget)
+        wanted = Filter(frozenset(subscription), frozenset(languages))
+        pages = self._walk(self._reader_before, before, wanted, self._budget)
         return await _first(pages, limit)
 
     async def scan_after(
