@@ -309,3 +309,16 @@ async def chromium() -> AsyncIterator[Browser]:
             yield browser
         finally:
             await browser.close()
+
+
+async def sse_items(resp: aiohttp.ClientResponse, count: int) -> list[dict[str, Any]]:
+    """The next ``count`` item events of an SSE stream."""
+    got: list[dict[str, Any]] = []
+    event = ""
+    while len(got) < count:
+        line = (await asyncio.wait_for(resp.content.readline(), 5)).decode().rstrip("\n")
+        if line.startswith("event: "):
+            event = line[7:]
+        elif line.startswith("data: ") and event == "item":
+            got.append(orjson.loads(line[6:]))
+    return got

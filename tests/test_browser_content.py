@@ -98,11 +98,6 @@ async def test_the_desk_shows_dateline_byline_thumbnail_and_the_story(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GET /v1/stories/<guid> does not list translations yet (the translations helper's"
-    " branch); only the last assertion fails: remove this mark once it lands",
-)
 async def test_translations_link_both_ways_and_the_language_filter_lives_in_the_url(
     browsing: Browsing, server: Server, http: aiohttp.ClientSession
 ) -> None:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
+import websockets
 
 from tests.conftest import Server
-from tests.support import get_json, item, post
+from tests.support import get_json, item, post, sse_items
+from wire.core import ninjs
 from wire.core.errors import ValidationError
 from wire.core.items import CONTENT_FIELDS, Submission, parse_submission
 from wire.core.language import normalize_language
@@ -210,3 +214,25 @@ async def test_a_maximal_item_reads_back_with_every_field(
         if name != "correction":
             assert stored[name] == MAXIMAL[name], name
     assert stored["mark"] == "Exclusive" and stored["title"] == "Quake hits Tokyo"
+
+
+async def test_a_maximal_item_travels_whole_through_every_channel_and_ninjs(
+    server: Server, http: aiohttp.ClientSession
+) -> None:
+    """POST -> stream -> WebSocket, SSE and history are the same JSON; ninjs out
+    -> ninjs in gives back the same item (every newsroom field kept)."""
+    async with (
+        websockets.connect(server.ws + "?tags=world&lang=ja") as ws,
+        http.get(f"{server.base}/v1/sse?tags=world&lang=ja") as sse,
+    ):
+        assert orjson.loads(await ws.recv())["type"] == "subscribed"
+        status, body = await post(http, server.base, MAXIMAL)
+        assert status == 201, body
+        stored = body["item"]
+        live = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert live == {"type": "item", "item": stored}
+        assert await sse_items(sse, 1) == [stored]
+    _, history = await get_json(http, f"{server.base}/v1/items?tags=world&lang=ja")
+    assert history["items"] == [stored]
+    _, doc = await get_json(http, f"{server.base}/v1/items/{stored['id']}?format=ninjs")
+    assert ninjs.parse_ninjs(doc) == parse_submission(MAXIMAL)

@@ -19,7 +19,7 @@ import pytest
 import websockets
 
 from tests.conftest import Server, ServerFactory
-from tests.support import EDITOR_TOKEN, get_json, item, post, publish
+from tests.support import EDITOR_TOKEN, get_json, item, post, publish, sse_items
 from tests.test_ninjs import run_export
 from wire.core.entry import Entry
 from wire.core.items import parse_submission, published_now
@@ -150,19 +150,6 @@ async def test_withdrawal_tags_are_narrowed_in_every_history_read(
         assert status == 200 and "secret-deal" not in raw, url
     _, staff = await get_json(http, f"{limited.base}/v1/items", headers=STAFF)
     assert staff["items"][0] == kill
-
-
-async def sse_items(resp: aiohttp.ClientResponse, count: int) -> list[dict[str, Any]]:
-    """The next ``count`` item events of an SSE stream."""
-    got: list[dict[str, Any]] = []
-    event = ""
-    while len(got) < count:
-        line = (await asyncio.wait_for(resp.content.readline(), 5)).decode().rstrip("\n")
-        if line.startswith("event: "):
-            event = line[7:]
-        elif line.startswith("data: ") and event == "item":
-            got.append(orjson.loads(line[6:]))
-    return got
 
 
 async def test_withdrawal_tags_are_narrowed_live_over_websocket_and_sse(
