@@ -159,13 +159,31 @@ def _unread_costly(request: web.Request) -> bool:
     return encoding not in ("", "identity") or "Expect" in request.headers
 
 
+def _may_leave_costly_body(request: web.Request) -> bool:
+    """Whether :func:`_unread_costly` could ever hold for this request."""
+    if not request.body_exists:
+        return False
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    return encoding not in ("", "identity") or "Expect" in request.headers
+
+
 @web.middleware
-async def close_unread_body(request: web.Request, handler: Handler) -> web.StreamResponse:
+def close_unread_body(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
     """Answer a request whose body was left unread, then close instead of draining.
 
     The outermost middleware: the response is final (request id, CORS
-    headers) by the time it is sent here.
+    headers) by the time it is sent here. A request that cannot leave a
+    costly body (no body, or a plain one without ``Expect``: every WebSocket
+    and SSE request) is handed on directly, not awaited, so no frame of this
+    middleware lives as long as a stream.
     """
+    if not _may_leave_costly_body(request):
+        return handler(request)
+    return _close_if_unread(request, handler)
+
+
+async def _close_if_unread(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The body may stay unread and cost work to drain: close after answering."""
     response = await handler(request)
     if isinstance(response, web.WebSocketResponse) or not _unread_costly(request):
         return response

@@ -26,7 +26,7 @@ from wire.core.tokens import bearer, require
 from wire.gateway.hub import Hub
 from wire.gateway.reader import HUB, READER, Reader
 from wire.web.appkeys import SETTINGS, STORE
-from wire.web.http import REDIS_DOWN, Handler
+from wire.web.http import REDIS_DOWN
 
 #: HTTP methods counted by name; anything else a client sends is "other".
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -122,8 +122,10 @@ def setup_metrics(app: web.Application) -> None:
     """Create the app's metrics, serve ``/metrics``, count every HTTP answer."""
     app[METRICS] = Metrics()
     app.router.add_get("/metrics", metrics_handler)
-    # Just inside the request log, outside the error mapping: counts final statuses.
-    app.middlewares.insert(1, count_requests)
+    # A signal, not a middleware: it sees the final status as the answer goes
+    # out, and keeps no frame alive for a WebSocket's lifetime (a middleware
+    # would, about 400 bytes per connection).
+    app.on_response_prepare.append(count_response)
     app.cleanup_ctx.append(_attach_gateway)
 
 
@@ -137,15 +139,12 @@ async def _attach_gateway(app: web.Application) -> AsyncIterator[None]:
     yield
 
 
-@web.middleware
-async def count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def count_response(request: web.Request, response: web.StreamResponse) -> None:
     """Count answers by route (the pattern, never the raw path: ids would explode it)."""
-    response = await handler(request)
     route = request.match_info.route.resource
     name = route.canonical if route is not None else "unmatched"
     method = request.method if request.method in METHODS else "other"
     request.app[METRICS].requests.labels(method, name, str(response.status)).inc()
-    return response
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
