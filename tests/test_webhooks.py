@@ -383,3 +383,26 @@ async def test_a_sigkilled_deliverer_is_taken_over_and_nothing_is_skipped(
     # with the same webhook-id: the ids never go backwards.
     assert len(ids) - len(set(ids)) <= 1
     assert all(parse_id(b) >= parse_id(a) for a, b in itertools.pairwise(ids))
+
+
+async def test_private_targets_are_refused_at_delivery_too(
+    make_server: ServerFactory, http: aiohttp.ClientSession, receiver: Receiver
+) -> None:
+    # Created where the setting allows it, delivered where it does not (the
+    # setting changed, or a name now resolves to a private address).
+    creator = await make_server(**FAST, deliver_webhooks=False)
+    await make_server(admin_tokens=(ADMIN,), webhook_backoff=0.01, webhook_backoff_max=0.05,
+                      webhook_lease=1.0)
+    by_literal = await hook(http, creator, receiver.url, tags=["world"])
+    by_name = await hook(http, creator, f"https://localhost:{receiver.port}/hook", tags=["world"])
+    await publish(http, creator.base, "must not leave")
+    errors: dict[str, str] = {}
+    for _ in range(500):
+        for made in (by_literal, by_name):
+            errors[made["id"]] = (await state(http, creator, made["id"]))["last_error"] or ""
+        if all(errors.values()):
+            break
+        await asyncio.sleep(0.02)
+    assert "refused" in errors[by_literal["id"]]
+    assert "non-public address" in errors[by_name["id"]]
+    assert receiver.requests == []

@@ -36,7 +36,7 @@ from wire.core.errors import Forbidden
 from wire.core.ids import StreamKey
 from wire.delivery import signing
 from wire.delivery.registry import Registry, Webhook
-from wire.delivery.urls import PublicResolver
+from wire.delivery.urls import PublicResolver, refusal
 from wire.runtime.settings import Settings
 from wire.storage.store import Filter, Store
 
@@ -242,7 +242,11 @@ class Deliverer:
             if secret is None:
                 raise LeaseLost
             headers = signing.headers(secret, entry.id, int(time.time()), body)
-            status, error = await self._post(http, webhook.url, body, headers)
+            refused = refusal(webhook.url, settings.webhook_allow_private)
+            if refused is None:
+                status, error = await self._post(http, webhook.url, body, headers)
+            else:
+                status, error = 0, "refused: " + refused
             if 200 <= status < 300:
                 if not await self.registry.advance(
                     webhook.id, self.token, entry.key, delivered=1, last_status=status

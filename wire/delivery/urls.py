@@ -9,6 +9,7 @@ at delivery too; the connection uses the very addresses that were checked.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import socket
 from urllib.parse import urlsplit
@@ -44,6 +45,27 @@ def public(address: str) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
+def refusal(url: str, allow_private: bool) -> str | None:
+    """Why a delivery to ``url`` must not be attempted now (None: go ahead).
+
+    The resolver checks names; an address written in the URL never reaches
+    it, so it is checked here, at every attempt (the setting may have changed
+    since the webhook was created).
+    """
+    try:
+        check_url(url, allow_private)
+    except ValidationError as err:
+        return str(err)
+    host = urlsplit(url).hostname or ""
+    try:
+        literal = ipaddress.ip_address(host)
+    except ValueError:
+        return None  # a name: PublicResolver checks what it resolves to
+    if not allow_private and not public(str(literal)):
+        return f"{host} is not a public address"
+    return None
+
+
 class PublicResolver(AbstractResolver):
     """Resolves as usual, refusing a host with any non-public address."""
 
@@ -58,7 +80,10 @@ class PublicResolver(AbstractResolver):
         if not self.allow_private:
             refused = [r["host"] for r in found if not public(r["host"])]
             if refused:
-                raise OSError(f"{host} resolves to a non-public address ({refused[0]})")
+                # errno and text: aiohttp reports an OSError by its strerror.
+                raise OSError(
+                    errno.EACCES, f"{host} resolves to a non-public address ({refused[0]})"
+                )
         return found
 
     async def close(self) -> None:

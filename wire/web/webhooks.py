@@ -73,7 +73,8 @@ async def _fields(request: web.Request, data: dict[str, Any]) -> dict[str, str]:
     tags = normalize_tags(_strings(data, "tags"), allow_wildcard=True)
     if not tags:
         raise ValidationError("tags must name at least one tag (or \"*\")", field="tags")
-    languages = [normalize_language(v, "languages") for v in data.get("languages") or []]
+    raw_languages = _strings(data, "languages") if data.get("languages") is not None else []
+    languages = [normalize_language(v, "languages") for v in raw_languages]
     description = data.get("description") or ""
     if not isinstance(description, str) or len(description) > MAX_DESCRIPTION:
         raise ValidationError(
