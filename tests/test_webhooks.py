@@ -29,6 +29,7 @@ from tests.conftest import Server, ServerFactory
 from tests.support import EDITOR_TOKEN, WireProcess, free_port, get_json, publish, wait_for
 from wire.core.ids import parse_id
 from wire.delivery.urls import public
+from wire.web.webhooks import DELIVERER
 
 ADMIN = "admin-token-for-tests"
 FAST = {
@@ -217,17 +218,12 @@ async def test_a_receiver_down_longer_than_the_first_backoff(
     server = await make_server(**FAST)
     made = await hook(http, server, receiver.url, tags=["world"])
     published = [(await publish(http, server.base, f"n{i}"))["id"] for i in range(5)]
-    failing: dict[str, Any] = {}
-
-    async def failed_twice() -> None:
-        for _ in range(500):
-            failing.update(await state(http, server, made["id"]))
-            if failing["failing_since"] is not None and failing["last_status"] == 0:
-                return
-            await asyncio.sleep(0.02)
-
-    await failed_twice()
-    assert failing["last_error"] and failing["lag"] == 5
+    failures = server.app[DELIVERER].failures
+    # Several attempts refused: down for longer than the first backoff (and the second).
+    await wait_for(lambda: failures.get(made["id"], 0) >= 4, "repeated refusals")
+    failing = await state(http, server, made["id"])
+    assert failing["last_status"] == 0 and failing["failing_since"] is not None
+    assert failing["last_error"] and failing["lag"] == 5 and failing["delivered"] == 0
     await receiver.start()
     try:
         await wait_for(lambda: len(receiver.ok()) >= 5, "5 deliveries after the receiver came up")
@@ -244,8 +240,6 @@ async def test_pause_holds_delivery_and_resume_delivers_what_was_held(
     first = (await publish(http, server.base, "before"))["id"]
     await wait_for(lambda: receiver.ok_ids() == [first], "the first item")
     assert (await control(http, server, made["id"], "pause"))["webhook"]["status"] == "paused"
-    from wire.web.webhooks import DELIVERER
-
     deliverer = server.app[DELIVERER]
     await wait_for(lambda: made["id"] not in deliverer.tasks, "the deliverer to let go")
     held = [(await publish(http, server.base, f"held {i}"))["id"] for i in range(3)]
