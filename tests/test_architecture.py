@@ -27,9 +27,10 @@ ALLOWED: dict[str, set[str]] = {
     "wire.gateway": {"wire.core", "wire.runtime", "wire.storage", "wire.web"},
     "wire.web": {"wire.core", "wire.runtime", "wire.storage", "wire.gateway", "publisher",
                  "wire.delivery"},
+    "wire.delivery": {"wire.core", "wire.runtime", "wire.storage"},
     "publisher": {"wire.core", "wire.runtime", "wire.storage", "wire.web"},
     "wire.cli": {"wire.core", "wire.runtime", "wire.storage", "wire.web", "wire.bench",
-                 "subscriber"},
+                 "subscriber", "wire.delivery"},
     "wire.bench": {"wire.core", "wire.runtime", "wire.storage", "wire.web", "wire.cli"},
     "subscriber": set(),
 }

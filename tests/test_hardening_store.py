@@ -377,7 +377,9 @@ async def test_readyz_reports_each_background_task(server: Server, http: Http) -
     await wait_until(ready, "the app to be ready")
     _, body = await get_json(http, server.base + "/readyz")
     tasks = {k: v for k, v in body["checks"].items() if k.startswith("task:")}
-    assert tasks == {"task:embargo": True, "task:reader": True, "task:keepalive": True}
+    assert tasks == {
+        "task:embargo": True, "task:reader": True, "task:keepalive": True, "task:webhooks": True
+    }
 
     supervisor = server.app[SUPERVISOR]
     failed = asyncio.Event()

@@ -89,6 +89,8 @@ class Entitlements:
     """Limited tokens and their grants."""
 
     grants: tuple[tuple[str, Grant], ...] = ()
+    #: The grants of entries that have a ``name`` (webhooks name their partner).
+    names: tuple[tuple[str, Grant], ...] = ()
 
     def __bool__(self) -> bool:
         return bool(self.grants)
@@ -105,6 +107,10 @@ class Entitlements:
                 found = grant
         return found
 
+    def by_name(self, name: str) -> Grant | None:
+        """The grant of the entry called ``name`` (None when there is none)."""
+        return next((g for n, g in self.names if n == name), None)
+
 
 def load(path: Path) -> Entitlements:
     """Read an entitlements file; raise ValidationError with a clear message."""
@@ -112,13 +118,16 @@ def load(path: Path) -> Entitlements:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as err:
         raise ValidationError(f"cannot read entitlements file {path}: {err}") from None
-    grants = []
+    grants, names = [], []
     for i, entry in enumerate(data.get("token", [])):
         token, tags = entry.get("token"), entry.get("tags")
         if not isinstance(token, str) or not token or not isinstance(tags, list) or not tags:
             raise ValidationError(f"{path}: token #{i + 1} needs 'token' and a non-empty 'tags'")
-        grants.append((token, Grant(frozenset(normalize_tags(tags)))))
-    return Entitlements(tuple(grants))
+        grant = Grant(frozenset(normalize_tags(tags)))
+        grants.append((token, grant))
+        if isinstance(entry.get("name"), str) and entry["name"]:
+            names.append((entry["name"], grant))
+    return Entitlements(tuple(grants), tuple(names))
 
 
 def reader_grant(

@@ -17,6 +17,10 @@ def _convert(raw: str, kind: Any, name: str) -> Any:
     try:
         if get_origin(kind) is tuple:
             return tuple(part.strip() for part in raw.split(",") if part.strip())
+        if kind is bool:
+            if raw.strip().lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise ValueError(raw)
+            return raw.strip().lower() in ("1", "true", "yes", "on")
         if kind in (int, float, Path):
             return kind(raw)
         return raw
@@ -89,6 +93,21 @@ class Settings:
     metrics_token: str | None = None
     #: The language (BCP 47) of an item that names none.
     default_language: str = "en"
+    #: Tokens that manage partner delivery (webhooks); not editor tokens.
+    admin_tokens: tuple[str, ...] = ()
+    #: Allow ``http`` webhook URLs and private, loopback or link-local addresses.
+    webhook_allow_private: bool = False
+    #: Seconds a webhook receiver has to answer 2xx.
+    webhook_timeout: float = 10.0
+    #: First and largest retry wait (seconds) after a failed webhook delivery.
+    webhook_backoff: float = 1.0
+    webhook_backoff_max: float = 300.0
+    #: Seconds of continuous failure after which a webhook is disabled.
+    webhook_disable_after: float = 24 * 3600.0
+    #: Seconds a deliverer's lease on a webhook lasts unless renewed.
+    webhook_lease: float = 10.0
+    #: Run a webhook deliverer inside publisher processes (``wire run`` too).
+    deliver_webhooks: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -66,3 +66,18 @@ EMBARGOES = PREFIX + "embargo:schedule"
 def embargo(guid: str) -> str:
     """The pending (embargoed) item of a story: a hash of what its release needs."""
     return PREFIX + "e:" + _digest(guid)
+
+
+#: Every webhook's id (a set). Ids are server-generated random hex, checked
+#: before any key is built from one.
+WEBHOOKS = PREFIX + "webhooks"
+
+
+def webhook(webhook_id: str) -> str:
+    """A webhook's hash: url, filter, secret, status, cursor and counters."""
+    return PREFIX + "wh:" + webhook_id
+
+
+def webhook_lease(webhook_id: str) -> str:
+    """The lease (a string with a PX expiry) of the deliverer delivering a webhook."""
+    return PREFIX + "wh:" + webhook_id + ":lease"

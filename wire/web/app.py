@@ -31,6 +31,7 @@ from wire.web.http import (
 from wire.web.listen import AcceptErrors, ConnectionCap, http_connection_limit
 from wire.web.metrics import setup_metrics
 from wire.web.pages import setup_pages
+from wire.web.webhooks import setup_webhooks
 
 log = logging.getLogger("wire")
 STATIC = Path(__file__).parent / "static"
@@ -55,6 +56,7 @@ def create_app(
     app.router.add_get("/readyz", readyz)
     if publisher:
         setup_publisher(app)
+        setup_webhooks(app)
     if gateway:
         setup_gateway(app)
         setup_pages(app)

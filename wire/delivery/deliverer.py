@@ -1,0 +1,280 @@
+"""The webhook deliverer: every matching entry POSTed in stream order, signed.
+
+Any number of deliverers may run (inside ``wire run`` and each publisher, and
+as ``wire deliver`` processes). Each webhook is delivered by whichever one
+holds its lease in Redis (``SET NX PX``, renewed every third of
+``WIRE_WEBHOOK_LEASE``): a deliverer that dies stops renewing, and another
+takes the webhook over when the lease runs out, from the cursor in Redis.
+
+Per webhook one task walks the stream from the cursor in byte-bounded pages
+(``Store.pages_raw``), keeps the entries the webhook's tags, languages and
+partner grant let through (withdrawn versions left out, withdrawals narrowed
+to the grant, as on every read path) and sends them one at a time: the item
+stays at the head until a 2xx, with exponential backoff and full jitter
+between attempts. At the end of the stream the tasks wait on the process's
+one blocking ``XREAD`` (:meth:`Deliverer._watch`), not one each.
+
+At-least-once: the cursor is written after the 2xx, so a crash between the
+two re-sends that item, with the same ``webhook-id`` (its stream id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import secrets
+import time
+
+import aiohttp
+
+from wire.core import frames
+from wire.core.entitlements import EVERYTHING, Entitlements, Grant
+from wire.core.entry import Entry
+from wire.core.errors import Forbidden
+from wire.core.ids import StreamKey
+from wire.delivery import signing
+from wire.delivery.registry import Registry, Webhook
+from wire.delivery.urls import PublicResolver, refusal
+from wire.runtime.settings import Settings
+from wire.storage.store import Filter, Store
+
+log = logging.getLogger("wire.delivery")
+
+#: How long a waiting task sleeps at most before looking at the stream again.
+WAIT = 5.0
+
+
+class LeaseLost(Exception):
+    """The webhook's lease is no longer ours: stop delivering it."""
+
+
+def _cancelled() -> bool:
+    """True when this task is being cancelled: redis-py can turn a cancel into a
+    ConnectionError (or lose it), and a loop that catches errors must not go on."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def backoff(attempt: int, first: float, largest: float) -> float:
+    """Full jitter: a random wait up to ``first * 2**attempt`` (capped at ``largest``)."""
+    return random.uniform(0, min(largest, first * 2 ** min(attempt, 40)))
+
+
+def webhook_grant(webhook: Webhook, entitlements: Entitlements) -> Grant | None:
+    """What the webhook may receive: its partner's grant (None: the partner is gone)."""
+    if not webhook.partner:
+        return EVERYTHING
+    return entitlements.by_name(webhook.partner)
+
+
+class Deliverer:
+    """Delivers every webhook whose lease this process holds."""
+
+    def __init__(
+        self, store: Store, watch_store: Store, entitlements: Entitlements, settings: Settings
+    ) -> None:
+        self.store = store
+        #: A client of its own for the blocking XREAD (its socket timeout is longer).
+        self.watch_store = watch_store
+        self.registry = Registry(store.redis)
+        self.entitlements = entitlements
+        self.settings = settings
+        self.token = secrets.token_hex(16)
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        #: Counters and gauges by webhook id, read by /metrics.
+        self.delivered: dict[str, int] = {}
+        self.failures: dict[str, int] = {}
+        self.lag: dict[str, float] = {}
+        self._newest: StreamKey = (0, 0)
+        self._news = asyncio.Event()
+
+    @property
+    def _lease_ms(self) -> int:
+        return max(1, int(self.settings.webhook_lease * 1000))
+
+    async def run(self) -> None:
+        """Take and keep leases forever; each held webhook gets a delivery task."""
+        watcher = asyncio.create_task(self._watch())
+        try:
+            while True:
+                if _cancelled():
+                    raise asyncio.CancelledError
+                try:
+                    await self._round()
+                except Exception as err:
+                    if _cancelled():
+                        raise asyncio.CancelledError from err
+                    # Redis away: nothing renews, so other processes may take
+                    # over; the cursor script keeps a stale holder from writing.
+                    log.warning("webhook deliverer: %s", err)
+                await asyncio.sleep(self.settings.webhook_lease / 3)
+        finally:
+            watcher.cancel()
+            for task in self.tasks.values():
+                task.cancel()
+            await asyncio.gather(watcher, *self.tasks.values(), return_exceptions=True)
+            for webhook_id in list(self.tasks):
+                with contextlib.suppress(Exception):
+                    await self.registry.release(webhook_id, self.token)
+            self.tasks.clear()
+
+    async def _round(self) -> None:
+        """Renew what we hold (stopping what we lost), then take what is free."""
+        for webhook_id, task in list(self.tasks.items()):
+            held = not task.done() and await self.registry.renew(
+                webhook_id, self.token, self._lease_ms
+            )
+            if not held:
+                task.cancel()
+                del self.tasks[webhook_id]
+                self.lag.pop(webhook_id, None)
+                await self.registry.release(webhook_id, self.token)
+        for webhook_id in await self.registry.ids():
+            if webhook_id in self.tasks:
+                continue
+            if await self.registry.acquire(webhook_id, self.token, self._lease_ms):
+                self.tasks[webhook_id] = asyncio.create_task(
+                    self._deliver(webhook_id), name=f"wire-webhook-{webhook_id}"
+                )
+
+    async def _watch(self) -> None:
+        """The process's one blocking reader: wakes waiting tasks when the stream grows."""
+        position = await self.watch_store.last_key()
+        while True:
+            if _cancelled():
+                raise asyncio.CancelledError
+            try:
+                entries = await self.watch_store.read_new(position, count=1000, block_ms=5000)
+            except Exception as err:  # Redis away: the tasks still poll every WAIT
+                if _cancelled():
+                    raise asyncio.CancelledError from err
+                log.warning("webhook watcher: %s", err)
+                await asyncio.sleep(1.0)
+                continue
+            if entries:
+                position = self._newest = entries[-1].key
+                news, self._news = self._news, asyncio.Event()
+                news.set()
+
+    async def _wait_beyond(self, scanned: StreamKey) -> None:
+        """Return once the stream may hold something after ``scanned`` (or after WAIT)."""
+        if self._newest > scanned:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._news.wait(), WAIT)
+
+    async def _deliver(self, webhook_id: str) -> None:
+        """Deliver one webhook until it stops being ours or active."""
+        try:
+            await self._deliver_loop(webhook_id)
+        except LeaseLost:
+            log.info("webhook %s: lease lost or delivery stopped", webhook_id)
+        except Exception as err:
+            if _cancelled():
+                raise asyncio.CancelledError from err
+            # Redis trouble or a bug: this task ends, the lease is released at
+            # the next round and the webhook is taken up again from its cursor.
+            log.exception("webhook %s: delivery failed; restarting it", webhook_id)
+
+    async def _deliver_loop(self, webhook_id: str) -> None:
+        webhook = await self.registry.get(webhook_id)
+        if webhook is None or webhook.status != "active":
+            return
+        grant = webhook_grant(webhook, self.entitlements)
+        if grant is None:
+            log.error("webhook %s: partner %r has no entitlements entry", webhook_id,
+                      webhook.partner)
+            raise LeaseLost
+        try:
+            wanted = Filter(grant.narrow(frozenset(webhook.tags)), frozenset(webhook.languages))
+        except Forbidden:
+            raise LeaseLost from None
+        cursor = await self._start_cursor(webhook)
+        resolver = PublicResolver(self.settings.webhook_allow_private)
+        timeout = aiohttp.ClientTimeout(total=self.settings.webhook_timeout)
+        connector = aiohttp.TCPConnector(resolver=resolver, limit=1)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
+            while True:
+                cursor = await self._catch_up(webhook, wanted, grant, cursor, http)
+                self.lag[webhook_id] = 0.0
+                await self._wait_beyond(cursor)
+
+    async def _start_cursor(self, webhook: Webhook) -> StreamKey:
+        """The cursor, or the oldest kept entry when retention has passed it."""
+        trimmed = await self.store.trimmed_before()
+        if webhook.cursor >= trimmed:
+            return webhook.cursor
+        log.warning("webhook %s: retention passed its cursor; history truncated", webhook.id)
+        if not await self.registry.advance(webhook.id, self.token, trimmed, truncated=True):
+            raise LeaseLost
+        return trimmed
+
+    async def _catch_up(
+        self, webhook: Webhook, wanted: Filter, grant: Grant, cursor: StreamKey,
+        http: aiohttp.ClientSession,
+    ) -> StreamKey:
+        """Send everything matching after ``cursor``; return the last entry read."""
+        async for page, _ in self.store.pages_raw(cursor, None):
+            if not page:
+                break
+            chosen = await self.store.redact([e for e in page if wanted.passes(e)])
+            for entry in chosen:
+                view = grant.view(entry)
+                if view is not None:
+                    await self._send(webhook, view, http)
+            cursor = page[-1].key
+            # Entries that did not match move the cursor too, so a resume
+            # (or the lag count) does not walk them again.
+            if not await self.registry.advance(webhook.id, self.token, cursor):
+                raise LeaseLost
+        return cursor
+
+    async def _send(self, webhook: Webhook, entry: Entry, http: aiohttp.ClientSession) -> None:
+        """POST one entry until a 2xx; raise LeaseLost when delivery must stop."""
+        body = frames.item_message(entry.json)
+        attempt = 0
+        settings = self.settings
+        while True:
+            self.lag[webhook.id] = max(0.0, time.time() - entry.key[0] / 1000)
+            secret = await self.registry.secret(webhook.id)
+            if secret is None:
+                raise LeaseLost
+            headers = signing.headers(secret, entry.id, int(time.time()), body)
+            refused = refusal(webhook.url, settings.webhook_allow_private)
+            if refused is None:
+                status, error = await self._post(http, webhook.url, body, headers)
+            else:
+                status, error = 0, "refused: " + refused
+            if 200 <= status < 300:
+                if not await self.registry.advance(
+                    webhook.id, self.token, entry.key, delivered=1, last_status=status
+                ):
+                    raise LeaseLost
+                self.delivered[webhook.id] = self.delivered.get(webhook.id, 0) + 1
+                return
+            self.failures[webhook.id] = self.failures.get(webhook.id, 0) + 1
+            outcome = await self.registry.failed(
+                webhook.id, self.token, time.time(), status, error, settings.webhook_disable_after
+            )
+            if outcome != 1:
+                if outcome == 2:
+                    log.warning("webhook %s disabled after failing since long enough", webhook.id)
+                raise LeaseLost
+            await asyncio.sleep(
+                backoff(attempt, settings.webhook_backoff, settings.webhook_backoff_max)
+            )
+            attempt += 1
+
+    @staticmethod
+    async def _post(
+        http: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, str]:
+        """(HTTP status, error text); status 0 when no answer came."""
+        try:
+            async with http.post(url, data=body, headers=headers, allow_redirects=False) as resp:
+                await resp.read()
+                return resp.status, "" if resp.status < 300 else f"HTTP {resp.status}"
+        except (aiohttp.ClientError, TimeoutError, OSError) as err:
+            return 0, f"{type(err).__name__}: {err}"[:500]

@@ -1,0 +1,255 @@
+"""Webhooks in Redis: their settings, cursors, counters and delivery leases.
+
+Each write is one Lua script that checks before it writes: a cursor moves
+only while the caller still holds the webhook's lease (a deliverer that lost
+it, paused or SIGKILLed and replaced, can never move a cursor backwards or
+past what the new holder sent), and pause and delete drop the lease so the
+holder stops at its next renewal.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from wire.core.ids import StreamKey, format_id, parse_id
+from wire.storage import keys
+
+_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('SADD', KEYS[2], ARGV[1])
+return 1
+"""
+
+_CONTROL = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local op = ARGV[1]
+if op == 'delete' then
+  redis.call('DEL', KEYS[1], KEYS[3])
+  redis.call('SREM', KEYS[2], ARGV[2])
+elseif op == 'pause' then
+  redis.call('HSET', KEYS[1], 'status', 'paused')
+  redis.call('DEL', KEYS[3])
+elseif op == 'resume' then
+  redis.call('HSET', KEYS[1], 'status', 'active')
+  redis.call('HDEL', KEYS[1], 'failing_since')
+elseif op == 'rotate' then
+  redis.call('HSET', KEYS[1], 'secret', ARGV[2])
+end
+return 1
+"""
+
+_ACQUIRE = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'active' then return 0 end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0
+"""
+
+_RENEW = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+if redis.call('HGET', KEYS[1], 'status') ~= 'active' then
+  redis.call('DEL', KEYS[2])
+  return 0
+end
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return 1
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"""
+
+#: ARGV: lease token, new cursor, delivered increment, last_status ('' keeps it),
+#: '1' to mark history_truncated. Moves the cursor forward only.
+_ADVANCE = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'cursor', ARGV[2])
+if ARGV[3] ~= '0' then
+  redis.call('HINCRBY', KEYS[1], 'delivered', ARGV[3])
+  redis.call('HDEL', KEYS[1], 'failing_since')
+end
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'last_status', ARGV[4]) end
+if ARGV[5] == '1' then redis.call('HSET', KEYS[1], 'history_truncated', '1') end
+return 1
+"""
+
+#: ARGV: lease token, now (s), last_status, last_error, disable_after (s).
+#: Returns 0 (lease lost), 1 (keep retrying) or 2 (disabled now).
+_FAILED = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'last_status', ARGV[3], 'last_error', ARGV[4])
+local since = tonumber(redis.call('HGET', KEYS[1], 'failing_since'))
+if not since then
+  since = tonumber(ARGV[2])
+  redis.call('HSET', KEYS[1], 'failing_since', ARGV[2])
+end
+if tonumber(ARGV[2]) - since >= tonumber(ARGV[5]) then
+  redis.call('HSET', KEYS[1], 'status', 'disabled')
+  redis.call('DEL', KEYS[2])
+  return 2
+end
+return 1
+"""
+
+
+def valid_id(webhook_id: str) -> bool:
+    """True for an id this server could have made (32 lowercase hex digits)."""
+    return len(webhook_id) == 32 and all(c in "0123456789abcdef" for c in webhook_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Webhook:
+    """One webhook as stored."""
+
+    id: str
+    url: str
+    tags: tuple[str, ...]
+    languages: tuple[str, ...]
+    description: str
+    partner: str
+    secret: str
+    status: str
+    cursor: StreamKey
+    delivered: int
+    last_status: int | None
+    last_error: str | None
+    failing_since: float | None
+    history_truncated: bool
+    created: float
+
+    @classmethod
+    def from_hash(cls, webhook_id: str, h: dict[bytes, bytes]) -> Webhook:
+        """Build from HGETALL's answer."""
+        s = {k.decode(): v.decode() for k, v in h.items()}
+        return cls(
+            id=webhook_id,
+            url=s["url"],
+            tags=tuple(s["tags"].split(" ")),
+            languages=tuple(s["languages"].split(" ")) if s.get("languages") else (),
+            description=s.get("description", ""),
+            partner=s.get("partner", ""),
+            secret=s["secret"],
+            status=s["status"],
+            cursor=parse_id(s["cursor"]),
+            delivered=int(s.get("delivered", "0")),
+            last_status=int(s["last_status"]) if s.get("last_status") else None,
+            last_error=s.get("last_error") or None,
+            failing_since=float(s["failing_since"]) if s.get("failing_since") else None,
+            history_truncated=s.get("history_truncated") == "1",
+            created=float(s.get("created", "0")),
+        )
+
+    def public(self) -> dict[str, Any]:
+        """What the admin API shows (never the secret)."""
+        return {
+            "id": self.id,
+            "url": self.url,
+            "tags": list(self.tags),
+            "languages": list(self.languages),
+            "description": self.description,
+            "partner": self.partner or None,
+            "status": self.status,
+            "cursor": format_id(self.cursor),
+            "delivered": self.delivered,
+            "last_status": self.last_status,
+            "last_error": self.last_error,
+            "failing_since": self.failing_since,
+            "history_truncated": self.history_truncated,
+            "created": self.created,
+        }
+
+
+class Registry:
+    """The webhooks of one wire, in its Redis."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.redis = redis
+        self._create = redis.register_script(_CREATE)
+        self._control = redis.register_script(_CONTROL)
+        self._acquire = redis.register_script(_ACQUIRE)
+        self._renew = redis.register_script(_RENEW)
+        self._release = redis.register_script(_RELEASE)
+        self._advance = redis.register_script(_ADVANCE)
+        self._failed = redis.register_script(_FAILED)
+
+    async def create(self, fields: dict[str, str]) -> str:
+        """Store a new webhook (fields as the hash holds them); return its new id."""
+        while True:
+            webhook_id = secrets.token_hex(16)
+            args: list[str] = [webhook_id]
+            for k, v in fields.items():
+                args += [k, v]
+            made = await self._create(keys=[keys.webhook(webhook_id), keys.WEBHOOKS], args=args)
+            if made:
+                return webhook_id
+
+    async def ids(self) -> list[str]:
+        """Every webhook id."""
+        members: Any = await self.redis.smembers(keys.WEBHOOKS)
+        return sorted(m.decode() for m in members)
+
+    async def get(self, webhook_id: str) -> Webhook | None:
+        """One webhook, or None."""
+        if not valid_id(webhook_id):
+            return None
+        h: Any = await self.redis.hgetall(keys.webhook(webhook_id))
+        return Webhook.from_hash(webhook_id, h) if h else None
+
+    async def control(self, webhook_id: str, op: str, arg: str = "") -> bool:
+        """delete, pause, resume or rotate (arg: the new secret); False when unknown."""
+        if not valid_id(webhook_id):
+            return False
+        k = [keys.webhook(webhook_id), keys.WEBHOOKS, keys.webhook_lease(webhook_id)]
+        return bool(await self._control(keys=k, args=[op, arg or webhook_id]))
+
+    async def acquire(self, webhook_id: str, token: str, lease_ms: int) -> bool:
+        """Take the webhook's lease if it is active and nobody holds it."""
+        k = [keys.webhook(webhook_id), keys.webhook_lease(webhook_id)]
+        return bool(await self._acquire(keys=k, args=[token, lease_ms]))
+
+    async def renew(self, webhook_id: str, token: str, lease_ms: int) -> bool:
+        """Extend a held lease; False when lost (expired, paused, deleted, disabled)."""
+        k = [keys.webhook(webhook_id), keys.webhook_lease(webhook_id)]
+        return bool(await self._renew(keys=k, args=[token, lease_ms]))
+
+    async def release(self, webhook_id: str, token: str) -> None:
+        """Give the lease back (only if still ours)."""
+        await self._release(keys=[keys.webhook_lease(webhook_id)], args=[token])
+
+    async def advance(
+        self,
+        webhook_id: str,
+        token: str,
+        cursor: StreamKey,
+        *,
+        delivered: int = 0,
+        last_status: int | None = None,
+        truncated: bool = False,
+    ) -> bool:
+        """Move the cursor (and count a delivery); False when the lease is lost."""
+        k = [keys.webhook(webhook_id), keys.webhook_lease(webhook_id)]
+        args: list[str | int] = [
+            token, format_id(cursor), delivered,
+            "" if last_status is None else str(last_status), "1" if truncated else "",
+        ]
+        return bool(await self._advance(keys=k, args=args))
+
+    async def failed(
+        self, webhook_id: str, token: str, now: float, status: int, error: str,
+        disable_after: float,
+    ) -> int:
+        """Record a failed attempt: 0 lease lost, 1 retry, 2 now disabled."""
+        k = [keys.webhook(webhook_id), keys.webhook_lease(webhook_id)]
+        return int(await self._failed(keys=k, args=[token, now, status, error, disable_after]))
+
+    async def secret(self, webhook_id: str) -> str | None:
+        """The current secret (re-read per delivery, so a rotation applies at once)."""
+        raw: Any = await self.redis.hget(keys.webhook(webhook_id), "secret")
+        return raw.decode() if raw else None

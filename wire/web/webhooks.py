@@ -1,0 +1,225 @@
+"""The admin API of webhooks, and the deliverer inside a publisher process.
+
+Admins (``WIRE_ADMIN_TOKENS``) manage partners' delivery; an editor token is
+not an admin token unless listed in both. Delivery itself is
+:mod:`wire.delivery`; this module is its HTTP edge and its app lifetime.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from publisher.items import read_json
+from wire.core.errors import NotFound, ValidationError, quoted
+from wire.core.ids import format_id, parse_cursor
+from wire.core.language import normalize_language
+from wire.core.tags import normalize_tags
+from wire.core.tokens import bearer, require
+from wire.delivery import signing
+from wire.delivery.deliverer import Deliverer, webhook_grant
+from wire.delivery.registry import Registry, Webhook
+from wire.delivery.urls import check_host, check_url
+from wire.runtime.supervisor import SUPERVISOR
+from wire.storage.store import Filter, Store, connect
+from wire.web.appkeys import ENTITLEMENTS, REDIS, SETTINGS, STORE
+from wire.web.http import json_response
+from wire.web.metrics import METRICS
+
+MAX_DESCRIPTION = 500
+#: Most matching entries ``GET /v1/webhooks/<id>`` counts as its ``lag``.
+LAG_LIMIT = 1_000
+DELIVERER = web.AppKey("deliverer", Deliverer)
+
+
+def setup_webhooks(app: web.Application) -> None:
+    """Add the admin webhook routes and (unless turned off) the deliverer task."""
+    app.router.add_post("/v1/webhooks", create_webhook)
+    app.router.add_get("/v1/webhooks", list_webhooks)
+    app.router.add_get("/v1/webhooks/{id}", get_webhook)
+    app.router.add_delete("/v1/webhooks/{id}", delete_webhook)
+    for op in ("pause", "resume", "rotate-secret"):
+        app.router.add_post("/v1/webhooks/{id}/" + op, control_webhook)
+    if app[SETTINGS].deliver_webhooks:
+        app.cleanup_ctx.append(_deliverer_ctx)
+
+
+def require_admin(request: web.Request) -> None:
+    """Raise Unauthorized unless the request carries an admin token."""
+    require(bearer(request.headers), request.app[SETTINGS].admin_tokens, what="admin")
+
+
+def _registry(request: web.Request) -> Registry:
+    return Registry(request.app[REDIS])
+
+
+def _strings(data: dict[str, Any], name: str) -> list[object]:
+    value = data.get(name)
+    if not isinstance(value, list):
+        raise ValidationError(f"{name} must be a list of strings", field=name)
+    return value
+
+
+async def _fields(request: web.Request, data: dict[str, Any]) -> dict[str, str]:
+    """The new webhook's hash fields, every one checked."""
+    settings = request.app[SETTINGS]
+    url = check_url(data.get("url"), settings.webhook_allow_private)
+    await check_host(url, settings.webhook_allow_private)
+    tags = normalize_tags(_strings(data, "tags"), allow_wildcard=True)
+    if not tags:
+        raise ValidationError("tags must name at least one tag (or \"*\")", field="tags")
+    raw_languages = _strings(data, "languages") if data.get("languages") is not None else []
+    languages = [normalize_language(v, "languages") for v in raw_languages]
+    description = data.get("description") or ""
+    if not isinstance(description, str) or len(description) > MAX_DESCRIPTION:
+        raise ValidationError(
+            f"description must be text up to {MAX_DESCRIPTION}", field="description"
+        )
+    partner = data.get("partner") or ""
+    if partner:
+        grant = request.app[ENTITLEMENTS].by_name(partner) if isinstance(partner, str) else None
+        if grant is None:
+            raise ValidationError("partner must name an entitlements entry", field="partner")
+        grant.narrow(frozenset(tags))  # Forbidden (403) for tags outside the grant
+    store = request.app[STORE]
+    since = data.get("since")
+    if since is None:
+        cursor = await store.last_key()
+    elif isinstance(since, str):
+        cursor = parse_cursor(since, field="since")
+    else:
+        raise ValidationError("since must be a stream id", field="since")
+    return {
+        "url": url, "tags": " ".join(tags), "languages": " ".join(languages),
+        "description": description, "partner": partner, "status": "active",
+        "cursor": format_id(cursor), "delivered": "0", "created": f"{time.time():.3f}",
+    }
+
+
+async def create_webhook(request: web.Request) -> web.Response:
+    """201 and the webhook, with its secret (shown only here and on rotation)."""
+    require_admin(request)
+    data = await read_json(request)
+    if not isinstance(data, dict):
+        raise ValidationError('the request body must be a JSON object like {"url": ...}')
+    fields = await _fields(request, data)
+    fields["secret"] = signing.new_secret()
+    registry = _registry(request)
+    webhook = await registry.get(await registry.create(fields))
+    assert webhook is not None
+    return json_response({"webhook": {**webhook.public(), "secret": fields["secret"]}}, 201)
+
+
+async def _found(request: web.Request) -> Webhook:
+    webhook = await _registry(request).get(request.match_info["id"])
+    if webhook is None:
+        raise NotFound(f"no webhook {quoted(request.match_info['id'])}")
+    return webhook
+
+
+async def list_webhooks(request: web.Request) -> web.Response:
+    """Every webhook (without secrets)."""
+    require_admin(request)
+    registry = _registry(request)
+    found = [await registry.get(i) for i in await registry.ids()]
+    return json_response({"webhooks": [w.public() for w in found if w is not None]})
+
+
+async def get_webhook(request: web.Request) -> web.Response:
+    """One webhook with its ``lag``: matching entries after its cursor (counted up to 1,000)."""
+    require_admin(request)
+    webhook = await _found(request)
+    return json_response({"webhook": {**webhook.public(), **await _lag(request, webhook)}})
+
+
+async def _lag(request: web.Request, webhook: Webhook) -> dict[str, Any]:
+    store: Store = request.app[STORE]
+    grant = webhook_grant(webhook, request.app[ENTITLEMENTS])
+    if grant is None:
+        return {"lag": None}
+    wanted = Filter(grant.narrow(frozenset(webhook.tags)), frozenset(webhook.languages))
+    count = 0
+    async for page in store.pages_after(
+        webhook.cursor, None, wanted.keys, budget=LAG_LIMIT * 10, languages=wanted.languages
+    ):
+        count += len(grant.visible(page))
+        if count >= LAG_LIMIT:
+            break
+    return {"lag": min(count, LAG_LIMIT)}
+
+
+async def delete_webhook(request: web.Request) -> web.Response:
+    """Delete a webhook; its deliverer stops at its next lease renewal."""
+    require_admin(request)
+    webhook_id = request.match_info["id"]
+    if not await _registry(request).control(webhook_id, "delete"):
+        raise NotFound(f"no webhook {quoted(webhook_id)}")
+    return json_response({"deleted": webhook_id})
+
+
+async def control_webhook(request: web.Request) -> web.Response:
+    """pause, resume or rotate-secret; the webhook as it is now (and a new secret)."""
+    require_admin(request)
+    op = request.path.rsplit("/", 1)[1]
+    webhook_id = request.match_info["id"]
+    secret = signing.new_secret() if op == "rotate-secret" else ""
+    done = await _registry(request).control(webhook_id, "rotate" if secret else op, secret)
+    if not done:
+        raise NotFound(f"no webhook {quoted(webhook_id)}")
+    shown = (await _found(request)).public()
+    if secret:
+        shown["secret"] = secret
+    return json_response({"webhook": shown})
+
+
+class DeliveryCollector(Collector):
+    """Delivery counters and lag by webhook id (ids are random: never a URL)."""
+
+    def __init__(self, deliverer: Deliverer) -> None:
+        self.deliverer = deliverer
+
+    def collect(self) -> Iterable[Metric]:
+        d = self.deliverer
+        sent = CounterMetricFamily(
+            "wire_webhook_deliveries", "Webhook deliveries answered 2xx", labels=["webhook"]
+        )
+        for webhook_id, n in d.delivered.items():
+            sent.add_metric([webhook_id], n)
+        failed = CounterMetricFamily(
+            "wire_webhook_failures", "Webhook attempts that failed", labels=["webhook"]
+        )
+        for webhook_id, n in d.failures.items():
+            failed.add_metric([webhook_id], n)
+        lag = GaugeMetricFamily(
+            "wire_webhook_lag_seconds",
+            "Age of the item a webhook is delivering (0 when caught up)",
+            labels=["webhook"],
+        )
+        for webhook_id, seconds in d.lag.items():
+            lag.add_metric([webhook_id], seconds)
+        yield from (sent, failed, lag)
+
+
+def make_deliverer(app: web.Application) -> tuple[Deliverer, Any]:
+    """A deliverer for the app's Redis, with its own client for the blocking read."""
+    settings = app[SETTINGS]
+    assert settings.redis_url is not None
+    watch = connect(settings.redis_url, socket_timeout=15.0)
+    deliverer = Deliverer(app[STORE], Store(watch, settings), app[ENTITLEMENTS], settings)
+    return deliverer, watch
+
+
+async def _deliverer_ctx(app: web.Application) -> AsyncIterator[None]:
+    deliverer, watch = make_deliverer(app)
+    app[DELIVERER] = deliverer
+    supervisor = app[SUPERVISOR]
+    app[METRICS].registry.register(DeliveryCollector(deliverer))
+    supervisor.start("webhooks", deliverer.run)
+    yield
+    await supervisor.stop("webhooks")
+    await watch.aclose()
