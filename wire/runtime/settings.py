@@ -89,6 +89,11 @@ class Settings:
     metrics_token: str | None = None
     #: The language (BCP 47) of an item that names none.
     default_language: str = "en"
+    #: Long-polling reads (``GET /v1/items?wait=``) one process holds at once;
+    #: past it a read answers at once, without waiting.
+    max_waiters: int = 1_000
+    #: The agency's name: the Atom feeds' title and the author of items with no byline.
+    agency: str = "wire"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -1,0 +1,118 @@
+"""``GET /v1/items?after=<id>&wait=<s>``: a cursor that waits a little when nothing is new.
+
+A read that finds nothing after ``after`` waits (up to ``wait`` seconds, at
+most 30) for a matching item instead of answering empty at once. Waiting costs
+no Redis read: the request waits on the batches the gateway's stream reader
+dispatches anyway (:class:`wire.runtime.arrivals.Arrivals`), checks each one
+itself, and reads history again only when an entry in it matches. A process
+holds at most ``max_waiters`` such requests; past that, and in a publisher-only
+process (which has no stream reader), the read answers at once, as without
+``wait``: the client's next request is its wait.
+
+Every answer carries ``next``. With items, it is the last one's id (or where
+the scan budget stopped); empty, it is ``after`` itself, so a loop on ``next``
+never skips an item and never sees one twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from wire.core.entitlements import Grant
+from wire.core.entry import Entry
+from wire.core.errors import ValidationError
+from wire.core.ids import StreamKey
+from wire.runtime.arrivals import Arrivals
+from wire.storage.store import Filter, Scan
+from wire.web.appkeys import ARRIVALS, STORE
+
+MAX_WAIT = 30.0
+_WAIT = re.compile(r"[0-9]{1,2}(\.[0-9]{1,3})?")
+
+
+def query_wait(request: web.Request) -> float:
+    """``?wait=S``: seconds from 0 to 30 (up to three decimals), 0 when absent."""
+    raw = request.query.get("wait")
+    if raw is None:
+        return 0.0
+    if not _WAIT.fullmatch(raw) or float(raw) > MAX_WAIT:
+        raise ValidationError(
+            f"wait must be a number of seconds from 0 to {MAX_WAIT:g}", field="wait"
+        )
+    return float(raw)
+
+
+def _wakes(batch: Sequence[Entry], after: StreamKey, wanted: Filter, grant: Grant) -> bool:
+    """True when ``batch`` holds an entry after ``after`` that this read would return."""
+    return any(e.key > after and wanted.passes(e) and grant.sees(e.tags) for e in batch)
+
+
+async def poll_after(
+    request: web.Request,
+    after: StreamKey,
+    wanted: Filter,
+    grant: Grant,
+    limit: int,
+    wait: float,
+) -> tuple[list[Entry], StreamKey]:
+    """The visible entries after ``after`` (oldest first) and the ``next`` cursor,
+    waiting up to ``wait`` seconds for one when there is none yet."""
+    arrivals = request.app.get(ARRIVALS)
+    if not wait or arrivals is None or not arrivals.take_slot():
+        return _answer(await _read(request, after, wanted, limit), after, grant)
+    try:
+        return await _wait(request, arrivals, after, wanted, grant, limit, wait)
+    finally:
+        # Also when the client went away and aiohttp cancelled the handler.
+        arrivals.free_slot()
+
+
+async def _wait(
+    request: web.Request,
+    arrivals: Arrivals[Entry],
+    after: StreamKey,
+    wanted: Filter,
+    grant: Grant,
+    limit: int,
+    wait: float,
+) -> tuple[list[Entry], StreamKey]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    while True:
+        # Taken before the read: a batch landing between the two still wakes us.
+        batch, seen = arrivals.next_batch(), arrivals.published
+        scan = await _read(request, after, wanted, limit)
+        if scan.entries or scan.next is not None:
+            return _answer(scan, after, grant)
+        while True:
+            left = deadline - loop.time()
+            if left <= 0:
+                return [], after
+            # asyncio.wait, not wait_for: a timeout must not cancel the shared future.
+            await asyncio.wait([batch], timeout=left)
+            if not batch.done():
+                return [], after
+            missed = arrivals.published != seen + 1
+            if missed or _wakes(batch.result(), after, wanted, grant):
+                break  # read history again: it redacts and pages as every read does
+            batch, seen = arrivals.next_batch(), arrivals.published
+
+
+async def _read(request: web.Request, after: StreamKey, wanted: Filter, limit: int) -> Scan:
+    store = request.app[STORE]
+    return await store.history_after(after, wanted.keys, limit, languages=wanted.languages)
+
+
+def _answer(scan: Scan, after: StreamKey, grant: Grant) -> tuple[list[Entry], StreamKey]:
+    """What the reader sees of ``scan``, and where it goes on from."""
+    if scan.next is not None:
+        going_on = scan.next
+    elif scan.entries:
+        going_on = scan.entries[-1].key
+    else:
+        going_on = after
+    return grant.visible(scan.entries), going_on
