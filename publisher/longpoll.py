@@ -4,10 +4,12 @@ A read that finds nothing after ``after`` waits (up to ``wait`` seconds, at
 most 30) for a matching item instead of answering empty at once. Waiting costs
 no Redis read: the request waits on the batches the gateway's stream reader
 dispatches anyway (:class:`wire.runtime.arrivals.Arrivals`), checks each one
-itself, and reads history again only when an entry in it matches. A process
-holds at most ``max_waiters`` such requests; past that, and in a publisher-only
-process (which has no stream reader), the read answers at once, as without
-``wait``: the client's next request is its wait.
+itself, and reads history again only when an entry in it matches. A
+publisher-only process (``wire publisher``) has no stream reader, so it runs a
+watcher of its own (:func:`setup_watcher`): one blocking ``XREAD`` at a time
+per process, whatever the number of waiters. A process holds at most
+``max_waiters`` waiting requests; past that a read answers at once, as
+without ``wait``: the client's next request is its wait.
 
 Every answer carries ``next``. With items, it is the last one's id (or where
 the scan budget stopped); empty, it is ``after`` itself, so a loop on ``next``
@@ -17,8 +19,10 @@ never skips an item and never sees one twice.
 from __future__ import annotations
 
 import asyncio
+import logging
+import random
 import re
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 from aiohttp import web
 
@@ -27,8 +31,12 @@ from wire.core.entry import Entry
 from wire.core.errors import ValidationError
 from wire.core.ids import StreamKey
 from wire.runtime.arrivals import Arrivals
-from wire.storage.store import Filter, Scan
-from wire.web.appkeys import ARRIVALS, STORE
+from wire.runtime.supervisor import SUPERVISOR
+from wire.storage.store import Filter, Scan, Store, connect
+from wire.web.appkeys import ARRIVALS, SETTINGS, STORE
+from wire.web.http import REDIS_DOWN
+
+log = logging.getLogger("wire.publisher.longpoll")
 
 MAX_WAIT = 30.0
 _WAIT = re.compile(r"[0-9]{1,2}(\.[0-9]{1,3})?")
@@ -116,3 +124,50 @@ def _answer(scan: Scan, after: StreamKey, grant: Grant) -> tuple[list[Entry], St
     else:
         going_on = after
     return grant.visible(scan.entries), going_on
+
+
+def setup_watcher(app: web.Application) -> None:
+    """Give a publisher-only app its own arrivals, fed by one watcher task."""
+    app.cleanup_ctx.append(_watcher_ctx)
+
+
+async def _watcher_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    assert settings.redis_url is not None
+    # A blocking XREAD of up to 5 s needs a client whose socket waits longer.
+    redis = connect(settings.redis_url, socket_timeout=15.0)
+    arrivals: Arrivals[Entry] = Arrivals(settings.max_waiters)
+    app[ARRIVALS] = arrivals
+    watcher = _Watcher(Store(redis, settings), arrivals, settings.read_batch)
+    app[SUPERVISOR].start("arrivals", watcher.run)
+    yield
+    await app[SUPERVISOR].stop("arrivals")
+    await redis.aclose()
+
+
+class _Watcher:
+    """Reads the stream's new entries for waiting requests (publisher-only processes)."""
+
+    def __init__(self, store: Store, arrivals: Arrivals[Entry], batch: int) -> None:
+        self.store, self.arrivals, self.batch = store, arrivals, batch
+        #: Where the next read starts; kept across Redis outages and restarts.
+        self.position: StreamKey | None = None
+
+    async def run(self) -> None:
+        """Read forever; a waiter that misses a batch (an outage) only waits longer,
+        since it reads history itself before waiting and after its wait."""
+        delay = 0.05
+        while True:
+            try:
+                if self.position is None:
+                    self.position = await self.store.last_key()
+                entries = await self.store.read_new(self.position, count=self.batch, block_ms=5000)
+                delay = 0.05
+            except REDIS_DOWN as err:
+                log.warning("long-poll watcher: redis unavailable (%s); retrying", err)
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 2.0)
+                continue
+            if entries:
+                self.position = entries[-1].key
+                self.arrivals.publish(entries)

@@ -133,11 +133,27 @@ async def test_past_max_waiters_a_read_answers_at_once_and_a_gone_client_frees_i
     await wait_for(lambda: arrivals.waiting == 0, "the gone client's slot to be freed")
 
 
-async def test_a_publisher_only_process_answers_at_once(
+async def test_a_publisher_only_process_waits_on_its_own_watcher(
     make_server: ServerFactory, http: aiohttp.ClientSession
 ) -> None:
     server = await make_server(gateway=False)
-    assert await poll(http, server, "0-0", tags=tag()) == {"items": [], "next": "0-0"}
+    t = tag()
+    start = (await publish(http, server.base, "before", [t]))["id"]
+    arrivals = server.app[ARRIVALS]
+    waiting = asyncio.create_task(poll(http, server, start, tags=t))
+    await wait_for(lambda: arrivals.waiting == 1, "the request to wait")
+    # The watcher found the stream's end before the other item: it sees it.
+    seen = arrivals.published
+    await publish(http, server.base, "other", [tag()])
+    await wait_for(lambda: arrivals.published > seen, "the watcher to read the other item")
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not waiting.done()
+    match = await publish(http, server.base, "match", [t])
+    body = await waiting
+    assert [i["id"] for i in body["items"]] == [match["id"]]
+    status, ready = await get_json(http, f"{server.base}/readyz")
+    assert status == 200 and ready["checks"]["task:arrivals"] is True
 
 
 async def test_the_grant_applies_to_a_waiting_read(
