@@ -75,7 +75,13 @@ async def atom_feed(request: web.Request) -> web.Response:
     if etag in _etags(request.headers.get("If-None-Match", "")):
         return web.Response(status=304, headers=headers)
     agency = request.app[SETTINGS].agency
-    feed = _feed(request, query, agency, [orjson.loads(e.json) for e in entries])
+    items = [orjson.loads(e.json) for e in entries]
+    # Atom's published is when the story first ran: version 1's time, where kept.
+    later = [i["guid"] for i in items if i.get("version", 1) > 1]
+    firsts = await request.app[STORE].first_published(later)
+    for item in items:
+        item["first_published"] = firsts.get(item["guid"], item["published_at"])
+    feed = _feed(request, query, agency, items)
     body = ET.tostring(feed, encoding="utf-8", xml_declaration=True)
     return web.Response(body=body, headers=headers, content_type=MEDIA_TYPE, charset="utf-8")
 
@@ -126,7 +132,7 @@ def _entry(feed: ET.Element, item: Mapping[str, Any], agency: str) -> None:
     entry = _sub(feed, "entry")
     _sub(entry, "id", "urn:wire:item:" + item["id"])
     _sub(entry, "title", item.get("title", ""))
-    _sub(entry, "published", item["published_at"])
+    _sub(entry, "published", item.get("first_published", item["published_at"]))
     _sub(entry, "updated", item["published_at"])
     _sub(_sub(entry, "author"), "name", item.get("byline") or agency)
     for tag in item.get("tags", []):

@@ -15,9 +15,10 @@ import aiohttp
 import feedparser
 import pytest
 from multidict import CIMultiDict
+from playwright.async_api import expect
 
 from tests.conftest import Server, ServerFactory
-from tests.support import EDITOR_TOKEN, publish
+from tests.support import EDITOR_TOKEN, chromium, publish
 
 AUTH = {"Authorization": f"Bearer {EDITOR_TOKEN}"}
 
@@ -76,6 +77,20 @@ async def test_a_feed_parses_cleanly_with_entries_authors_categories_and_links(
     links = {link.rel: link.href for link in feed.feed.links}
     assert links["self"] == f"{server.base}/v1/feed.atom?tags={t}"
     assert links["alternate"] == f"{server.base}/?tags={t}"
+
+
+async def test_a_later_version_is_published_when_the_story_first_ran(
+    server: Server, http: aiohttp.ClientSession
+) -> None:
+    t = tag()
+    first = await publish(http, server.base, "v1", [t], guid=f"{t}-story")
+    second = await publish(http, server.base, "v2", [t], guid=f"{t}-story")
+    _, _, body = await fetch(http, f"{server.base}/v1/feed.atom?tags={t}")
+    entries = parse(body).entries
+    assert [e.title for e in entries] == ["v2", "v1"]
+    assert entries[0].id != entries[1].id
+    assert entries[0].published == first["published_at"]
+    assert entries[0].updated == second["published_at"]
 
 
 async def test_limit_and_language_filter_and_bad_limit(
@@ -151,3 +166,23 @@ async def test_entitlements_apply_and_the_token_is_never_echoed(
     assert status == 403
     _, _, body = await fetch(http, f"{base}/v1/feed.atom", {"Authorization": "Bearer staff"})
     assert [e.title for e in parse(body).entries] == ["Summit", "Match report"]
+
+
+@pytest.mark.browser
+async def test_the_desk_links_the_feed_of_its_current_filter(
+    server: Server, http: aiohttp.ClientSession
+) -> None:
+    t = tag()
+    await publish(http, server.base, "Linked", [t])
+    async with chromium() as browser:
+        page = await browser.new_page()
+        await page.goto(f"{server.base}/?tags=world&lang=en")
+        link = page.locator('link[rel="alternate"][type="application/atom+xml"]')
+        await expect(link).to_have_attribute("href", "/v1/feed.atom?tags=world&lang=en")
+        await page.fill("#filter", t)
+        await page.press("#filter", "Enter")
+        await expect(link).to_have_attribute("href", f"/v1/feed.atom?tags={t}&lang=en")
+        href = await link.get_attribute("href")
+    assert href is not None
+    _, _, body = await fetch(http, server.base + href)
+    assert [e.title for e in parse(body).entries] == ["Linked"]
