@@ -72,7 +72,8 @@ async def atom_feed(request: web.Request) -> web.Response:
         "Cache-Control": f"{'private' if private else 'public'}, max-age={MAX_AGE}",
         "Vary": "Authorization",
     }
-    if etag in _etags(request.headers.get("If-None-Match", "")):
+    named = _etags(request.headers.get("If-None-Match", ""))
+    if etag in named or "*" in named:
         return web.Response(status=304, headers=headers)
     agency = request.app[SETTINGS].agency
     items = [orjson.loads(e.json) for e in entries]

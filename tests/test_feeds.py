@@ -114,8 +114,12 @@ async def test_if_none_match_gives_304_until_something_new_matches(
     url = f"{server.base}/v1/feed.atom?tags={t}"
     _, headers, _ = await fetch(http, url)
     etag = headers["ETag"]
-    status, again, body = await fetch(http, url, {"If-None-Match": etag})
+    cross = {"If-None-Match": etag, "Origin": "https://x.example"}
+    status, again, body = await fetch(http, url, cross)
     assert status == 304 and body == b"" and again["ETag"] == etag
+    assert again["Access-Control-Allow-Origin"] == "*"  # a read, like GET /v1/items
+    status, _, _ = await fetch(http, url, {"If-None-Match": f'"other", W/{etag}'})
+    assert status == 304
     await publish(http, server.base, "Elsewhere", [tag()])  # does not match: still 304
     status, _, _ = await fetch(http, url, {"If-None-Match": etag})
     assert status == 304
