@@ -6,8 +6,8 @@ no Redis read: the request waits on the batches the gateway's stream reader
 dispatches anyway (:class:`wire.runtime.arrivals.Arrivals`), checks each one
 itself, and reads history again only when an entry in it matches. A
 publisher-only process (``wire publisher``) has no stream reader, so it runs a
-watcher of its own (:func:`setup_watcher`): one blocking ``XREAD`` at a time
-per process, whatever the number of waiters. A process holds at most
+watcher of its own (:func:`setup_watcher`, started by the first wait): one
+blocking ``XREAD`` at a time per process, whatever the number of waiters. A process holds at most
 ``max_waiters`` waiting requests; past that a read answers at once, as
 without ``wait``: the client's next request is its wait.
 
@@ -31,7 +31,7 @@ from wire.core.entry import Entry
 from wire.core.errors import ValidationError
 from wire.core.ids import StreamKey
 from wire.runtime.arrivals import Arrivals
-from wire.runtime.supervisor import SUPERVISOR
+from wire.runtime.supervisor import SUPERVISOR, Supervisor
 from wire.storage.store import Filter, Scan, Store, connect
 from wire.web.appkeys import ARRIVALS, SETTINGS, STORE
 from wire.web.http import REDIS_DOWN
@@ -70,6 +70,9 @@ async def poll_after(
     """The visible entries after ``after`` (oldest first) and the ``next`` cursor,
     waiting up to ``wait`` seconds for one when there is none yet."""
     arrivals = request.app.get(ARRIVALS)
+    watcher = request.app.get(WATCHER)
+    if wait and watcher is not None:
+        watcher.start(request.app[SUPERVISOR])
     if not wait or arrivals is None or not arrivals.take_slot():
         return _answer(await _read(request, after, wanted, limit), after, grant)
     try:
@@ -138,32 +141,53 @@ async def _watcher_ctx(app: web.Application) -> AsyncIterator[None]:
     redis = connect(settings.redis_url, socket_timeout=15.0)
     arrivals: Arrivals[Entry] = Arrivals(settings.max_waiters)
     app[ARRIVALS] = arrivals
-    watcher = _Watcher(Store(redis, settings), arrivals, settings.read_batch)
-    app[SUPERVISOR].start("arrivals", watcher.run)
+    app[WATCHER] = watcher = Watcher(Store(redis, settings), arrivals, settings.read_batch)
     yield
-    await app[SUPERVISOR].stop("arrivals")
+    if watcher.started:
+        await app[SUPERVISOR].stop("arrivals")
     await redis.aclose()
 
 
-class _Watcher:
-    """Reads the stream's new entries for waiting requests (publisher-only processes)."""
+class Watcher:
+    """Reads the stream's new entries for waiting requests (publisher-only processes).
+
+    Started by the first request that waits, so a publisher nobody long-polls
+    costs Redis nothing. That first waiter may miss an item published while
+    the watcher starts: it then answers empty when its wait ends, and the
+    client's next read (from the same ``next``) returns the item.
+    """
 
     def __init__(self, store: Store, arrivals: Arrivals[Entry], batch: int) -> None:
         self.store, self.arrivals, self.batch = store, arrivals, batch
         #: Where the next read starts; kept across Redis outages and restarts.
         self.position: StreamKey | None = None
+        self.started = False
+
+    def start(self, supervisor: Supervisor) -> None:
+        """Run :meth:`run` under ``supervisor`` (once)."""
+        if not self.started:
+            self.started = True
+            supervisor.start("arrivals", self.run)
 
     async def run(self) -> None:
         """Read forever; a waiter that misses a batch (an outage) only waits longer,
         since it reads history itself before waiting and after its wait."""
         delay = 0.05
+        task = asyncio.current_task()
         while True:
+            # A cancel landing mid-XREAD can be lost inside redis-py (or come out
+            # as a ConnectionError), as for the gateway's reader: without these
+            # checks the app's shutdown would wait forever.
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError
             try:
                 if self.position is None:
                     self.position = await self.store.last_key()
                 entries = await self.store.read_new(self.position, count=self.batch, block_ms=5000)
                 delay = 0.05
             except REDIS_DOWN as err:
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError from err
                 log.warning("long-poll watcher: redis unavailable (%s); retrying", err)
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 2.0)
@@ -171,3 +195,7 @@ class _Watcher:
             if entries:
                 self.position = entries[-1].key
                 self.arrivals.publish(entries)
+
+
+#: A publisher-only app's watcher (absent when a gateway's reader feeds the arrivals).
+WATCHER = web.AppKey("watcher", Watcher)

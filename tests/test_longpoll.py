@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from publisher.longpoll import WATCHER
 from tests.conftest import Server, ServerFactory
 from tests.support import get_json, publish, wait_for
 from wire.web.appkeys import ARRIVALS
@@ -139,10 +140,11 @@ async def test_a_publisher_only_process_waits_on_its_own_watcher(
     server = await make_server(gateway=False)
     t = tag()
     start = (await publish(http, server.base, "before", [t]))["id"]
-    arrivals = server.app[ARRIVALS]
+    arrivals, watcher = server.app[ARRIVALS], server.app[WATCHER]
+    assert not watcher.started  # nobody waited yet: no reads of its own
     waiting = asyncio.create_task(poll(http, server, start, tags=t))
     await wait_for(lambda: arrivals.waiting == 1, "the request to wait")
-    # The watcher found the stream's end before the other item: it sees it.
+    await wait_for(lambda: watcher.position is not None, "the watcher to find the end")
     seen = arrivals.published
     await publish(http, server.base, "other", [tag()])
     await wait_for(lambda: arrivals.published > seen, "the watcher to read the other item")
