@@ -15,6 +15,7 @@ from aiohttp import web
 
 from publisher.access import require_editor, require_reader
 from publisher.embargo import accept_embargoed
+from publisher.longpoll import poll_after, query_wait
 from wire.core import ninjs
 from wire.core.errors import (
     Gone,
@@ -27,11 +28,11 @@ from wire.core.errors import (
     ValidationError,
     quoted,
 )
-from wire.core.ids import format_id, parse_cursor, parse_id
+from wire.core.ids import StreamKey, format_id, parse_cursor, parse_id
 from wire.core.items import parse_submission
 from wire.core.language import normalize_language
 from wire.core.tags import WILDCARD, normalize_tags
-from wire.storage.store import body_hash
+from wire.storage.store import Filter, body_hash
 from wire.web.appkeys import SETTINGS, STORE
 from wire.web.http import raw_json, send_continue
 from wire.web.metrics import METRICS
@@ -144,23 +145,37 @@ async def list_items(request: web.Request) -> web.Response:
 
     A read scans at most ``scan_budget`` stream entries, so a filter that
     matches nothing answers quickly, with the ``next`` cursor to go on from.
+    With ``wait`` (a long poll, see :mod:`publisher.longpoll`) a read after
+    ``after`` may wait for an item, and always carries ``next``.
     """
     grant = require_reader(request)
     tags, limit = grant.narrow(query_tags(request)), query_limit(request)
-    languages = query_languages(request)
-    store = request.app[STORE]
+    wanted = Filter(tags, query_languages(request))
     after, before = request.query.get("after"), request.query.get("before")
+    wait = query_wait(request)
     if after is not None and before is not None:
         raise ValidationError("give after or before, not both", field="before")
-    if after is not None:
+    if "wait" in request.query and after is None:
+        raise ValidationError("wait needs after (the cursor to wait from)", field="wait")
+    going_on: StreamKey | None
+    if after is not None and "wait" in request.query:
         cursor = parse_cursor(after, field="after")
-        scan = await store.history_after(cursor, tags, limit, languages=languages)
+        entries, going_on = await poll_after(request, cursor, wanted, grant, limit, wait)
+    elif after is not None:
+        cursor = parse_cursor(after, field="after")
+        scan = await request.app[STORE].history_after(
+            cursor, tags, limit, languages=wanted.languages
+        )
+        entries, going_on = grant.visible(scan.entries), scan.next
     else:
         start = parse_id(before, field="before") if before is not None else None
-        scan = await store.history_before(tags, limit, before=start, languages=languages)
-    items = b",".join(e.json for e in grant.visible(scan.entries))
-    going_on = b',"next":"%s"' % format_id(scan.next).encode() if scan.next is not None else b""
-    return raw_json(b'{"items":[' + items + b"]" + going_on + b"}")
+        scan = await request.app[STORE].history_before(
+            tags, limit, before=start, languages=wanted.languages
+        )
+        entries, going_on = grant.visible(scan.entries), scan.next
+    items = b",".join(e.json for e in entries)
+    tail = b',"next":"%s"' % format_id(going_on).encode() if going_on is not None else b""
+    return raw_json(b'{"items":[' + items + b"]" + tail + b"}")
 
 
 async def get_item(request: web.Request) -> web.Response:

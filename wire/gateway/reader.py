@@ -20,10 +20,11 @@ from aiohttp import web
 from wire.core.entry import Entry
 from wire.gateway import keepalive
 from wire.gateway.hub import Hub
+from wire.runtime.arrivals import Arrivals
 from wire.runtime.settings import Settings
 from wire.runtime.supervisor import SUPERVISOR
 from wire.storage.store import Store, connect
-from wire.web.appkeys import SETTINGS
+from wire.web.appkeys import ARRIVALS, SETTINGS
 from wire.web.http import REDIS_DOWN
 
 log = logging.getLogger("wire.gateway.reader")
@@ -42,6 +43,8 @@ class Reader:
         self.errors = 0
         #: Called with each dispatched batch (metrics set it); a no-op by default.
         self.observe: Callable[[Sequence[Entry]], None] = lambda entries: None
+        #: Long-polling reads wait on the batches this reader dispatches.
+        self.arrivals: Arrivals[Entry] = Arrivals(settings.max_waiters)
 
     async def run(self) -> None:
         """Read forever; on Redis trouble retry with backoff from where it stopped."""
@@ -71,6 +74,7 @@ class Reader:
                 if entries:
                     self.hub.dispatch(entries)
                     self.observe(entries)
+                    self.arrivals.publish(entries)
                     if len(entries) > 1 and gather:
                         # A burst is under way: let more of it arrive, so each
                         # connection gets it in fewer, larger writes.
@@ -111,6 +115,7 @@ async def reader_ctx(app: web.Application) -> AsyncIterator[None]:
     reader = Reader(Store(redis, settings), hub, settings)
     app[HUB] = hub
     app[READER] = reader
+    app[ARRIVALS] = reader.arrivals
     # Find the stream's end before serving, so subscribers have a position
     # from the first connection; if Redis is down the reader keeps trying.
     with contextlib.suppress(*REDIS_DOWN):

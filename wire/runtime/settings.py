@@ -108,6 +108,11 @@ class Settings:
     webhook_lease: float = 10.0
     #: Run a webhook deliverer inside publisher processes (``wire run`` too).
     deliver_webhooks: bool = True
+    #: Long-polling reads (``GET /v1/items?wait=``) one process holds at once;
+    #: past it a read answers at once, without waiting.
+    max_waiters: int = 1_000
+    #: The agency's name: the Atom feeds' title and the author of items with no byline.
+    agency: str = "wire"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -304,6 +304,32 @@ class Store:
             entries = [e if e.withdrawal else _stub(e) for e in entries]
         return entries
 
+    async def first_published(self, guids: Iterable[str]) -> dict[str, str]:
+        """``published_at`` of version 1 of each story, by guid, where still kept
+        (two round trips for any number of stories; Atom's ``published``)."""
+        wanted = sorted(set(guids))
+        if not wanted:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for guid in wanted:
+                pipe.lindex(keys.story_ids(guid), 0)
+            firsts = await pipe.execute()
+        pairs = [(g, eid) for g, eid in zip(wanted, firsts, strict=True) if eid]
+        if not pairs:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for _, eid in pairs:
+                pipe.xrange(keys.STREAM, eid, eid, count=1)
+            rows = await pipe.execute()
+        found: dict[str, str] = {}
+        for (guid, _), row in zip(pairs, rows, strict=True):
+            if row:
+                entry = _entries(row)[0]
+                at = orjson.loads(entry.json).get("published_at")
+                if isinstance(at, str) and not entry.withdrawal:
+                    found[guid] = at
+        return found
+
     async def translations(self, guid: str) -> list[Entry]:
         """The current version of each story that translates ``guid``, by guid;
         withdrawn translations (and those retention forgot) left out."""

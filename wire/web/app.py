@@ -55,7 +55,8 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     if publisher:
-        setup_publisher(app)
+        # Without a gateway's stream reader, long polls need a watcher of their own.
+        setup_publisher(app, watch=not gateway)
         setup_webhooks(app)
     if gateway:
         setup_gateway(app)

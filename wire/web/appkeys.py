@@ -6,6 +6,8 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from wire.core.entitlements import Entitlements
+from wire.core.entry import Entry
+from wire.runtime.arrivals import Arrivals
 from wire.runtime.settings import Settings
 from wire.storage.store import Store
 
@@ -13,3 +15,5 @@ SETTINGS = web.AppKey("settings", Settings)
 REDIS = web.AppKey("redis", aioredis.Redis)
 STORE = web.AppKey("store", Store)
 ENTITLEMENTS = web.AppKey("entitlements", Entitlements)
+#: New entries as a gateway's stream reader dispatches them (absent without a gateway).
+ARRIVALS: web.AppKey[Arrivals[Entry]] = web.AppKey("arrivals", Arrivals)

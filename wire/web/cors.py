@@ -2,7 +2,7 @@
 
 Which origin may use what (``WIRE_ALLOWED_ORIGINS``, comma-separated):
 
-- **Reads** (``GET`` of ``/v1/items``, ``/v1/stories`` and ``/v1/sse``): any
+- **Reads** (``GET`` of ``/v1/items``, ``/v1/stories``, ``/v1/sse`` and ``/v1/feed.atom``): any
   origin (``Access-Control-Allow-Origin: *``) while no origin is listed, like
   the WebSocket, which then accepts any ``Origin`` too; once origins are
   listed, only those (the origin is echoed, with ``Vary: Origin``).
@@ -24,7 +24,7 @@ from wire.core.errors import Forbidden, quoted
 from wire.web.appkeys import SETTINGS
 from wire.web.http import Handler
 
-_READ_PREFIXES = ("/v1/items", "/v1/stories/", "/v1/sse")
+_READ_PREFIXES = ("/v1/items", "/v1/stories/", "/v1/sse", "/v1/feed.atom")
 _READ_METHODS = frozenset({"GET", "HEAD"})
 #: Request headers a page may send (beyond the CORS-safelisted ones).
 ALLOW_HEADERS = "Authorization, Content-Type, Idempotency-Key, Last-Event-ID, X-Request-Id"

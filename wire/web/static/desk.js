@@ -150,6 +150,19 @@
     return parts.length ? "/?" + parts.join("&") : "/";
   }
 
+  /**
+   * Point the page's Atom link at the feed of the current filter, so a feed
+   * reader (or the browser) offered this page subscribes to what it shows.
+   * Never with the token: a link is copied, logged and shared.
+   */
+  function updateFeedLink(tags = filter, languages = langs) {
+    const link = document.getElementById("feed-link");
+    if (!link) return;
+    const query = filterURL(tags, languages).slice(1); // "" or "?tags=..&lang=.."
+    link.href = "/v1/feed.atom" + query;
+    link.title = "Wire: " + (tags.length ? describe(tags) : "all stories") + " (Atom)";
+  }
+
   // ---- connection ----------------------------------------------------------
 
   function storedToken() {
@@ -630,6 +643,7 @@
     filter = tags;
     langs = languages;
     if (push) history.pushState(null, "", filterURL(tags, languages));
+    updateFeedLink(tags, languages);
     input.value = describe(tags);
     langInput.value = describe(languages);
     filterError.hidden = true;
@@ -790,6 +804,7 @@
   input.value = describe(filter);
   langInput.value = describe(langs);
   empty.textContent = emptyText();
+  updateFeedLink();
   refresh();
   connect();
 })();
