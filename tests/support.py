@@ -251,7 +251,7 @@ async def publish(
         if status != 503:
             break
         await asyncio.sleep(0.1)
-    assert status == 201, body
+    assert status in (201, 202), body  # 202: accepted under embargo
     stored: dict[str, Any] = body["item"]
     return stored
 

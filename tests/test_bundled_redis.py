@@ -27,7 +27,7 @@ import pytest
 import websockets
 
 from tests.conftest import Server, server_factory
-from tests.support import EDITOR_TOKEN, ROOT, RedisServer, get_json, item, post
+from tests.support import EDITOR_TOKEN, ROOT, RedisServer, get_json, publish
 from tests.test_cli_run import Run, clean_env, process_gone, runs, wait_gone
 from wire.core.errors import RedisMissing
 from wire.storage.embedded import BUNDLED, bundled_server, find_server
@@ -86,13 +86,6 @@ async def items_until(ws: Any, title: str) -> list[dict[str, Any]]:
         if msg["type"] == "item":
             got.append(msg["item"])
     return got
-
-
-async def publish(http: Http, base: str, title: str, **extra: Any) -> dict[str, Any]:
-    status, body = await post(http, base, item(title, **extra))
-    assert status in (201, 202), body
-    published: dict[str, Any] = body["item"]
-    return published
 
 
 # --- the same checks on both servers --------------------------------------------------
