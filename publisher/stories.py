@@ -41,10 +41,12 @@ async def get_story(request: web.Request) -> web.Response:
     current = versions[-1]
     original = None if current.withdrawal else orjson.loads(current.json).get("translation_of")
     translations = [_translation(e) for e in grant.visible(await store.translations(guid))]
+    # The guid goes through the JSON encoder like every other value: it comes
+    # from the URL, and only today's guid rules keep it free of quotes.
     body = (
-        b'{"story":{"guid":"'
-        + guid.encode()
-        + (b'","translation_of":' + orjson.dumps(original) if original else b'"')
+        b'{"story":{"guid":'
+        + orjson.dumps(guid)
+        + (b',"translation_of":' + orjson.dumps(original) if original else b"")
         + b',"current":'
         + current.json
         + b',"versions":['
