@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-SCENARIOS = ("burst", "latency", "memory", "resume", "publisher")
+SCENARIOS = ("burst", "latency", "memory", "resume", "publisher", "webhook")
 
 
 def _ints(raw: str) -> tuple[int, ...]:
@@ -101,6 +101,9 @@ def add_command(sub: Any) -> None:
         "--publish-clients", type=int, default=16, help="publisher: concurrent HTTP clients (16)"
     )
     s.add_argument(
+        "--webhook-items", type=int, default=2000, help="webhook: items delivered (2000)"
+    )
+    s.add_argument(
         "--sample",
         type=int,
         default=100,
@@ -145,6 +148,9 @@ def add_command(sub: Any) -> None:
     t.add_argument("--url", help="gateway base URL, e.g. http://127.0.0.1:8080")
     t.add_argument("--publisher-url", help="publisher base URL (default: --url)")
     t.add_argument("--token", help="editor token (default: first of WIRE_EDITOR_TOKENS)")
+    t.add_argument(
+        "--admin-token", help="admin token, for the webhook scenario (default: WIRE_ADMIN_TOKENS)"
+    )
     t.add_argument("--gateway-pid", type=int, help="gateway pid, for the memory scenario")
     t.add_argument("--redis", metavar="URL", help="Redis of that wire, to run the baseline on")
     o = p.add_argument_group("output")

@@ -125,7 +125,25 @@ def rows(cfg: Config, results: dict[str, Any]) -> list[Row]:
         lambda o, b: o >= 5000,
         cfg.publish_clients == default.publish_clients,
     )
+    out.extend(webhook_rows(results))
     return out
+
+
+def webhook_rows(results: dict[str, Any]) -> list[Row]:
+    """The webhook scenario's figures (no target: the issue sets none)."""
+    found = results.get("wire", {}).get("webhook", {})
+    shown = [
+        ("items_per_s", "delivered items/s (from first publish)", "/s", True),
+        ("drain_items_per_s", "delivered items/s (backlog drain)", "/s", True),
+        ("latency_p50_ms", "p50 publish->receiver", "ms", False),
+        ("latency_p99_ms", "p99 publish->receiver", "ms", False),
+    ]
+    scenario = "webhook, one deliverer"
+    return [
+        Row(scenario, metric, float(found[key]), None, unit, "-", None, hib)
+        for key, metric, unit, hib in shown
+        if isinstance(found.get(key), int | float)
+    ]
 
 
 def _fmt(value: float | None, unit: str) -> str:

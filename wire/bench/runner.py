@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from wire.bench import report
+from wire.bench import report, webhook
 from wire.bench.poster import Poster
 from wire.bench.procs import Child, Clients, free_port, start_baseline, start_redis, start_wire
 from wire.bench.procs import wait_ready as ready
@@ -41,6 +41,7 @@ def config(args: argparse.Namespace) -> Config:
         resume_live=args.resume_live,
         publish_items=args.publish_items,
         publish_clients=args.publish_clients,
+        webhook_items=args.webhook_items,
         sample=args.sample,
         client_procs=max(1, args.client_procs),
         connect_concurrency=args.connect_concurrency,
@@ -67,6 +68,8 @@ class Setup:
     systems: list[System] = field(default_factory=list)
     publisher_url: str = ""
     token: str = ""
+    #: For the webhook scenario (None: skip it).
+    admin_token: str | None = None
     children: list[Child] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -89,10 +92,13 @@ async def start(args: argparse.Namespace, cfg: Config, workdir: Path) -> Setup:
         if not token:
             raise SystemExit("wire bench --url needs --token (an editor token)")
         s.token = token
+        admin = args.admin_token or os.environ.get("WIRE_ADMIN_TOKENS", "").split(",")[0].strip()
+        s.admin_token = admin or None
     else:
         redis, redis_url = start_redis(workdir)
         s.children.append(redis)
         s.token = secrets.token_urlsafe(18)
+        s.admin_token = secrets.token_urlsafe(18)
         pub_port, gw_port = free_port(), free_port()
         loop_env = {"WIRE_EVENT_LOOP": "uvloop"} if args.uvloop else {}
         s.children.append(
@@ -100,7 +106,7 @@ async def start(args: argparse.Namespace, cfg: Config, workdir: Path) -> Setup:
                 "publisher",
                 ["publisher", "--redis", redis_url],
                 pub_port,
-                {"WIRE_EDITOR_TOKENS": s.token, **loop_env},
+                {"WIRE_EDITOR_TOKENS": s.token, **webhook_env(s.admin_token), **loop_env},
                 workdir,
             )
         )
@@ -130,6 +136,11 @@ async def start(args: argparse.Namespace, cfg: Config, workdir: Path) -> Setup:
     return s
 
 
+def webhook_env(admin_token: str | None) -> dict[str, str]:
+    """What the webhook scenario needs of the wire it starts: admin API, a loopback receiver."""
+    return {"WIRE_ADMIN_TOKENS": admin_token or "", "WIRE_WEBHOOK_ALLOW_PRIVATE": "1"}
+
+
 class Plan:
     """The scenarios in order; each step runs on every system before the next one."""
 
@@ -137,6 +148,7 @@ class Plan:
         self.bench = bench
         self.systems = setup.systems
         self.cfg = cfg
+        self.admin_token = setup.admin_token
         self.want = set(cfg.scenarios)
         self.results: dict[str, dict[str, Any]] = {s.name: {} for s in setup.systems}
         self.latency_done: dict[str, set[int]] = {s.name: set() for s in setup.systems}
@@ -151,6 +163,10 @@ class Plan:
                     await self.bench.close(system, group)
         if "publisher" in self.want:
             self.results.setdefault("wire", {})["publisher"] = await self.bench.publisher()
+        if "webhook" in self.want:
+            self.results.setdefault("wire", {})["webhook"] = await webhook.scenario(
+                self.bench, self.admin_token
+            )
         return self.results
 
     async def latency(self, system: System, n: int) -> None:

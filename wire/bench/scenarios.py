@@ -25,7 +25,7 @@ from wire.core.ids import parse_id
 class Config:
     """Sizes and switches of one run (the CLI flags)."""
 
-    scenarios: tuple[str, ...] = ("burst", "latency", "memory", "resume", "publisher")
+    scenarios: tuple[str, ...] = ("burst", "latency", "memory", "resume", "publisher", "webhook")
     conns: int = 1000
     items: int = 200
     posters: int = 8
@@ -38,6 +38,7 @@ class Config:
     resume_live: int = 10
     publish_items: int = 5000
     publish_clients: int = 16
+    webhook_items: int = 2000
     sample: int = 100
     client_procs: int = 1
     connect_concurrency: int = 1000

@@ -1,0 +1,259 @@
+"""The webhook scenario: one deliverer's items/s to a local receiver, and latency.
+
+The bench registers a webhook (admin API) pointing at a receiver served from
+its own process (an aiohttp server on a loopback port), so the wire under test
+must allow private targets (``WIRE_WEBHOOK_ALLOW_PRIVATE=1``, which the bench
+sets for the wire it starts). Two phases:
+
+- **throughput**: N items published as fast as the posters can; items/s from
+  the first request sent to the last item received (``items_per_s``), and
+  from the first item received to the last (``drain_items_per_s``: what the
+  one deliverer sustains once it has a backlog);
+- **latency**: items at a fixed rate; publish -> receiver arrival percentiles
+  (each item carries the ``time.monotonic_ns()`` taken before its request).
+
+Every delivery is checked: signature (Standard Webhooks, with the secret the
+create answer showed), each id received once, in stream order, none missing,
+and the webhook's own ``delivered`` counter agrees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from wire.bench.poster import Published
+from wire.bench.procs import free_port
+from wire.bench.scenarios import Bench, percentile
+from wire.core.ids import parse_id
+from wire.delivery import signing
+
+
+@dataclass
+class Arrival:
+    """One request the receiver answered."""
+
+    webhook_id: str
+    at_ns: int
+    stamp_ns: int | None
+
+
+@dataclass
+class Receiver:
+    """A webhook endpoint that records each request and answers 204 at once."""
+
+    secret: str = ""
+    port: int = field(default_factory=free_port)
+    arrivals: list[Arrival] = field(default_factory=list)
+    bad_signatures: int = 0
+    runner: web.AppRunner | None = None
+    _news: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    async def handle(self, request: web.Request) -> web.Response:
+        at = time.monotonic_ns()
+        body = await request.read()
+        msg_id = request.headers.get("webhook-id", "")
+        timestamp = request.headers.get("webhook-timestamp", "")
+        sent = request.headers.get("webhook-signature", "")
+        if not timestamp.isdigit() or signing.signature(
+            self.secret, msg_id, int(timestamp), body
+        ) not in sent.split(" "):
+            self.bad_signatures += 1
+        subtitle = orjson.loads(body).get("item", {}).get("subtitle")
+        stamp = int(subtitle) if isinstance(subtitle, str) and subtitle.isdigit() else None
+        self.arrivals.append(Arrival(msg_id, at, stamp))
+        self._news.set()
+        return web.Response(status=204)
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/hook", self.handle)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+    async def wait(self, ids: list[str], within: float, stall: float) -> list[Arrival]:
+        """The arrivals of ``ids`` (all of them, or what came before a stall or the end)."""
+        wanted = set(ids)
+        deadline = time.monotonic() + within
+        last_news = time.monotonic()
+        while True:
+            got = [a for a in self.arrivals if a.webhook_id in wanted]
+            if {a.webhook_id for a in got} >= wanted:
+                return got
+            now = time.monotonic()
+            if now > deadline or now - last_news > stall:
+                return got
+            self._news.clear()
+            try:
+                await asyncio.wait_for(self._news.wait(), 0.2)
+                last_news = time.monotonic()
+            except TimeoutError:
+                pass
+
+
+def check(label: str, got: list[Arrival], expected: list[str], bench: Bench) -> bool:
+    """Each expected id received exactly once, in stream order; problems to bench.failures."""
+    ids = [a.webhook_id for a in got]
+    problems = []
+    missing = set(expected) - set(ids)
+    if missing:
+        problems.append(f"{len(missing)} of {len(expected)} items never arrived")
+    if len(set(ids)) < len(ids):
+        problems.append(f"{len(ids) - len(set(ids))} items arrived twice")
+    firsts = sorted(set(ids), key=ids.index)
+    if firsts != sorted(firsts, key=parse_id):
+        problems.append("items arrived out of stream order")
+    for p in problems:
+        bench.failures.append(f"{label}: {p}")
+    return not problems
+
+
+class Scenario:
+    """One webhook, one receiver, the two phases."""
+
+    def __init__(self, bench: Bench, admin_token: str) -> None:
+        self.bench = bench
+        self.base = f"http://{bench.poster.host}:{bench.poster.port}"
+        self.headers = {"Authorization": f"Bearer {admin_token}"}
+        self.receiver = Receiver()
+        self.tag = f"{bench.tag}/webhook"
+
+    async def run(self) -> dict[str, Any]:
+        label = "webhook"
+        progress = self.bench.progress
+        progress.step(f"{label}: receiver, webhook, first delivery")
+        await self.receiver.start()
+        try:
+            async with aiohttp.ClientSession() as http:
+                made = await self.admin(http, "POST", "/v1/webhooks", {
+                    "url": self.receiver.url, "tags": [self.tag], "description": "wire bench",
+                })
+                webhook = made["webhook"]
+                self.receiver.secret = webhook["secret"]
+                try:
+                    return await self.phases(http, webhook["id"])
+                finally:
+                    await self.admin(http, "DELETE", f"/v1/webhooks/{webhook['id']}")
+        finally:
+            await self.receiver.stop()
+
+    async def phases(self, http: aiohttp.ClientSession, webhook_id: str) -> dict[str, Any]:
+        cfg, bench = self.bench.cfg, self.bench
+        # The deliverer takes a new webhook up at its next lease round; one item
+        # delivered also opens the kept-alive connection before measuring.
+        first = await self.publish(1, 1)
+        await self.receiver.wait(first.ids, cfg.timeout + 15, cfg.timeout + 15)
+        ok = check("webhook first delivery", self.mine(first.ids), first.ids, bench)
+        throughput = await self.throughput()
+        latency = await self.latency()
+        shown = await self.admin(http, "GET", f"/v1/webhooks/{webhook_id}")
+        total = 1 + throughput["items"] + latency["items"]
+        delivered = shown["webhook"]["delivered"]
+        if delivered != total:
+            bench.failures.append(f"webhook: its delivered counter says {delivered}, not {total}")
+        if self.receiver.bad_signatures:
+            bench.failures.append(
+                f"webhook: {self.receiver.bad_signatures} deliveries failed signature checks"
+            )
+        verified = ok and throughput.pop("verified") and latency.pop("verified")
+        return {
+            **throughput,
+            **{f"latency_{k}": v for k, v in latency.items()},
+            "bad_signatures": self.receiver.bad_signatures,
+            "verified": verified and delivered == total and not self.receiver.bad_signatures,
+        }
+
+    async def throughput(self) -> dict[str, Any]:
+        cfg, progress = self.bench.cfg, self.bench.progress
+        n = cfg.webhook_items
+        label = f"webhook {n:,} items as fast as published"
+        progress.step(label)
+        pub = await self.publish(n, cfg.posters)
+        got = await self.receiver.wait(pub.ids, cfg.timeout, min(5.0, cfg.timeout))
+        ok = self.bench.published_ok(label, pub, n) and check(label, got, pub.ids, self.bench)
+        last = max((a.at_ns for a in got), default=pub.finished)
+        first = min((a.at_ns for a in got), default=pub.started)
+        seconds = max(1, last - pub.started) / 1e9
+        result = {
+            "items": n,
+            "received": len(got),
+            "seconds": seconds,
+            "items_per_s": len({a.webhook_id for a in got}) / seconds,
+            "drain_items_per_s": (len(got) - 1) / max(1, last - first) * 1e9,
+            "publish_seconds": (pub.finished - pub.started) / 1e9,
+            "verified": ok,
+        }
+        progress.done(
+            f"{label}: {result['items_per_s']:,.0f} items/s delivered "
+            f"({result['drain_items_per_s']:,.0f}/s from first to last arrival; "
+            f"published in {result['publish_seconds'] * 1000:.0f} ms)"
+        )
+        return result
+
+    async def latency(self) -> dict[str, Any]:
+        cfg, progress = self.bench.cfg, self.bench.progress
+        count = max(1, round(cfg.rate * cfg.latency_seconds))
+        label = f"webhook latency at {cfg.rate:g}/s"
+        progress.step(label)
+        pub = await self.bench.poster.steady(
+            count, cfg.rate, tag=self.tag, run=self.bench.run, body=self.bench.body
+        )
+        got = await self.receiver.wait(pub.ids, cfg.timeout, min(5.0, cfg.timeout))
+        ok = self.bench.published_ok(label, pub, count) and check(label, got, pub.ids, self.bench)
+        lat = [(a.at_ns - a.stamp_ns) / 1e6 for a in got if a.stamp_ns is not None]
+        result = {
+            "items": count,
+            "rate": cfg.rate,
+            "p50_ms": percentile(lat, 50),
+            "p90_ms": percentile(lat, 90),
+            "p99_ms": percentile(lat, 99),
+            "max_ms": max(lat, default=math.nan),
+            "verified": ok,
+        }
+        progress.done(
+            f"{label}: p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
+            f"max {result['max_ms']:.1f} ms ({len(lat)} items)"
+        )
+        return result
+
+    def mine(self, ids: list[str]) -> list[Arrival]:
+        wanted = set(ids)
+        return [a for a in self.receiver.arrivals if a.webhook_id in wanted]
+
+    async def publish(self, count: int, conns: int) -> Published:
+        return await self.bench.poster.publish(
+            count, tag=self.tag, conns=conns, run=self.bench.run, body=self.bench.body
+        )
+
+    async def admin(
+        self, http: aiohttp.ClientSession, method: str, path: str, body: Any = None
+    ) -> Any:
+        async with http.request(method, self.base + path, json=body, headers=self.headers) as r:
+            answer = await r.json()
+            if r.status >= 300:
+                raise RuntimeError(f"webhook admin API: {method} {path}: {r.status} {answer}")
+            return answer
+
+
+async def scenario(bench: Bench, admin_token: str | None) -> dict[str, Any]:
+    """Run the webhook scenario (skipped without an admin token of the wire)."""
+    if not admin_token:
+        bench.progress.done("webhook: skipped (needs an admin token: WIRE_ADMIN_TOKENS)")
+        return {"skipped": "no admin token"}
+    return await Scenario(bench, admin_token).run()
