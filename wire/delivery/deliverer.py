@@ -220,27 +220,41 @@ class Deliverer:
             if not page:
                 break
             chosen = await self.store.redact([e for e in page if wanted.passes(e)])
+            # The secret doubles as the lease check before a POST: None means
+            # "check first" (an await came in between: the page read).
+            secret: str | None = None
             for entry in chosen:
                 view = grant.view(entry)
                 if view is not None:
-                    await self._send(webhook, view, http)
-            cursor = page[-1].key
+                    secret = await self._send(webhook, view, http, secret)
+                    cursor = entry.key
             # Entries that did not match move the cursor too, so a resume
             # (or the lag count) does not walk them again.
-            if not await self.registry.advance(webhook.id, self.token, cursor):
-                raise LeaseLost
+            if cursor != page[-1].key:
+                cursor = page[-1].key
+                if not await self.registry.advance(webhook.id, self.token, cursor):
+                    raise LeaseLost
         return cursor
 
-    async def _send(self, webhook: Webhook, entry: Entry, http: aiohttp.ClientSession) -> None:
-        """POST one entry until a 2xx; raise LeaseLost when delivery must stop."""
+    async def _send(
+        self, webhook: Webhook, entry: Entry, http: aiohttp.ClientSession, secret: str | None
+    ) -> str:
+        """POST one entry until a 2xx; raise LeaseLost when delivery must stop.
+
+        ``secret`` is the answer of a lease check made with no await since
+        (None: check now). Returns the next one: the cursor write answers it,
+        so a run of items costs one Redis round trip each, and nothing is
+        POSTed once a pause or delete has answered.
+        """
         body = frames.item_message(entry.json)
         attempt = 0
         settings = self.settings
         while True:
             self.lag[webhook.id] = max(0.0, time.time() - entry.key[0] / 1000)
-            secret = await self.registry.secret(webhook.id)
             if secret is None:
-                raise LeaseLost
+                secret = await self.registry.check(webhook.id, self.token)
+                if secret is None:
+                    raise LeaseLost
             headers = signing.headers(secret, entry.id, int(time.time()), body)
             refused = refusal(webhook.url, settings.webhook_allow_private)
             if refused is None:
@@ -248,12 +262,13 @@ class Deliverer:
             else:
                 status, error = 0, "refused: " + refused
             if 200 <= status < 300:
-                if not await self.registry.advance(
+                following = await self.registry.advance(
                     webhook.id, self.token, entry.key, delivered=1, last_status=status
-                ):
+                )
+                if following is None:
                     raise LeaseLost
                 self.delivered[webhook.id] = self.delivered.get(webhook.id, 0) + 1
-                return
+                return following
             self.failures[webhook.id] = self.failures.get(webhook.id, 0) + 1
             outcome = await self.registry.failed(
                 webhook.id, self.token, time.time(), status, error, settings.webhook_disable_after
@@ -266,6 +281,7 @@ class Deliverer:
                 backoff(attempt, settings.webhook_backoff, settings.webhook_backoff_max)
             )
             attempt += 1
+            secret = None
 
     @staticmethod
     async def _post(

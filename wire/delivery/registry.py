@@ -3,8 +3,10 @@
 Each write is one Lua script that checks before it writes: a cursor moves
 only while the caller still holds the webhook's lease (a deliverer that lost
 it, paused or SIGKILLed and replaced, can never move a cursor backwards or
-past what the new holder sent), and pause and delete drop the lease so the
-holder stops at its next renewal.
+past what the new holder sent), and pause and delete drop the lease. The
+holder checks its lease right before every POST (:meth:`Registry.check`, or
+the answer of the previous item's cursor write), so once a pause or delete
+has answered, at most the one POST already under way arrives.
 """
 
 from __future__ import annotations
@@ -65,10 +67,11 @@ return 1
 """
 
 #: ARGV: lease token, new cursor, delivered increment, last_status ('' keeps it),
-#: '1' to mark history_truncated. Moves the cursor forward only.
+#: '1' to mark history_truncated. Moves the cursor forward only. Answers the
+#: secret (false when the lease is lost): the deliverer's check before its next POST.
 _ADVANCE = """
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return false end
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 redis.call('HSET', KEYS[1], 'cursor', ARGV[2])
 if ARGV[3] ~= '0' then
   redis.call('HINCRBY', KEYS[1], 'delivered', ARGV[3])
@@ -76,7 +79,13 @@ if ARGV[3] ~= '0' then
 end
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'last_status', ARGV[4]) end
 if ARGV[5] == '1' then redis.call('HSET', KEYS[1], 'history_truncated', '1') end
-return 1
+return redis.call('HGET', KEYS[1], 'secret')
+"""
+
+#: ARGV: lease token. The secret while the lease is ours (false when lost).
+_CHECK = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return false end
+return redis.call('HGET', KEYS[1], 'secret')
 """
 
 #: ARGV: lease token, now (s), last_status, last_error, disable_after (s).
@@ -177,6 +186,7 @@ class Registry:
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
         self._advance = redis.register_script(_ADVANCE)
+        self._check = redis.register_script(_CHECK)
         self._failed = redis.register_script(_FAILED)
 
     async def create(self, fields: dict[str, str]) -> str:
@@ -232,14 +242,29 @@ class Registry:
         delivered: int = 0,
         last_status: int | None = None,
         truncated: bool = False,
-    ) -> bool:
-        """Move the cursor (and count a delivery); False when the lease is lost."""
+    ) -> str | None:
+        """Move the cursor (and count a delivery); the secret, or None when the lease is lost.
+
+        The secret comes from the same script that found the lease still ours,
+        so the answer is also the check before the next POST (see
+        :meth:`check`).
+        """
         k = [keys.webhook(webhook_id), keys.webhook_lease(webhook_id)]
         args: list[str | int] = [
             token, format_id(cursor), delivered,
             "" if last_status is None else str(last_status), "1" if truncated else "",
         ]
-        return bool(await self._advance(keys=k, args=args))
+        return _text(await self._advance(keys=k, args=args))
+
+    async def check(self, webhook_id: str, token: str) -> str | None:
+        """The current secret while the lease is ours, else None.
+
+        Read right before each POST (no other await in between), so a pause,
+        delete or take-over answered before it stops delivery at once, and a
+        rotation applies to the very next POST.
+        """
+        k = [keys.webhook(webhook_id), keys.webhook_lease(webhook_id)]
+        return _text(await self._check(keys=k, args=[token]))
 
     async def failed(
         self, webhook_id: str, token: str, now: float, status: int, error: str,
@@ -249,7 +274,6 @@ class Registry:
         k = [keys.webhook(webhook_id), keys.webhook_lease(webhook_id)]
         return int(await self._failed(keys=k, args=[token, now, status, error, disable_after]))
 
-    async def secret(self, webhook_id: str) -> str | None:
-        """The current secret (re-read per delivery, so a rotation applies at once)."""
-        raw: Any = await self.redis.hget(keys.webhook(webhook_id), "secret")
-        return raw.decode() if raw else None
+
+def _text(raw: Any) -> str | None:
+    return raw.decode() if isinstance(raw, bytes) else None
