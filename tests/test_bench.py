@@ -27,6 +27,7 @@ TINY = [
     "--resume-live", "2",
     "--publish-items", "40",
     "--publish-clients", "4",
+    "--webhook-items", "20",
     "--sample", "4",
     "--timeout", "3",
 ]  # fmt: skip
@@ -70,6 +71,17 @@ def test_a_gateway_that_drops_or_repeats_an_item_fails_verification(
     assert not report["verification"]["ok"]
     assert any(complaint in f and "1 of 12 connections" in f for f in failures), failures
     assert "verification FAILED" in err
+
+
+def test_the_webhook_scenario_delivers_every_item_once_in_order() -> None:
+    code, report, err = bench(*TINY, "--scenarios", "webhook", "--no-baseline")
+    assert code == 0, err[-3000:]
+    assert report["verification"] == {"ok": True, "failures": []}
+    found = report["results"]["wire"]["webhook"]
+    assert found["verified"] and found["items"] == 20 and found["bad_signatures"] == 0
+    assert {"items_per_s", "drain_items_per_s", "latency_p50_ms", "latency_p99_ms"} <= set(found)
+    metrics = {t["metric"] for t in report["targets"] if t["scenario"].startswith("webhook")}
+    assert "delivered items/s (backlog drain)" in metrics
 
 
 def test_the_table_names_each_scenario_and_the_verdict() -> None:

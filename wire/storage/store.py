@@ -543,6 +543,15 @@ class Store:
         async for found, _ in self._walk(read, after, Filter(keys, languages), budget):
             yield found
 
+    async def pages_to_end(
+        self, after: StreamKey, wanted: Filter, budget: int
+    ) -> AsyncIterator[tuple[list[Entry], bool]]:
+        """Like :meth:`pages_after` to the stream's end within ``budget``, each page
+        with True once the end was reached (False: more may follow, or the budget
+        ran out), so a count can say whether it is exact."""
+        async for found, onward in self._walk(self._reader_after(None), after, wanted, budget):
+            yield found, onward is None
+
     async def pages_raw(
         self, after: StreamKey, upto: StreamKey | None
     ) -> AsyncIterator[tuple[list[Entry], bool]]:

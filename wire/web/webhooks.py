@@ -32,8 +32,10 @@ from wire.web.http import json_response
 from wire.web.metrics import METRICS
 
 MAX_DESCRIPTION = 500
-#: Most matching entries ``GET /v1/webhooks/<id>`` counts as its ``lag``.
+#: Most matching entries ``GET /v1/webhooks/<id>`` counts as its ``lag``...
 LAG_LIMIT = 1_000
+#: ...and most stream entries it reads to count them.
+LAG_SCAN = 10 * LAG_LIMIT
 DELIVERER = web.AppKey("deliverer", Deliverer)
 
 
@@ -131,26 +133,28 @@ async def list_webhooks(request: web.Request) -> web.Response:
 
 
 async def get_webhook(request: web.Request) -> web.Response:
-    """One webhook with its ``lag``: matching entries after its cursor (counted up to 1,000)."""
+    """One webhook with its ``lag``: matching entries after its cursor (see :func:`_lag`)."""
     require_admin(request)
     webhook = await _found(request)
     return json_response({"webhook": {**webhook.public(), **await _lag(request, webhook)}})
 
 
 async def _lag(request: web.Request, webhook: Webhook) -> dict[str, Any]:
+    """``lag``, counted up to LAG_LIMIT over at most LAG_SCAN stream entries, and
+    ``lag_exact``: False when either bound stopped the count (then ``lag`` is a
+    lower bound) or the partner's grant is gone (``lag`` None)."""
     store: Store = request.app[STORE]
     grant = webhook_grant(webhook, request.app[ENTITLEMENTS])
     if grant is None:
-        return {"lag": None}
+        return {"lag": None, "lag_exact": False}
     wanted = Filter(grant.narrow(frozenset(webhook.tags)), frozenset(webhook.languages))
-    count = 0
-    async for page in store.pages_after(
-        webhook.cursor, None, wanted.keys, budget=LAG_LIMIT * 10, languages=wanted.languages
-    ):
+    count, exact = 0, False
+    async for page, at_end in store.pages_to_end(webhook.cursor, wanted, LAG_SCAN):
         count += len(grant.visible(page))
-        if count >= LAG_LIMIT:
+        exact = at_end and count <= LAG_LIMIT
+        if count > LAG_LIMIT:
             break
-    return {"lag": min(count, LAG_LIMIT)}
+    return {"lag": min(count, LAG_LIMIT), "lag_exact": exact}
 
 
 async def delete_webhook(request: web.Request) -> web.Response:
