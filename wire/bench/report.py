@@ -135,6 +135,7 @@ def webhook_rows(results: dict[str, Any]) -> list[Row]:
     shown = [
         ("items_per_s", "delivered items/s (from first publish)", "/s", True),
         ("drain_items_per_s", "delivered items/s (backlog drain)", "/s", True),
+        ("deliverer_cpu_us_per_item", "deliverer CPU per item (backlog)", "us", False),
         ("latency_p50_ms", "p50 publish->receiver", "ms", False),
         ("latency_p99_ms", "p99 publish->receiver", "ms", False),
     ]
@@ -153,6 +154,8 @@ def _fmt(value: float | None, unit: str) -> str:
         return f"{value:,.0f}"
     if unit == "ms":
         return f"{value:.1f} ms"
+    if unit == "us":
+        return f"{value:.0f} us"
     if unit == "KiB":
         return f"{value:.1f} KiB"
     return f"{value:.2f} {unit}"

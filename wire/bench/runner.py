@@ -70,6 +70,8 @@ class Setup:
     token: str = ""
     #: For the webhook scenario (None: skip it).
     admin_token: str | None = None
+    #: The process that runs the webhook deliverer (None: not ours to measure).
+    publisher_pid: int | None = None
     children: list[Child] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -111,6 +113,7 @@ async def start(args: argparse.Namespace, cfg: Config, workdir: Path) -> Setup:
             )
         )
         s.publisher_url = f"http://127.0.0.1:{pub_port}"
+        s.publisher_pid = s.children[-1].pid
         if args.sut == "wire":
             env = {**loop_env, **dict(v.split("=", 1) for v in args.gateway_env)}
             argv = ["gateway", "--redis", redis_url]
@@ -149,6 +152,7 @@ class Plan:
         self.systems = setup.systems
         self.cfg = cfg
         self.admin_token = setup.admin_token
+        self.publisher_pid = setup.publisher_pid
         self.want = set(cfg.scenarios)
         self.results: dict[str, dict[str, Any]] = {s.name: {} for s in setup.systems}
         self.latency_done: dict[str, set[int]] = {s.name: set() for s in setup.systems}
@@ -165,7 +169,7 @@ class Plan:
             self.results.setdefault("wire", {})["publisher"] = await self.bench.publisher()
         if "webhook" in self.want:
             self.results.setdefault("wire", {})["webhook"] = await webhook.scenario(
-                self.bench, self.admin_token
+                self.bench, self.admin_token, self.publisher_pid
             )
         return self.results
 

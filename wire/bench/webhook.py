@@ -10,7 +10,8 @@ sets for the wire it starts). Three phases:
   publisher's process, which runs the deliverer, is busy publishing too);
 - **backlog**: the webhook paused while N more are published, then resumed;
   items/s from the first item received to the last (``drain_items_per_s``:
-  what the one deliverer sustains on its own);
+  what the one deliverer sustains on its own) and the CPU its process spent
+  per item (``deliverer_cpu_us_per_item``, when the bench started the wire);
 - **latency**: items at a fixed rate; publish -> receiver arrival percentiles
   (each item carries the ``time.monotonic_ns()`` taken before its request).
 
@@ -32,7 +33,7 @@ import orjson
 from aiohttp import web
 
 from wire.bench.poster import Published
-from wire.bench.procs import free_port
+from wire.bench.procs import cpu_seconds, free_port
 from wire.bench.scenarios import Bench, percentile
 from wire.core.ids import parse_id
 from wire.delivery import signing
@@ -129,8 +130,9 @@ def check(label: str, got: list[Arrival], expected: list[str], bench: Bench) -> 
 class Scenario:
     """One webhook, one receiver, the two phases."""
 
-    def __init__(self, bench: Bench, admin_token: str) -> None:
+    def __init__(self, bench: Bench, admin_token: str, deliverer_pid: int | None) -> None:
         self.bench = bench
+        self.pid = deliverer_pid
         self.base = f"http://{bench.poster.host}:{bench.poster.port}"
         self.headers = {"Authorization": f"Bearer {admin_token}"}
         self.receiver = Receiver()
@@ -180,6 +182,7 @@ class Scenario:
             **throughput,
             "drain_items_per_s": backlog["drain_items_per_s"],
             "drain_seconds": backlog["drain_seconds"],
+            "deliverer_cpu_us_per_item": backlog["deliverer_cpu_us_per_item"],
             **{f"latency_{k}": v for k, v in latency.items()},
             "bad_signatures": self.receiver.bad_signatures,
             "verified": verified and delivered == total and not self.receiver.bad_signatures,
@@ -217,9 +220,11 @@ class Scenario:
         progress.step(label)
         await self.admin(http, "POST", f"/v1/webhooks/{webhook_id}/pause")
         pub = await self.publish(n, cfg.posters)
+        cpu = cpu_seconds([self.pid]) if self.pid else math.nan
         await self.admin(http, "POST", f"/v1/webhooks/{webhook_id}/resume")
         # It is taken up at the deliverer's next lease round: time first to last arrival.
         got = await self.receiver.wait(pub.ids, cfg.timeout + 15, cfg.timeout + 15)
+        cpu = (cpu_seconds([self.pid]) if self.pid else math.nan) - cpu
         ok = self.bench.published_ok(label, pub, n) and check(label, got, pub.ids, self.bench)
         first = min((a.at_ns for a in got), default=0)
         last = max((a.at_ns for a in got), default=0)
@@ -227,9 +232,14 @@ class Scenario:
             "items": n,
             "drain_seconds": (last - first) / 1e9,
             "drain_items_per_s": (len(got) - 1) / max(1, last - first) * 1e9,
+            # Robust on a shared machine, unlike the rate: the deliverer's process.
+            "deliverer_cpu_us_per_item": cpu / max(1, len(got)) * 1e6,
             "verified": ok,
         }
-        progress.done(f"{label}: {result['drain_items_per_s']:,.0f} items/s delivered")
+        progress.done(
+            f"{label}: {result['drain_items_per_s']:,.0f} items/s delivered, "
+            f"{result['deliverer_cpu_us_per_item']:.0f} us of deliverer CPU each"
+        )
         return result
 
     async def latency(self) -> dict[str, Any]:
@@ -277,9 +287,15 @@ class Scenario:
             return answer
 
 
-async def scenario(bench: Bench, admin_token: str | None) -> dict[str, Any]:
-    """Run the webhook scenario (skipped without an admin token of the wire)."""
+async def scenario(
+    bench: Bench, admin_token: str | None, deliverer_pid: int | None = None
+) -> dict[str, Any]:
+    """Run the webhook scenario (skipped without an admin token of the wire).
+
+    ``deliverer_pid``: the process running the deliverer (the publisher the
+    bench started), whose CPU per delivered item the backlog phase reports.
+    """
     if not admin_token:
         bench.progress.done("webhook: skipped (needs an admin token: WIRE_ADMIN_TOKENS)")
         return {"skipped": "no admin token"}
-    return await Scenario(bench, admin_token).run()
+    return await Scenario(bench, admin_token, deliverer_pid).run()
