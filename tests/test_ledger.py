@@ -28,6 +28,7 @@ from tests.support import (
     ROOT,
     Receiver,
     eventually,
+    free_port,
     get_json,
     publish,
     sse_items,
@@ -53,7 +54,10 @@ from wire.core.ledger import (
     rfc3339,
     trim,
 )
-from wire.storage import keys
+from wire.runtime.settings import Settings
+from wire.storage import keys, scripts
+from wire.storage.ledger import FLUSH_ERRORS, Ledger
+from wire.storage.store import connect
 
 ADMIN = "admin-token-for-ledger"
 #: Hostile partner names: a ':' (the subscriber-token separator), NUL, a
@@ -260,6 +264,12 @@ async def test_sse_feed_and_history_reads_by_named_tokens_are_recorded_by_channe
     status, _ = await get_json(http, f"{base}/v1/stories/channels", headers=bearer("anon-token"))
     assert status == 200
     story = await story_deliveries(http, wire, "channels")
+    async with http.get(f"{base}/metrics") as resp:
+        metrics = await resp.text()
+    assert "wire_ledger_dropped_records_total 0.0" in metrics
+    assert "wire_ledger_records_written_total" in metrics
+    status, ready = await get_json(http, f"{base}/readyz")
+    assert status == 200 and ready["checks"]["task:ledger"] is True
     assert table(story) == {
         ("Alpha", "feed"): ([1, 2], None),
         ("Alpha", "history"): ([1, 2], None),
@@ -359,6 +369,33 @@ async def test_named_subscriber_tokens_keep_old_configs_working(
     assert status == 401
     story = await story_deliveries(http, server, "cfg")
     assert table(story) == {("Named", "history"): ([1], None)}
+
+
+async def test_while_redis_is_down_records_stay_bounded_and_drops_are_counted(
+    redis_url: str,
+) -> None:
+    down = Settings(redis_url=f"redis://127.0.0.1:{free_port()}", ledger_pending=3)
+    client = connect(down.redis_url or "")
+    tally = Tally()
+    ledger = Ledger(client, down, tally)
+    for i in range(5):  # the third add passes the cap: aggregated at once
+        tally.add("P", "websocket", [entry(f"{i + 1}-0", f"g{i}", 1)])
+    assert len(tally.pending) == 2 and len(ledger.unsent) == 3
+    with pytest.raises(FLUSH_ERRORS):  # a real refused connection
+        await ledger.flush()
+    # Kept for the next flush, the oldest two dropped and counted.
+    assert [k[0] for k in ledger.unsent] == ["g2", "g3", "g4"] and ledger.dropped == 2
+    await client.aclose()
+    # Redis back (here: another one that answers): the kept records go out.
+    up = connect(redis_url)
+    ledger.redis, ledger._script = up, up.register_script(scripts.LEDGER)
+    await ledger.flush()
+    assert ledger.unsent == {} and ledger.written == 3
+    fields: Any = await up.hgetall(keys.ledger("g4"))
+    records, _ = parse_records(fields)
+    assert [(r.partner, r.channel, r.mark) for r in records] == [("P", "websocket", 1)]
+    assert await up.ttl(keys.ledger("g4")) > 86_400
+    await up.aclose()
 
 
 # ---- wire ledger --------------------------------------------------------------

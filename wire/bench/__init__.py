@@ -145,6 +145,12 @@ def add_command(sub: Any) -> None:
     t.add_argument("--url", help="gateway base URL, e.g. http://127.0.0.1:8080")
     t.add_argument("--publisher-url", help="publisher base URL (default: --url)")
     t.add_argument("--token", help="editor token (default: first of WIRE_EDITOR_TOKENS)")
+    t.add_argument(
+        "--subscriber-token",
+        metavar="TOKEN",
+        help="token the subscribers present; with --gateway-env "
+        "WIRE_SUBSCRIBER_TOKENS=name:TOKEN they are a named partner (the ledger records them)",
+    )
     t.add_argument("--gateway-pid", type=int, help="gateway pid, for the memory scenario")
     t.add_argument("--redis", metavar="URL", help="Redis of that wire, to run the baseline on")
     o = p.add_argument_group("output")
