@@ -99,8 +99,22 @@ def aggregate(pending: Iterable[Pending], into: dict[RecordKey, Span]) -> None:
     Each entry's version is read from its JSON once per call, however many
     connections received it.
     """
-    marks: dict[str, Mark] = {}
+    # Many connections of one partner get the same entries in one batch: each
+    # distinct (partner, channel, entries) is expanded once, found by the
+    # entries' identities (an Entry hashes and compares by identity, in C,
+    # not per entry in Python).
+    groups: dict[tuple[str, str, tuple[Entry, ...]], list[Any]] = {}
     for partner, channel, entries, at in pending:
+        sig = (partner, channel, tuple(entries))
+        group = groups.get(sig)
+        if group is None:
+            groups[sig] = [partner, channel, entries, at, at]
+        elif at < group[3]:
+            group[3] = at
+        elif at > group[4]:
+            group[4] = at
+    marks: dict[str, Mark] = {}
+    for partner, channel, entries, first, last in groups.values():
         for entry in entries:
             mark = marks.get(entry.id)
             if mark is None:
@@ -108,9 +122,9 @@ def aggregate(pending: Iterable[Pending], into: dict[RecordKey, Span]) -> None:
             key = (entry.guid, partner, channel, mark)
             span = into.get(key)
             if span is None:
-                into[key] = (at, at)
-            elif at < span[0] or at > span[1]:
-                into[key] = (min(at, span[0]), max(at, span[1]))
+                into[key] = (first, last)
+            elif first < span[0] or last > span[1]:
+                into[key] = (min(first, span[0]), max(last, span[1]))
 
 
 def merge(older: dict[RecordKey, Span], newer: dict[RecordKey, Span]) -> dict[RecordKey, Span]:
