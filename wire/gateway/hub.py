@@ -200,6 +200,8 @@ class Hub:
         touched: list[Conn] = []
         overflowed: list[Conn] = []
         named, anonymous = self.named, self.tally.anonymous
+        #: Anonymous connections per index set, while some connections are named.
+        counted: dict[int, int] = {}
         for entry in entries:
             lists = [index[k] for k in entry.routes if k in index]
             if languages:
@@ -209,7 +211,9 @@ class Hub:
             targets = lists[0] if len(lists) == 1 else set().union(*lists)
             # The ledger's anonymous count: one addition per entry, not per
             # connection (named connections are recorded by name in write).
-            reached = len(targets) - len(named & targets) if named else len(targets)
+            reached = len(targets)
+            if named:
+                reached = self._anonymous(targets, len(lists) == 1, counted)
             if reached:
                 anonymous[entry.guid] = anonymous.get(entry.guid, 0) + reached
             for conn in targets:
@@ -232,6 +236,16 @@ class Hub:
                     out.append(entry)
         self._send_shares(touched, overflowed)
         self._remember(entries)
+
+    def _anonymous(self, targets: set[Conn], indexed: bool, counted: dict[int, int]) -> int:
+        """How many of ``targets`` are anonymous; an index set's count is kept for
+        the batch (its entries mostly share one), a union's is not (its id may be reused)."""
+        if not indexed:
+            return len(targets) - len(self.named & targets)
+        found = counted.get(id(targets))
+        if found is None:
+            found = counted[id(targets)] = len(targets) - len(self.named & targets)
+        return found
 
     def _send_shares(self, touched: list[Conn], overflowed: list[Conn]) -> None:
         """After a batch's dispatch: close whom it overflowed, write each share."""
