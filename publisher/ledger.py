@@ -44,18 +44,18 @@ def record(request: web.Request, grant: Grant, channel: str, entries: Sequence[E
 async def delivered_to(request: web.Request, guid: str) -> list[str]:
     """The partners that received any version of ``guid``, after flushing this
     process's records (other processes' arrive within their flush interval)."""
-    ledger_ = request.app[LEDGER]
-    await ledger_.flush()
-    return ledger.delivered_to((await ledger_.read(guid)).records)
+    book = request.app[LEDGER]
+    await book.flush()
+    return ledger.delivered_to((await book.read(guid)).records)
 
 
 async def get_deliveries(request: web.Request) -> web.Response:
     """Who received which versions of a story, by channel (admin only)."""
     require_admin(request)
     guid = request.match_info["guid"]
-    ledger_ = request.app[LEDGER]
-    await ledger_.flush()
-    found = await ledger_.read(guid)
+    book = request.app[LEDGER]
+    await book.flush()
+    found = await book.read(guid)
     if not found.exists:
         raise NotFound(f"no story with guid {quoted(guid)}")
     return json_response(
