@@ -200,7 +200,7 @@ class Hub:
         touched: list[Conn] = []
         overflowed: list[Conn] = []
         named, anonymous = self.named, self.tally.anonymous
-        #: Anonymous connections per index set, while some connections are named.
+        # Anonymous connections per index set, while some connections are named.
         counted: dict[int, int] = {}
         for entry in entries:
             lists = [index[k] for k in entry.routes if k in index]
