@@ -1,4 +1,5 @@
-"""Who may do what at the publisher: editors write, readers read (maybe within a grant)."""
+"""Who may do what at the publisher: editors write, readers read (maybe within a grant),
+admins manage partners' delivery and read the ledger."""
 
 from __future__ import annotations
 
@@ -12,6 +13,11 @@ from wire.web.appkeys import ENTITLEMENTS, SETTINGS
 def require_editor(request: web.Request) -> None:
     """Raise Unauthorized unless the request carries an editor token."""
     require(bearer(request.headers), request.app[SETTINGS].editor_tokens, what="editor")
+
+
+def require_admin(request: web.Request) -> None:
+    """Raise Unauthorized unless the request carries an admin token (``WIRE_ADMIN_TOKENS``)."""
+    require(bearer(request.headers), request.app[SETTINGS].admin_tokens, what="admin")
 
 
 def require_reader(request: web.Request) -> Grant:

@@ -26,7 +26,9 @@ from aiohttp import web
 
 from publisher.access import require_reader
 from publisher.items import query_languages, query_tags
+from publisher.ledger import record
 from wire.core.errors import ValidationError
+from wire.core.ledger import FEED
 from wire.core.tokens import bearer
 from wire.web.appkeys import SETTINGS, STORE
 
@@ -83,6 +85,7 @@ async def atom_feed(request: web.Request) -> web.Response:
     for item in items:
         item["first_published"] = firsts.get(item["guid"], item["published_at"])
     feed = _feed(request, query, agency, items)
+    record(request, grant, FEED, entries)
     body = ET.tostring(feed, encoding="utf-8", xml_declaration=True)
     return web.Response(body=body, headers=headers, content_type=MEDIA_TYPE, charset="utf-8")
 

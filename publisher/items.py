@@ -15,6 +15,7 @@ from aiohttp import web
 
 from publisher.access import require_editor, require_reader
 from publisher.embargo import accept_embargoed
+from publisher.ledger import record
 from publisher.longpoll import poll_after, query_wait
 from wire.core import ninjs
 from wire.core.errors import (
@@ -31,6 +32,7 @@ from wire.core.errors import (
 from wire.core.ids import StreamKey, format_id, parse_cursor, parse_id
 from wire.core.items import parse_submission
 from wire.core.language import normalize_language
+from wire.core.ledger import HISTORY
 from wire.core.tags import WILDCARD, normalize_tags
 from wire.storage.store import Filter, body_hash
 from wire.web.appkeys import SETTINGS, STORE
@@ -173,6 +175,7 @@ async def list_items(request: web.Request) -> web.Response:
             tags, limit, before=start, languages=wanted.languages
         )
         entries, going_on = grant.visible(scan.entries), scan.next
+    record(request, grant, HISTORY, entries)
     items = b",".join(e.json for e in entries)
     tail = b',"next":"%s"' % format_id(going_on).encode() if going_on is not None else b""
     return raw_json(b'{"items":[' + items + b"]" + tail + b"}")
@@ -200,7 +203,9 @@ async def get_item(request: web.Request) -> web.Response:
         item = orjson.loads(entry.json)
         story = [] if item.get("version") == 1 else grant.visible(await store.story(entry.guid))
         first = ninjs.first_created([item, *(orjson.loads(v.json) for v in story)])
+        record(request, grant, HISTORY, [entry])
         return ninjs_response(ninjs.to_ninjs(item, first))
+    record(request, grant, HISTORY, [entry])
     return raw_json(b'{"item":' + entry.json + b"}")
 
 

@@ -7,10 +7,12 @@ from aiohttp import web
 
 from publisher.access import require_editor, require_reader
 from publisher.items import ninjs_response, read_json
+from publisher.ledger import delivered_to, record
 from wire.core import ninjs
 from wire.core.entry import Entry
 from wire.core.errors import NotFound, ValidationError, quoted
 from wire.core.items import check_text
+from wire.core.ledger import HISTORY
 from wire.web.appkeys import STORE
 from wire.web.http import raw_json
 
@@ -36,6 +38,7 @@ async def get_story(request: web.Request) -> web.Response:
     versions = grant.visible(await store.story(guid))
     if not versions:
         raise NotFound(f"no story with guid {quoted(guid)}")
+    record(request, grant, HISTORY, versions)
     if as_ninjs:  # the current version as ninjs, every version in "wire:versions"
         return ninjs_response(ninjs.story_to_ninjs([orjson.loads(v.json) for v in versions]))
     current = versions[-1]
@@ -65,7 +68,8 @@ def _translation(entry: Entry) -> dict[str, object]:
 
 
 async def withdraw_story(request: web.Request) -> web.Response:
-    """Kill a story: 200 and the withdrawal, delivered to everyone who matched it."""
+    """Kill a story: 200, the withdrawal (delivered to everyone who matched it) and
+    ``delivered_to``, the partners the ledger knows received any version."""
     require_editor(request)
     data = await read_json(request)
     if not isinstance(data, dict):
@@ -73,5 +77,11 @@ async def withdraw_story(request: web.Request) -> web.Response:
     # The reason reaches every subscriber's screen: the item text rules apply.
     reason = check_text(data.get("reason"), "reason", MAX_REASON, required=True, multiline=False)
     assert reason is not None  # required=True
-    published = await request.app[STORE].withdraw(request.match_info["guid"], reason)
-    return raw_json(b'{"item":' + published.json + b"}")
+    guid = request.match_info["guid"]
+    published = await request.app[STORE].withdraw(guid, reason)
+    # Who received the story (the ledger): this process's records are flushed
+    # first; other processes' arrive within their flush interval.
+    partners = await delivered_to(request, guid)
+    return raw_json(
+        b'{"item":' + published.json + b',"delivered_to":' + orjson.dumps(partners) + b"}"
+    )

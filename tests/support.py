@@ -13,21 +13,23 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
 import pytest
 import redis
+from aiohttp import web
 from playwright.async_api import Browser, async_playwright
 
 from wire.storage.embedded import BUNDLED, bundled_server
 
 EDITOR_TOKEN = "editor-token-for-tests"
+T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -265,6 +267,26 @@ async def wait_for(check: Callable[[], Any], what: str, within: float = 15.0) ->
         await asyncio.sleep(0.01)
 
 
+async def eventually(
+    fetch: Callable[[], Awaitable[T]],
+    check: Callable[[T], bool],
+    what: str,
+    within: float = 15.0,
+) -> T:
+    """Fetch (a real read: an HTTP answer) until ``check`` accepts it; return that answer.
+
+    The async twin of :func:`wait_for`, for conditions only a request can see.
+    """
+    deadline = time.monotonic() + within
+    while True:
+        found = await fetch()
+        if check(found):
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}: last saw {found!r}")
+        await asyncio.sleep(0.02)
+
+
 def parse_frames(data: bytes) -> list[tuple[int, bytes]]:
     """Decode unmasked server-to-client WebSocket frames: (opcode, payload) pairs.
 
@@ -322,3 +344,48 @@ async def sse_items(resp: aiohttp.ClientResponse, count: int) -> list[dict[str, 
         elif line.startswith("data: ") and event == "item":
             got.append(orjson.loads(line[6:]))
     return got
+
+
+@dataclass
+class Receiver:
+    """A webhook endpoint: records every request; ``answer`` picks each status."""
+
+    port: int = field(default_factory=free_port)
+    requests: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    answer: Callable[[int], int] = lambda n: 200
+    delay: float = 0.0
+    runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def ok(self) -> list[tuple[dict[str, str], bytes]]:
+        """The requests answered 2xx, in arrival order."""
+        return [r for r in self.requests if r[0]["x-answered"] == "200"]
+
+    def ok_ids(self) -> list[str]:
+        return [h["webhook-id"] for h, _ in self.ok()]
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        status = self.answer(len(self.requests))
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        headers["x-answered"] = str(status)
+        self.requests.append((headers, body))
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        return web.Response(status=status)
+
+    async def start(self) -> Receiver:
+        app = web.Application()
+        app.router.add_post("/hook", self.handle)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+        return self
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None

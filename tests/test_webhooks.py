@@ -15,18 +15,24 @@ import hmac
 import importlib
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
 import pytest
-from aiohttp import web
 
 from tests.conftest import Server, ServerFactory
-from tests.support import EDITOR_TOKEN, WireProcess, free_port, get_json, publish, wait_for
+from tests.support import (
+    EDITOR_TOKEN,
+    Receiver,
+    WireProcess,
+    free_port,
+    get_json,
+    publish,
+    wait_for,
+)
 from wire.core.ids import parse_id
 from wire.delivery.urls import public
 from wire.web.webhooks import DELIVERER
@@ -49,51 +55,6 @@ def verify(secret: str, headers: Any, body: bytes) -> None:
     versions = [s.split(",", 1) for s in headers["webhook-signature"].split(" ")]
     assert ["v1", expected] in versions
     assert abs(int(headers["webhook-timestamp"]) - time.time()) < 300
-
-
-@dataclass
-class Receiver:
-    """A webhook endpoint: records every request; ``answer`` picks each status."""
-
-    port: int = field(default_factory=free_port)
-    requests: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
-    answer: Callable[[int], int] = lambda n: 200
-    delay: float = 0.0
-    runner: web.AppRunner | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
-
-    def ok(self) -> list[tuple[dict[str, str], bytes]]:
-        """The requests answered 2xx, in arrival order."""
-        return [r for r in self.requests if r[0]["x-answered"] == "200"]
-
-    def ok_ids(self) -> list[str]:
-        return [h["webhook-id"] for h, _ in self.ok()]
-
-    async def handle(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        status = self.answer(len(self.requests))
-        headers = {k.lower(): v for k, v in request.headers.items()}
-        headers["x-answered"] = str(status)
-        self.requests.append((headers, body))
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        return web.Response(status=status)
-
-    async def start(self) -> Receiver:
-        app = web.Application()
-        app.router.add_post("/hook", self.handle)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
-        return self
-
-    async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
-            self.runner = None
 
 
 @pytest.fixture

@@ -151,6 +151,12 @@ def add_command(sub: Any) -> None:
     t.add_argument(
         "--admin-token", help="admin token, for the webhook scenario (default: WIRE_ADMIN_TOKENS)"
     )
+    t.add_argument(
+        "--subscriber-token",
+        metavar="TOKEN",
+        help="token the subscribers present; with --gateway-env "
+        "WIRE_SUBSCRIBER_TOKENS=name:TOKEN they are a named partner (the ledger records them)",
+    )
     t.add_argument("--gateway-pid", type=int, help="gateway pid, for the memory scenario")
     t.add_argument("--redis", metavar="URL", help="Redis of that wire, to run the baseline on")
     o = p.add_argument_group("output")

@@ -49,6 +49,7 @@ def config(args: argparse.Namespace) -> Config:
         timeout=args.timeout,
         baseline=args.baseline,
         baseline_latency_max=args.baseline_latency_max,
+        subscriber_token=args.subscriber_token or "",
     )
 
 

@@ -12,6 +12,7 @@ import asyncio
 import math
 import sys
 import time
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +47,10 @@ class Config:
     timeout: float = 60.0
     baseline: bool = True
     baseline_latency_max: int = 10_000
+    #: The token subscribers present (``?token=``); empty: none. With
+    #: ``WIRE_SUBSCRIBER_TOKENS=name:token`` they are a named partner, which
+    #: the delivery ledger records.
+    subscriber_token: str = ""
 
 
 @dataclass
@@ -125,6 +130,8 @@ class Bench:
         shares = [n // k + (1 if i < n % k else 0) for i in range(k)]
         samples = [self.cfg.sample // k + (1 if i < self.cfg.sample % k else 0) for i in range(k)]
         path = f"/v1/ws?tags={self.tag}{query}"
+        if self.cfg.subscriber_token:
+            path += "&token=" + urllib.parse.quote(self.cfg.subscriber_token, safe="")
         started = time.monotonic()
         results = await self.clients.all(
             "connect",

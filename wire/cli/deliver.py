@@ -15,9 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from wire.core.entitlements import Entitlements, load
+from wire.core.ledger import Tally
 from wire.delivery.deliverer import Deliverer
 from wire.runtime.logs import setup_logging
 from wire.runtime.settings import Settings
+from wire.runtime.supervisor import Supervisor
+from wire.storage.ledger import FLUSH_ERRORS, Ledger
 from wire.storage.store import Store, connect
 
 
@@ -45,14 +48,23 @@ async def _deliver(settings: Settings) -> None:
     entitlements = load(settings.entitlements) if settings.entitlements else Entitlements()
     redis = connect(settings.redis_url)
     watch = connect(settings.redis_url, socket_timeout=15.0)
+    tally = Tally(settings.ledger_pending)
+    ledger = Ledger(redis, settings, tally)
     deliverer = Deliverer(
-        Store(redis, settings), Store(watch, settings), entitlements, settings
+        Store(redis, settings), Store(watch, settings), entitlements, settings, tally
     )
     task = asyncio.create_task(deliverer.run())
+    supervisor = Supervisor()
+    supervisor.start("ledger", ledger.run)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, task.cancel)
     with contextlib.suppress(asyncio.CancelledError):
         await task
+    await supervisor.stop()
+    # The last deliveries' records go out before the process ends (if Redis answers).
+    with contextlib.suppress(*FLUSH_ERRORS):
+        async with asyncio.timeout(2):
+            await ledger.flush()
     await redis.aclose()
     await watch.aclose()

@@ -57,10 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
             "--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)"
         )
     from wire import bench
-    from wire.cli import deliver, demo, export, tail
+    from wire.cli import deliver, demo, export, ledger, tail
     from wire.cli import publish as publish_cmd
 
-    for module in (publish_cmd, tail, demo, bench, export, deliver):
+    for module in (publish_cmd, tail, demo, bench, export, deliver, ledger):
         module.add_command(sub)
     return parser
 

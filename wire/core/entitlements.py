@@ -9,7 +9,12 @@ Loaded once from a small TOML file (``--entitlements path.toml``)::
 
 A limited token may subscribe only to its tags and tags below them (never
 ``*``), and sees an item by any route only if one of the item's tags is
-within them. Tokens from ``WIRE_SUBSCRIBER_TOKENS`` are not limited.
+within them. Tokens from ``WIRE_SUBSCRIBER_TOKENS`` are not limited; one
+written ``name:token`` is named (the delivery ledger records what ``name``
+received), one without a ``:`` stays anonymous. A token that itself contains
+``:`` must therefore be written ``name:token``.
+
+An entry's ``name`` names its partner in the delivery ledger too.
 """
 
 from __future__ import annotations
@@ -17,13 +22,13 @@ from __future__ import annotations
 import hmac
 import tomllib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from wire.core.entry import Entry
 from wire.core.errors import Forbidden, Unauthorized, ValidationError
 from wire.core.tags import WILDCARD, normalize_tags
-from wire.core.tokens import token_ok
+from wire.core.tokens import matching
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +36,8 @@ class Grant:
     """What one token may see: ``tags`` and below, or everything when None."""
 
     tags: frozenset[str] | None = None
+    #: The partner the token names (the delivery ledger's key), None when anonymous.
+    name: str | None = field(default=None, compare=False)
 
     @property
     def limited(self) -> bool:
@@ -123,10 +130,11 @@ def load(path: Path) -> Entitlements:
         token, tags = entry.get("token"), entry.get("tags")
         if not isinstance(token, str) or not token or not isinstance(tags, list) or not tags:
             raise ValidationError(f"{path}: token #{i + 1} needs 'token' and a non-empty 'tags'")
-        grant = Grant(frozenset(normalize_tags(tags)))
+        name = entry.get("name") if isinstance(entry.get("name"), str) else None
+        grant = Grant(frozenset(normalize_tags(tags)), name or None)
         grants.append((token, grant))
-        if isinstance(entry.get("name"), str) and entry["name"]:
-            names.append((entry["name"], grant))
+        if name:
+            names.append((name, grant))
     return Entitlements(tuple(grants), tuple(names))
 
 
@@ -142,15 +150,27 @@ def reader_grant(
     are configured; ``also`` are further unlimited tokens (editors may read).
     Raises Unauthorized for a missing or unknown token.
     """
-    tokens = tuple(subscriber_tokens)
-    if not tokens and not entitlements:
+    named: list[tuple[str | None, str]] = [named_token(t) for t in subscriber_tokens]
+    if not named and not entitlements:
         return EVERYTHING
-    tokens += tuple(also)
+    # Editors' tokens first: a token listed in both is known by its name (the last match).
+    named = [(None, t) for t in also] + named
     if presented is None:
         raise Unauthorized("a subscriber token is required (Authorization: Bearer <token>)")
-    if token_ok(presented, tokens):
-        return EVERYTHING
+    found = matching(presented, [t for _, t in named])
+    if found is not None:
+        name = named[found][0]
+        return EVERYTHING if name is None else Grant(None, name)
     grant = entitlements.grant_for(presented)
     if grant is None:
         raise Unauthorized("the subscriber token is not valid")
     return grant
+
+
+def named_token(configured: str) -> tuple[str | None, str]:
+    """(name, token) of a ``WIRE_SUBSCRIBER_TOKENS`` entry: ``name:token`` or an
+    anonymous ``token`` (split at the first ``:``; an empty name is anonymous)."""
+    name, sep, token = configured.partition(":")
+    if not sep:
+        return None, configured
+    return name or None, token

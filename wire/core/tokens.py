@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from wire.core.errors import Unauthorized
 
@@ -43,6 +43,19 @@ def token_ok(presented: str | None, tokens: Iterable[str]) -> bool:
     for token in tokens:
         ok |= hmac.compare_digest(given, token.encode(errors="surrogateescape"))
     return ok
+
+
+def matching(presented: str, tokens: Sequence[str]) -> int | None:
+    """The index of the token ``presented`` equals (the last such), else None.
+
+    Every token is compared, in constant time, as in :func:`token_ok`.
+    """
+    given = presented.encode(errors="surrogateescape")
+    found: int | None = None
+    for i, token in enumerate(tokens):
+        if hmac.compare_digest(given, token.encode(errors="surrogateescape")):
+            found = i
+    return found
 
 
 def require(presented: str | None, tokens: Iterable[str], *, what: str) -> None:

@@ -34,6 +34,7 @@ from wire.core.entitlements import EVERYTHING, Entitlements, Grant
 from wire.core.entry import Entry
 from wire.core.errors import Forbidden
 from wire.core.ids import StreamKey
+from wire.core.ledger import WEBHOOK, Tally
 from wire.delivery import signing
 from wire.delivery.registry import Registry, Webhook
 from wire.delivery.urls import PublicResolver, refusal
@@ -69,11 +70,21 @@ def webhook_grant(webhook: Webhook, entitlements: Entitlements) -> Grant | None:
     return entitlements.by_name(webhook.partner)
 
 
+def partner_of(webhook: Webhook) -> str:
+    """Whom the ledger says a webhook delivered to: its partner, else ``webhook:<id>``."""
+    return webhook.partner or "webhook:" + webhook.id
+
+
 class Deliverer:
     """Delivers every webhook whose lease this process holds."""
 
     def __init__(
-        self, store: Store, watch_store: Store, entitlements: Entitlements, settings: Settings
+        self,
+        store: Store,
+        watch_store: Store,
+        entitlements: Entitlements,
+        settings: Settings,
+        tally: Tally | None = None,
     ) -> None:
         self.store = store
         #: A client of its own for the blocking XREAD (its socket timeout is longer).
@@ -89,6 +100,8 @@ class Deliverer:
         self.lag: dict[str, float] = {}
         self._newest: StreamKey = (0, 0)
         self._news = asyncio.Event()
+        #: The delivery ledger: every 2xx is recorded (see :func:`partner_of`).
+        self.tally = tally
 
     @property
     def _lease_ms(self) -> int:
@@ -268,6 +281,8 @@ class Deliverer:
                 if following is None:
                     raise LeaseLost
                 self.delivered[webhook.id] = self.delivered.get(webhook.id, 0) + 1
+                if self.tally is not None:
+                    self.tally.add(partner_of(webhook), WEBHOOK, [entry])
                 return following
             self.failures[webhook.id] = self.failures.get(webhook.id, 0) + 1
             outcome = await self.registry.failed(

@@ -44,6 +44,7 @@ class Conn:
         "last_key",
         "on_close",
         "out",
+        "partner",
         "sse",
         "state",
         "transport",
@@ -56,6 +57,8 @@ class Conn:
         self.sse = sse
         #: A limited grant (partner token), else None: see :meth:`visible`.
         self.grant = grant if grant is not None and grant.limited else None
+        #: The named partner reading (recorded in the delivery ledger), None when anonymous.
+        self.partner = grant.name if grant is not None else None
         self.keys: frozenset[str] = frozenset()
         #: Changed only through :func:`wire.gateway.state.step`.
         self.state: State = LIVE

@@ -31,6 +31,7 @@ from wire.core import frames
 from wire.core.closecodes import CloseCode
 from wire.core.entry import LANG_SEP, Entry
 from wire.core.ids import ZERO, StreamKey
+from wire.core.ledger import SSE, WEBSOCKET, Tally
 from wire.core.resume import Window, fresh
 from wire.gateway.backlog import Backlog
 from wire.gateway.conn import Conn, Transport
@@ -82,6 +83,7 @@ class Hub:
         recent: int = 10_000,
         recent_bytes: int = 64 << 20,
         max_catchups: int = 16,
+        tally: Tally | None = None,
     ) -> None:
         self.max_buffer = max_buffer
         self.index: dict[str, set[Conn]] = {}
@@ -102,6 +104,10 @@ class Hub:
         #: Turns for catch-ups that read Redis (see :mod:`wire.gateway.replay`):
         #: each holds a page from Redis and a batch in flight, a few MiB.
         self.catchups = asyncio.Semaphore(max(1, max_catchups))
+        #: The delivery ledger's unflushed records (see :mod:`wire.core.ledger`).
+        self.tally = tally if tally is not None else Tally()
+        #: Attached connections with a named token: the ones the ledger names.
+        self.named: set[Conn] = set()
 
     @property
     def recent(self) -> list[Entry]:
@@ -128,10 +134,13 @@ class Hub:
 
     def attach(self, conn: Conn) -> None:
         self.conns.add(conn)
+        if conn.partner is not None:
+            self.named.add(conn)
 
     def detach(self, conn: Conn) -> None:
         """Forget a connection (idempotent)."""
         self.conns.discard(conn)
+        self.named.discard(conn)
         self.pings.answered(conn)
         self._unindex(conn, conn.keys)
         conn.keys = frozenset()
@@ -190,6 +199,9 @@ class Hub:
         languages = self.languages
         touched: list[Conn] = []
         overflowed: list[Conn] = []
+        named, anonymous = self.named, self.tally.anonymous
+        # Anonymous connections per index set, while some connections are named.
+        counted: dict[int, int] = {}
         for entry in entries:
             lists = [index[k] for k in entry.routes if k in index]
             if languages:
@@ -197,6 +209,13 @@ class Hub:
             if not lists:
                 continue
             targets = lists[0] if len(lists) == 1 else set().union(*lists)
+            # The ledger's anonymous count: one addition per entry, not per
+            # connection (named connections are recorded by name in write).
+            reached = len(targets)
+            if named:
+                reached = self._anonymous(targets, len(lists) == 1, counted)
+            if reached:
+                anonymous[entry.guid] = anonymous.get(entry.guid, 0) + reached
             for conn in targets:
                 # The replay buffer is the replaying states' data: not None
                 # exactly when ``conn.state.replaying`` (a closed connection
@@ -217,6 +236,16 @@ class Hub:
                     out.append(entry)
         self._send_shares(touched, overflowed)
         self._remember(entries)
+
+    def _anonymous(self, targets: set[Conn], indexed: bool, counted: dict[int, int]) -> int:
+        """How many of ``targets`` are anonymous; an index set's count is kept for
+        the batch (its entries mostly share one), a union's is not (its id may be reused)."""
+        if not indexed:
+            return len(targets) - len(self.named & targets)
+        found = counted.get(id(targets))
+        if found is None:
+            found = counted[id(targets)] = len(targets) - len(self.named & targets)
+        return found
 
     def _send_shares(self, touched: list[Conn], overflowed: list[Conn]) -> None:
         """After a batch's dispatch: close whom it overflowed, write each share."""
@@ -259,8 +288,15 @@ class Hub:
         conn.last_key = entries[-1].key
         self.deliveries += len(entries)
         self.send(conn, conn.encode(entries))
+        if conn.partner is not None:
+            self._record(conn, entries)
         if conn.state is not CLOSED and conn.transport.get_write_buffer_size() > HOLD_AT:
             self._fall_behind(conn)
+
+    def _record(self, conn: Conn, entries: Sequence[Entry]) -> None:
+        """The ledger: a named connection was handed ``entries`` (one tuple per write)."""
+        if conn.partner is not None and conn.state is not CLOSED:
+            self.tally.add(conn.partner, SSE if conn.sse else WEBSOCKET, entries)
 
     def _write_items(self, conn: Conn, entries: Sequence[Entry], last: StreamKey) -> None:
         """Write ``entries``, after which the connection has had everything up to ``last``."""
@@ -269,6 +305,8 @@ class Hub:
             return
         self.deliveries += len(entries)
         self.send(conn, conn.encode(entries))
+        if conn.partner is not None:
+            self._record(conn, entries)
         if conn.state is not CLOSED and conn.transport.get_write_buffer_size() > HOLD_AT:
             self._fall_behind(conn)
 
@@ -287,6 +325,8 @@ class Hub:
         if urgent:
             self.deliveries += len(urgent)
             self.send(conn, b"".join([e.ahead_frame for e in conn.visible(urgent)]))
+            if conn.partner is not None:
+                self._record(conn, urgent)
         if backlog.size + conn.transport.get_write_buffer_size() > self.max_buffer:
             self.close(conn, CloseCode.SLOW_CONSUMER, "slow consumer")
 

@@ -24,7 +24,7 @@ from wire.runtime.arrivals import Arrivals
 from wire.runtime.settings import Settings
 from wire.runtime.supervisor import SUPERVISOR
 from wire.storage.store import Store, connect
-from wire.web.appkeys import ARRIVALS, SETTINGS
+from wire.web.appkeys import ARRIVALS, SETTINGS, TALLY
 from wire.web.http import REDIS_DOWN
 
 log = logging.getLogger("wire.gateway.reader")
@@ -107,6 +107,7 @@ async def reader_ctx(app: web.Application) -> AsyncIterator[None]:
         recent=settings.recent_items,
         recent_bytes=settings.recent_bytes,
         max_catchups=settings.max_catchups,
+        tally=app[TALLY],
     )
     # The reader blocks for up to 5 s per XREAD, so it gets its own client
     # whose socket timeout is longer than that.

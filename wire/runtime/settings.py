@@ -113,6 +113,11 @@ class Settings:
     max_waiters: int = 1_000
     #: The agency's name: the Atom feeds' title and the author of items with no byline.
     agency: str = "wire"
+    #: Seconds between the delivery ledger's flushes to Redis (per process).
+    ledger_flush: float = 1.0
+    #: Unflushed ledger entries a process holds (tuples, then aggregated records)
+    #: before it flushes early; while Redis is down, the oldest past it are dropped.
+    ledger_pending: int = 50_000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

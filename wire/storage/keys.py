@@ -52,6 +52,11 @@ def story_ids(guid: str) -> str:
     return PREFIX + "s:" + _digest(guid) + ":ids"
 
 
+def ledger(guid: str) -> str:
+    """Who received which versions of the story ``guid`` (a hash; see wire.storage.ledger)."""
+    return PREFIX + "s:" + _digest(guid) + ":ledger"
+
+
 def translations(guid: str) -> str:
     """The guids of the stories that translate the story ``guid`` (a set)."""
     return PREFIX + "s:" + _digest(guid) + ":translations"

@@ -446,3 +446,54 @@ while left > 0 do
 end
 return {out, 0}
 """
+
+# KEYS: the ledger hash of every story the lines name (variable: see LedgerArgs)
+# ARGV: 1 story_ttl, 2 lines
+# One flush of the delivery ledger (wire.storage.ledger). Each line is
+# "r <key#> <first ms> <last ms> <field>" (a record: its field is JSON, which
+# has no newline) or "a <key#> <count>" (anonymous deliveries). A record keeps
+# its earliest first time and latest last time across flushes and processes.
+# Checks every key's type and every count it adds to before its first write.
+LEDGER = r"""
+for i = 1, #KEYS do
+  local t = redis.call('TYPE', KEYS[i])['ok']
+  if t ~= 'none' and t ~= 'hash' then return {'conflict', KEYS[i]} end
+  local n = redis.call('HGET', KEYS[i], 'anonymous')
+  if n and not tonumber(n) then return {'conflict', KEYS[i]} end
+end
+for line in string.gmatch(ARGV[2], '[^\n]+') do
+  local kind, k, rest = string.match(line, '^(%a) (%d+) (.*)$')
+  local key = KEYS[tonumber(k)]
+  if kind == 'a' then
+    redis.call('HINCRBY', key, 'anonymous', rest)
+  else
+    local first, last, field = string.match(rest, '^(%d+) (%d+) (.*)$')
+    local held = redis.call('HGET', key, field)
+    if held then
+      local f, l = string.match(held, '^(%d+) (%d+)$')
+      if f and tonumber(f) < tonumber(first) then first = f end
+      if l and tonumber(l) > tonumber(last) then last = l end
+    end
+    redis.call('HSET', key, field, first .. ' ' .. last)
+  end
+end
+for i = 1, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[1]) end
+return {'ok'}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerArgs(ScriptArgs):
+    """:data:`LEDGER`: one flush of the delivery ledger.
+
+    Its KEYS are variable (one per story in the flush), so it builds its
+    lists itself: ``stories`` are the KEYS, the rest the ARGV.
+    """
+
+    stories: tuple[str, ...]
+    story_ttl: int
+    lines: bytes
+
+    def lists(self) -> tuple[list[Any], list[Any]]:
+        """The KEYS (every story's ledger key) and ARGV lists."""
+        return list(self.stories), [self.story_ttl, self.lines]

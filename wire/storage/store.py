@@ -108,6 +108,14 @@ class Retention(NamedTuple):
     story_ttl: int
 
 
+def retention(settings: Settings) -> Retention:
+    """Stream MAXLEN, stream MINID and the story keys' ttl (also the delivery ledger's)."""
+    now_ms = int(time.time() * 1000)
+    minid = max(0, now_ms - int(settings.retention_days * 86_400_000))
+    story_ttl = int(settings.retention_days * 86_400) + 86_400
+    return Retention(settings.max_items, minid, story_ttl)
+
+
 #: Reads one page from a cursor: (entries, True when the range may hold more).
 _Read = Callable[[StreamKey | None, int], Awaitable[tuple[list[Entry], bool]]]
 
@@ -223,10 +231,7 @@ class Store:
 
     def _retention(self) -> Retention:
         """Stream MAXLEN, stream MINID and the story keys' ttl, for the write scripts."""
-        now_ms = int(time.time() * 1000)
-        minid = max(0, now_ms - int(self.settings.retention_days * 86_400_000))
-        story_ttl = int(self.settings.retention_days * 86_400) + 86_400
-        return Retention(self.settings.max_items, minid, story_ttl)
+        return retention(self.settings)
 
     async def _write(
         self, script: AsyncScript, call: scripts.ScriptArgs

@@ -13,12 +13,14 @@ from aiohttp import web
 
 from publisher import MAX_BODY, setup_publisher
 from wire.core.entitlements import Entitlements, load
+from wire.core.ledger import Tally
 from wire.gateway.reader import HUB, READER
 from wire.gateway.routes import setup_gateway
 from wire.runtime.settings import Settings
 from wire.runtime.supervisor import SUPERVISOR, Supervisor
+from wire.storage.ledger import FLUSH_ERRORS, Ledger
 from wire.storage.store import Store, connect
-from wire.web.appkeys import ENTITLEMENTS, REDIS, SETTINGS, STORE
+from wire.web.appkeys import ENTITLEMENTS, LEDGER, REDIS, SETTINGS, STORE, TALLY
 from wire.web.cors import add_cors_headers, preflight
 from wire.web.http import (
     REDIS_DOWN,
@@ -51,6 +53,7 @@ def create_app(
     app[SETTINGS] = settings
     app[ENTITLEMENTS] = load(settings.entitlements) if settings.entitlements else Entitlements()
     app[SUPERVISOR] = Supervisor()
+    app[TALLY] = Tally(settings.ledger_pending)
     app.cleanup_ctx.append(_redis_ctx)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -72,7 +75,14 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     redis = connect(settings.redis_url)
     app[REDIS] = redis
     app[STORE] = Store(redis, settings)
+    ledger = app[LEDGER] = Ledger(redis, settings, app[TALLY])
+    app[SUPERVISOR].start("ledger", ledger.run)
     yield
+    await app[SUPERVISOR].stop("ledger")
+    # What this process recorded last goes out before it ends (if Redis answers).
+    with contextlib.suppress(*FLUSH_ERRORS):
+        async with asyncio.timeout(2):
+            await ledger.flush()
     await redis.aclose()
 
 
@@ -83,7 +93,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     """Redis answers, every background task runs (``task:<name>``: the embargo
-    releaser, the gateway's stream reader and keep-alives) and, on a gateway,
+    releaser, the gateway's stream reader and keep-alives, the ledger's flusher) and, on a gateway,
     the stream reader is reading."""
     checks: dict[str, bool] = {}
     try:

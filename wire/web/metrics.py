@@ -25,7 +25,8 @@ from wire.core.entry import Entry
 from wire.core.tokens import bearer, require
 from wire.gateway.hub import Hub
 from wire.gateway.reader import HUB, READER, Reader
-from wire.web.appkeys import SETTINGS, STORE
+from wire.storage.ledger import Ledger
+from wire.web.appkeys import LEDGER, SETTINGS, STORE
 from wire.web.http import REDIS_DOWN
 
 #: HTTP methods counted by name; anything else a client sends is "other".
@@ -129,8 +130,34 @@ def setup_metrics(app: web.Application) -> None:
     app.cleanup_ctx.append(_attach_gateway)
 
 
+class LedgerCollector(Collector):
+    """The delivery ledger's flushes: records written, dropped, waiting."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+
+    def collect(self) -> Iterable[Metric]:
+        ledger = self.ledger
+        yield CounterMetricFamily(
+            "wire_ledger_records_written", "Delivery-ledger records flushed to Redis",
+            value=ledger.written,
+        )
+        yield CounterMetricFamily(
+            "wire_ledger_dropped_records",
+            "Delivery-ledger records dropped unwritten (Redis down past the pending cap)",
+            value=ledger.dropped,
+        )
+        yield GaugeMetricFamily(
+            "wire_ledger_pending",
+            "Delivery-ledger tuples and aggregated records waiting for the next flush",
+            value=len(ledger.tally.pending) + len(ledger.unsent),
+        )
+
+
 async def _attach_gateway(app: web.Application) -> AsyncIterator[None]:
     # Runs after the gateway's reader context, so the hub and reader exist.
+    # (And after the Redis context, so the ledger exists too.)
+    app[METRICS].registry.register(LedgerCollector(app[LEDGER]))
     reader = app.get(READER)
     if reader is not None:
         metrics = app[METRICS]

@@ -15,19 +15,19 @@ from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from publisher.access import require_admin
 from publisher.items import read_json
 from wire.core.errors import NotFound, ValidationError, quoted
 from wire.core.ids import format_id, parse_cursor
 from wire.core.language import normalize_language
 from wire.core.tags import normalize_tags
-from wire.core.tokens import bearer, require
 from wire.delivery import signing
 from wire.delivery.deliverer import Deliverer, webhook_grant
 from wire.delivery.registry import Registry, Webhook
 from wire.delivery.urls import check_host, check_url
 from wire.runtime.supervisor import SUPERVISOR
 from wire.storage.store import Filter, Store, connect
-from wire.web.appkeys import ENTITLEMENTS, REDIS, SETTINGS, STORE
+from wire.web.appkeys import ENTITLEMENTS, REDIS, SETTINGS, STORE, TALLY
 from wire.web.http import json_response
 from wire.web.metrics import METRICS
 
@@ -49,11 +49,6 @@ def setup_webhooks(app: web.Application) -> None:
         app.router.add_post("/v1/webhooks/{id}/" + op, control_webhook)
     if app[SETTINGS].deliver_webhooks:
         app.cleanup_ctx.append(_deliverer_ctx)
-
-
-def require_admin(request: web.Request) -> None:
-    """Raise Unauthorized unless the request carries an admin token."""
-    require(bearer(request.headers), request.app[SETTINGS].admin_tokens, what="admin")
 
 
 def _registry(request: web.Request) -> Registry:
@@ -214,7 +209,9 @@ def make_deliverer(app: web.Application) -> tuple[Deliverer, Any]:
     settings = app[SETTINGS]
     assert settings.redis_url is not None
     watch = connect(settings.redis_url, socket_timeout=15.0)
-    deliverer = Deliverer(app[STORE], Store(watch, settings), app[ENTITLEMENTS], settings)
+    deliverer = Deliverer(
+        app[STORE], Store(watch, settings), app[ENTITLEMENTS], settings, app[TALLY]
+    )
     return deliverer, watch
 
 
