@@ -132,7 +132,8 @@ async def test_an_idle_websocket_subscriber_keeps_little_after_the_hand_over(
             await subscribers.open(MEASURED)
             per_conn = (allocated() - before) / MEASURED
         handlers = [o for o in gc.get_objects() if isinstance(o, web_protocol.RequestHandler)]
-        upgraded = [h for h in handlers if h._upgraded]
+        # This server's subscribers (other tests' connections may not be collected yet).
+        upgraded = [h for h in handlers if h._upgraded and h._manager is server.runner.server]
         chains = [f for t in asyncio.all_tasks() if "ws_handler" in (f := frames(t))]
 
     assert per_conn < MAX_BYTES_PER_CONN, f"{per_conn:.0f} bytes per connection"
