@@ -98,8 +98,8 @@ def rows(cfg: Config, results: dict[str, Any]) -> list[Row]:
         "RSS per connection",
         "KiB",
         False,
-        "< 16 KiB",
-        lambda o, b: o < 16,
+        "<= 14 KiB",
+        lambda o, b: o <= 14,
         cfg.memory_conns >= default.memory_conns,
         scale=1 / 1024,
     )

@@ -2,7 +2,7 @@
 
 Every error a client can cause is a :class:`ClientError` that carries its
 machine-readable ``code`` and the HTTP ``status`` it maps to. The HTTP edge
-maps them to responses in one place (``wire.web.http.error_middleware``); on an
+maps them to responses in one place (``wire.web.http.error_answer``); on an
 open WebSocket they become ``error`` messages, and the connection stays open.
 Close codes are not errors' business: they live in ``wire.core.closecodes``.
 """

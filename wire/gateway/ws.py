@@ -46,9 +46,9 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
     try:
         if initial is not None:
             await session.answer(initial)
-        async for msg in ws:
-            if conn.closed:
-                break
+        # ``receive()`` itself, not ``async for``: its ``__anext__`` would be one
+        # more frame kept for the connection's lifetime (about 250 bytes).
+        while (msg := await ws.receive()).type not in _END and not conn.closed:
             if msg.type == WSMsgType.TEXT:
                 await session.answer(msg.data)
             elif msg.type == WSMsgType.BINARY:
@@ -62,6 +62,10 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
     finally:
         session.end()
     return ws
+
+
+#: What ``receive()`` returns once the connection is over (``async for`` stops there too).
+_END = frozenset((WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED))
 
 
 def _ping_pong(hub: Hub, conn: Conn, msg: WSMessage) -> None:

@@ -26,7 +26,6 @@ from wire.web.http import (
     REDIS_DOWN,
     close_unread_body,
     defer_continue_everywhere,
-    error_middleware,
     json_response,
     request_log,
 )
@@ -46,7 +45,7 @@ def create_app(
     if settings.redis_url is None:
         raise ValueError("settings.redis_url must be set (the CLI starts Redis when it is not)")
     app = web.Application(
-        middlewares=[close_unread_body, request_log, error_middleware, preflight],
+        middlewares=[close_unread_body, request_log, preflight],
         client_max_size=MAX_BODY,
     )
     app.on_response_prepare.append(add_cors_headers)

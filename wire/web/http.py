@@ -37,12 +37,19 @@ async def request_log(request: web.Request, handler: Handler) -> web.StreamRespo
     """One JSON log line per request, with a request id echoed as X-Request-Id.
 
     Only the method, route pattern and status are logged: never the query
-    string (it may carry ``?token=``), headers or bodies.
+    string (it may carry ``?token=``), headers or bodies. Failures become
+    JSON errors here too (:func:`error_answer`), logged with the status they
+    got: one middleware rather than two, because a suspended middleware keeps
+    its frame (about 300 bytes) for as long as the response runs, which for a
+    WebSocket or SSE stream is the connection's lifetime.
     """
     given = request.headers.get("X-Request-Id", "")
     rid = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex[:16]
     started = time.perf_counter()
-    response = await handler(request)
+    try:
+        response = await handler(request)
+    except Exception as exc:
+        response = error_answer(request, exc)
     if not response.prepared:
         response.headers["X-Request-Id"] = rid
     resource = request.match_info.route.resource
@@ -81,34 +88,39 @@ _HTTP_ERRORS: dict[int, type[ClientError]] = {
 }
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Map every failure to a JSON error; bad input never becomes a 500."""
-    try:
-        return await handler(request)
-    except ClientError as err:
-        return error_response(err.status, err.as_dict())
-    except ServiceUnavailable as err:
-        return error_response(503, err.as_dict())
-    except REDIS_DOWN as err:
-        log.warning("redis unavailable: %s", err)
+def error_answer(request: web.Request, exc: Exception) -> web.StreamResponse:
+    """The JSON error for a failure; bad input never becomes a 500.
+
+    An HTTP exception below 400 (a redirect) is not a failure: it is raised
+    again for aiohttp to send.
+    """
+    if isinstance(exc, ClientError):
+        return error_response(exc.status, exc.as_dict())
+    if isinstance(exc, ServiceUnavailable):
+        return error_response(503, exc.as_dict())
+    if isinstance(exc, REDIS_DOWN):
+        log.warning("redis unavailable: %s", exc)
         return error_response(503, ServiceUnavailable("redis is unavailable, retry").as_dict())
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        kind = _HTTP_ERRORS.get(exc.status)
-        if kind is not None:
-            reason = exc.reason if kind is not NotFound else f"no route for {quoted(request.path)}"
-            response = error_response(exc.status, kind(reason).as_dict())
-            # A 405 must say which methods the resource has (RFC 9110 15.5.6).
-            if "Allow" in exc.headers:
-                response.headers["Allow"] = exc.headers["Allow"]
-            return response
+    if isinstance(exc, web.HTTPException):
+        return _http_error(request, exc)
+    # A bug, not bad input: log it whole, answer without internals.
+    log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
+    return error_response(500, {"code": "internal_error", "message": "internal error"})
+
+
+def _http_error(request: web.Request, exc: web.HTTPException) -> web.StreamResponse:
+    """aiohttp's own HTTP errors (404, 405, 413, ...) as JSON errors; others raised again."""
+    if exc.status < 400:
+        raise exc
+    kind = _HTTP_ERRORS.get(exc.status)
+    if kind is None:
         return error_response(exc.status, {"code": "http_error", "message": exc.reason})
-    except Exception:
-        # A bug, not bad input: log it whole, answer without internals.
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(500, {"code": "internal_error", "message": "internal error"})
+    reason = exc.reason if kind is not NotFound else f"no route for {quoted(request.path)}"
+    response = error_response(exc.status, kind(reason).as_dict())
+    # A 405 must say which methods the resource has (RFC 9110 15.5.6).
+    if "Allow" in exc.headers:
+        response.headers["Allow"] = exc.headers["Allow"]
+    return response
 
 
 # -- request bodies: "100 Continue" only when wanted, never drained at a cost ------
