@@ -126,7 +126,11 @@ async def test_bad_item_keys_are_that_items_error(pub: Server, http: Http) -> No
     results = await batch(
         http,
         pub,
-        [item("A", idempotency_key=""), item("B", idempotency_key=7), item("C", idempotency_key="é")],
+        [
+            item("A", idempotency_key=""),
+            item("B", idempotency_key=7),
+            item("C", idempotency_key="é"),
+        ],
     )
     for result in results:
         assert_failed(result, 400, "invalid_field", "idempotency_key")
