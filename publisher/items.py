@@ -63,20 +63,21 @@ async def read_json(request: web.Request, types: tuple[str, ...] = JSON_TYPES) -
     return decode_json(await read_body(request, types))
 
 
-async def read_body(request: web.Request, types: tuple[str, ...], *, batch: bool = False) -> bytes:
+async def read_body(request: web.Request, types: tuple[str, ...]) -> bytes:
     """The request's body, after the media type and size checks.
 
-    With ``batch`` (``POST /v1/items``) a body may be up to MAX_BATCH_BODY
-    when it is a batch (ndjson, or JSON whose first character is ``[``),
-    else MAX_BODY as everywhere.
+    The limit is MAX_BODY, but MAX_BATCH_BODY for an ndjson batch: a JSON
+    body (one item or an array) is refused from its declared length alone,
+    before a byte of it is sent, as it always was.
     """
     if request.content_type not in types:
         raise UnsupportedMediaType(
             f"Content-Type must be {' or '.join(types)}, got {quoted(request.content_type)}"
         )
+    batch = request.content_type == NDJSON
     limit = MAX_BATCH_BODY if batch else MAX_BODY
     if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"the body is larger than {limit:,} bytes")
+        raise _too_large(limit, hint=NDJSON in types)
     # Only now, with every check that needs no body passed, is the client
     # told to send it (routes defer "100 Continue", see wire.http).
     await send_continue(request)
@@ -86,9 +87,9 @@ async def read_body(request: web.Request, types: tuple[str, ...], *, batch: bool
         async with asyncio.timeout(timeout):
             # The app's client_max_size is MAX_BODY and counts decompressed
             # bytes: a gzip body stops inflating just past the limit.
-            return await (_read_bounded(request) if batch else request.read())
+            return await (_read_batch(request) if batch else request.read())
     except web.HTTPRequestEntityTooLarge:
-        raise PayloadTooLarge(f"the body is larger than {MAX_BODY:,} bytes") from None
+        raise _too_large(MAX_BODY, hint=NDJSON in types) from None
     except web.RequestPayloadError:
         raise InvalidBody(
             "the body could not be read: corrupt Content-Encoding data or broken chunked framing"
@@ -97,23 +98,21 @@ async def read_body(request: web.Request, types: tuple[str, ...], *, batch: bool
         raise RequestTimeout(f"the body did not arrive within {timeout:g} s") from None
 
 
-async def _read_bounded(request: web.Request) -> bytes:
-    """The body, up to MAX_BODY for one item, MAX_BATCH_BODY for a batch.
+def _too_large(limit: int, *, hint: bool = False) -> PayloadTooLarge:
+    """413 naming the limit (with ``hint``: and how a bigger batch may go)."""
+    more = f" (a batch of up to {MAX_BATCH_BODY:,} bytes goes as {NDJSON})" if hint else ""
+    return PayloadTooLarge(f"the body is larger than {limit:,} bytes{more}")
 
-    Which it is shows in the first non-blank byte (``[`` for a JSON array),
-    so a single item stops being read just past MAX_BODY, as elsewhere.
-    """
-    limit = MAX_BATCH_BODY if request.content_type == NDJSON else 0
+
+async def _read_batch(request: web.Request) -> bytes:
+    """An ndjson body, up to MAX_BATCH_BODY (decompressed) bytes."""
     chunks: list[bytes] = []
     size = 0
     while chunk := await request.content.readany():
         chunks.append(chunk)
         size += len(chunk)
-        # The chunks before were all blank, or the limit would be set.
-        if not limit and (start := chunk.lstrip()[:1]):
-            limit = MAX_BATCH_BODY if start == b"[" else MAX_BODY
-        if size > (limit or MAX_BODY):
-            raise PayloadTooLarge(f"the body is larger than {limit or MAX_BODY:,} bytes")
+        if size > MAX_BATCH_BODY:
+            raise _too_large(MAX_BATCH_BODY)
     return b"".join(chunks)
 
 
@@ -144,7 +143,7 @@ async def post_item(request: web.Request) -> web.Response:
     array or ndjson, see :mod:`publisher.batch`): 200 and a result per item."""
     require_editor(request)
     key = idempotency_key(request)
-    body = await read_body(request, (*JSON_TYPES, ninjs.MEDIA_TYPE, NDJSON), batch=True)
+    body = await read_body(request, (*JSON_TYPES, ninjs.MEDIA_TYPE, NDJSON))
     if request.content_type == NDJSON:
         _no_batch_key(key)
         return await publish_ndjson_batch(request, body)
@@ -152,8 +151,6 @@ async def post_item(request: web.Request) -> web.Response:
     if isinstance(data, list) and request.content_type in JSON_TYPES:
         _no_batch_key(key)
         return await publish_json_batch(request, data)
-    if len(body) > MAX_BODY:  # read up to MAX_BATCH_BODY: "[" came after blanks
-        raise PayloadTooLarge(f"the body is larger than {MAX_BODY:,} bytes")
     language = request.app[SETTINGS].default_language
     if request.content_type == ninjs.MEDIA_TYPE:
         submission = ninjs.parse_ninjs(data, default_language=language)
