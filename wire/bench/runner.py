@@ -41,6 +41,9 @@ def config(args: argparse.Namespace) -> Config:
         resume_live=args.resume_live,
         publish_items=args.publish_items,
         publish_clients=args.publish_clients,
+        batch_items=args.batch_items,
+        batch_size=args.batch_size,
+        batch_clients=args.batch_clients,
         sample=args.sample,
         client_procs=max(1, args.client_procs),
         connect_concurrency=args.connect_concurrency,
@@ -151,6 +154,7 @@ class Plan:
                     await self.bench.close(system, group)
         if "publisher" in self.want:
             self.results.setdefault("wire", {})["publisher"] = await self.bench.publisher()
+            self.results["wire"]["publisher_batch"] = await self.bench.publisher_batch()
         return self.results
 
     async def latency(self, system: System, n: int) -> None:
