@@ -17,6 +17,8 @@ make a call fail with NOSCRIPT: such a call ran nothing, and is sent again
 
 from __future__ import annotations
 
+import asyncio
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -93,17 +95,22 @@ async def _exchange(redis: aioredis.Redis, packed: bytes, count: int) -> list[An
 
     An error reply is that command's reply; any other failure (a timeout, a
     cancel) leaves replies unread, so the connection is dropped, not reused.
+    Redis must answer them all within the client's socket timeout (5 s; a
+    batch of 1,000 takes it some tens of milliseconds).
     """
     pool = redis.connection_pool
     conn = await pool.get_connection()  # type: ignore[no-untyped-call]
     try:
         await conn.send_packed_command(packed)
         replies: list[Any] = []
-        for _ in range(count):
-            try:
-                replies.append(await conn.read_response())
-            except ResponseError as err:
-                replies.append(err)
+        # One deadline for all the replies: redis-py's own, per reply, cost
+        # more than reading the reply.
+        async with asyncio.timeout(conn.socket_timeout):
+            for _ in range(count):
+                try:
+                    replies.append(await conn.read_response(timeout=math.inf))
+                except ResponseError as err:
+                    replies.append(err)
         return replies
     except BaseException:
         await conn.disconnect()
