@@ -20,11 +20,17 @@ import aiohttp
 import orjson
 import pytest
 import redis
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from websockets.asyncio.client import connect
 
+from publisher.batch import check_element
 from tests.conftest import Server, ServerFactory
 from tests.support import EDITOR_TOKEN, ROOT, get_json, item, post, publish
+from wire.core.errors import ClientError
+from wire.core.items import parse_submission
 from wire.storage import keys
+from wire.storage.store import body_hash
 
 Http = aiohttp.ClientSession
 NDJSON = "application/x-ndjson"
@@ -314,3 +320,38 @@ async def test_publish_file_takes_a_json_array(
     path.write_bytes(b"[oops")
     code, err = await run_publish(pub, "--file", str(path))
     assert code == 2 and "not a JSON array" in err, err
+
+
+# -- property: any JSON element is a Write or a client error, never anything else ----
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+_element = st.one_of(
+    _json,
+    st.fixed_dictionaries(
+        {"title": st.text(max_size=20), "tags": st.lists(st.text(max_size=6), max_size=3)},
+        optional={"idempotency_key": _json | st.text(max_size=10), "urgency": _json},
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_element)
+def test_any_element_is_a_write_or_a_client_error(element: object) -> None:
+    now = datetime.now(UTC)
+    try:
+        write = check_element(element, "en", now)
+    except ClientError:
+        return
+    assert isinstance(element, dict)
+    item = {k: v for k, v in element.items() if k != "idempotency_key"}
+    # The same item alone, with the key as its Idempotency-Key header: the same
+    # submission and the same digest, so the two are repeats of each other.
+    assert write.sub.title == parse_submission(item, now=now).title
+    assert write.key == element.get("idempotency_key")
+    assert write.digest == (body_hash(item) if write.key else "")
