@@ -11,6 +11,7 @@ import asyncio
 import io
 import os
 import re
+import signal
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,8 +26,17 @@ from hypothesis import strategies as st
 from websockets.asyncio.client import connect
 
 from publisher.batch import check_element
-from tests.conftest import Server, ServerFactory
-from tests.support import EDITOR_TOKEN, ROOT, get_json, item, post, publish
+from tests.conftest import Server, ServerFactory, server_factory
+from tests.support import (
+    EDITOR_TOKEN,
+    ROOT,
+    RedisServer,
+    get_json,
+    item,
+    post,
+    publish,
+    wait_for,
+)
 from wire.core.errors import ClientError
 from wire.core.items import parse_submission
 from wire.storage import keys
@@ -355,3 +365,44 @@ def test_any_element_is_a_write_or_a_client_error(element: object) -> None:
     assert write.sub.title == parse_submission(item, now=now).title
     assert write.key == element.get("idempotency_key")
     assert write.digest == (body_hash(item) if write.key else "")
+
+
+@pytest.mark.fault
+async def test_replica_acks_cover_every_item_of_a_batch(tmp_path: Path, http: Http) -> None:
+    """With WIRE_REPLICA_ACKS=1 a batch's items answer 201 only once a replica has them;
+    with the replica frozen (SIGSTOP) each is 503, and a retry with the same keys
+    stores nothing twice."""
+    primary = RedisServer(tmp_path / "primary").start()
+    replica = RedisServer(
+        tmp_path / "replica", extra=("--replicaof", "127.0.0.1", str(primary.port))
+    ).start()
+    try:
+
+        def in_sync() -> bool:
+            with replica.client() as r:
+                return bool(r.info("replication").get("master_link_status") == "up")
+
+        await wait_for(in_sync, "the replica to sync", within=10)
+        async with server_factory(primary.url) as make:
+            pub = await make(gateway=False, replica_acks=1)
+            warm = await batch(
+                http, pub, [item(f"R{i}", idempotency_key=f"r-{i}") for i in range(5)]
+            )
+            assert {r["status"] for r in warm} == {201}
+            frozen = [item(f"F{i}", idempotency_key=f"f-{i}") for i in range(10)]
+            assert replica.proc is not None
+            replica.proc.send_signal(signal.SIGSTOP)
+            try:
+                refused = await batch(http, pub, frozen)
+            finally:
+                replica.proc.send_signal(signal.SIGCONT)
+            for result in refused:
+                assert_failed(result, 503, "unavailable")
+            await wait_for(in_sync, "the replica to catch up", within=10)
+            after = await batch(http, pub, frozen)
+            assert {r["status"] for r in after} == {200}
+            with replica.client() as r:
+                assert r.xlen(keys.STREAM) == 15
+    finally:
+        replica.stop()
+        primary.stop()
