@@ -13,16 +13,19 @@ import os
 import re
 import signal
 import sys
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import aiohttp
 import orjson
 import pytest
 import redis
+import redis.asyncio as aioredis
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from redis.exceptions import NoScriptError
 from websockets.asyncio.client import connect
 
 from publisher.batch import check_element
@@ -40,6 +43,8 @@ from tests.support import (
 from wire.core.errors import ClientError
 from wire.core.items import parse_submission
 from wire.storage import keys
+from wire.storage.pipeline import run_scripts
+from wire.storage.scripts import ScriptArgs
 from wire.storage.store import body_hash
 
 Http = aiohttp.ClientSession
@@ -406,3 +411,28 @@ async def test_replica_acks_cover_every_item_of_a_batch(tmp_path: Path, http: Ht
     finally:
         replica.stop()
         primary.stop()
+
+
+async def test_a_call_that_keeps_failing_noscript_is_its_own_error(redis_url: str) -> None:
+    """The pipeline's NOSCRIPT handling: a script Redis cannot have (its sha is not
+    that of its text) fails alone, after the retries; the other calls run once, in order."""
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        good = client.register_script("return redis.call('RPUSH', KEYS[1], ARGV[1])")
+        bad = client.register_script("return 0")
+        bad.sha = "0" * 40
+        calls = [(good, _Push("order", n)) for n in range(3)]
+        calls.insert(1, (bad, _Push("order", 99)))
+        outcomes = await run_scripts(client, calls)
+        assert [o[0] for o in outcomes[:1] + outcomes[2:]] == [1, 2, 3]
+        assert isinstance(outcomes[1][0], NoScriptError)
+        assert await client.lrange("order", 0, -1) == [b"0", b"1", b"2"]
+    finally:
+        await client.aclose()
+
+
+@dataclass(frozen=True, slots=True)
+class _Push(ScriptArgs):
+    N_KEYS: ClassVar[int] = 1
+    key: str
+    value: int
