@@ -14,6 +14,13 @@ import orjson
 from aiohttp import web
 
 from publisher.access import require_editor, require_reader
+from publisher.batch import (
+    KEY_FIELD,
+    MAX_BATCH_BODY,
+    NDJSON,
+    publish_json_batch,
+    publish_ndjson_batch,
+)
 from publisher.embargo import accept_embargoed
 from publisher.ledger import record
 from publisher.longpoll import poll_after, query_wait
@@ -30,7 +37,7 @@ from wire.core.errors import (
     quoted,
 )
 from wire.core.ids import StreamKey, format_id, parse_cursor, parse_id
-from wire.core.items import parse_submission
+from wire.core.items import MAX_KEY, idempotency_key_ok, parse_submission
 from wire.core.language import normalize_language
 from wire.core.ledger import HISTORY
 from wire.core.tags import WILDCARD, normalize_tags
@@ -55,30 +62,64 @@ def setup_items(app: web.Application) -> None:
 
 async def read_json(request: web.Request, types: tuple[str, ...] = JSON_TYPES) -> object:
     """The request's JSON body, after the media type and size checks."""
+    return decode_json(await read_body(request, types))
+
+
+async def read_body(request: web.Request, types: tuple[str, ...]) -> bytes:
+    """The request's body, after the media type and size checks.
+
+    The limit is MAX_BODY, but MAX_BATCH_BODY for an ndjson batch: a JSON
+    body (one item or an array) is refused from its declared length alone,
+    before a byte of it is sent, as it always was.
+    """
     if request.content_type not in types:
         raise UnsupportedMediaType(
             f"Content-Type must be {' or '.join(types)}, got {quoted(request.content_type)}"
         )
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise PayloadTooLarge(f"the body is larger than {MAX_BODY:,} bytes")
+    batch = request.content_type == NDJSON
+    limit = MAX_BATCH_BODY if batch else MAX_BODY
+    if request.content_length is not None and request.content_length > limit:
+        raise _too_large(limit, hint=NDJSON in types)
     # Only now, with every check that needs no body passed, is the client
     # told to send it (routes defer "100 Continue", see wire.http).
     await send_continue(request)
     # A client that trickles its body must not hold a handler forever.
-    limit = request.app[SETTINGS].idle_timeout
+    timeout = request.app[SETTINGS].idle_timeout
     try:
-        async with asyncio.timeout(limit):
+        async with asyncio.timeout(timeout):
             # The app's client_max_size is MAX_BODY and counts decompressed
             # bytes: a gzip body stops inflating just past the limit.
-            body = await request.read()
+            return await (_read_batch(request) if batch else request.read())
     except web.HTTPRequestEntityTooLarge:
-        raise PayloadTooLarge(f"the body is larger than {MAX_BODY:,} bytes") from None
+        raise _too_large(MAX_BODY, hint=NDJSON in types) from None
     except web.RequestPayloadError:
         raise InvalidBody(
             "the body could not be read: corrupt Content-Encoding data or broken chunked framing"
         ) from None
     except TimeoutError:
-        raise RequestTimeout(f"the body did not arrive within {limit:g} s") from None
+        raise RequestTimeout(f"the body did not arrive within {timeout:g} s") from None
+
+
+def _too_large(limit: int, *, hint: bool = False) -> PayloadTooLarge:
+    """413 naming the limit (with ``hint``: and how a bigger batch may go)."""
+    more = f" (a batch of up to {MAX_BATCH_BODY:,} bytes goes as {NDJSON})" if hint else ""
+    return PayloadTooLarge(f"the body is larger than {limit:,} bytes{more}")
+
+
+async def _read_batch(request: web.Request) -> bytes:
+    """An ndjson body, up to MAX_BATCH_BODY (decompressed) bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.readany():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_BATCH_BODY:
+            raise _too_large(MAX_BATCH_BODY)
+    return b"".join(chunks)
+
+
+def decode_json(body: bytes) -> object:
+    """A body's JSON value; 400 ``invalid_json`` when it is not JSON."""
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as err:
@@ -90,19 +131,28 @@ def idempotency_key(request: web.Request) -> str | None:
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return None
-    if not 1 <= len(key) <= 255 or not all(33 <= ord(c) < 127 for c in key):
+    if not idempotency_key_ok(key):
         raise ValidationError(
-            "Idempotency-Key must be 1-255 visible ASCII characters", field="Idempotency-Key"
+            f"Idempotency-Key must be 1-{MAX_KEY} visible ASCII characters",
+            field="Idempotency-Key",
         )
     return key
 
 
 async def post_item(request: web.Request) -> web.Response:
     """Validate and publish one item: 201 when new, 200 for an idempotent repeat
-    (an embargoed item: 202 when new, 200 for a repeat)."""
+    (an embargoed item: 202 when new, 200 for a repeat); or a batch (a JSON
+    array or ndjson, see :mod:`publisher.batch`): 200 and a result per item."""
     require_editor(request)
     key = idempotency_key(request)
-    data = await read_json(request, (*JSON_TYPES, ninjs.MEDIA_TYPE))
+    body = await read_body(request, (*JSON_TYPES, ninjs.MEDIA_TYPE, NDJSON))
+    if request.content_type == NDJSON:
+        _no_batch_key(key)
+        return await publish_ndjson_batch(request, body)
+    data = decode_json(body)
+    if isinstance(data, list) and request.content_type in JSON_TYPES:
+        _no_batch_key(key)
+        return await publish_json_batch(request, data)
     language = request.app[SETTINGS].default_language
     if request.content_type == ninjs.MEDIA_TYPE:
         submission = ninjs.parse_ninjs(data, default_language=language)
@@ -115,6 +165,15 @@ async def post_item(request: web.Request) -> web.Response:
     if published.created:
         request.app[METRICS].published.labels("item").inc()
     return raw_json(b'{"item":' + published.json + b"}", 201 if published.created else 200)
+
+
+def _no_batch_key(key: str | None) -> None:
+    """A batch's keys are per item: an Idempotency-Key header on one is refused."""
+    if key is not None:
+        raise ValidationError(
+            f"a batch takes each item's {KEY_FIELD}, not an Idempotency-Key header",
+            field="Idempotency-Key",
+        )
 
 
 def query_tags(request: web.Request) -> frozenset[str]:

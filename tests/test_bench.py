@@ -28,6 +28,9 @@ TINY = [
     "--publish-items", "40",
     "--publish-clients", "4",
     "--webhook-items", "20",
+    "--batch-items", "60",
+    "--batch-size", "25",
+    "--batch-clients", "2",
     "--sample", "4",
     "--timeout", "3",
 ]  # fmt: skip
@@ -56,6 +59,7 @@ def test_a_healthy_gateway_and_the_baseline_pass_verification(tmp_path: Path) ->
         assert results["burst"]["deliveries"] == 12 * 8
         assert all(r.get("verified", True) for r in results.values())
     assert report["results"]["wire"]["publisher"]["accepted"] == 40
+    assert report["results"]["wire"]["publisher_batch"]["accepted"] == 60
     assert {t["metric"] for t in report["targets"]} >= {"deliveries/s", "RSS per connection"}
 
 

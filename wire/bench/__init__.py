@@ -104,6 +104,13 @@ def add_command(sub: Any) -> None:
         "--webhook-items", type=int, default=2000, help="webhook: items delivered (2000)"
     )
     s.add_argument(
+        "--batch-items", type=int, default=20_000, help="publisher: items sent in batches (20000)"
+    )
+    s.add_argument("--batch-size", type=int, default=500, help="publisher: items per batch (500)")
+    s.add_argument(
+        "--batch-clients", type=int, default=4, help="publisher: concurrent batch clients (4)"
+    )
+    s.add_argument(
         "--sample",
         type=int,
         default=100,

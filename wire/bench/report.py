@@ -126,6 +126,17 @@ def rows(cfg: Config, results: dict[str, Any]) -> list[Row]:
         cfg.publish_clients == default.publish_clients,
     )
     out.extend(webhook_rows(results))
+    add(
+        "publisher_batch",
+        f"publisher batches of {cfg.batch_size}, {cfg.batch_clients} clients",
+        "items_per_s",
+        "accepted items/s",
+        "/s",
+        True,
+        ">= 10,000",
+        lambda o, b: o >= 10_000,
+        (cfg.batch_size, cfg.batch_clients) == (default.batch_size, default.batch_clients),
+    )
     return out
 
 

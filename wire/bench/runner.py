@@ -42,6 +42,9 @@ def config(args: argparse.Namespace) -> Config:
         publish_items=args.publish_items,
         publish_clients=args.publish_clients,
         webhook_items=args.webhook_items,
+        batch_items=args.batch_items,
+        batch_size=args.batch_size,
+        batch_clients=args.batch_clients,
         sample=args.sample,
         client_procs=max(1, args.client_procs),
         connect_concurrency=args.connect_concurrency,
@@ -168,6 +171,7 @@ class Plan:
                     await self.bench.close(system, group)
         if "publisher" in self.want:
             self.results.setdefault("wire", {})["publisher"] = await self.bench.publisher()
+            self.results["wire"]["publisher_batch"] = await self.bench.publisher_batch()
         if "webhook" in self.want:
             self.results.setdefault("wire", {})["webhook"] = await webhook.scenario(
                 self.bench, self.admin_token, self.publisher_pid

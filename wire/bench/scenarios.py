@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from wire.bench.batch import publish_batches
 from wire.bench.poster import Poster, Published
 from wire.bench.procs import Clients, cpu_seconds, rss_bytes
 from wire.core.ids import parse_id
@@ -40,6 +41,9 @@ class Config:
     publish_items: int = 5000
     publish_clients: int = 16
     webhook_items: int = 2000
+    batch_items: int = 20_000
+    batch_size: int = 500
+    batch_clients: int = 4
     sample: int = 100
     client_procs: int = 1
     connect_concurrency: int = 1000
@@ -428,6 +432,28 @@ class Bench:
             "items_per_s": len(pub.ids) / seconds,
             "verified": ok,
         }
+        self.progress.done(f"{label}: {result['items_per_s']:,.0f} items/s accepted")
+        return result
+
+    async def publisher_batch(self) -> dict[str, Any]:
+        """Accepted items/s through batch POST /v1/items (see wire.bench.batch)."""
+        cfg = self.cfg
+        label = (
+            f"publisher batch {cfg.batch_items:,} items, batches of {cfg.batch_size}, "
+            f"{cfg.batch_clients} clients"
+        )
+        self.progress.step(label)
+        result = await publish_batches(
+            self.poster,
+            items=cfg.batch_items,
+            size=cfg.batch_size,
+            clients=cfg.batch_clients,
+            tag=f"{self.tag}/batch",
+            run=self.run,
+            body=self.body,
+        )
+        if not result["verified"]:
+            self.failures.append(f"{label}: {result['statuses']} {result['errors'][:2]}")
         self.progress.done(f"{label}: {result['items_per_s']:,.0f} items/s accepted")
         return result
 

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import orjson
 
 DEFAULT_URL = "http://127.0.0.1:8080"
+NDJSON = "application/x-ndjson"
 #: Failures after which the same request may succeed: network trouble and a
 #: server that is restarting or overloaded.
 UNREACHABLE = (OSError, http.client.HTTPException)
@@ -68,16 +69,31 @@ class Api:
             self.close()  # the server closed the idle connection: once more, afresh
             return self._post(body, key)
 
+    def post_batch(self, lines: list[bytes]) -> tuple[int, bytes]:
+        """POST an ndjson batch (each line carries its own ``idempotency_key``);
+        return the status and the raw answer (ndjson when 200)."""
+        body = b"\n".join(lines) + b"\n"
+        headers = {"Authorization": f"Bearer {self._token}", "Content-Type": NDJSON}
+        try:
+            return self._send(body, headers)
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            self.close()  # the server closed the idle connection: once more, afresh
+            return self._send(body, headers)
+
     def _post(self, body: bytes, key: str) -> tuple[int, dict[str, Any]]:
+        status, data = self._send(body, self._headers(key))
+        return status, answer_of(status, data)
+
+    def _send(self, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
         conn = self._connection()
         try:
-            conn.request("POST", self._path, body=body, headers=self._headers(key))
+            conn.request("POST", self._path, body=body, headers=headers)
             resp = conn.getresponse()
             data = resp.read()
         except BaseException:
             self.close()
             raise
-        return resp.status, answer_of(resp.status, data)
+        return resp.status, data
 
     def _headers(self, key: str) -> dict[str, str]:
         return {

@@ -1,4 +1,5 @@
-"""``wire publish``: one item from flags, or a JSONL batch that is safe to run again."""
+"""``wire publish``: one item from flags, or a file of items (JSONL or a JSON array) sent in
+batches of up to 1,000, safe to run again."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import hashlib
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -18,6 +19,7 @@ from wire.cli.client import (
     UNREACHABLE,
     Api,
     add_url_flag,
+    answer_of,
     api_for,
     describe_error,
     editor_token,
@@ -40,7 +42,8 @@ def add_command(sub: Any) -> None:
     pub.add_argument(
         "--file",
         metavar="PATH",
-        help="publish every line of a JSONL file (- for stdin); safe to run again",
+        help="publish every item of a JSONL file or JSON array (- for stdin), in batches "
+        "of up to 1,000; safe to run again",
     )
     pub.add_argument("--title")
     pub.add_argument(
@@ -182,11 +185,57 @@ def line_key(path: str, lineno: int, line: bytes) -> str:
     return f"wire-file-{digest}"
 
 
-def read_lines(path: str) -> list[tuple[int, bytes]]:
-    """The non-blank lines of a file (or stdin for ``-``) with their 1-based numbers."""
+#: Items per request, and bytes of items per request (the server takes up to
+#: 1,000 items and 16 MiB; an item over 1 MiB is refused without being sent).
+BATCH_ITEMS = 1000
+BATCH_BYTES = 8 << 20
+MAX_LINE = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One item of the file: where it is (line or element number), its JSON text, its key."""
+
+    number: int
+    raw: bytes
+    key: str
+
+    def line(self) -> bytes:
+        """The ndjson line to send: the item with its ``idempotency_key`` added.
+
+        A line that is not a JSON object goes as it is: the server answers
+        why it is not an item, in its place.
+        """
+        try:
+            data = orjson.loads(self.raw)
+        except orjson.JSONDecodeError:
+            return self.raw
+        if not isinstance(data, dict) or "idempotency_key" in data:
+            return self.raw
+        return orjson.dumps({**data, "idempotency_key": self.key})
+
+
+def read_source(path: str) -> bytes:
+    """The file's bytes (stdin for ``-``), without a UTF-8 BOM some editors write."""
     data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
-    data = data.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 BOM some editors write
-    return [(n, line) for n, line in enumerate(data.splitlines(), 1) if line.strip()]
+    return data.removeprefix(b"\xef\xbb\xbf")
+
+
+def read_entries(path: str) -> tuple[list[Entry], str]:
+    """The file's items and what numbers them (``line``, or ``item`` in a JSON array).
+
+    Raises ValueError for a file that starts like a JSON array and is not one.
+    """
+    data = read_source(path)
+    if data.lstrip()[:1] != b"[":
+        lines = [(n, line) for n, line in enumerate(data.splitlines(), 1) if line.strip()]
+        return [Entry(n, line, line_key(path, n, line)) for n, line in lines], "line"
+    try:
+        elements = orjson.loads(data)
+    except orjson.JSONDecodeError as err:
+        raise ValueError(f"not a JSON array: {err.msg}") from None
+    raws = [(n, orjson.dumps(e)) for n, e in enumerate(elements, 1)]
+    return [Entry(n, raw, line_key(path, n, raw)) for n, raw in raws], "item"
 
 
 class Abort(Exception):
@@ -202,6 +251,7 @@ class BatchResult:
     published: int = 0
     repeated: int = 0
     invalid: list[int] = field(default_factory=list)
+    unit: str = "line"
 
     @property
     def done(self) -> int:
@@ -211,57 +261,118 @@ class BatchResult:
         text = f"{total} items: {self.published} published, {self.repeated} already published"
         if self.invalid:
             lines = ", ".join(map(str, self.invalid[:10])) + (", ..." * (len(self.invalid) > 10))
-            text += f", {len(self.invalid)} invalid (line {lines})"
+            text += f", {len(self.invalid)} invalid ({self.unit} {lines})"
         return text
 
 
 def publish_file(api: Api, path: str) -> int:
-    """Publish each line of a JSONL file; report invalid lines and a summary."""
+    """Publish a JSONL file or a JSON array in batches; report invalid items and a summary."""
     try:
-        lines = read_lines(path)
+        entries, unit = read_entries(path)
     except OSError as err:
         print(f"wire publish: cannot read {path}: {err.strerror or err}", file=sys.stderr)
         return 2
-    result = BatchResult()
-    bar = Progress(len(lines), sys.stderr)
+    except ValueError as err:
+        print(f"wire publish: {path}: {err}", file=sys.stderr)
+        return 2
+    result = BatchResult(unit=unit)
+    bar = Progress(len(entries), sys.stderr)
     try:
-        for lineno, line in lines:
-            status, answer = _post_line(api, line, line_key(path, lineno, line))
-            if status == 201:
-                result.published += 1
-            elif status < 300:
-                result.repeated += 1
-            else:
-                result.invalid.append(lineno)
-                bar.say(f"wire publish: line {lineno}: {describe_error(status, answer)}")
+        for chunk in batches(entries):
+            for entry, (status, answer) in zip(chunk, _post_batch(api, chunk), strict=True):
+                _count(result, bar, entry, status, answer)
             bar.update(result.done)
     except Abort as stop:
         bar.finish()
         print(f"wire publish: {stop}", file=sys.stderr)
-        print(f"wire publish: stopped after {result.summary(len(lines))}", file=sys.stderr)
+        print(f"wire publish: stopped after {result.summary(len(entries))}", file=sys.stderr)
         return stop.code
     bar.finish()
-    print(f"wire publish: {result.summary(len(lines))}", file=sys.stderr)
+    print(f"wire publish: {result.summary(len(entries))}", file=sys.stderr)
     return 1 if result.invalid else 0
 
 
-def _post_line(api: Api, line: bytes, key: str) -> tuple[int, dict[str, Any]]:
-    """Post one line, retrying what a retry can fix; raise Abort for the rest."""
+def _count(
+    result: BatchResult, bar: Progress, entry: Entry, status: int, answer: dict[str, Any]
+) -> None:
+    """Add one item's outcome to the result; say why when it was refused."""
+    if status in (201, 202):
+        result.published += 1
+    elif status < 300:
+        result.repeated += 1
+    else:
+        result.invalid.append(entry.number)
+        bar.say(f"wire publish: {result.unit} {entry.number}: {describe_error(status, answer)}")
+
+
+def batches(entries: list[Entry]) -> Iterator[list[Entry]]:
+    """Consecutive runs of at most BATCH_ITEMS items and about BATCH_BYTES bytes."""
+    chunk: list[Entry] = []
+    size = 0
+    for entry in entries:
+        if chunk and (len(chunk) == BATCH_ITEMS or size + len(entry.raw) > BATCH_BYTES):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(entry)
+        size += len(entry.raw)
+    if chunk:
+        yield chunk
+
+
+def _post_batch(api: Api, chunk: list[Entry]) -> list[tuple[int, dict[str, Any]]]:
+    """Every item's (status, answer); what a retry can fix is retried, the rest raise Abort.
+
+    Every item carries its key, so sending a batch (or some of its items)
+    again stores nothing twice.
+    """
+    outcomes: dict[int, tuple[int, dict[str, Any]]] = {}
+    too_long = {"error": {"code": "payload_too_large", "message": f"over {MAX_LINE:,} bytes"}}
+    for i, entry in enumerate(chunk):
+        if len(entry.raw) > MAX_LINE:
+            outcomes[i] = (413, too_long)
+    todo = [i for i in range(len(chunk)) if i not in outcomes]
     delays = iter(RETRY_DELAYS)
-    while True:
-        try:
-            status, answer = api.post_item(line, key)
-        except UNREACHABLE as err:
-            status, answer = 0, {"error": {"code": "unreachable", "message": str(err)}}
-        if status in (401, 403):
-            raise Abort(describe_error(status, answer), 1)
-        if status and status < 500 and status != 429:
-            return status, answer
+    while todo:
+        status, answers = _send_batch(api, [chunk[i].line() for i in todo])
+        if status == 200 and len(answers) == len(todo):
+            for i, answer in zip(todo, answers, strict=True):
+                outcomes[i] = (int(answer.get("status", 0)), answer)
+            todo = [i for i in todo if not _final(outcomes[i][0])]
+            if not todo:
+                break
+            status, answers = outcomes[todo[0]][0], [outcomes[todo[0]][1]]
+        elif status in (401, 403) or (status and not _retry(status)):
+            raise Abort(describe_error(status, answers[0]), 1)
         delay = next(delays, None)
         if delay is None:
-            why = describe_error(status, answer) if status else f"cannot reach {api.base}"
+            why = describe_error(status, answers[0]) if status else f"cannot reach {api.base}"
             raise Abort(f"{why}; run the same command again to go on (nothing is stored twice)", 3)
         time.sleep(delay)
+    return [outcomes[i] for i in range(len(chunk))]
+
+
+def _retry(status: int) -> bool:
+    """A status a later attempt may turn into success."""
+    return status >= 500 or status == 429
+
+
+def _final(status: int) -> bool:
+    """An item's status that another attempt would not change."""
+    return bool(status) and not _retry(status)
+
+
+def _send_batch(api: Api, lines: list[bytes]) -> tuple[int, list[dict[str, Any]]]:
+    """POST the lines; the status and the per-item answers (one error answer when not 200)."""
+    try:
+        status, data = api.post_batch(lines)
+    except UNREACHABLE as err:
+        return 0, [{"error": {"code": "unreachable", "message": str(err)}}]
+    if status != 200:
+        return status, [answer_of(status, data)]
+    try:
+        return status, [orjson.loads(line) for line in data.splitlines() if line.strip()]
+    except orjson.JSONDecodeError:
+        return 502, [answer_of(502, data)]
 
 
 class Progress:

@@ -68,6 +68,8 @@ FIELDS = (
 )  # fmt: skip
 SERVER_FIELDS = ("id", "version", "published_at", "pubstatus")
 MAX_EMBARGO_DAYS = 366
+#: Characters an idempotency key may have (header or batch field).
+MAX_KEY = 255
 _GUID = re.compile(r"[A-Za-z0-9._~:@+=-]{1,200}")
 _SLUGLINE = re.compile(r"[^\W_]+(?:-+[^\W_]+)*")
 _EXTRA_KEY = re.compile(r"[A-Za-z][A-Za-z0-9._:-]{0,99}")
@@ -137,6 +139,11 @@ class Submission:
     def released(self) -> Submission:
         """The same item without its embargo, as published when it falls due."""
         return replace(self, embargo_until=None)
+
+
+def idempotency_key_ok(key: str) -> bool:
+    """An idempotency key is 1-255 visible ASCII characters."""
+    return 1 <= len(key) <= MAX_KEY and all(33 <= ord(c) < 127 for c in key)
 
 
 def new_guid() -> str:

@@ -12,7 +12,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, cast
 from urllib.parse import unquote, urlsplit
@@ -33,12 +33,14 @@ from wire.core.errors import (
     ServiceUnavailable,
     StoryWithdrawn,
     ValidationError,
+    WireError,
 )
 from wire.core.ids import ZERO, StreamKey, format_id, parse_id
 from wire.core.items import Submission
-from wire.core.stored import published_now, with_id
+from wire.core.stored import Layout, published_now, with_id
 from wire.runtime.settings import Settings
 from wire.storage import keys, scripts
+from wire.storage.pipeline import run_scripts
 
 PAGE = 1000  # entries per XRANGE while scanning history
 #: Bytes of stored item JSON one history page reads from Redis (the entry that
@@ -130,6 +132,15 @@ class Written:
     created: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Write:
+    """One item of a batch publish: the item, its idempotency key and body digest."""
+
+    sub: Submission
+    key: str | None = None
+    digest: str = ""
+
+
 def connect(url: str, *, socket_timeout: float | None = 5.0) -> aioredis.Redis:
     """A Redis client for ``redis://``, ``rediss://``, ``unix://`` or a Sentinel URL.
 
@@ -200,13 +211,24 @@ class Store:
         self, sub: Submission, *, idempotency_key: str | None = None, digest: str = ""
     ) -> Written:
         """Append a new version of ``sub``'s story; idempotent per key and body."""
-        item, shared, kept = stored.pieces(sub), stored.layout(published_now()), self._retention()
-        call = scripts.PublishArgs(
+        call = self._publish_call(
+            sub, idempotency_key, digest, stored.layout(published_now()), self._retention()
+        )
+        result, acked = await self._write(self._publish, call)
+        status, entry_id, json = self._answer(result, acked)
+        return Written(entry_id, with_id(entry_id, json), status == "new")
+
+    def _publish_call(
+        self, sub: Submission, key: str | None, digest: str, shared: Layout, kept: Retention
+    ) -> scripts.PublishArgs:
+        """The :data:`~wire.storage.scripts.PUBLISH` call that appends ``sub``."""
+        item = stored.pieces(sub)
+        return scripts.PublishArgs(
             stream=keys.STREAM,
             story=keys.story(sub.guid),
             story_tags=keys.story_tags(sub.guid),
             story_ids=keys.story_ids(sub.guid),
-            idempotency=keys.idempotency(idempotency_key) if idempotency_key else "",
+            idempotency=keys.idempotency(key) if key else "",
             translations=keys.translations(sub.translation_of) if sub.translation_of else "",
             guid=sub.guid,
             head=item.head,
@@ -225,8 +247,44 @@ class Store:
             idempotency_ttl=self.settings.idempotency_ttl,
             correction="1" if sub.correction else "0",
         )
-        result, acked = await self._write(self._publish, call)
-        status, entry_id, json = self._answer(result, acked)
+
+    async def publish_batch(self, writes: Sequence[Write]) -> list[Written | WireError]:
+        """Publish (or, when embargoed, schedule) every write in one Redis round trip.
+
+        Each write is its own atomic script call, run in the order given (so
+        the stream holds a batch's items in that order); one that is refused
+        (a reused key, a withdrawn story...) answers its error and stops no
+        other. A Redis connection failure raises, as for :meth:`publish`.
+        """
+        shared, kept = stored.layout(published_now()), self._retention()
+        calls: list[tuple[AsyncScript, scripts.ScriptArgs]] = []
+        for w in writes:
+            if w.sub.embargo_until is None:
+                calls.append(
+                    (self._publish, self._publish_call(w.sub, w.key, w.digest, shared, kept))
+                )
+            else:
+                pending = orjson.dumps(w.sub.pending())
+                calls.append((self._embargo, self._embargo_call(w.sub, pending, w.key, w.digest)))
+        outcomes = await run_scripts(
+            self.redis, calls, replica_acks=max(0, self.settings.replica_acks)
+        )
+        pairs = zip(writes, outcomes, strict=True)
+        return [self._batch_answer(w, reply, acked) for w, (reply, acked) in pairs]
+
+    def _batch_answer(self, write: Write, reply: Any, acked: int) -> Written | WireError:
+        """One batch call's :class:`Written`, or the error it is answered with."""
+        if isinstance(reply, Exception):
+            # Redis refused the call (out of memory, a read-only replica after
+            # a failover, a flushed script cache): nothing of it was written.
+            log.warning("batch publish: redis refused a write: %s", reply)
+            return ServiceUnavailable(f"redis refused the write ({reply}); retry")
+        try:
+            status, entry_id, json = self._answer(reply, acked)
+        except WireError as err:
+            return err
+        if write.sub.embargo_until is not None:
+            return Written("", json, status == "new")
         return Written(entry_id, with_id(entry_id, json), status == "new")
 
     def _retention(self) -> Retention:
@@ -385,15 +443,24 @@ class Store:
         first pending item (``created`` False) and schedules nothing. Refused
         (StoryWithdrawn) for a withdrawn story. The answer has no stream id.
         """
+        call = self._embargo_call(sub, pending, idempotency_key, digest)
+        result, acked = await self._write(self._embargo, call)
+        status, _, json = self._answer(result, acked)
+        return Written("", json, status == "new")
+
+    def _embargo_call(
+        self, sub: Submission, pending: bytes, key: str | None, digest: str
+    ) -> scripts.EmbargoArgs:
+        """The :data:`~wire.storage.scripts.EMBARGO` call that schedules ``sub``."""
         assert sub.embargo_until is not None
         item, original = stored.pieces(sub), sub.translation_of
-        call = scripts.EmbargoArgs(
+        return scripts.EmbargoArgs(
             schedule=keys.EMBARGOES,
             item=keys.embargo(sub.guid),
             story=keys.story(sub.guid),
             story_tags=keys.story_tags(sub.guid),
             story_ids=keys.story_ids(sub.guid),
-            idempotency=keys.idempotency(idempotency_key) if idempotency_key else "",
+            idempotency=keys.idempotency(key) if key else "",
             translations=keys.translations(original) if original else "",
             due_ms=int(sub.embargo_until.timestamp() * 1000),
             pending=pending,
@@ -407,9 +474,6 @@ class Store:
             idempotency_ttl=self.settings.idempotency_ttl,
             correction="1" if sub.correction else "0",
         )
-        result, acked = await self._write(self._embargo, call)
-        status, _, json = self._answer(result, acked)
-        return Written("", json, status == "new")
 
     async def embargoes(self) -> list[bytes]:
         """Pending embargoed items (JSON), soonest first."""
