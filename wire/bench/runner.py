@@ -48,6 +48,7 @@ def config(args: argparse.Namespace) -> Config:
         timeout=args.timeout,
         baseline=args.baseline,
         baseline_latency_max=args.baseline_latency_max,
+        run_workers=tuple(args.run_workers),
     )
 
 
@@ -71,6 +72,9 @@ class Setup:
     notes: list[str] = field(default_factory=list)
 
     def stop(self) -> None:
+        for system in self.systems:
+            if system.poster is not None:
+                system.poster.close()
         for child in reversed(self.children):
             child.stop()
 
@@ -95,6 +99,9 @@ async def start(args: argparse.Namespace, cfg: Config, workdir: Path) -> Setup:
         s.token = secrets.token_urlsafe(18)
         pub_port, gw_port = free_port(), free_port()
         loop_env = {"WIRE_EVENT_LOOP": "uvloop"} if args.uvloop else {}
+        if cfg.run_workers and args.sut == "wire":
+            await start_runs(s, args, cfg, workdir, redis_url, loop_env)
+            return await _with_baseline(s, cfg, workdir, redis_url)
         s.children.append(
             start_wire(
                 "publisher",
@@ -118,6 +125,34 @@ async def start(args: argparse.Namespace, cfg: Config, workdir: Path) -> Setup:
         s.systems.append(System("wire", "127.0.0.1", gw_port, gw.pid))
         await ready(s.publisher_url, s.children[1])
         await ready(f"http://127.0.0.1:{gw_port}", gw)
+    return await _with_baseline(s, cfg, workdir, redis_url)
+
+
+async def start_runs(
+    s: Setup,
+    args: argparse.Namespace,
+    cfg: Config,
+    workdir: Path,
+    redis_url: str,
+    loop_env: dict[str, str],
+) -> None:
+    """One ``wire run --workers N`` per N on the bench's Redis, each posted to on its own port."""
+    env = {"WIRE_EDITOR_TOKENS": s.token, **loop_env}
+    env.update(dict(v.split("=", 1) for v in args.gateway_env))
+    for n in cfg.run_workers:
+        port = free_port()
+        argv = ["run", "--redis", redis_url, "--workers", str(n)]
+        child = start_wire(f"run-{n}w", argv, port, env, workdir)
+        s.children.append(child)
+        url = f"http://127.0.0.1:{port}"
+        await ready(url, child)
+        s.systems.append(
+            System(f"wire-{n}w", "127.0.0.1", port, child.pid, poster=Poster(url, s.token))
+        )
+        s.publisher_url = s.publisher_url or url
+
+
+async def _with_baseline(s: Setup, cfg: Config, workdir: Path, redis_url: str | None) -> Setup:
     if cfg.baseline:
         if redis_url is None:
             s.notes.append("baseline skipped: with --url, pass --redis to run it")
@@ -142,10 +177,16 @@ class Plan:
         self.latency_done: dict[str, set[int]] = {s.name: set() for s in setup.systems}
 
     async def run(self) -> dict[str, dict[str, Any]]:
+        for system in self.systems:
+            if system.poster is not None:
+                self.bench.use(system)
+                await self.bench.warm_up()
+        self.bench.use(self.systems[0])
         await self.bench.warm_up()
         steps = [self.idle, self.resume, self.burst]
         for step in steps:
             for system in self.systems:
+                self.bench.use(system)
                 await step(system)
                 for group in list(system.groups):
                     await self.bench.close(system, group)
@@ -212,6 +253,7 @@ async def _main(args: argparse.Namespace, cfg: Config) -> int:
         "gateway": {
             "sut": args.sut,
             "workers": args.workers,
+            "run_workers": list(cfg.run_workers),
             "uvloop": args.uvloop,
             "env": args.gateway_env,
             "url": args.url,
@@ -227,6 +269,8 @@ async def _main(args: argparse.Namespace, cfg: Config) -> int:
         sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
         print(report.table(cfg, results))
+        if cfg.run_workers:
+            print("\n" + report.systems_table(results))
         for note in setup.notes:
             print(f"note: {note}")
         print(f"\nverification: {'passed' if not failures else 'FAILED'} ({elapsed:.0f} s)")
