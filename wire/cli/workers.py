@@ -95,6 +95,7 @@ class WorkerPool:
         self.settings = settings
         self.env = _worker_env(settings, "run")
         self.procs: list[asyncio.subprocess.Process] = []
+        self.started: list[float] = []
         #: Why the pool stopped the run (a worker that crashed at start), if it did.
         self.failure: str | None = None
 
@@ -106,13 +107,18 @@ class WorkerPool:
         )
         return proc, time.monotonic()
 
-    async def run(self, n: int, stop: asyncio.Event, started: asyncio.Event) -> None:
-        """Start ``n`` workers, keep them up until ``stop``, then stop them all."""
-        first = [await self._spawn() for _ in range(n)]
-        self.procs = [p for p, _ in first]
-        started.set()
+    async def start(self, n: int) -> None:
+        """Start ``n`` workers."""
+        for _ in range(n):
+            proc, at = await self._spawn()
+            self.procs.append(proc)
+            self.started.append(at)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Keep the workers up until ``stop``, then stop them all."""
         keepers = [
-            asyncio.create_task(self._keep(i, proc, at, stop)) for i, (proc, at) in enumerate(first)
+            asyncio.create_task(self._keep(i, proc, at, stop))
+            for i, (proc, at) in enumerate(zip(self.procs, self.started, strict=True))
         ]
         await stop.wait()
         for proc in self.procs:
@@ -154,10 +160,14 @@ async def serve_with_workers(app: web.Application, settings: Settings, extra: in
     from wire.web.app import serve
 
     stop = asyncio.Event()
-    started = asyncio.Event()
     pool = WorkerPool(settings)
-    supervisor = asyncio.create_task(pool.run(extra, stop, started))
-    await started.wait()
+    try:
+        await pool.start(extra)
+    except BaseException:
+        for proc in pool.procs:
+            proc.kill()
+        raise
+    supervisor = asyncio.create_task(pool.run(stop))
     try:
         await serve(app, settings, reuse_port=True, stop=stop)
     finally:
