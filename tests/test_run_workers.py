@@ -186,7 +186,8 @@ def test_worker_count_reads_counts_and_auto() -> None:
     assert worker_count("3") == 3
     assert worker_count("1") == 1
     assert worker_count("auto", cpus=2) == worker_count("0", cpus=2) == auto_workers(2)
-    assert auto_workers(None) == 1
+    assert auto_workers(None) == auto_workers(1) == auto_workers(2) == 1
+    assert auto_workers(8) == 7
     with pytest.raises(SystemExit, match="'many'"):
         worker_count("many")
     with pytest.raises(SystemExit):

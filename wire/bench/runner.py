@@ -137,7 +137,9 @@ async def start_runs(
     loop_env: dict[str, str],
 ) -> None:
     """One ``wire run --workers N`` per N on the bench's Redis, each posted to on its own port."""
-    env = {"WIRE_EDITOR_TOKENS": s.token, **loop_env}
+    # The posters' keep-alive connections count against the same per-process
+    # cap on plain HTTP connections as the handshakes of a connect storm.
+    env = {"WIRE_EDITOR_TOKENS": s.token, "WIRE_MAX_HTTP_CONNECTIONS": "4096", **loop_env}
     env.update(dict(v.split("=", 1) for v in args.gateway_env))
     for n in cfg.run_workers:
         port = free_port()

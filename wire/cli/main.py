@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         metavar="N",
         help="processes serving the port, each publisher and gateway (SO_REUSEPORT); "
-        "auto or 0: one per core (WIRE_WORKERS, default 1)",
+        "auto or 0: one per core but one (WIRE_WORKERS, default 1)",
     )
     pub = sub.add_parser("publisher", help="the editors' ingest API alone")
     _server_flags(pub)

@@ -57,9 +57,13 @@ def worker_count(raw: str, cpus: int | None = None) -> int:
 
 
 def auto_workers(cpus: int | None) -> int:
-    """One worker per core (docs/performance.md: on 2 cores, 2 workers halve the
-    fan-out time at 1,000+ subscribers, and cost ~15 MB of memory each)."""
-    return max(1, cpus or 1)
+    """A process per core but one, which Redis and the kernel's network stack need.
+
+    On the 2-core box of docs/performance.md (Workers) a second process did not
+    pay: the fan-out's socket writes and Redis already use both cores, so two
+    processes only take turns. Past two cores each added process has a core.
+    """
+    return max(1, (cpus or 1) - 1)
 
 
 def _worker_env(settings: Settings, role: str) -> dict[str, str]:

@@ -112,8 +112,8 @@ class Settings:
     #: past it a read answers at once, without waiting.
     max_waiters: int = 1_000
     #: Processes ``wire run`` serves the port with (SO_REUSEPORT, each
-    #: publisher and gateway): a count, or ``auto`` (or 0) for one per core
-    #: where that pays (see wire.cli.workers); ``--workers`` overrides it.
+    #: publisher and gateway): a count, or ``auto`` (or 0) for one per core but
+    #: one, at least 1 (see wire.cli.workers.auto_workers); ``--workers`` wins.
     workers: str = "1"
     #: Seconds a ``wire run`` worker must have run to be restarted when it dies;
     #: one that dies sooner stops the whole run, exit 1 (a crash at start repeats).
