@@ -59,9 +59,10 @@ def worker_count(raw: str, cpus: int | None = None) -> int:
 def auto_workers(cpus: int | None) -> int:
     """A process per core but one, which Redis and the kernel's network stack need.
 
-    On the 2-core box of docs/performance.md (Workers) a second process did not
-    pay: the fan-out's socket writes and Redis already use both cores, so two
-    processes only take turns. Past two cores each added process has a core.
+    On the 2-core box of docs/performance.md (Workers) a second process helped
+    at 1,000 subscribers and in bursts but cost at 10,000, where the fan-out
+    and the clients fill both cores: so one there. Past two cores each added
+    process has a core of its own.
     """
     return max(1, (cpus or 1) - 1)
 
