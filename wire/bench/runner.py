@@ -179,12 +179,10 @@ class Plan:
         self.latency_done: dict[str, set[int]] = {s.name: set() for s in setup.systems}
 
     async def run(self) -> dict[str, dict[str, Any]]:
-        for system in self.systems:
-            if system.poster is not None:
-                self.bench.use(system)
+        for system in self.systems:  # the shared publisher, and each system's own
+            self.bench.use(system)
+            if system.poster is not None or system is self.systems[0]:
                 await self.bench.warm_up()
-        self.bench.use(self.systems[0])
-        await self.bench.warm_up()
         steps = [self.idle, self.resume, self.burst]
         for step in steps:
             for system in self.systems:
