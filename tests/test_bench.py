@@ -99,3 +99,15 @@ def test_the_table_names_each_scenario_and_the_verdict() -> None:
     assert proc.returncode == 1
     assert "burst 12 conns x 8 items" in out
     assert "verification: FAILED" in out
+
+
+def test_run_workers_measures_each_worker_count() -> None:
+    code, report, err = bench(
+        *TINY, "--scenarios", "burst,latency", "--no-baseline", "--run-workers", "1,2"
+    )
+    assert code == 0, err[-3000:]
+    assert report["verification"] == {"ok": True, "failures": []}
+    for system in ("wire-1w", "wire-2w"):
+        results = report["results"][system]
+        assert results["burst"]["deliveries"] == 12 * 8
+        assert results["latency12"]["verified"]

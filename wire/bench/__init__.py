@@ -143,6 +143,14 @@ def add_command(sub: Any) -> None:
         default=1,
         help="gateway processes (wire gateway --workers N, SO_REUSEPORT)",
     )
+    h.add_argument(
+        "--run-workers",
+        type=_ints,
+        default=(),
+        metavar="N,N",
+        help="measure `wire run --workers N` for each N (e.g. 1,2) instead of the "
+        "separate publisher and gateway; each is published to on its own port",
+    )
     h.add_argument("--uvloop", action="store_true", help="run the gateway and publisher on uvloop")
     h.add_argument(
         "--gateway-env",

@@ -268,3 +268,38 @@ def plot(path: Path, cfg: Config, results: dict[str, Any]) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def systems_table(results: dict[str, Any]) -> str:
+    """Latency and burst per system under test (``--run-workers``: one per worker count)."""
+    lines = [("system", "scenario", "p50", "p99", "max", "deliveries/s", "gateway CPU/delivery")]
+    for system, res in results.items():
+        for key, data in sorted(res.items()):
+            if key.startswith("latency") and "p99_ms" in data:
+                lines.append(
+                    (
+                        system,
+                        f"latency {data['conns']:,} conns at {data['rate']:g}/s",
+                        _fmt(data["p50_ms"], "ms"),
+                        _fmt(data["p99_ms"], "ms"),
+                        _fmt(data["max_ms"], "ms"),
+                        "-",
+                        f"{data['gateway_cpu_us_per_delivery']:.1f} us",
+                    )
+                )
+            elif key == "burst" and "deliveries_per_s" in data:
+                lines.append(
+                    (
+                        system,
+                        f"burst {data['conns']:,} x {data['items']}",
+                        "-",
+                        "-",
+                        "-",
+                        _fmt(data["deliveries_per_s"], "/s"),
+                        f"{data['gateway_cpu_us_per_delivery']:.1f} us",
+                    )
+                )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    text = ["  ".join(c.ljust(widths[i]) for i, c in enumerate(line)).rstrip() for line in lines]
+    text.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(text)

@@ -53,6 +53,7 @@ def config(args: argparse.Namespace) -> Config:
         baseline=args.baseline,
         baseline_latency_max=args.baseline_latency_max,
         subscriber_token=args.subscriber_token or "",
+        run_workers=tuple(args.run_workers),
     )
 
 
@@ -80,6 +81,9 @@ class Setup:
     notes: list[str] = field(default_factory=list)
 
     def stop(self) -> None:
+        for system in self.systems:
+            if system.poster is not None:
+                system.poster.close()
         for child in reversed(self.children):
             child.stop()
 
@@ -107,6 +111,9 @@ async def start(args: argparse.Namespace, cfg: Config, workdir: Path) -> Setup:
         s.admin_token = secrets.token_urlsafe(18)
         pub_port, gw_port = free_port(), free_port()
         loop_env = {"WIRE_EVENT_LOOP": "uvloop"} if args.uvloop else {}
+        if cfg.run_workers and args.sut == "wire":
+            await start_runs(s, args, cfg, workdir, redis_url, loop_env)
+            return await _with_baseline(s, cfg, workdir, redis_url)
         s.children.append(
             start_wire(
                 "publisher",
@@ -131,6 +138,36 @@ async def start(args: argparse.Namespace, cfg: Config, workdir: Path) -> Setup:
         s.systems.append(System("wire", "127.0.0.1", gw_port, gw.pid))
         await ready(s.publisher_url, s.children[1])
         await ready(f"http://127.0.0.1:{gw_port}", gw)
+    return await _with_baseline(s, cfg, workdir, redis_url)
+
+
+async def start_runs(
+    s: Setup,
+    args: argparse.Namespace,
+    cfg: Config,
+    workdir: Path,
+    redis_url: str,
+    loop_env: dict[str, str],
+) -> None:
+    """One ``wire run --workers N`` per N on the bench's Redis, each posted to on its own port."""
+    # The posters' keep-alive connections count against the same per-process
+    # cap on plain HTTP connections as the handshakes of a connect storm.
+    env = {"WIRE_EDITOR_TOKENS": s.token, "WIRE_MAX_HTTP_CONNECTIONS": "4096", **loop_env}
+    env.update(dict(v.split("=", 1) for v in args.gateway_env))
+    for n in cfg.run_workers:
+        port = free_port()
+        argv = ["run", "--redis", redis_url, "--workers", str(n)]
+        child = start_wire(f"run-{n}w", argv, port, env, workdir)
+        s.children.append(child)
+        url = f"http://127.0.0.1:{port}"
+        await ready(url, child)
+        s.systems.append(
+            System(f"wire-{n}w", "127.0.0.1", port, child.pid, poster=Poster(url, s.token))
+        )
+        s.publisher_url = s.publisher_url or url
+
+
+async def _with_baseline(s: Setup, cfg: Config, workdir: Path, redis_url: str | None) -> Setup:
     if cfg.baseline:
         if redis_url is None:
             s.notes.append("baseline skipped: with --url, pass --redis to run it")
@@ -162,10 +199,14 @@ class Plan:
         self.latency_done: dict[str, set[int]] = {s.name: set() for s in setup.systems}
 
     async def run(self) -> dict[str, dict[str, Any]]:
-        await self.bench.warm_up()
+        for system in self.systems:  # the shared publisher, and each system's own
+            self.bench.use(system)
+            if system.poster is not None or system is self.systems[0]:
+                await self.bench.warm_up()
         steps = [self.idle, self.resume, self.burst]
         for step in steps:
             for system in self.systems:
+                self.bench.use(system)
                 await step(system)
                 for group in list(system.groups):
                     await self.bench.close(system, group)
@@ -237,6 +278,7 @@ async def _main(args: argparse.Namespace, cfg: Config) -> int:
         "gateway": {
             "sut": args.sut,
             "workers": args.workers,
+            "run_workers": list(cfg.run_workers),
             "uvloop": args.uvloop,
             "env": args.gateway_env,
             "url": args.url,
@@ -252,6 +294,8 @@ async def _main(args: argparse.Namespace, cfg: Config) -> int:
         sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
         print(report.table(cfg, results))
+        if cfg.run_workers:
+            print("\n" + report.systems_table(results))
         for note in setup.notes:
             print(f"note: {note}")
         print(f"\nverification: {'passed' if not failures else 'FAILED'} ({elapsed:.0f} s)")

@@ -55,6 +55,8 @@ class Config:
     #: ``WIRE_SUBSCRIBER_TOKENS=name:token`` they are a named partner, which
     #: the delivery ledger records.
     subscriber_token: str = ""
+    #: ``wire run --workers N`` systems to run (one per N) instead of the separate gateway.
+    run_workers: tuple[int, ...] = ()
 
 
 @dataclass
@@ -66,6 +68,8 @@ class System:
     port: int
     pid: int | None = None
     groups: dict[str, int] = field(default_factory=dict)
+    #: Its own publisher (a ``wire run``), posted to while it is under test.
+    poster: Poster | None = None
 
 
 def percentile(values: Sequence[float], p: float) -> float:
@@ -124,6 +128,14 @@ class Bench:
         self.tag = f"bench-{run_id}"
         self.progress = progress
         self.failures: list[str] = []
+        self.default_poster = poster
+
+    def use(self, system: System) -> None:
+        """Publish through ``system``'s own publisher, if it has one, while it is measured."""
+        poster = system.poster or self.default_poster
+        # One sequence across posters: it names the items and their Idempotency-Keys.
+        poster.seq = max(poster.seq, self.poster.seq)
+        self.poster = poster
 
     # -- client groups ---------------------------------------------------------
 

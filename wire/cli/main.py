@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+from wire.cli.workers import run_workers, serve_with_workers, worker_count
 from wire.core.errors import RedisMissing
 from wire.runtime import loop
 from wire.runtime.logs import setup_logging
@@ -46,15 +47,23 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every ``wire`` subcommand."""
     parser = argparse.ArgumentParser(prog="wire", description="A real-time news wire.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    run = sub.add_parser("run", help="publisher and gateway in one process (the default setup)")
+    run = sub.add_parser("run", help="publisher and gateway on one port (the default setup)")
     _server_flags(run)
+    run.add_argument(
+        "--workers",
+        metavar="N",
+        help="processes serving the port, each publisher and gateway (SO_REUSEPORT); "
+        "auto or 0: one per core but one (WIRE_WORKERS, default 1)",
+    )
     pub = sub.add_parser("publisher", help="the editors' ingest API alone")
     _server_flags(pub)
     gw = sub.add_parser("gateway", help="the WebSocket/SSE gateway alone")
     _server_flags(gw)
     for role in (pub, gw):
         role.add_argument(
-            "--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)"
+            "--workers",
+            metavar="N",
+            help="processes sharing the port (SO_REUSEPORT; WIRE_WORKERS, default 1)",
         )
     from wire import bench
     from wire.cli import deliver, demo, export, ledger, tail
@@ -85,14 +94,14 @@ def _serve_command(args: argparse.Namespace) -> int:
         redis_url=args.redis,
         entitlements=args.entitlements,
         appendfsync=args.appendfsync,
+        workers=args.workers,
     )
     setup_logging(settings.log_level)
-    if args.command != "run" and args.workers > 1:
-        from wire.cli.workers import run_workers
-
+    workers = worker_count(settings.workers)
+    if args.command != "run" and workers > 1:
         if args.command == "publisher" and not settings.editor_tokens:
             settings = settings.with_(editor_tokens=(_announce_token(settings),))
-        return run_workers(args.workers, settings, args.command)
+        return run_workers(workers, settings, args.command)
     with _redis_for(settings) as settings:
         # Only once Redis is there: a run that fails to start prints no token.
         if args.command in ("run", "publisher") and not settings.editor_tokens:
@@ -100,6 +109,14 @@ def _serve_command(args: argparse.Namespace) -> int:
         app = create_app(
             settings, publisher=args.command != "gateway", gateway=args.command != "publisher"
         )
+        if workers > 1:
+            # The workers get this Redis's URL; it stops after they have (leaving the with).
+            log.info("serving with %d processes", workers)
+            return loop.run(
+                serve_with_workers(app, settings, workers - 1),
+                settings.event_loop,
+                gc_threshold=settings.gc_threshold,
+            )
         loop.run(
             serve(app, settings, reuse_port=getattr(args, "reuse_port", False)),
             settings.event_loop,

@@ -111,6 +111,13 @@ class Settings:
     #: Long-polling reads (``GET /v1/items?wait=``) one process holds at once;
     #: past it a read answers at once, without waiting.
     max_waiters: int = 1_000
+    #: Processes ``wire run`` serves the port with (SO_REUSEPORT, each
+    #: publisher and gateway): a count, or ``auto`` (or 0) for one per core but
+    #: one, at least 1 (see wire.cli.workers.auto_workers); ``--workers`` wins.
+    workers: str = "1"
+    #: Seconds a ``wire run`` worker must have run to be restarted when it dies;
+    #: one that dies sooner stops the whole run, exit 1 (a crash at start repeats).
+    worker_restart_after: float = 10.0
     #: The agency's name: the Atom feeds' title and the author of items with no byline.
     agency: str = "wire"
     #: Seconds between the delivery ledger's flushes to Redis (per process).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -93,7 +94,7 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     """Redis answers, every background task runs (``task:<name>``: the embargo
     releaser, the gateway's stream reader and keep-alives, the ledger's flusher) and, on a gateway,
-    the stream reader is reading."""
+    the stream reader is reading. ``pid`` tells the workers of one port apart."""
     checks: dict[str, bool] = {}
     try:
         checks["redis"] = await request.app[STORE].ping()
@@ -106,7 +107,8 @@ async def readyz(request: web.Request) -> web.Response:
         checks["task:" + name] = running
     ok = all(checks.values())
     return json_response(
-        {"status": "ready" if ok else "unavailable", "checks": checks}, 200 if ok else 503
+        {"status": "ready" if ok else "unavailable", "checks": checks, "pid": os.getpid()},
+        200 if ok else 503,
     )
 
 
@@ -116,8 +118,9 @@ async def serve(
     *,
     reuse_port: bool = False,
     ready: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None,
 ) -> None:
-    """Run ``app`` until SIGINT/SIGTERM, then shut down gracefully."""
+    """Run ``app`` until SIGINT/SIGTERM (or ``stop`` is set), then shut down gracefully."""
     runner = web.AppRunner(
         app,
         handler_cancellation=True,
@@ -143,7 +146,7 @@ async def serve(
         cap, settings.host, settings.port, reuse_port=reuse_port, backlog=4096
     )
     log.info("listening on http://%s:%s", settings.host, settings.port)
-    stop = asyncio.Event()
+    stop = stop or asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
