@@ -378,7 +378,11 @@ async def test_readyz_reports_each_background_task(server: Server, http: Http) -
     _, body = await get_json(http, server.base + "/readyz")
     tasks = {k: v for k, v in body["checks"].items() if k.startswith("task:")}
     assert tasks == {
-        "task:embargo": True, "task:reader": True, "task:keepalive": True, "task:webhooks": True
+        "task:embargo": True,
+        "task:reader": True,
+        "task:keepalive": True,
+        "task:webhooks": True,
+        "task:ledger": True,
     }
 
     supervisor = server.app[SUPERVISOR]
