@@ -56,7 +56,20 @@ def add_command(sub: Any) -> None:
         "--no-baseline",
         dest="baseline",
         action="store_false",
-        help="skip the naive baseline gateway",
+        help="skip both baselines (naive and fast path)",
+    )
+    g.add_argument(
+        "--shape",
+        choices=["run", "split", "both"],
+        default="both",
+        help="run: one `wire run` process serving publisher and gateway (what users start); "
+        "split: a publisher and a gateway process; both (default): run first, then split",
+    )
+    g.add_argument(
+        "--no-fastpath",
+        dest="fastpath",
+        action="store_false",
+        help="skip the fast-path baseline (wire.bench.fastpath)",
     )
     g.add_argument(
         "--baseline-latency-max",

@@ -75,8 +75,23 @@ class Setup:
             child.stop()
 
 
+def shapes(args: argparse.Namespace) -> tuple[str, ...]:
+    """The shapes of wire to measure: ``run`` (one process), ``split`` (two), or both.
+
+    A faulty ``--sut`` stands in for a gateway, so it runs in the split shape only.
+    """
+    if args.sut != "wire":
+        return ("split",)
+    return ("run", "split") if args.shape == "both" else (args.shape,)
+
+
+def shape_name(shape: str, wanted: tuple[str, ...]) -> str:
+    """``wire`` is the first shape measured (the run shape unless only split is)."""
+    return "wire" if shape == wanted[0] else f"wire-{shape}"
+
+
 async def start(args: argparse.Namespace, cfg: Config, workdir: Path) -> Setup:
-    """Start redis, publisher, the gateway under test and the baseline (or use --url)."""
+    """Start redis, the publisher, wire in each shape and the baselines (or use --url)."""
     s = Setup()
     redis_url = args.redis
     if args.url:
@@ -93,41 +108,55 @@ async def start(args: argparse.Namespace, cfg: Config, workdir: Path) -> Setup:
         redis, redis_url = start_redis(workdir)
         s.children.append(redis)
         s.token = secrets.token_urlsafe(18)
-        pub_port, gw_port = free_port(), free_port()
-        loop_env = {"WIRE_EVENT_LOOP": "uvloop"} if args.uvloop else {}
-        s.children.append(
-            start_wire(
-                "publisher",
-                ["publisher", "--redis", redis_url],
-                pub_port,
-                {"WIRE_EDITOR_TOKENS": s.token, **loop_env},
-                workdir,
-            )
-        )
-        s.publisher_url = f"http://127.0.0.1:{pub_port}"
-        if args.sut == "wire":
-            env = {**loop_env, **dict(v.split("=", 1) for v in args.gateway_env)}
+        await start_wire_shapes(args, s, redis_url, workdir)
+    if cfg.baseline:
+        if redis_url is None:
+            s.notes.append("baselines skipped: with --url, pass --redis to run them")
+        else:
+            for name, module in (("fastpath", "fastpath"), ("baseline", "baseline")):
+                if name == "fastpath" and not args.fastpath:
+                    continue
+                port = free_port()
+                child = start_baseline(redis_url, port, "", workdir, module)
+                s.children.append(child)
+                await ready(f"http://127.0.0.1:{port}", child)
+                s.systems.append(System(name, "127.0.0.1", port, child.pid))
+    return s
+
+
+async def start_wire_shapes(
+    args: argparse.Namespace, s: Setup, redis_url: str, workdir: Path
+) -> None:
+    """A publisher process (the split shape's, and where the baselines' items go),
+    a gateway process for the split shape, one ``wire run`` process for the run shape."""
+    env = {"WIRE_EDITOR_TOKENS": s.token, **dict(v.split("=", 1) for v in args.gateway_env)}
+    if args.uvloop:
+        env["WIRE_EVENT_LOOP"] = "uvloop"
+    wanted = shapes(args)
+    pub_port = free_port()
+    publisher = start_wire("publisher", ["publisher", "--redis", redis_url], pub_port, env, workdir)
+    s.children.append(publisher)
+    s.publisher_url = f"http://127.0.0.1:{pub_port}"
+    await ready(s.publisher_url, publisher)
+    for shape in wanted:
+        port = free_port()
+        if shape == "run":
+            gw = start_wire("run", ["run", "--redis", redis_url], port, env, workdir)
+            publisher_url = f"http://127.0.0.1:{port}"
+        elif args.sut == "wire":
             argv = ["gateway", "--redis", redis_url]
             if args.workers > 1:
                 argv += ["--workers", str(args.workers)]
-            gw = start_wire("gateway", argv, gw_port, env, workdir)
+            gw = start_wire("gateway", argv, port, env, workdir)
+            publisher_url = s.publisher_url
         else:
             fault = "" if args.sut == "baseline" else args.sut
-            gw = start_baseline(redis_url, gw_port, fault, workdir)
+            gw = start_baseline(redis_url, port, fault, workdir)
+            publisher_url = s.publisher_url
         s.children.append(gw)
-        s.systems.append(System("wire", "127.0.0.1", gw_port, gw.pid))
-        await ready(s.publisher_url, s.children[1])
-        await ready(f"http://127.0.0.1:{gw_port}", gw)
-    if cfg.baseline:
-        if redis_url is None:
-            s.notes.append("baseline skipped: with --url, pass --redis to run it")
-        else:
-            port = free_port()
-            child = start_baseline(redis_url, port, "", workdir)
-            s.children.append(child)
-            await ready(f"http://127.0.0.1:{port}", child)
-            s.systems.append(System("baseline", "127.0.0.1", port, child.pid))
-    return s
+        await ready(f"http://127.0.0.1:{port}", gw)
+        name = shape_name(shape, wanted)
+        s.systems.append(System(name, "127.0.0.1", port, gw.pid, publisher_url=publisher_url))
 
 
 class Plan:
@@ -140,18 +169,38 @@ class Plan:
         self.want = set(cfg.scenarios)
         self.results: dict[str, dict[str, Any]] = {s.name: {} for s in setup.systems}
         self.latency_done: dict[str, set[int]] = {s.name: set() for s in setup.systems}
+        self.default_url, self.token = setup.publisher_url, setup.token
+        self.posters = {setup.publisher_url: bench.poster}
 
     async def run(self) -> dict[str, dict[str, Any]]:
-        await self.bench.warm_up()
+        for system in self.systems:
+            await self.use(system)
+            await self.bench.warm_up()
         steps = [self.idle, self.resume, self.burst]
         for step in steps:
             for system in self.systems:
+                await self.use(system)
                 await step(system)
                 for group in list(system.groups):
                     await self.bench.close(system, group)
         if "publisher" in self.want:
+            await self.use(self.systems[0])
             self.results.setdefault("wire", {})["publisher"] = await self.bench.publisher()
         return self.results
+
+    async def use(self, system: System) -> None:
+        """Post the items of ``system``'s scenarios to its publisher."""
+        url = system.publisher_url or self.default_url
+        if url not in self.posters:
+            # Idempotency keys are the run id and a sequence number, and all
+            # publishers share one Redis: each poster numbers in its own range.
+            self.posters[url] = Poster(url, self.token)
+            self.posters[url].seq = len(self.posters) * 1_000_000_000
+        self.bench.poster = self.posters[url]
+
+    def close(self) -> None:
+        for poster in self.posters.values():
+            poster.close()
 
     async def latency(self, system: System, n: int) -> None:
         if system.name == "baseline" and n > self.cfg.baseline_latency_max:
@@ -189,17 +238,18 @@ async def _main(args: argparse.Namespace, cfg: Config) -> int:
     began = time.monotonic()
     setup = Setup()
     clients = Clients(cfg.client_procs, progress.counters)
-    poster: Poster | None = None
     try:
         progress.step("starting redis-server, publisher, gateways and clients")
         setup, _ = await asyncio.gather(start(args, cfg, workdir), clients.start())
         poster = Poster(setup.publisher_url, setup.token)
         bench = Bench(cfg, clients, poster, secrets.token_hex(4), progress)
-        results = await Plan(bench, setup, cfg).run()
+        plan = Plan(bench, setup, cfg)
+        try:
+            results = await plan.run()
+        finally:
+            plan.close()
         failures = bench.failures
     finally:
-        if poster is not None:
-            poster.close()
         await clients.stop()
         setup.stop()
         if args.keep:
@@ -211,6 +261,7 @@ async def _main(args: argparse.Namespace, cfg: Config) -> int:
         "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
         "gateway": {
             "sut": args.sut,
+            "shapes": [s.name for s in setup.systems if s.name.startswith("wire")],
             "workers": args.workers,
             "uvloop": args.uvloop,
             "env": args.gateway_env,

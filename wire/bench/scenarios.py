@@ -56,6 +56,8 @@ class System:
     port: int
     pid: int | None = None
     groups: dict[str, int] = field(default_factory=dict)
+    #: The publisher its items are posted to ("" for the run's default one).
+    publisher_url: str = ""
 
 
 def percentile(values: Sequence[float], p: float) -> float:
