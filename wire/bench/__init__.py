@@ -66,6 +66,12 @@ def add_command(sub: Any) -> None:
         "split: a publisher and a gateway process; both (default): run first, then split",
     )
     g.add_argument(
+        "--no-naive",
+        dest="naive",
+        action="store_false",
+        help="skip the naive baseline (wire.bench.baseline)",
+    )
+    g.add_argument(
         "--no-fastpath",
         dest="fastpath",
         action="store_false",
@@ -131,8 +137,9 @@ def add_command(sub: Any) -> None:
     h.add_argument(
         "--connect-concurrency",
         type=int,
-        default=1000,
-        help="handshakes in flight while connecting (1000)",
+        default=500,
+        help="handshakes in flight while connecting (500; `wire run` answers 503 past "
+        "WIRE_MAX_HTTP_CONNECTIONS=1000 plain HTTP connections, the posters' included)",
     )
     h.add_argument(
         "--timeout",
@@ -146,7 +153,11 @@ def add_command(sub: Any) -> None:
         default=1,
         help="gateway processes (wire gateway --workers N, SO_REUSEPORT)",
     )
-    h.add_argument("--uvloop", action="store_true", help="run the gateway and publisher on uvloop")
+    h.add_argument(
+        "--uvloop",
+        action="store_true",
+        help="insist on uvloop (WIRE_EVENT_LOOP=uvloop; the default, auto, uses it when installed)",
+    )
     h.add_argument(
         "--gateway-env",
         action="append",

@@ -114,7 +114,7 @@ async def start(args: argparse.Namespace, cfg: Config, workdir: Path) -> Setup:
             s.notes.append("baselines skipped: with --url, pass --redis to run them")
         else:
             for name, module in (("fastpath", "fastpath"), ("baseline", "baseline")):
-                if name == "fastpath" and not args.fastpath:
+                if not (args.fastpath if name == "fastpath" else args.naive):
                     continue
                 port = free_port()
                 child = start_baseline(redis_url, port, "", workdir, module)
@@ -223,7 +223,14 @@ class Plan:
     async def burst(self, system: System) -> None:
         """The burst, then latency over the burst's connections (and any other sizes)."""
         if "burst" in self.want:
-            self.results[system.name]["burst"] = await self.bench.burst(system)
+            before = await reader_batches(system)
+            result = await self.bench.burst(system)
+            after = await reader_batches(system)
+            if before is not None and after is not None and after[0] > before[0]:
+                # How well the reader coalesced the burst: writes per connection.
+                result["reader_batches"] = after[0] - before[0]
+                result["entries_per_batch"] = (after[1] - before[1]) / (after[0] - before[0])
+            self.results[system.name]["burst"] = result
         if "latency" in self.want:
             for n in self.cfg.latency_conns:
                 if n not in self.latency_done[system.name]:
@@ -292,6 +299,29 @@ async def _main(args: argparse.Namespace, cfg: Config) -> int:
     if args.check_targets and any(t["met"] is False for t in report.targets(cfg, results)):
         return 2
     return 0
+
+
+async def reader_batches(system: System) -> tuple[float, float] | None:
+    """The gateway's ``wire_reader_batches`` and ``wire_reader_entries`` (None if not wire)."""
+    if not system.name.startswith("wire"):
+        return None
+    try:
+        r, w = await asyncio.open_connection(system.host, system.port)
+        w.write(
+            f"GET /metrics HTTP/1.1\r\nHost: {system.host}\r\nConnection: close\r\n\r\n".encode()
+        )
+        text = (await r.read()).decode(errors="replace")
+        w.close()
+    except OSError:
+        return None
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("wire_reader_batches_total", "wire_reader_entries_total"):
+            found[name] = float(value)
+    if len(found) < 2:
+        return None
+    return found["wire_reader_batches_total"], found["wire_reader_entries_total"]
 
 
 def machine() -> dict[str, Any]:

@@ -40,7 +40,7 @@ class Config:
     publish_clients: int = 16
     sample: int = 100
     client_procs: int = 1
-    connect_concurrency: int = 1000
+    connect_concurrency: int = 500
     body: int = 0
     timeout: float = 60.0
     baseline: bool = True

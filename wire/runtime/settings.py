@@ -75,8 +75,9 @@ class Settings:
     #: reader waits this long before its next read, so more of the burst goes
     #: out in each socket write; a quiet wire (one item per read) never waits.
     read_gather_ms: float = 2.0
-    #: ``asyncio``, ``uvloop`` (the ``fast`` extra) or ``auto`` (uvloop when installed).
-    event_loop: str = "asyncio"
+    #: ``auto`` (uvloop where it is installed, a default dependency where it
+    #: has wheels; asyncio elsewhere), ``uvloop`` or ``asyncio``.
+    event_loop: str = "auto"
     #: Allocations between young garbage collections (Python's default is 700,
     #: 0 keeps it). Fewer collections mean fewer full ones, each of which walks
     #: every connection's objects: 100+ ms at a few thousand connections.
