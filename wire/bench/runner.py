@@ -48,6 +48,9 @@ def config(args: argparse.Namespace) -> Config:
         timeout=args.timeout,
         baseline=args.baseline,
         baseline_latency_max=args.baseline_latency_max,
+        shapes=() if args.url else shapes(args),
+        fastpath=args.fastpath,
+        naive=args.naive,
     )
 
 
@@ -264,6 +267,7 @@ async def _main(args: argparse.Namespace, cfg: Config) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     elapsed = time.monotonic() - began
+    found = report.targets(cfg, results)
     doc = {
         "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
         "gateway": {
@@ -276,7 +280,11 @@ async def _main(args: argparse.Namespace, cfg: Config) -> int:
         },
         "machine": machine(),
         "results": results,
-        "targets": report.targets(cfg, results),
+        "targets": found,
+        "table": [
+            {"scenario": r.scenario, "metric": r.metric, "unit": r.unit, "values": r.values}
+            for r in report.rows(cfg, results)
+        ],
         "verification": {"ok": not failures, "failures": failures},
         "notes": setup.notes,
         "seconds": elapsed,
@@ -296,7 +304,9 @@ async def _main(args: argparse.Namespace, cfg: Config) -> int:
     if failures:
         progress.done("verification FAILED: " + "; ".join(failures[:3]))
         return 1
-    if args.check_targets and any(t["met"] is False for t in report.targets(cfg, results)):
+    if args.check_targets and report.missed(found):
+        for t in report.missed(found):
+            progress.done(f"target {t['verdict']}: {t['name']}")
         return 2
     return 0
 

@@ -45,6 +45,10 @@ class Config:
     timeout: float = 60.0
     baseline: bool = True
     baseline_latency_max: int = 10_000
+    #: Shapes of wire measured, the first under the name ``wire`` (empty with --url).
+    shapes: tuple[str, ...] = ("run", "split")
+    fastpath: bool = True
+    naive: bool = True
 
 
 @dataclass

@@ -57,6 +57,7 @@ class Reader:
         self.entries = 0
         #: How long the last dispatch took (seconds): a burst may linger as long.
         self.dispatch_seconds = 0.0
+        self.clock: Callable[[], float] = time.monotonic
 
     async def run(self) -> None:
         """Read forever; on Redis trouble retry with backoff from where it stopped."""
@@ -79,13 +80,13 @@ class Reader:
                     # when the blocking read below returns (up to 5 s later).
                     await self.store.ping()
                     self.ready = True
-                sent = time.monotonic()
+                sent = self.clock()
                 entries = await self.store.read_new(
                     self.hub.position, count=self.settings.read_batch, block_ms=5000
                 )
                 self.ready, delay = True, 0.05
                 if entries:
-                    if gather and (len(entries) > 1 or time.monotonic() - sent < BURST_GAP):
+                    if gather and (len(entries) > 1 or self.clock() - sent < BURST_GAP):
                         entries = await self.gather(entries, gather)
                     self.dispatch(entries)
             except REDIS_DOWN as err:
@@ -115,7 +116,7 @@ class Reader:
         would find little more than the dispatch let through. A quiet wire
         never gets here: its reads wait for their item, which goes out at once.
         """
-        deadline = time.monotonic() + min(MAX_LINGER, max(linger, self.dispatch_seconds))
+        deadline = self.clock() + min(MAX_LINGER, max(linger, self.dispatch_seconds))
         while len(entries) < self.settings.read_batch:
             await asyncio.sleep(linger)
             room = self.settings.read_batch - len(entries)
@@ -123,18 +124,18 @@ class Reader:
             if not more:
                 break
             entries += more
-            if time.monotonic() >= deadline:
+            if self.clock() >= deadline:
                 break
         return entries
 
     def dispatch(self, entries: list[Entry]) -> None:
-        began = time.monotonic()
+        began = self.clock()
         self.hub.dispatch(entries)
         self.observe(entries)
         self.arrivals.publish(entries)
         self.batches += 1
         self.entries += len(entries)
-        self.dispatch_seconds = time.monotonic() - began
+        self.dispatch_seconds = self.clock() - began
 
 
 READER = web.AppKey("reader", Reader)
