@@ -72,7 +72,7 @@ async def test_the_reader_gathers_only_while_a_burst_is_under_way(
         (0.0, [entry(4)]),  # what the linger found
         (BUSY, [entry(5)]),  # one item, but the read did not wait: still the burst
         (0.0, [entry(6)]),
-        (0.0, []),  # nothing more: dispatch
+        (0.0, []),  # the next blocking read: nothing yet
         (QUIET, [entry(7)]),  # quiet again
     ]
     store = FakeStore(batches)

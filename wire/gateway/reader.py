@@ -110,20 +110,27 @@ class Reader:
 
         Each connection then gets the burst in fewer, larger writes, and the
         number of writes is what a burst costs. The reader lingers ``linger``
-        at a time while more keeps coming, for as long as the last dispatch
-        took (at most :data:`MAX_LINGER`): in ``wire run`` the publisher shares
-        this loop, and a dispatch stalls it, so without this the next read
-        would find little more than the dispatch let through. A quiet wire
-        never gets here: its reads wait for their item, which goes out at once.
+        at a time while more keeps coming (until two lingers in a row found
+        nothing), for up to twice as long as the last dispatch took (at most
+        :data:`MAX_LINGER`): in ``wire run`` the publisher shares this loop,
+        and a dispatch stalls it, so without this the next read would find
+        little more than the dispatch let through; lingering twice as long
+        as a dispatch lets the publisher have two thirds of the loop. A quiet
+        wire never gets here: its reads wait for their item, which goes out
+        at once.
         """
-        deadline = self.clock() + min(MAX_LINGER, max(linger, self.dispatch_seconds))
-        while len(entries) < self.settings.read_batch:
+        budget = min(MAX_LINGER, max(linger, 2 * self.dispatch_seconds))
+        deadline = self.clock() + budget
+        empty = 0
+        while len(entries) < self.settings.read_batch and empty < 2:
             await asyncio.sleep(linger)
             room = self.settings.read_batch - len(entries)
             more = await self.store.read_new(entries[-1].key, count=room, block_ms=None)
-            if not more:
-                break
-            entries += more
+            if more:
+                entries += more
+                empty = 0
+            else:
+                empty += 1
             if self.clock() >= deadline:
                 break
         return entries
