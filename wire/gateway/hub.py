@@ -215,16 +215,30 @@ class Hub:
                     touched.append(conn)
                 else:
                     out.append(entry)
-        self._send_shares(touched, overflowed)
+        self._send_shares(touched, overflowed, len(entries))
         self._remember(entries)
 
-    def _send_shares(self, touched: list[Conn], overflowed: list[Conn]) -> None:
-        """After a batch's dispatch: close whom it overflowed, write each share."""
+    def _send_shares(self, touched: list[Conn], overflowed: list[Conn], n: int) -> None:
+        """After a batch's dispatch: close whom it overflowed, write each share.
+
+        In a burst most connections' share is the whole batch: its bytes are
+        joined once per encoding, not once per connection.
+        """
         for conn in overflowed:
             self.close(conn, CloseCode.SLOW_CONSUMER, "slow consumer")
+        whole: dict[bool, bytes] = {}
         for conn in touched:
             share, conn.out = conn.out, None
-            if share:
+            if not share:
+                continue
+            # A share holds each entry of the batch at most once, in order:
+            # as long as the batch, it is the batch.
+            if len(share) == n > 1 and conn.grant is None:
+                data = whole.get(conn.sse)
+                if data is None:
+                    data = whole[conn.sse] = conn.encode(share)
+                self.write(conn, share, data)
+            else:
                 self.write(conn, share)
 
     def _remember(self, entries: Sequence[Entry]) -> None:
@@ -239,11 +253,12 @@ class Hub:
         conn.buffered_bytes += len(entry.json)
         return conn.buffered_bytes > self.max_buffer
 
-    def write(self, conn: Conn, entries: Sequence[Entry]) -> None:
+    def write(self, conn: Conn, entries: Sequence[Entry], data: bytes | None = None) -> None:
         """Write entries newer than the connection's last one; enforce the cap.
 
         A connection whose socket is behind gets its entries queued instead
-        (see :meth:`_hold`), so that urgent ones can still go ahead.
+        (see :meth:`_hold`), so that urgent ones can still go ahead. ``data``
+        is ``entries`` already encoded for this connection, if at hand.
         """
         state = conn.state
         if state is CLOSED or not entries:
@@ -252,13 +267,13 @@ class Hub:
             self._hold(conn, entries)
             return
         if entries[0].key <= conn.last_key:
-            entries = fresh(entries, conn.last_key)
+            entries, data = fresh(entries, conn.last_key), None
             if not entries:
                 return
         # _write_items inlined: this runs once per connection per batch.
         conn.last_key = entries[-1].key
         self.deliveries += len(entries)
-        self.send(conn, conn.encode(entries))
+        self.send(conn, conn.encode(entries) if data is None else data)
         if conn.state is not CLOSED and conn.transport.get_write_buffer_size() > HOLD_AT:
             self._fall_behind(conn)
 
