@@ -89,7 +89,9 @@ class Conn(asyncio.Protocol):
             self.srv.index.setdefault(tag, set()).add(self)
         if "since" in q:
             self.last, self.held = parse_id(q["since"][0]), []
-            self.srv.tasks.add(asyncio.ensure_future(self.replay()))
+            task = asyncio.ensure_future(self.replay())
+            self.srv.tasks.add(task)
+            task.add_done_callback(self.srv.tasks.discard)
 
     async def replay(self) -> None:
         start = "(" + format_id(self.last)

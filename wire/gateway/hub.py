@@ -237,7 +237,7 @@ class Hub:
                 data = whole.get(conn.sse)
                 if data is None:
                     data = whole[conn.sse] = conn.encode(share)
-                self.write(conn, share, data)
+                self._write(conn, share, data)
             else:
                 self.write(conn, share)
 
@@ -253,13 +253,16 @@ class Hub:
         conn.buffered_bytes += len(entry.json)
         return conn.buffered_bytes > self.max_buffer
 
-    def write(self, conn: Conn, entries: Sequence[Entry], data: bytes | None = None) -> None:
+    def write(self, conn: Conn, entries: Sequence[Entry]) -> None:
         """Write entries newer than the connection's last one; enforce the cap.
 
         A connection whose socket is behind gets its entries queued instead
-        (see :meth:`_hold`), so that urgent ones can still go ahead. ``data``
-        is ``entries`` already encoded for this connection, if at hand.
+        (see :meth:`_hold`), so that urgent ones can still go ahead.
         """
+        self._write(conn, entries, None)
+
+    def _write(self, conn: Conn, entries: Sequence[Entry], data: bytes | None) -> None:
+        """:meth:`write`, with ``entries`` already encoded for ``conn`` if ``data``."""
         state = conn.state
         if state is CLOSED or not entries:
             return
