@@ -136,6 +136,7 @@ class Reader:
         return entries
 
     def dispatch(self, entries: list[Entry]) -> None:
+        """Hand a batch to the hub, the metrics and the long polls; time it."""
         began = self.clock()
         self.hub.dispatch(entries)
         self.observe(entries)
