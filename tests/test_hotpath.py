@@ -7,6 +7,7 @@ docs/performance.md); these tests pin down behaviour.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -70,9 +71,12 @@ async def test_the_reader_gathers_only_while_a_burst_is_under_way(
         (QUIET, [entry(1)]),  # a quiet wire: out at once
         (QUIET, [entry(2), entry(3)]),  # several at once: a burst begins, linger
         (0.0, [entry(4)]),  # what the linger found
+        (0.0, []),
+        (0.0, []),  # two lingers in a row found nothing: dispatch
         (BUSY, [entry(5)]),  # one item, but the read did not wait: still the burst
         (0.0, [entry(6)]),
-        (0.0, []),  # the next blocking read: nothing yet
+        (0.0, []),
+        (0.0, []),
         (QUIET, [entry(7)]),  # quiet again
     ]
     store = FakeStore(batches)
@@ -84,13 +88,38 @@ async def test_the_reader_gathers_only_while_a_burst_is_under_way(
 
     monkeypatch.setattr(asyncio, "sleep", fake_sleep)
     hub = Hub()
+    dispatch = hub.dispatch
+
+    def slow_dispatch(entries: Sequence[Entry]) -> None:
+        store.now += 0.01  # as with many connections: writes are what costs
+        dispatch(entries)
+
+    hub.dispatch = slow_dispatch  # type: ignore[method-assign]
     reader = reader_on(store, hub, 2.0)
     with pytest.raises(asyncio.CancelledError):
         await reader.run()
     # Lingering only in the burst; the batches 1 | 2-4 | 5-6 | 7.
-    assert sleeps == [0.002, 0.002]
+    assert sleeps == [0.002] * 6
     assert (reader.batches, reader.entries) == (4, 7)
     assert hub.position == (7, 0)
+
+
+async def test_with_cheap_dispatches_the_reader_never_lingers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Few connections: nothing to save by coalescing, items go out as read."""
+    sleeps: list[float] = []
+
+    async def fake_sleep(delay: float, *args: Any) -> None:
+        sleeps.append(delay)
+
+    monkeypatch.setattr(asyncio, "sleep", fake_sleep)
+    batches = [(QUIET, [entry(1)]), (BUSY, [entry(2), entry(3)]), (BUSY, [entry(4)])]
+    reader = reader_on(FakeStore(batches), Hub(), 2.0)
+    with pytest.raises(asyncio.CancelledError):
+        await reader.run()
+    assert sleeps == []
+    assert (reader.batches, reader.entries) == (3, 4)
 
 
 async def test_gathering_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:

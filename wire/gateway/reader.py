@@ -86,7 +86,7 @@ class Reader:
                 )
                 self.ready, delay = True, 0.05
                 if entries:
-                    if gather and (len(entries) > 1 or self.clock() - sent < BURST_GAP):
+                    if gather and self.burst(entries, self.clock() - sent, gather):
                         entries = await self.gather(entries, gather)
                     self.dispatch(entries)
             except REDIS_DOWN as err:
@@ -104,6 +104,16 @@ class Reader:
                 self.errors += 1
                 log.exception("stream reader: unexpected error; retrying")
                 await asyncio.sleep(1.0)
+
+    def burst(self, entries: list[Entry], waited: float, linger: float) -> bool:
+        """Whether to linger for more before dispatching ``entries``.
+
+        Only while a burst is under way (the read found items waiting: it
+        returned several, or came back at once), and only when writes are
+        what costs (the last dispatch took longer than a linger): with few
+        connections there is nothing to save, and the items go out at once.
+        """
+        return self.dispatch_seconds > linger and (len(entries) > 1 or waited < BURST_GAP)
 
     async def gather(self, entries: list[Entry], linger: float) -> list[Entry]:
         """A burst is under way: let more of it arrive before dispatching.
