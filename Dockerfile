@@ -5,7 +5,7 @@ COPY pyproject.toml README.md ./
 COPY wire ./wire
 COPY publisher ./publisher
 COPY subscriber ./subscriber
-RUN pip install --no-cache-dir ./subscriber '.[fast]'
+RUN pip install --no-cache-dir ./subscriber '.'
 ENV WIRE_HOST=0.0.0.0 WIRE_PORT=8080
 EXPOSE 8080
 USER nobody

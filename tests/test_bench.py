@@ -41,26 +41,55 @@ def bench(*args: str) -> tuple[int, dict[str, Any], str]:
         [sys.executable, "-m", "wire", "bench", "--json", *args],
         cwd=ROOT,
         capture_output=True,
-        timeout=120,
+        timeout=240,
     )
     report = orjson.loads(proc.stdout) if proc.stdout.strip() else {}
     return proc.returncode, report, proc.stderr.decode(errors="replace")
 
 
-def test_a_healthy_gateway_and_the_baseline_pass_verification(tmp_path: Path) -> None:
+@pytest.mark.timeout(300)
+def test_both_shapes_and_both_baselines_pass_verification(tmp_path: Path) -> None:
+    """`wire run` (one process), the split shape, the fast path and the naive gateway."""
     plot = tmp_path / "bench.png"
     code, report, err = bench(*TINY, "--plot", str(plot))
     assert code == 0, err[-3000:]
     assert plot.read_bytes().startswith(b"\x89PNG")
     assert report["verification"] == {"ok": True, "failures": []}
-    for system in ("wire", "baseline"):
+    assert report["config"]["shapes"] == ["run", "split"]
+    assert set(report["results"]) == {"wire", "wire-split", "fastpath", "baseline"}
+    for system in ("wire", "wire-split", "fastpath", "baseline"):
         results = report["results"][system]
         assert {"burst", "latency12", "memory", "resume"} <= set(results)
         assert results["burst"]["deliveries"] == 12 * 8
         assert all(r.get("verified", True) for r in results.values())
+    assert report["results"]["wire"]["burst"]["entries_per_batch"] >= 1
     assert report["results"]["wire"]["publisher"]["accepted"] == 40
     assert report["results"]["wire"]["publisher_batch"]["accepted"] == 60
-    assert {t["metric"] for t in report["targets"]} >= {"deliveries/s", "RSS per connection"}
+    assert {r["metric"] for r in report["table"]} >= {"deliveries/s", "RSS per connection"}
+
+
+@pytest.mark.timeout(300)
+def test_check_targets_fails_on_a_target_asked_for_and_not_met() -> None:
+    """At tiny sizes the latency targets (at 1,000 and 10,000) cannot be measured:
+    asked for, they count as missed."""
+    args = (*TINY, "--scenarios", "burst,latency", "--shape", "run", "--no-naive")
+    code, report, err = bench(*args, "--check-targets")
+    assert code == 2, err[-3000:]
+    assert report["verification"]["ok"]
+    verdicts = {t["name"]: t for t in report["targets"]}
+    latency = verdicts["latency p99, 1,000 subscribers, 20 items/s"]
+    assert latency["verdict"] == "not measured" and latency["counted"]
+    batch = verdicts["publisher, batch endpoint"]  # not asked for: reported, not counted
+    assert batch["verdict"] == "not measured" and not batch["counted"]
+    assert "target not measured: latency p99" in err
+
+
+def test_check_targets_passes_when_no_target_was_asked_for() -> None:
+    code, report, err = bench(
+        *TINY, "--scenarios", "resume", "--shape", "split", "--no-baseline", "--check-targets"
+    )
+    assert code == 0, err[-3000:]
+    assert not any(t["counted"] for t in report["targets"])
 
 
 @pytest.mark.parametrize(
@@ -84,7 +113,7 @@ def test_the_webhook_scenario_delivers_every_item_once_in_order() -> None:
     found = report["results"]["wire"]["webhook"]
     assert found["verified"] and found["items"] == 20 and found["bad_signatures"] == 0
     assert {"items_per_s", "drain_items_per_s", "latency_p50_ms", "latency_p99_ms"} <= set(found)
-    metrics = {t["metric"] for t in report["targets"] if t["scenario"].startswith("webhook")}
+    metrics = {r["metric"] for r in report["table"] if r["scenario"].startswith("webhook")}
     assert "delivered items/s (backlog drain)" in metrics
 
 
@@ -103,11 +132,13 @@ def test_the_table_names_each_scenario_and_the_verdict() -> None:
 
 def test_run_workers_measures_each_worker_count() -> None:
     code, report, err = bench(
-        *TINY, "--scenarios", "burst,latency", "--no-baseline", "--run-workers", "1,2"
+        *TINY, "--scenarios", "burst,latency", "--no-baseline", "--shape", "run",
+        "--run-workers", "1,2",
     )
     assert code == 0, err[-3000:]
     assert report["verification"] == {"ok": True, "failures": []}
-    for system in ("wire-1w", "wire-2w"):
+    assert set(report["results"]) == {"wire", "wire-run-2w"}
+    for system in ("wire", "wire-run-2w"):
         results = report["results"][system]
         assert results["burst"]["deliveries"] == 12 * 8
         assert results["latency12"]["verified"]

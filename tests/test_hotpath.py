@@ -7,6 +7,7 @@ docs/performance.md); these tests pin down behaviour.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -28,10 +29,18 @@ def entry(ms: int) -> Entry:
 
 
 class FakeStore:
-    """Hands the reader prepared batches, then stops it."""
+    """Hands the reader prepared batches, then stops it.
 
-    def __init__(self, batches: list[list[Entry]]) -> None:
+    Each batch comes with how long its read waited (on a fake clock): a quiet
+    wire's read waits for its item, a burst's finds items there.
+    """
+
+    def __init__(self, batches: list[tuple[float, list[Entry]]]) -> None:
         self.batches = batches
+        self.now = 0.0
+
+    def clock(self) -> float:
+        return self.now
 
     async def last_key(self) -> StreamKey:
         return ZERO
@@ -39,7 +48,18 @@ class FakeStore:
     async def read_new(self, after: StreamKey, *, count: int, block_ms: int | None) -> list[Entry]:
         if not self.batches:
             raise asyncio.CancelledError
-        return self.batches.pop(0)
+        waited, batch = self.batches.pop(0)
+        self.now += waited
+        return batch
+
+
+QUIET, BUSY = 1.0, 0.0005  # seconds a read waited
+
+
+def reader_on(store: FakeStore, hub: Hub, gather_ms: float) -> Reader:
+    reader = Reader(store, hub, Settings(read_gather_ms=gather_ms))  # type: ignore[arg-type]
+    reader.clock = store.clock
+    return reader
 
 
 async def test_the_reader_gathers_only_while_a_burst_is_under_way(
@@ -47,20 +67,59 @@ async def test_the_reader_gathers_only_while_a_burst_is_under_way(
 ) -> None:
     sleeps: list[float] = []
     real_sleep = asyncio.sleep
+    batches = [
+        (QUIET, [entry(1)]),  # a quiet wire: out at once
+        (QUIET, [entry(2), entry(3)]),  # several at once: a burst begins, linger
+        (0.0, [entry(4)]),  # what the linger found
+        (0.0, []),
+        (0.0, []),  # two lingers in a row found nothing: dispatch
+        (BUSY, [entry(5)]),  # one item, but the read did not wait: still the burst
+        (0.0, [entry(6)]),
+        (0.0, []),
+        (0.0, []),
+        (QUIET, [entry(7)]),  # quiet again
+    ]
+    store = FakeStore(batches)
 
     async def fake_sleep(delay: float, *args: Any) -> None:
         sleeps.append(delay)
+        store.now += delay
         await real_sleep(0)
 
     monkeypatch.setattr(asyncio, "sleep", fake_sleep)
     hub = Hub()
-    batches = [[entry(1)], [entry(2), entry(3)], [entry(4)], [], [entry(5), entry(6)]]
-    reader = Reader(FakeStore(batches), hub, Settings(read_gather_ms=2.0))  # type: ignore[arg-type]
+    dispatch = hub.dispatch
+
+    def slow_dispatch(entries: Sequence[Entry]) -> None:
+        store.now += 0.01  # as with many connections: writes are what costs
+        dispatch(entries)
+
+    hub.dispatch = slow_dispatch  # type: ignore[method-assign]
+    reader = reader_on(store, hub, 2.0)
     with pytest.raises(asyncio.CancelledError):
         await reader.run()
-    # one wait after each batch of several items; none after a single item or nothing
-    assert sleeps == [0.002, 0.002]
-    assert hub.position == (6, 0)
+    # Lingering only in the burst; the batches 1 | 2-4 | 5-6 | 7.
+    assert sleeps == [0.002] * 6
+    assert (reader.batches, reader.entries) == (4, 7)
+    assert hub.position == (7, 0)
+
+
+async def test_with_cheap_dispatches_the_reader_never_lingers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Few connections: nothing to save by coalescing, items go out as read."""
+    sleeps: list[float] = []
+
+    async def fake_sleep(delay: float, *args: Any) -> None:
+        sleeps.append(delay)
+
+    monkeypatch.setattr(asyncio, "sleep", fake_sleep)
+    batches = [(QUIET, [entry(1)]), (BUSY, [entry(2), entry(3)]), (BUSY, [entry(4)])]
+    reader = reader_on(FakeStore(batches), Hub(), 2.0)
+    with pytest.raises(asyncio.CancelledError):
+        await reader.run()
+    assert sleeps == []
+    assert (reader.batches, reader.entries) == (3, 4)
 
 
 async def test_gathering_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -70,8 +129,8 @@ async def test_gathering_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> N
         sleeps.append(delay)
 
     monkeypatch.setattr(asyncio, "sleep", fake_sleep)
-    batches = [[entry(1), entry(2)], [entry(3), entry(4)]]
-    reader = Reader(FakeStore(batches), Hub(), Settings(read_gather_ms=0))  # type: ignore[arg-type]
+    batches = [(BUSY, [entry(1), entry(2)]), (BUSY, [entry(3), entry(4)])]
+    reader = reader_on(FakeStore(batches), Hub(), 0)
     with pytest.raises(asyncio.CancelledError):
         await reader.run()
     assert sleeps == []

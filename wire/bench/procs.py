@@ -136,11 +136,14 @@ def start_wire(name: str, args: list[str], port: int, env: dict[str, str], workd
     return Child(name, argv, {**base, **env}, workdir / f"{name}.log")
 
 
-def start_baseline(redis_url: str, port: int, fault: str, workdir: Path) -> Child:
-    argv = [sys.executable, "-m", "wire.bench.baseline", "--redis", redis_url, "--port", str(port)]
+def start_baseline(
+    redis_url: str, port: int, fault: str, workdir: Path, module: str = "baseline"
+) -> Child:
+    """The naive baseline (``module="baseline"``) or the fast path (``"fastpath"``)."""
+    argv = [sys.executable, "-m", f"wire.bench.{module}", "--redis", redis_url, "--port", str(port)]
     if fault:
         argv += ["--fault", fault]
-    return Child("baseline", argv, {}, workdir / "baseline.log")
+    return Child(module, argv, {}, workdir / f"{module}.log")
 
 
 async def wait_ready(base: str, child: Child | None, within: float = 30.0) -> None:

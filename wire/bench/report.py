@@ -1,161 +1,111 @@
-"""The bench's outputs: the targets table, JSON, and the plot."""
+"""The bench's outputs: the table, the targets, JSON, and the plot.
+
+The table has a column per system measured: wire in the ``wire run`` shape
+(one process) and in the split shape (publisher and gateway apart), the fast
+path (:mod:`wire.bench.fastpath`) and the naive baseline
+(:mod:`wire.bench.baseline`). The targets (issue 15) are data, :data:`TARGETS`:
+each names the result it reads (system, result key, field), so a scenario
+added elsewhere plugs in by the key it stores its result under.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from wire.bench.scenarios import Config
 
+#: Column order; results under other names (more shapes, workers) follow them.
+SYSTEMS = ("wire", "wire-run", "wire-split", "fastpath", "baseline")
 
-@dataclass(frozen=True)
-class Row:
-    """One line of the table: a metric for ours and the baseline, and its target."""
 
-    scenario: str
-    metric: str
-    ours: float | None
-    base: float | None
-    unit: str
-    target: str
-    met: bool | None
-    higher_is_better: bool
-
-    @property
-    def ratio(self) -> float | None:
-        if self.ours is None or self.base is None or not self.ours or not self.base:
-            return None
-        if math.isnan(self.ours) or math.isnan(self.base):
-            return None
-        return self.ours / self.base if self.higher_is_better else self.base / self.ours
+def label(system: str, cfg: Config) -> str:
+    """A system's column heading."""
+    if system == "wire":
+        return f"wire ({cfg.shapes[0]})" if cfg.shapes else "wire"
+    if system.startswith("wire-"):
+        return f"wire ({system.removeprefix('wire-')})"
+    return {"fastpath": "fast path", "baseline": "naive"}.get(system, system)
 
 
 def _get(results: dict[str, Any], system: str, key: str, field: str) -> float | None:
     value = results.get(system, {}).get(key, {}).get(field)
-    return float(value) if isinstance(value, int | float) else None
+    return float(value) if isinstance(value, int | float) and not math.isnan(value) else None
+
+
+# -- the table -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Row:
+    """One metric across the systems."""
+
+    scenario: str
+    metric: str
+    unit: str
+    higher_is_better: bool
+    values: dict[str, float]
+
+    def ratio(self, versus: str) -> float | None:
+        """wire's figure against ``versus``'s, > 1 when wire is better."""
+        ours, theirs = self.values.get("wire"), self.values.get(versus)
+        if not ours or not theirs:
+            return None
+        return ours / theirs if self.higher_is_better else theirs / ours
 
 
 def rows(cfg: Config, results: dict[str, Any]) -> list[Row]:
-    """The table rows for whatever scenarios ran, with each target where it applies."""
+    """The table rows for whatever scenarios ran."""
     out: list[Row] = []
-    default = Config()
 
-    def add(
-        key: str,
-        scenario: str,
-        field: str,
-        metric: str,
-        unit: str,
-        hib: bool,
-        target: str,
-        check: Any,
-        sized: bool,
-        scale: float = 1.0,
-    ) -> None:
-        ours = _get(results, "wire", key, field)
-        base = _get(results, "baseline", key, field)
-        if ours is None and base is None:
-            return
-        ours = ours * scale if ours is not None else None
-        base = base * scale if base is not None else None
-        met = check(ours, base) if sized and ours is not None else None
-        out.append(Row(scenario, metric, ours, base, unit, target if sized else "-", met, hib))
+    def add(key: str, scenario: str, field: str, metric: str, unit: str, hib: bool) -> None:
+        scale = 1 / 1024 if unit == "KiB" else 1.0
+        values = {
+            s: v * scale
+            for s in systems(results)
+            if (v := _get(results, s, key, field)) is not None
+        }
+        if values:
+            out.append(Row(scenario, metric, unit, hib, values))
 
-    burst_sized = (cfg.conns, cfg.items, cfg.posters) == (default.conns, default.items, 8)
-    add(
-        "burst",
-        f"burst {cfg.conns:,} conns x {cfg.items} items",
-        "deliveries_per_s",
-        "deliveries/s",
-        "/s",
-        True,
-        ">= 1,000,000 and >= 10x baseline",
-        lambda o, b: o >= 1_000_000 and (b is None or o >= 10 * b),
-        burst_sized,
-    )
+    burst = f"burst {cfg.conns:,} conns x {cfg.items} items"
+    add("burst", burst, "deliveries_per_s", "deliveries/s", "/s", True)
+    add("burst", burst, "entries_per_batch", "items per write", "", True)
     for n in sorted({*cfg.latency_conns}):
-        limit = {1000: 12.0, 10_000: 120.0}.get(n)
-        sized = limit is not None and cfg.rate == 20
         for field, name in (("p50_ms", "p50"), ("p99_ms", "p99"), ("max_ms", "max")):
-            is_p99 = field == "p99_ms"
-            add(
-                f"latency{n}",
-                f"latency {n:,} conns at {cfg.rate:g}/s",
-                field,
-                f"{name} publish->deliver",
-                "ms",
-                False,
-                f"<= {limit:g} ms" if is_p99 and limit else "-",
-                lambda o, b, lim=limit: o <= (lim or 0),
-                sized and is_p99,
-            )
-    add(
-        "memory",
-        f"memory {cfg.memory_conns:,} idle conns",
-        "per_conn_bytes",
-        "RSS per connection",
-        "KiB",
-        False,
-        "<= 14 KiB",
-        lambda o, b: o <= 14,
-        cfg.memory_conns >= default.memory_conns,
-        scale=1 / 1024,
-    )
-    add(
-        "resume",
-        f"resume storm {cfg.resume_conns:,} conns, {cfg.resume_back} back",
-        "seconds",
-        "time until all caught up",
-        "s",
-        False,
-        "< 5 s",
-        lambda o, b: o < 5,
-        (cfg.resume_conns, cfg.resume_back) == (default.resume_conns, default.resume_back),
-    )
-    add(
-        "publisher",
-        f"publisher {cfg.publish_clients} clients, idempotency on",
-        "items_per_s",
-        "accepted items/s",
-        "/s",
-        True,
-        ">= 5,000",
-        lambda o, b: o >= 5000,
-        cfg.publish_clients == default.publish_clients,
-    )
-    out.extend(webhook_rows(results))
-    add(
-        "publisher_batch",
-        f"publisher batches of {cfg.batch_size}, {cfg.batch_clients} clients",
-        "items_per_s",
-        "accepted items/s",
-        "/s",
-        True,
-        ">= 10,000",
-        lambda o, b: o >= 10_000,
-        (cfg.batch_size, cfg.batch_clients) == (default.batch_size, default.batch_clients),
-    )
+            scenario = f"latency {n:,} conns at {cfg.rate:g}/s"
+            add(f"latency{n}", scenario, field, f"{name} publish->deliver", "ms", False)
+    memory = f"memory {cfg.memory_conns:,} idle conns"
+    add("memory", memory, "per_conn_bytes", "RSS per connection", "KiB", False)
+    resume = f"resume storm {cfg.resume_conns:,} conns, {cfg.resume_back} back"
+    add("resume", resume, "seconds", "time until all caught up", "s", False)
+    publisher = f"publisher {cfg.publish_clients} clients, idempotency on"
+    add("publisher", publisher, "items_per_s", "accepted items/s", "/s", True)
+    batches = f"publisher batches of {cfg.batch_size}, {cfg.batch_clients} clients"
+    add("publisher_batch", batches, "items_per_s", "accepted items/s", "/s", True)
+    webhook = "webhook, one deliverer"
+    for field, metric, unit, hib in WEBHOOK_FIGURES:
+        add("webhook", webhook, field, metric, unit, hib)
     return out
 
 
-def webhook_rows(results: dict[str, Any]) -> list[Row]:
-    """The webhook scenario's figures (no target: the issue sets none)."""
-    found = results.get("wire", {}).get("webhook", {})
-    shown = [
-        ("items_per_s", "delivered items/s (from first publish)", "/s", True),
-        ("drain_items_per_s", "delivered items/s (backlog drain)", "/s", True),
-        ("deliverer_cpu_us_per_item", "deliverer CPU per item (backlog)", "us", False),
-        ("latency_p50_ms", "p50 publish->receiver", "ms", False),
-        ("latency_p99_ms", "p99 publish->receiver", "ms", False),
-    ]
-    scenario = "webhook, one deliverer"
-    return [
-        Row(scenario, metric, float(found[key]), None, unit, "-", None, hib)
-        for key, metric, unit, hib in shown
-        if isinstance(found.get(key), int | float)
-    ]
+#: The webhook scenario's figures (no target: the issue sets none).
+WEBHOOK_FIGURES = (
+    ("items_per_s", "delivered items/s (from first publish)", "/s", True),
+    ("drain_items_per_s", "delivered items/s (backlog drain)", "/s", True),
+    ("deliverer_cpu_us_per_item", "deliverer CPU per item (backlog)", "us", False),
+    ("latency_p50_ms", "p50 publish->receiver", "ms", False),
+    ("latency_p99_ms", "p99 publish->receiver", "ms", False),
+)
+
+
+def systems(results: dict[str, Any]) -> list[str]:
+    """The systems in ``results``, in column order."""
+    known = [s for s in SYSTEMS if s in results]
+    return known + sorted(s for s in results if s not in SYSTEMS)
 
 
 def _fmt(value: float | None, unit: str) -> str:
@@ -169,20 +119,15 @@ def _fmt(value: float | None, unit: str) -> str:
         return f"{value:.0f} us"
     if unit == "KiB":
         return f"{value:.1f} KiB"
+    if unit == "x":
+        return f"{value:.2f}x"
+    if not unit:
+        return f"{value:.1f}"
     return f"{value:.2f} {unit}"
 
 
-def table(cfg: Config, results: dict[str, Any]) -> str:
-    """A plain-text table: scenario, metric, ours, baseline, ratio, target, met."""
-    header = ("scenario", "metric", "wire", "baseline", "ratio", "target", "met")
-    lines = [header]
-    for r in rows(cfg, results):
-        ratio = f"{r.ratio:.1f}x" if r.ratio is not None else "-"
-        met = {True: "yes", False: "NO", None: "-"}[r.met]
-        lines.append(
-            (r.scenario, r.metric, _fmt(r.ours, r.unit), _fmt(r.base, r.unit), ratio, r.target, met)
-        )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+def _grid(lines: list[tuple[str, ...]]) -> str:
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     text = []
     for k, line in enumerate(lines):
         text.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(line)).rstrip())
@@ -191,71 +136,267 @@ def table(cfg: Config, results: dict[str, Any]) -> str:
     return "\n".join(text)
 
 
+def table(cfg: Config, results: dict[str, Any]) -> str:
+    """The plain-text report: a column per system, wire's ratios, then the targets."""
+    names = systems(results)
+    versus = [s for s in ("fastpath", "baseline") if s in results and "wire" in results]
+    header = (
+        "scenario",
+        "metric",
+        *(label(s, cfg) for s in names),
+        *(f"wire / {label(s, cfg)}" for s in versus),
+    )
+    lines: list[tuple[str, ...]] = [header]
+    for r in rows(cfg, results):
+        ratios = [r.ratio(s) for s in versus]
+        lines.append(
+            (
+                r.scenario,
+                r.metric,
+                *(_fmt(r.values.get(s), r.unit) for s in names),
+                *(f"{x:.2f}x" if x is not None and r.unit else "-" for x in ratios),
+            )
+        )
+    return _grid(lines) + "\n\n" + targets_table(targets(cfg, results))
+
+
+# -- the targets ---------------------------------------------------------------
+
+
+def _always(cfg: Config) -> bool:
+    return True
+
+
+def _burst_sized(cfg: Config) -> bool:
+    """The burst targets are for ``wire run``, 1,000 x 200, 8 posters."""
+    return (
+        bool(cfg.shapes)
+        and cfg.shapes[0] == "run"
+        and ((cfg.conns, cfg.items, cfg.posters) == (1000, 200, 8))
+    )
+
+
+@dataclass(frozen=True)
+class Target:
+    """A goal for one figure of the results.
+
+    The figure is ``field`` of ``results[system][key]``; where several
+    systems or keys are listed (more shapes, worker counts), the best counts.
+    With ``versus`` the figure is wire's divided by that system's (a ratio).
+    """
+
+    name: str
+    scenario: str  # the --scenarios name that measures it
+    keys: tuple[str, ...]
+    field: str
+    goal: float
+    at_least: bool
+    unit: str
+    versus: str | None = None
+    systems: tuple[str, ...] = ("wire",)
+    scale: float = 1.0
+    sized: Callable[[Config], bool] = _always
+
+    def measure(self, results: dict[str, Any]) -> float | None:
+        """The best figure found, or None."""
+        found: list[float] = []
+        for system in self.systems:
+            for key in self.keys:
+                value = _get(results, system, key, self.field)
+                if value is None:
+                    continue
+                if self.versus is not None:
+                    theirs = _get(results, self.versus, key, self.field)
+                    if not theirs or not value:
+                        continue
+                    value = value / theirs if self.at_least else theirs / value
+                found.append(value * self.scale)
+        if not found:
+            return None
+        return max(found) if self.at_least or self.versus else min(found)
+
+    def asked(self, cfg: Config) -> bool:
+        """Whether this run was asked to measure it (then "not measured" is a miss)."""
+        if self.scenario not in cfg.scenarios:
+            return False
+        if self.versus == "fastpath":
+            return cfg.baseline and cfg.fastpath
+        if self.versus == "baseline":
+            return cfg.baseline and cfg.naive
+        return True
+
+
+#: Where a latency target may be met: any shape, any worker count of ``wire run``.
+LATENCY_SYSTEMS = ("wire", "wire-run", "wire-split", "wire-run-1w", "wire-run-2w", "wire-run-3w")
+
+#: Issue 15's targets. Results from scenarios kept elsewhere plug in by name:
+#: the publisher scenario's ``results["wire"]["publisher_batch"]["items_per_s"]``,
+#: latency under ``latency1000`` for any ``wire*`` system (workers, shapes).
+TARGETS: tuple[Target, ...] = (
+    Target(
+        "burst, wire run shape, vs the fast path",
+        "burst",
+        ("burst",),
+        "deliveries_per_s",
+        1.5,
+        True,
+        "x",
+        versus="fastpath",
+        sized=_burst_sized,
+    ),
+    Target(
+        "burst, wire run shape, vs the naive gateway",
+        "burst",
+        ("burst",),
+        "deliveries_per_s",
+        12.0,
+        True,
+        "x",
+        versus="baseline",
+        sized=_burst_sized,
+    ),
+    Target(
+        "latency p99, 1,000 subscribers, 20 items/s",
+        "latency",
+        ("latency1000",),
+        "p99_ms",
+        15.0,
+        False,
+        "ms",
+        systems=LATENCY_SYSTEMS,
+        sized=lambda cfg: cfg.rate == 20,
+    ),
+    Target(
+        "latency p99, 10,000 subscribers, 20 items/s",
+        "latency",
+        ("latency10000",),
+        "p99_ms",
+        120.0,
+        False,
+        "ms",
+        systems=LATENCY_SYSTEMS,
+        sized=lambda cfg: cfg.rate == 20,
+    ),
+    Target(
+        "publisher, batch endpoint",
+        "publisher",
+        ("publisher_batch",),
+        "items_per_s",
+        10_000.0,
+        True,
+        "/s",
+    ),
+    Target(
+        "memory per idle connection at 10,000",
+        "memory",
+        ("memory",),
+        "per_conn_bytes",
+        14.0,
+        False,
+        "KiB",
+        scale=1 / 1024,
+        sized=lambda cfg: cfg.memory_conns >= 10_000,
+    ),
+)
+
+
 def targets(cfg: Config, results: dict[str, Any]) -> list[dict[str, Any]]:
-    return [
-        {
-            "scenario": r.scenario,
-            "metric": r.metric,
-            "wire": r.ours,
-            "baseline": r.base,
-            "ratio": r.ratio,
-            "target": r.target,
-            "met": r.met,
-        }
-        for r in rows(cfg, results)
-    ]
+    """Each target with its measured value, goal and verdict.
+
+    ``verdict`` is ``met``, ``missed`` or ``not measured`` (the scenario did
+    not run, or ran at other sizes); ``counted`` says whether it makes
+    ``--check-targets`` fail: a miss, or "not measured" when it was asked for.
+    """
+    out = []
+    for t in TARGETS:
+        value = t.measure(results) if t.sized(cfg) else None
+        if value is None:
+            verdict = "not measured"
+        else:
+            met = value >= t.goal if t.at_least else value <= t.goal
+            verdict = "met" if met else "missed"
+        out.append(
+            {
+                "name": t.name,
+                "measured": value,
+                "goal": t.goal,
+                "unit": t.unit,
+                "at_least": t.at_least,
+                "verdict": verdict,
+                "counted": verdict == "missed" or (verdict == "not measured" and t.asked(cfg)),
+            }
+        )
+    return out
+
+
+def targets_table(found: list[dict[str, Any]]) -> str:
+    """The targets as text: measured, goal, verdict (``*`` marks what fails the check)."""
+    lines: list[tuple[str, ...]] = [("target", "measured", "goal", "verdict")]
+    for t in found:
+        goal = (">= " if t["at_least"] else "<= ") + _fmt(t["goal"], t["unit"])
+        verdict = t["verdict"] + (" *" if t["counted"] else "")
+        lines.append((t["name"], _fmt(t["measured"], t["unit"]), goal, verdict))
+    return _grid(lines) + "\n(* fails --check-targets)"
+
+
+def missed(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The targets that make ``--check-targets`` fail."""
+    return [t for t in found if t["counted"]]
+
+
+# -- the plot ------------------------------------------------------------------
+
+COLORS = {
+    "wire": "#1f77b4",
+    "wire-split": "#17becf",
+    "wire-run": "#17becf",
+    "fastpath": "#ff7f0e",
+    "baseline": "#d62728",
+}
 
 
 def plot(path: Path, cfg: Config, results: dict[str, Any]) -> None:
-    """Latency percentiles and throughput, ours against the baseline (matplotlib)."""
+    """Latency percentiles and burst throughput of every system (matplotlib)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    systems = [s for s in ("wire", "baseline") if s in results]
-    colors = {"wire": "#1f77b4", "baseline": "#d62728"}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
+    names = systems(results)
     groups = [f"latency{n}" for n in sorted(set(cfg.latency_conns))]
     stats = ("p50_ms", "p90_ms", "p99_ms", "max_ms")
-    width = 0.8 / max(1, len(systems) * len(groups))
+    width = 0.8 / max(1, len(names) * len(groups))
     k = 0
-    for system in systems:
+    for system in names:
         for group in groups:
             data = results[system].get(group)
             if not data or "p50_ms" not in data:
                 continue
-            xs = [i + k * width for i in range(len(stats))]
             left.bar(
-                xs,
+                [i + k * width for i in range(len(stats))],
                 [data[s] for s in stats],
                 width,
-                color=colors[system],
+                color=COLORS.get(system, "#7f7f7f"),
                 alpha=1.0 - 0.35 * groups.index(group),
-                label=f"{system}, {data['conns']:,} conns",
+                label=f"{label(system, cfg)}, {data['conns']:,} conns",
             )
             k += 1
     left.set_xticks([i + 0.4 - width / 2 for i in range(len(stats))], ["p50", "p90", "p99", "max"])
-    for n, limit in ((1000, 12), (10_000, 120)):
+    for n, limit in ((1000, 15), (10_000, 120)):
         if n in cfg.latency_conns:
             left.axhline(limit, color="gray", linestyle="--", linewidth=0.8)
-            left.annotate(
-                f"target p99, {n:,}",
-                (3.5, limit),
-                fontsize=7,
-                color="gray",
-                ha="right",
-                va="bottom",
-            )
+            left.annotate(f"target p99, {n:,}", (3.5, limit), fontsize=7, color="gray", ha="right")
     left.set_yscale("log")
     left.set_ylabel("publish -> deliver (ms)")
     left.set_title(f"Latency at {cfg.rate:g} items/s")
-    left.legend(fontsize=8)
+    left.legend(fontsize=7)
     bars: list[tuple[str, float, str]] = []
-    for system in systems:
+    for system in names:
         burst = results[system].get("burst", {})
         if "deliveries_per_s" in burst:
-            bars.append((f"{system}\nburst", burst["deliveries_per_s"], colors[system]))
+            color = COLORS.get(system, "#7f7f7f")
+            bars.append((f"{label(system, cfg)}\nburst", burst["deliveries_per_s"], color))
     pub = results.get("wire", {}).get("publisher", {})
     if "items_per_s" in pub:
         bars.append(("publisher\nitems/s", pub["items_per_s"], "#2ca02c"))
@@ -264,42 +405,8 @@ def plot(path: Path, cfg: Config, results: dict[str, Any]) -> None:
         right.annotate(f"{b[1]:,.0f}", (i, b[1]), ha="center", va="bottom", fontsize=8)
     right.set_yscale("log")
     right.set_ylabel("per second")
-    right.set_title(f"Burst: {cfg.conns:,} conns x {cfg.items} items; publisher")
+    right.set_title(f"Burst: {cfg.conns:,} conns x {cfg.items} items, {cfg.posters} posters")
+    right.tick_params(axis="x", labelsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def systems_table(results: dict[str, Any]) -> str:
-    """Latency and burst per system under test (``--run-workers``: one per worker count)."""
-    lines = [("system", "scenario", "p50", "p99", "max", "deliveries/s", "gateway CPU/delivery")]
-    for system, res in results.items():
-        for key, data in sorted(res.items()):
-            if key.startswith("latency") and "p99_ms" in data:
-                lines.append(
-                    (
-                        system,
-                        f"latency {data['conns']:,} conns at {data['rate']:g}/s",
-                        _fmt(data["p50_ms"], "ms"),
-                        _fmt(data["p99_ms"], "ms"),
-                        _fmt(data["max_ms"], "ms"),
-                        "-",
-                        f"{data['gateway_cpu_us_per_delivery']:.1f} us",
-                    )
-                )
-            elif key == "burst" and "deliveries_per_s" in data:
-                lines.append(
-                    (
-                        system,
-                        f"burst {data['conns']:,} x {data['items']}",
-                        "-",
-                        "-",
-                        "-",
-                        _fmt(data["deliveries_per_s"], "/s"),
-                        f"{data['gateway_cpu_us_per_delivery']:.1f} us",
-                    )
-                )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    text = ["  ".join(c.ljust(widths[i]) for i, c in enumerate(line)).rstrip() for line in lines]
-    text.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(text)

@@ -54,6 +54,9 @@ def config(args: argparse.Namespace) -> Config:
         baseline_latency_max=args.baseline_latency_max,
         subscriber_token=args.subscriber_token or "",
         run_workers=tuple(args.run_workers),
+        shapes=() if args.url else shapes(args),
+        fastpath=args.fastpath,
+        naive=args.naive,
     )
 
 
@@ -81,15 +84,27 @@ class Setup:
     notes: list[str] = field(default_factory=list)
 
     def stop(self) -> None:
-        for system in self.systems:
-            if system.poster is not None:
-                system.poster.close()
         for child in reversed(self.children):
             child.stop()
 
 
+def shapes(args: argparse.Namespace) -> tuple[str, ...]:
+    """The shapes of wire to measure: ``run`` (one process), ``split`` (two), or both.
+
+    A faulty ``--sut`` stands in for a gateway, so it runs in the split shape only.
+    """
+    if args.sut != "wire":
+        return ("split",)
+    return ("run", "split") if args.shape == "both" else (args.shape,)
+
+
+def shape_name(shape: str, wanted: tuple[str, ...]) -> str:
+    """``wire`` is the first shape measured (the run shape unless only split is)."""
+    return "wire" if shape == wanted[0] else f"wire-{shape}"
+
+
 async def start(args: argparse.Namespace, cfg: Config, workdir: Path) -> Setup:
-    """Start redis, publisher, the gateway under test and the baseline (or use --url)."""
+    """Start redis, the publisher, wire in each shape and the baselines (or use --url)."""
     s = Setup()
     redis_url = args.redis
     if args.url:
@@ -109,75 +124,82 @@ async def start(args: argparse.Namespace, cfg: Config, workdir: Path) -> Setup:
         s.children.append(redis)
         s.token = secrets.token_urlsafe(18)
         s.admin_token = secrets.token_urlsafe(18)
-        pub_port, gw_port = free_port(), free_port()
-        loop_env = {"WIRE_EVENT_LOOP": "uvloop"} if args.uvloop else {}
-        if cfg.run_workers and args.sut == "wire":
-            await start_runs(s, args, cfg, workdir, redis_url, loop_env)
-            return await _with_baseline(s, cfg, workdir, redis_url)
-        s.children.append(
-            start_wire(
-                "publisher",
-                ["publisher", "--redis", redis_url],
-                pub_port,
-                {"WIRE_EDITOR_TOKENS": s.token, **webhook_env(s.admin_token), **loop_env},
-                workdir,
-            )
-        )
-        s.publisher_url = f"http://127.0.0.1:{pub_port}"
-        s.publisher_pid = s.children[-1].pid
+        await start_wire_shapes(args, cfg, s, redis_url, workdir)
+    if cfg.baseline:
+        if redis_url is None:
+            s.notes.append("baselines skipped: with --url, pass --redis to run them")
+        else:
+            for name, module in (("fastpath", "fastpath"), ("baseline", "baseline")):
+                if not (args.fastpath if name == "fastpath" else args.naive):
+                    continue
+                port = free_port()
+                child = start_baseline(redis_url, port, "", workdir, module)
+                s.children.append(child)
+                await ready(f"http://127.0.0.1:{port}", child)
+                s.systems.append(System(name, "127.0.0.1", port, child.pid))
+    return s
+
+
+async def start_wire_shapes(
+    args: argparse.Namespace, cfg: Config, s: Setup, redis_url: str, workdir: Path
+) -> None:
+    """A publisher process (the split shape's, and where the baselines' items go),
+    a gateway process for the split shape, one ``wire run`` process for the run shape
+    (one per ``--run-workers`` count)."""
+    env = {
+        "WIRE_EDITOR_TOKENS": s.token,
+        **webhook_env(s.admin_token),
+        **dict(v.split("=", 1) for v in args.gateway_env),
+    }
+    if args.uvloop:
+        env["WIRE_EVENT_LOOP"] = "uvloop"
+    wanted = shapes(args)
+    pub_port = free_port()
+    publisher = start_wire("publisher", ["publisher", "--redis", redis_url], pub_port, env, workdir)
+    s.children.append(publisher)
+    s.publisher_url = f"http://127.0.0.1:{pub_port}"
+    s.publisher_pid = publisher.pid
+    await ready(s.publisher_url, publisher)
+    for shape in wanted:
+        if shape == "run" and args.sut == "wire":
+            await start_runs(s, cfg, env, redis_url, workdir, first=shape == wanted[0])
+            continue
+        port = free_port()
         if args.sut == "wire":
-            env = {**loop_env, **dict(v.split("=", 1) for v in args.gateway_env)}
             argv = ["gateway", "--redis", redis_url]
             if args.workers > 1:
                 argv += ["--workers", str(args.workers)]
-            gw = start_wire("gateway", argv, gw_port, env, workdir)
+            gw = start_wire("gateway", argv, port, env, workdir)
+            publisher_url = s.publisher_url
         else:
             fault = "" if args.sut == "baseline" else args.sut
-            gw = start_baseline(redis_url, gw_port, fault, workdir)
+            gw = start_baseline(redis_url, port, fault, workdir)
+            publisher_url = s.publisher_url
         s.children.append(gw)
-        s.systems.append(System("wire", "127.0.0.1", gw_port, gw.pid))
-        await ready(s.publisher_url, s.children[1])
-        await ready(f"http://127.0.0.1:{gw_port}", gw)
-    return await _with_baseline(s, cfg, workdir, redis_url)
+        await ready(f"http://127.0.0.1:{port}", gw)
+        name = shape_name(shape, wanted)
+        s.systems.append(System(name, "127.0.0.1", port, gw.pid, publisher_url=publisher_url))
 
 
 async def start_runs(
-    s: Setup,
-    args: argparse.Namespace,
-    cfg: Config,
-    workdir: Path,
-    redis_url: str,
-    loop_env: dict[str, str],
+    s: Setup, cfg: Config, env: dict[str, str], redis_url: str, workdir: Path, *, first: bool
 ) -> None:
-    """One ``wire run --workers N`` per N on the bench's Redis, each posted to on its own port."""
+    """One ``wire run --workers N`` per N (just ``wire run`` by default), each posted to
+    on its own port; the first is ``wire`` when the run shape comes first."""
     # The posters' keep-alive connections count against the same per-process
     # cap on plain HTTP connections as the handshakes of a connect storm.
-    env = {"WIRE_EDITOR_TOKENS": s.token, "WIRE_MAX_HTTP_CONNECTIONS": "4096", **loop_env}
-    env.update(dict(v.split("=", 1) for v in args.gateway_env))
-    for n in cfg.run_workers:
+    env = {"WIRE_MAX_HTTP_CONNECTIONS": "4096", **env}
+    for i, n in enumerate(cfg.run_workers or (1,)):
         port = free_port()
         argv = ["run", "--redis", redis_url, "--workers", str(n)]
         child = start_wire(f"run-{n}w", argv, port, env, workdir)
         s.children.append(child)
         url = f"http://127.0.0.1:{port}"
         await ready(url, child)
-        s.systems.append(
-            System(f"wire-{n}w", "127.0.0.1", port, child.pid, poster=Poster(url, s.token))
-        )
-        s.publisher_url = s.publisher_url or url
-
-
-async def _with_baseline(s: Setup, cfg: Config, workdir: Path, redis_url: str | None) -> Setup:
-    if cfg.baseline:
-        if redis_url is None:
-            s.notes.append("baseline skipped: with --url, pass --redis to run it")
-        else:
-            port = free_port()
-            child = start_baseline(redis_url, port, "", workdir)
-            s.children.append(child)
-            await ready(f"http://127.0.0.1:{port}", child)
-            s.systems.append(System("baseline", "127.0.0.1", port, child.pid))
-    return s
+        name = "wire" if first and i == 0 else f"wire-run-{n}w"
+        if name == "wire":
+            s.publisher_pid = child.pid  # its deliverer runs the webhook scenario
+        s.systems.append(System(name, "127.0.0.1", port, child.pid, publisher_url=url))
 
 
 def webhook_env(admin_token: str | None) -> dict[str, str]:
@@ -197,27 +219,44 @@ class Plan:
         self.want = set(cfg.scenarios)
         self.results: dict[str, dict[str, Any]] = {s.name: {} for s in setup.systems}
         self.latency_done: dict[str, set[int]] = {s.name: set() for s in setup.systems}
+        self.default_url, self.token = setup.publisher_url, setup.token
+        self.posters = {setup.publisher_url: bench.poster}
 
     async def run(self) -> dict[str, dict[str, Any]]:
-        for system in self.systems:  # the shared publisher, and each system's own
-            self.bench.use(system)
-            if system.poster is not None or system is self.systems[0]:
-                await self.bench.warm_up()
+        for system in self.systems:
+            await self.use(system)
+            await self.bench.warm_up()
         steps = [self.idle, self.resume, self.burst]
         for step in steps:
             for system in self.systems:
-                self.bench.use(system)
+                await self.use(system)
                 await step(system)
                 for group in list(system.groups):
                     await self.bench.close(system, group)
         if "publisher" in self.want:
+            await self.use(self.systems[0])
             self.results.setdefault("wire", {})["publisher"] = await self.bench.publisher()
             self.results["wire"]["publisher_batch"] = await self.bench.publisher_batch()
         if "webhook" in self.want:
+            await self.use(self.systems[0])
             self.results.setdefault("wire", {})["webhook"] = await webhook.scenario(
                 self.bench, self.admin_token, self.publisher_pid
             )
         return self.results
+
+    async def use(self, system: System) -> None:
+        """Post the items of ``system``'s scenarios to its publisher."""
+        url = system.publisher_url or self.default_url
+        if url not in self.posters:
+            # Idempotency keys are the run id and a sequence number, and all
+            # publishers share one Redis: each poster numbers in its own range.
+            self.posters[url] = Poster(url, self.token)
+            self.posters[url].seq = len(self.posters) * 1_000_000_000
+        self.bench.poster = self.posters[url]
+
+    def close(self) -> None:
+        for poster in self.posters.values():
+            poster.close()
 
     async def latency(self, system: System, n: int) -> None:
         if system.name == "baseline" and n > self.cfg.baseline_latency_max:
@@ -240,7 +279,14 @@ class Plan:
     async def burst(self, system: System) -> None:
         """The burst, then latency over the burst's connections (and any other sizes)."""
         if "burst" in self.want:
-            self.results[system.name]["burst"] = await self.bench.burst(system)
+            before = await reader_batches(system)
+            result = await self.bench.burst(system)
+            after = await reader_batches(system)
+            if before is not None and after is not None and after[0] > before[0]:
+                # How well the reader coalesced the burst: writes per connection.
+                result["reader_batches"] = after[0] - before[0]
+                result["entries_per_batch"] = (after[1] - before[1]) / (after[0] - before[0])
+            self.results[system.name]["burst"] = result
         if "latency" in self.want:
             for n in self.cfg.latency_conns:
                 if n not in self.latency_done[system.name]:
@@ -255,17 +301,18 @@ async def _main(args: argparse.Namespace, cfg: Config) -> int:
     began = time.monotonic()
     setup = Setup()
     clients = Clients(cfg.client_procs, progress.counters)
-    poster: Poster | None = None
     try:
         progress.step("starting redis-server, publisher, gateways and clients")
         setup, _ = await asyncio.gather(start(args, cfg, workdir), clients.start())
         poster = Poster(setup.publisher_url, setup.token)
         bench = Bench(cfg, clients, poster, secrets.token_hex(4), progress)
-        results = await Plan(bench, setup, cfg).run()
+        plan = Plan(bench, setup, cfg)
+        try:
+            results = await plan.run()
+        finally:
+            plan.close()
         failures = bench.failures
     finally:
-        if poster is not None:
-            poster.close()
         await clients.stop()
         setup.stop()
         if args.keep:
@@ -273,10 +320,12 @@ async def _main(args: argparse.Namespace, cfg: Config) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     elapsed = time.monotonic() - began
+    found = report.targets(cfg, results)
     doc = {
         "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
         "gateway": {
             "sut": args.sut,
+            "shapes": [s.name for s in setup.systems if s.name.startswith("wire")],
             "workers": args.workers,
             "run_workers": list(cfg.run_workers),
             "uvloop": args.uvloop,
@@ -285,7 +334,11 @@ async def _main(args: argparse.Namespace, cfg: Config) -> int:
         },
         "machine": machine(),
         "results": results,
-        "targets": report.targets(cfg, results),
+        "targets": found,
+        "table": [
+            {"scenario": r.scenario, "metric": r.metric, "unit": r.unit, "values": r.values}
+            for r in report.rows(cfg, results)
+        ],
         "verification": {"ok": not failures, "failures": failures},
         "notes": setup.notes,
         "seconds": elapsed,
@@ -294,8 +347,6 @@ async def _main(args: argparse.Namespace, cfg: Config) -> int:
         sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
         print(report.table(cfg, results))
-        if cfg.run_workers:
-            print("\n" + report.systems_table(results))
         for note in setup.notes:
             print(f"note: {note}")
         print(f"\nverification: {'passed' if not failures else 'FAILED'} ({elapsed:.0f} s)")
@@ -307,9 +358,34 @@ async def _main(args: argparse.Namespace, cfg: Config) -> int:
     if failures:
         progress.done("verification FAILED: " + "; ".join(failures[:3]))
         return 1
-    if args.check_targets and any(t["met"] is False for t in report.targets(cfg, results)):
+    if args.check_targets and report.missed(found):
+        for t in report.missed(found):
+            progress.done(f"target {t['verdict']}: {t['name']}")
         return 2
     return 0
+
+
+async def reader_batches(system: System) -> tuple[float, float] | None:
+    """The gateway's ``wire_reader_batches`` and ``wire_reader_entries`` (None if not wire)."""
+    if not system.name.startswith("wire"):
+        return None
+    try:
+        r, w = await asyncio.open_connection(system.host, system.port)
+        w.write(
+            f"GET /metrics HTTP/1.1\r\nHost: {system.host}\r\nConnection: close\r\n\r\n".encode()
+        )
+        text = (await r.read()).decode(errors="replace")
+        w.close()
+    except OSError:
+        return None
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("wire_reader_batches_total", "wire_reader_entries_total"):
+            found[name] = float(value)
+    if len(found) < 2:
+        return None
+    return found["wire_reader_batches_total"], found["wire_reader_entries_total"]
 
 
 def machine() -> dict[str, Any]:

@@ -46,7 +46,7 @@ class Config:
     batch_clients: int = 4
     sample: int = 100
     client_procs: int = 1
-    connect_concurrency: int = 1000
+    connect_concurrency: int = 500
     body: int = 0
     timeout: float = 60.0
     baseline: bool = True
@@ -57,6 +57,10 @@ class Config:
     subscriber_token: str = ""
     #: ``wire run --workers N`` systems to run (one per N) instead of the separate gateway.
     run_workers: tuple[int, ...] = ()
+    #: Shapes of wire measured, the first under the name ``wire`` (empty with --url).
+    shapes: tuple[str, ...] = ("run", "split")
+    fastpath: bool = True
+    naive: bool = True
 
 
 @dataclass
@@ -68,8 +72,8 @@ class System:
     port: int
     pid: int | None = None
     groups: dict[str, int] = field(default_factory=dict)
-    #: Its own publisher (a ``wire run``), posted to while it is under test.
-    poster: Poster | None = None
+    #: The publisher its items are posted to ("" for the run's default one).
+    publisher_url: str = ""
 
 
 def percentile(values: Sequence[float], p: float) -> float:
@@ -128,14 +132,6 @@ class Bench:
         self.tag = f"bench-{run_id}"
         self.progress = progress
         self.failures: list[str] = []
-        self.default_poster = poster
-
-    def use(self, system: System) -> None:
-        """Publish through ``system``'s own publisher, if it has one, while it is measured."""
-        poster = system.poster or self.default_poster
-        # One sequence across posters: it names the items and their Idempotency-Keys.
-        poster.seq = max(poster.seq, self.poster.seq)
-        self.poster = poster
 
     # -- client groups ---------------------------------------------------------
 

@@ -102,6 +102,8 @@ class Deliverer:
         self._news = asyncio.Event()
         #: The delivery ledger: every 2xx is recorded (see :func:`partner_of`).
         self.tally = tally
+        #: Set while this process delivers a webhook (the watcher reads only then).
+        self._busy = asyncio.Event()
 
     @property
     def _lease_ms(self) -> int:
@@ -151,14 +153,26 @@ class Deliverer:
                 self.tasks[webhook_id] = asyncio.create_task(
                     self._deliver(webhook_id), name=f"wire-webhook-{webhook_id}"
                 )
+                self._busy.set()
 
     async def _watch(self) -> None:
-        """The process's one blocking reader: wakes waiting tasks when the stream grows."""
-        position = await self.watch_store.last_key()
+        """The process's one blocking reader: wakes waiting tasks when the stream grows.
+
+        It reads only while this process delivers some webhook: reading every
+        item for nobody would cost ``wire run``'s fan-out, on the same loop.
+        """
+        position: StreamKey | None = None
         while True:
             if _cancelled():
                 raise asyncio.CancelledError
+            if not self.tasks:
+                self._busy.clear()
+                await self._busy.wait()
+                position = None
             try:
+                if position is None:
+                    # Tasks that scanned up to before here look again at once.
+                    position = self._newest = await self.watch_store.last_key()
                 entries = await self.watch_store.read_new(position, count=1000, block_ms=5000)
             except Exception as err:  # Redis away: the tasks still poll every WAIT
                 if _cancelled():

@@ -234,7 +234,7 @@ class Hub:
                     touched.append(conn)
                 else:
                     out.append(entry)
-        self._send_shares(touched, overflowed)
+        self._send_shares(touched, overflowed, len(entries))
         self._remember(entries)
 
     def _anonymous(self, targets: set[Conn], indexed: bool, counted: dict[int, int]) -> int:
@@ -247,13 +247,27 @@ class Hub:
             found = counted[id(targets)] = len(targets) - len(self.named & targets)
         return found
 
-    def _send_shares(self, touched: list[Conn], overflowed: list[Conn]) -> None:
-        """After a batch's dispatch: close whom it overflowed, write each share."""
+    def _send_shares(self, touched: list[Conn], overflowed: list[Conn], n: int) -> None:
+        """After a batch's dispatch: close whom it overflowed, write each share.
+
+        In a burst most connections' share is the whole batch: its bytes are
+        joined once per encoding, not once per connection.
+        """
         for conn in overflowed:
             self.close(conn, CloseCode.SLOW_CONSUMER, "slow consumer")
+        whole: dict[bool, bytes] = {}
         for conn in touched:
             share, conn.out = conn.out, None
-            if share:
+            if not share:
+                continue
+            # A share holds each entry of the batch at most once, in order:
+            # as long as the batch, it is the batch.
+            if len(share) == n > 1 and conn.grant is None:
+                data = whole.get(conn.sse)
+                if data is None:
+                    data = whole[conn.sse] = conn.encode(share)
+                self._write(conn, share, data)
+            else:
                 self.write(conn, share)
 
     def _remember(self, entries: Sequence[Entry]) -> None:
@@ -274,6 +288,10 @@ class Hub:
         A connection whose socket is behind gets its entries queued instead
         (see :meth:`_hold`), so that urgent ones can still go ahead.
         """
+        self._write(conn, entries, None)
+
+    def _write(self, conn: Conn, entries: Sequence[Entry], data: bytes | None) -> None:
+        """:meth:`write`, with ``entries`` already encoded for ``conn`` if ``data``."""
         state = conn.state
         if state is CLOSED or not entries:
             return
@@ -281,13 +299,13 @@ class Hub:
             self._hold(conn, entries)
             return
         if entries[0].key <= conn.last_key:
-            entries = fresh(entries, conn.last_key)
+            entries, data = fresh(entries, conn.last_key), None
             if not entries:
                 return
         # _write_items inlined: this runs once per connection per batch.
         conn.last_key = entries[-1].key
         self.deliveries += len(entries)
-        self.send(conn, conn.encode(entries))
+        self.send(conn, conn.encode(entries) if data is None else data)
         if conn.partner is not None:
             self._record(conn, entries)
         if conn.state is not CLOSED and conn.transport.get_write_buffer_size() > HOLD_AT:

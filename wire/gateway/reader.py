@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 
 from aiohttp import web
@@ -31,6 +32,12 @@ log = logging.getLogger("wire.gateway.reader")
 
 HUB = web.AppKey("hub", Hub)
 
+#: A read that returned within this long of being sent found items waiting:
+#: a burst is under way (on a quiet wire a read waits for its item).
+BURST_GAP = 0.003
+#: The longest a burst's batch is held back for more of it (seconds).
+MAX_LINGER = 0.05
+
 
 class Reader:
     """The one stream reader of a gateway process, with its readiness."""
@@ -45,6 +52,12 @@ class Reader:
         self.observe: Callable[[Sequence[Entry]], None] = lambda entries: None
         #: Long-polling reads wait on the batches this reader dispatches.
         self.arrivals: Arrivals[Entry] = Arrivals(settings.max_waiters)
+        #: Batches dispatched and the entries in them (metrics).
+        self.batches = 0
+        self.entries = 0
+        #: How long the last dispatch took (seconds): a burst may linger as long.
+        self.dispatch_seconds = 0.0
+        self.clock: Callable[[], float] = time.monotonic
 
     async def run(self) -> None:
         """Read forever; on Redis trouble retry with backoff from where it stopped."""
@@ -67,18 +80,15 @@ class Reader:
                     # when the blocking read below returns (up to 5 s later).
                     await self.store.ping()
                     self.ready = True
+                sent = self.clock()
                 entries = await self.store.read_new(
                     self.hub.position, count=self.settings.read_batch, block_ms=5000
                 )
                 self.ready, delay = True, 0.05
                 if entries:
-                    self.hub.dispatch(entries)
-                    self.observe(entries)
-                    self.arrivals.publish(entries)
-                    if len(entries) > 1 and gather:
-                        # A burst is under way: let more of it arrive, so each
-                        # connection gets it in fewer, larger writes.
-                        await asyncio.sleep(gather)
+                    if gather and self.burst(entries, self.clock() - sent, gather):
+                        entries = await self.gather(entries, gather)
+                    self.dispatch(entries)
             except REDIS_DOWN as err:
                 if task is not None and task.cancelling():
                     raise asyncio.CancelledError from err
@@ -94,6 +104,56 @@ class Reader:
                 self.errors += 1
                 log.exception("stream reader: unexpected error; retrying")
                 await asyncio.sleep(1.0)
+
+    def burst(self, entries: list[Entry], waited: float, linger: float) -> bool:
+        """Whether to linger for more before dispatching ``entries``.
+
+        Only while a burst is under way (the read found items waiting: it
+        returned several, or came back at once), and only when writes are
+        what costs (the last dispatch took longer than a linger): with few
+        connections there is nothing to save, and the items go out at once.
+        """
+        return self.dispatch_seconds > linger and (len(entries) > 1 or waited < BURST_GAP)
+
+    async def gather(self, entries: list[Entry], linger: float) -> list[Entry]:
+        """A burst is under way: let more of it arrive before dispatching.
+
+        Each connection then gets the burst in fewer, larger writes, and the
+        number of writes is what a burst costs. The reader lingers ``linger``
+        at a time while more keeps coming (until two lingers in a row found
+        nothing), for up to twice as long as the last dispatch took (at most
+        :data:`MAX_LINGER`): in ``wire run`` the publisher shares this loop,
+        and a dispatch stalls it, so without this the next read would find
+        little more than the dispatch let through; lingering twice as long
+        as a dispatch lets the publisher have two thirds of the loop. A quiet
+        wire never gets here: its reads wait for their item, which goes out
+        at once.
+        """
+        budget = min(MAX_LINGER, max(linger, 2 * self.dispatch_seconds))
+        deadline = self.clock() + budget
+        empty = 0
+        while len(entries) < self.settings.read_batch and empty < 2:
+            await asyncio.sleep(linger)
+            room = self.settings.read_batch - len(entries)
+            more = await self.store.read_new(entries[-1].key, count=room, block_ms=None)
+            if more:
+                entries += more
+                empty = 0
+            else:
+                empty += 1
+            if self.clock() >= deadline:
+                break
+        return entries
+
+    def dispatch(self, entries: list[Entry]) -> None:
+        """Hand a batch to the hub, the metrics and the long polls; time it."""
+        began = self.clock()
+        self.hub.dispatch(entries)
+        self.observe(entries)
+        self.arrivals.publish(entries)
+        self.batches += 1
+        self.entries += len(entries)
+        self.dispatch_seconds = self.clock() - began
 
 
 READER = web.AppKey("reader", Reader)

@@ -71,12 +71,15 @@ class Settings:
     #: wait their turn, holding live items as a replay does (under max_buffer).
     max_catchups: int = 16
     read_batch: int = 1_000
-    #: While a burst is under way (a read returned more than one item) the
-    #: reader waits this long before its next read, so more of the burst goes
-    #: out in each socket write; a quiet wire (one item per read) never waits.
+    #: While a burst is under way (a read found items waiting) the reader
+    #: lingers this long at a time, reading again, before it dispatches (for
+    #: up to twice its last dispatch), so more of the burst goes out in each
+    #: socket write; a quiet wire (a read that waited for its item) never
+    #: waits. 0 turns it off.
     read_gather_ms: float = 2.0
-    #: ``asyncio``, ``uvloop`` (the ``fast`` extra) or ``auto`` (uvloop when installed).
-    event_loop: str = "asyncio"
+    #: ``auto`` (uvloop where it is installed, a default dependency where it
+    #: has wheels; asyncio elsewhere), ``uvloop`` or ``asyncio``.
+    event_loop: str = "auto"
     #: Allocations between young garbage collections (Python's default is 700,
     #: 0 keeps it). Fewer collections mean fewer full ones, each of which walks
     #: every connection's objects: 100+ ms at a few thousand connections.

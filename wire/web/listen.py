@@ -22,7 +22,7 @@ import logging
 import resource
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from aiohttp import web
@@ -71,9 +71,12 @@ class _Refused(asyncio.Protocol):
     """A connection over the cap: a 503, then closed, nothing read."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.WriteTransport)
-        transport.write(REFUSAL)
-        transport.close()
+        # A TCP transport, though uvloop's does not derive from asyncio's
+        # classes (an isinstance check here failed, and uvloop then closed the
+        # connection without the 503).
+        stream = cast(asyncio.Transport, transport)
+        stream.write(REFUSAL)
+        stream.close()
 
 
 class _Counted(asyncio.Protocol):

@@ -97,6 +97,12 @@ class HubCollector(Collector):
         yield CounterMetricFamily(
             "wire_reader_redis_errors", "Failed stream reads", value=self.reader.errors
         )
+        yield CounterMetricFamily(
+            "wire_reader_batches", "Batches the stream reader dispatched", value=self.reader.batches
+        )
+        yield CounterMetricFamily(
+            "wire_reader_entries", "Entries in those batches", value=self.reader.entries
+        )
         yield GaugeMetricFamily(
             "wire_connections", "Open subscriber connections", value=len(hub.conns)
         )
