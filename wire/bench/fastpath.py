@@ -95,7 +95,8 @@ class Conn(asyncio.Protocol):
 
     async def replay(self) -> None:
         start = "(" + format_id(self.last)
-        history = rows(await self.srv.redis.xrange(keys.STREAM, start, "+"))
+        async with self.srv.turns:  # redis-py's pool refuses past 100 commands in flight
+            history = rows(await self.srv.redis.xrange(keys.STREAM, start, "+"))
         held, self.held = self.held or [], None
         out = [f for k, f, m in history + held if not self.tags.isdisjoint(m) and self.take(k)]
         self.t.write(b"".join(out))
@@ -116,6 +117,7 @@ class Server:
         self.redis = aioredis.Redis.from_url(redis_url, socket_timeout=30)
         self.index: dict[str, set[Conn]] = {}
         self.tasks: set[asyncio.Future[None]] = set()
+        self.turns = asyncio.Semaphore(32)
 
     async def read(self) -> None:
         last: Any = await self.redis.xrevrange(keys.STREAM, count=1)

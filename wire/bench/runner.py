@@ -146,8 +146,11 @@ async def start_wire_shapes(
     """A publisher process (the split shape's, and where the baselines' items go),
     a gateway process for the split shape, one ``wire run`` process for the run shape
     (one per ``--run-workers`` count)."""
+    # The posters' keep-alive connections and a resume storm's handshakes all
+    # count against the cap on plain HTTP connections (1,000 by default).
     env = {
         "WIRE_EDITOR_TOKENS": s.token,
+        "WIRE_MAX_HTTP_CONNECTIONS": "8192",
         **webhook_env(s.admin_token),
         **dict(v.split("=", 1) for v in args.gateway_env),
     }
@@ -186,9 +189,6 @@ async def start_runs(
 ) -> None:
     """One ``wire run --workers N`` per N (just ``wire run`` by default), each posted to
     on its own port; the first is ``wire`` when the run shape comes first."""
-    # The posters' keep-alive connections count against the same per-process
-    # cap on plain HTTP connections as the handshakes of a connect storm.
-    env = {"WIRE_MAX_HTTP_CONNECTIONS": "4096", **env}
     for i, n in enumerate(cfg.run_workers or (1,)):
         port = free_port()
         argv = ["run", "--redis", redis_url, "--workers", str(n)]
