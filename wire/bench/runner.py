@@ -87,6 +87,14 @@ class Setup:
         for child in reversed(self.children):
             child.stop()
 
+    def retire(self, keep: System) -> None:
+        """Stop every other system's process: each reads the stream too, and on
+        two cores their reading would be billed to ``keep``'s publisher."""
+        others = {s.pid for s in self.systems if s is not keep and s.pid != keep.pid}
+        for child in self.children:
+            if child.pid in others:
+                child.stop()
+
 
 def shapes(args: argparse.Namespace) -> tuple[str, ...]:
     """The shapes of wire to measure: ``run`` (one process), ``split`` (two), or both.
@@ -214,6 +222,7 @@ class Plan:
         self.bench = bench
         self.systems = setup.systems
         self.cfg = cfg
+        self.setup = setup
         self.admin_token = setup.admin_token
         self.publisher_pid = setup.publisher_pid
         self.want = set(cfg.scenarios)
@@ -233,6 +242,8 @@ class Plan:
                 await step(system)
                 for group in list(system.groups):
                     await self.bench.close(system, group)
+        if self.want & {"publisher", "webhook"}:
+            self.setup.retire(self.systems[0])
         if "publisher" in self.want:
             await self.use(self.systems[0])
             self.results.setdefault("wire", {})["publisher"] = await self.bench.publisher()
