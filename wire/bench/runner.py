@@ -80,6 +80,8 @@ class Setup:
     admin_token: str | None = None
     #: The process that runs the webhook deliverer (None: not ours to measure).
     publisher_pid: int | None = None
+    #: The split shape's publisher (also where the baselines' items go).
+    split_publisher_pid: int | None = None
     children: list[Child] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -91,6 +93,10 @@ class Setup:
         """Stop every other system's process: each reads the stream too, and on
         two cores their reading would be billed to ``keep``'s publisher."""
         others = {s.pid for s in self.systems if s is not keep and s.pid != keep.pid}
+        if keep.publisher_url and keep.publisher_url != self.publisher_url:
+            # The split shape's publisher is not posted to: stopped, its
+            # deliverer cannot take the webhook scenario's lease.
+            others.add(self.split_publisher_pid)
         for child in self.children:
             if child.pid in others:
                 child.stop()
@@ -169,7 +175,7 @@ async def start_wire_shapes(
     publisher = start_wire("publisher", ["publisher", "--redis", redis_url], pub_port, env, workdir)
     s.children.append(publisher)
     s.publisher_url = f"http://127.0.0.1:{pub_port}"
-    s.publisher_pid = publisher.pid
+    s.publisher_pid = s.split_publisher_pid = publisher.pid
     await ready(s.publisher_url, publisher)
     for shape in wanted:
         if shape == "run" and args.sut == "wire":
