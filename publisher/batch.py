@@ -39,6 +39,10 @@ MAX_ITEMS = 1000
 MAX_BATCH_BODY = 16 << 20
 #: Bytes one ndjson line may have: as much as a single item's body.
 MAX_LINE = 1 << 20
+#: Lines, blank ones included, one ndjson body may have. Counted (in C)
+#: before the body is split: 16 MiB of two-byte lines would otherwise become
+#: millions of bytes objects, a quarter of a GB, before the count said no.
+MAX_LINES = 10 * MAX_ITEMS
 NDJSON = "application/x-ndjson"
 #: The batch element's field that carries its idempotency key.
 KEY_FIELD = "idempotency_key"
@@ -56,6 +60,10 @@ class Checked:
 
 def ndjson_lines(body: bytes) -> list[bytes]:
     """The non-blank lines of an ndjson body, after the batch size check."""
+    if body.count(b"\n") >= MAX_LINES:
+        raise PayloadTooLarge(
+            f"an ndjson batch has at most {MAX_LINES:,} lines, blank ones included"
+        )
     lines = [line for line in body.split(b"\n") if line.strip()]
     check_count(len(lines))
     return lines

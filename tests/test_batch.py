@@ -220,6 +220,10 @@ async def test_hostile_bodies_get_json_errors_never_500(
     assert results[2]["status"] == 400
     status, _, raw = await ndjson(http, pub, b"\n" * (17 << 20))
     assert status == 413 and b"16,777,216" in raw
+    # Within the byte limit, but millions of tiny lines: refused by counting,
+    # before they become millions of objects.
+    status, _, raw = await ndjson(http, pub, b"a\n" * (4 << 20))
+    assert status == 413 and b"10,000 lines" in raw
     # A JSON body, array or not, keeps its 1 MiB limit (refused from its
     # declared length); the answer says how a bigger batch may go.
     status, _, raw = await ndjson(http, pub, b"[" + b"1," * (1 << 19) + b"1]", JSON)
