@@ -199,7 +199,7 @@ class Hub:
         languages = self.languages
         touched: list[Conn] = []
         overflowed: list[Conn] = []
-        named, anonymous = self.named, self.tally.anonymous
+        named, count = self.named, self.tally.count
         # Anonymous connections per index set, while some connections are named.
         counted: dict[int, int] = {}
         for entry in entries:
@@ -215,7 +215,7 @@ class Hub:
             if named:
                 reached = self._anonymous(targets, len(lists) == 1, counted)
             if reached:
-                anonymous[entry.guid] = anonymous.get(entry.guid, 0) + reached
+                count(entry.guid, reached)
             for conn in targets:
                 # The replay buffer is the replaying states' data: not None
                 # exactly when ``conn.state.replaying`` (a closed connection
