@@ -62,7 +62,7 @@ def test_both_shapes_and_both_baselines_pass_verification(tmp_path: Path) -> Non
         assert {"burst", "latency12", "memory", "resume"} <= set(results)
         assert results["burst"]["deliveries"] == 12 * 8
         assert all(r.get("verified", True) for r in results.values())
-    assert report["results"]["wire"]["burst"]["entries_per_batch"] >= 1
+    assert report["results"]["wire"]["burst"]["items_per_write"] >= 1
     assert report["results"]["wire"]["publisher"]["accepted"] == 40
     assert report["results"]["wire"]["publisher_batch"]["accepted"] == 60
     assert {r["metric"] for r in report["table"]} >= {"deliveries/s", "RSS per connection"}

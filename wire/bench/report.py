@@ -73,7 +73,8 @@ def rows(cfg: Config, results: dict[str, Any]) -> list[Row]:
 
     burst = f"burst {cfg.conns:,} conns x {cfg.items} items"
     add("burst", burst, "deliveries_per_s", "deliveries/s", "/s", True)
-    add("burst", burst, "entries_per_batch", "items per write", "", True)
+    add("burst", burst, "items_per_write", "items per write", "", True)
+    add("burst", burst, "entries_per_batch", "items per batch read", "", True)
     for n in sorted({*cfg.latency_conns}):
         for field, name in (("p50_ms", "p50"), ("p99_ms", "p99"), ("max_ms", "max")):
             scenario = f"latency {n:,} conns at {cfg.rate:g}/s"

@@ -296,13 +296,17 @@ class Plan:
     async def burst(self, system: System) -> None:
         """The burst, then latency over the burst's connections (and any other sizes)."""
         if "burst" in self.want:
-            before = await reader_batches(system)
+            before = await write_counts(system)
             result = await self.bench.burst(system)
-            after = await reader_batches(system)
-            if before is not None and after is not None and after[0] > before[0]:
-                # How well the reader coalesced the burst: writes per connection.
-                result["reader_batches"] = after[0] - before[0]
-                result["entries_per_batch"] = (after[1] - before[1]) / (after[0] - before[0])
+            after = await write_counts(system)
+            if before is not None and after is not None:
+                # How well the gateway coalesced the burst: batches read, and
+                # items per write to a connection (the writes are what cost).
+                batches, entries, writes, deliveries = (b - a for a, b in zip(before, after))
+                if batches and writes:
+                    result["reader_batches"] = batches
+                    result["entries_per_batch"] = entries / batches
+                    result["items_per_write"] = deliveries / writes
             self.results[system.name]["burst"] = result
         if "latency" in self.want:
             for n in self.cfg.latency_conns:
@@ -382,8 +386,17 @@ async def _main(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
-async def reader_batches(system: System) -> tuple[float, float] | None:
-    """The gateway's ``wire_reader_batches`` and ``wire_reader_entries`` (None if not wire)."""
+#: The gateway counters :func:`write_counts` reads, in its answer's order.
+WRITE_COUNTERS = (
+    "wire_reader_batches_total",
+    "wire_reader_entries_total",
+    "wire_writes_total",
+    "wire_deliveries_total",
+)
+
+
+async def write_counts(system: System) -> tuple[float, ...] | None:
+    """The gateway's :data:`WRITE_COUNTERS` (None if not wire)."""
     if not system.name.startswith("wire"):
         return None
     try:
@@ -398,11 +411,11 @@ async def reader_batches(system: System) -> tuple[float, float] | None:
     found: dict[str, float] = {}
     for line in text.splitlines():
         name, _, value = line.partition(" ")
-        if name in ("wire_reader_batches_total", "wire_reader_entries_total"):
+        if name in WRITE_COUNTERS:
             found[name] = float(value)
-    if len(found) < 2:
+    if len(found) < len(WRITE_COUNTERS):
         return None
-    return found["wire_reader_batches_total"], found["wire_reader_entries_total"]
+    return tuple(found[name] for name in WRITE_COUNTERS)
 
 
 def machine() -> dict[str, Any]:

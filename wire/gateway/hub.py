@@ -108,6 +108,8 @@ class Hub:
         self.tally = tally if tally is not None else Tally()
         #: Attached connections with a named token: the ones the ledger names.
         self.named: set[Conn] = set()
+        #: Writes of items to connections (``deliveries / writes``: items per write).
+        self.writes = 0
 
     @property
     def recent(self) -> list[Entry]:
@@ -305,6 +307,7 @@ class Hub:
         # _write_items inlined: this runs once per connection per batch.
         conn.last_key = entries[-1].key
         self.deliveries += len(entries)
+        self.writes += 1
         self.send(conn, conn.encode(entries) if data is None else data)
         if conn.partner is not None:
             self._record(conn, entries)
@@ -322,6 +325,7 @@ class Hub:
         if not entries:
             return
         self.deliveries += len(entries)
+        self.writes += 1
         self.send(conn, conn.encode(entries))
         if conn.partner is not None:
             self._record(conn, entries)
@@ -342,6 +346,7 @@ class Hub:
         urgent = backlog.add(entries, conn.last_key, overtake=not conn.sse)
         if urgent:
             self.deliveries += len(urgent)
+            self.writes += 1
             self.send(conn, b"".join([e.ahead_frame for e in conn.visible(urgent)]))
             if conn.partner is not None:
                 self._record(conn, urgent)

@@ -92,6 +92,9 @@ class HubCollector(Collector):
             "wire_deliveries", "Items written to subscribers", value=hub.deliveries
         )
         yield CounterMetricFamily(
+            "wire_writes", "Writes of items to subscriber sockets", value=hub.writes
+        )
+        yield CounterMetricFamily(
             "wire_slow_consumer_closes", "Connections closed with 4008", value=hub.slow_closes
         )
         yield CounterMetricFamily(
