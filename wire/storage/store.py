@@ -161,7 +161,7 @@ def connect(url: str, *, socket_timeout: float | None = 5.0) -> aioredis.Redis:
             host, _, port = hp.rpartition(":")
             hosts.append((host or "127.0.0.1", int(port or 26379)))
         service = unquote(parts.path.strip("/")) or "mymaster"
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
             hosts, socket_timeout=socket_timeout, socket_connect_timeout=2.0
         )
         return cast(
