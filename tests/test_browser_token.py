@@ -44,7 +44,7 @@ async def test_desk_asks_once_for_a_token_and_then_shows_the_news(
     await expect(page.locator("#status")).to_have_attribute("data-state", "live", timeout=LIVE)
     await expect(form).to_be_hidden()
     # One attempt per token offered: the refusals were not retried in a loop.
-    assert len(sockets) == 3 and sockets[2].endswith("/v1/ws?token=staff-token")
+    assert len(sockets) == 3 and sockets[2].endswith("/v1/ws?batch=1&token=staff-token")
     assert await page.evaluate("sessionStorage.getItem('wire-desk-token')") == "staff-token"
     status, _ = await post(http, server.base, item("Seen behind a token", ["world"]))
     assert status == 201

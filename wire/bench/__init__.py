@@ -130,6 +130,14 @@ def add_command(sub: Any) -> None:
         "--batch-clients", type=int, default=4, help="publisher: concurrent batch clients (4)"
     )
     s.add_argument(
+        "--frames",
+        choices=("batch", "item"),
+        default="batch",
+        help="how wire's subscribers ask for items: batch (?batch=1, several to a frame,"
+        " as the subscriber library does; default) or item (one frame per item, as the"
+        " baselines send)",
+    )
+    s.add_argument(
         "--sample",
         type=int,
         default=100,

@@ -5,8 +5,9 @@ share an event loop, or a core, with the orchestrator that publishes; the
 orchestrator drives it with one JSON command per line on stdin and reads one
 JSON reply per line on stdout (plus unsolicited progress events).
 
-Each connection parses only frame headers: it counts item frames and skips
-their payloads. A sampled subset also decodes every item, to record its id
+Each connection parses only frame headers: it counts item frames (and the
+lines of a batched one, ``?batch=1``) and skips their payloads. A sampled
+subset also decodes every item, to record its id
 (order and duplicates are checked on those) and its publish->deliver latency
 (the publisher puts ``time.monotonic_ns()`` at sending time into the item's
 ``subtitle``; CLOCK_MONOTONIC is shared by every process of the machine).
@@ -50,6 +51,8 @@ class Group:
         self.retries = 0
         self.errors: list[str] = []
         self.address: tuple[str, int, bytes] = ("", 0, b"")
+        #: The connections asked for batched frames (one item message per line).
+        self.batched = False
 
     def reset(self) -> None:
         self.delivered = 0
@@ -153,9 +156,12 @@ class Sub(asyncio.Protocol):
             if end > n:
                 break
             if data.startswith(ITEM_PREFIX, pos + hdr):
-                items += 1
-                if sampled:
-                    self._sample(data[pos + hdr : end])
+                if not self.group.batched:
+                    items += 1
+                    if sampled:
+                        self._sample(data[pos + hdr : end])
+                else:
+                    items += self._batched(data, pos + hdr, end, sampled)
             else:
                 self._control(data[pos] & 0x0F, data[pos + hdr : end])
             pos = end
@@ -163,6 +169,13 @@ class Sub(asyncio.Protocol):
             self.buf = data[pos:]
         if items:
             self._tally(items)
+
+    def _batched(self, data: bytes, start: int, end: int, sampled: bool) -> int:
+        """The items of a batched frame: one message per line."""
+        if sampled:
+            for message in data[start:end].split(b"\n"):
+                self._sample(message)
+        return 1 + data.count(b"\n", start, end)
 
     def _tally(self, items: int) -> None:
         self.count += items
@@ -246,6 +259,7 @@ class Worker:
             "Sec-WebSocket-Version: 13\r\n\r\n"
         ).encode()
         g.address = (host, port, request)
+        g.batched = "batch=1" in path
         step = max(1, n // sample) if sample else 0
         gate = asyncio.Semaphore(concurrency)
         started = now_ns()

@@ -46,6 +46,7 @@ def config(args: argparse.Namespace) -> Config:
         batch_size=args.batch_size,
         batch_clients=args.batch_clients,
         sample=args.sample,
+        batch=args.frames == "batch",
         client_procs=max(1, args.client_procs),
         connect_concurrency=args.connect_concurrency,
         body=args.body,
@@ -302,7 +303,8 @@ class Plan:
             if before is not None and after is not None:
                 # How well the gateway coalesced the burst: batches read, and
                 # items per write to a connection (the writes are what cost).
-                batches, entries, writes, deliveries = (b - a for a, b in zip(before, after))
+                change = [b - a for a, b in zip(before, after, strict=True)]
+                batches, entries, writes, deliveries = change
                 if batches and writes:
                     result["reader_batches"] = batches
                     result["entries_per_batch"] = entries / batches

@@ -45,6 +45,9 @@ class Config:
     batch_size: int = 500
     batch_clients: int = 4
     sample: int = 100
+    #: Wire's subscribers ask for batched frames (``?batch=1``); the baselines
+    #: have one frame per item whatever is asked.
+    batch: bool = True
     client_procs: int = 1
     connect_concurrency: int = 500
     body: int = 0
@@ -142,6 +145,8 @@ class Bench:
         shares = [n // k + (1 if i < n % k else 0) for i in range(k)]
         samples = [self.cfg.sample // k + (1 if i < self.cfg.sample % k else 0) for i in range(k)]
         path = f"/v1/ws?tags={self.tag}{query}"
+        if self.cfg.batch and system.name.startswith("wire"):
+            path += "&batch=1"
         if self.cfg.subscriber_token:
             path += "&token=" + urllib.parse.quote(self.cfg.subscriber_token, safe="")
         started = time.monotonic()

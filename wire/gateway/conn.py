@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from wire.core import frames
 from wire.core.entitlements import Grant
 from wire.core.entry import Entry
 from wire.core.ids import ZERO, StreamKey
@@ -36,6 +37,7 @@ class Conn:
     # One per connection: slots keep it small (see docs/performance.md, memory).
     __slots__ = (
         "backlog",
+        "batch",
         "buffer",
         "buffered_bytes",
         "caught_up_waiter",
@@ -51,10 +53,17 @@ class Conn:
     )
 
     def __init__(
-        self, transport: Transport, *, sse: bool = False, grant: Grant | None = None
+        self,
+        transport: Transport,
+        *,
+        sse: bool = False,
+        batch: bool = False,
+        grant: Grant | None = None,
     ) -> None:
         self.transport = transport
         self.sse = sse
+        #: A WebSocket that asked for batched frames (see :func:`wire.core.frames.ws_batch`).
+        self.batch = batch and not sse
         #: A limited grant (partner token), else None: see :meth:`visible`.
         self.grant = grant if grant is not None and grant.limited else None
         #: The named partner reading (recorded in the delivery ledger), None when anonymous.
@@ -111,4 +120,6 @@ class Conn:
             return entries[0].sse_chunk if self.sse else entries[0].ws_frame
         if self.sse:
             return b"".join([e.sse_chunk for e in entries])
+        if self.batch:
+            return frames.ws_batch([e.ws_frame for e in entries])
         return b"".join([e.ws_frame for e in entries])

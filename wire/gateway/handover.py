@@ -48,9 +48,17 @@ class HubResponse(GuardedResponse):
 
 
 def websocket(
-    request: web.Request, ws: web.WebSocketResponse, grant: Grant, send_buffer: int
+    request: web.Request,
+    ws: web.WebSocketResponse,
+    grant: Grant,
+    send_buffer: int,
+    *,
+    batch: bool = False,
 ) -> Conn:
-    """The hub's connection for a prepared WebSocket response that follows the rules."""
+    """The hub's connection for a prepared WebSocket response that follows the rules.
+
+    ``batch``: the client asked for batched frames (``?batch=1``).
+    """
     if not isinstance(ws, HubResponse):
         raise UnsafeHandover("only a HubResponse refuses send_* on a socket the hub writes")
     if ws.compress:
@@ -58,7 +66,7 @@ def websocket(
     # aiohttp (3.14) has no public accessor for these two.
     if ws._autoping or ws._heartbeat is not None:
         raise UnsafeHandover("autoping or heartbeat is on: aiohttp would write frames itself")
-    conn = Conn(_transport(request, ws, send_buffer), grant=grant)
+    conn = Conn(_transport(request, ws, send_buffer), grant=grant, batch=batch)
     _release_http_parser(request)
     return conn
 

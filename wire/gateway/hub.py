@@ -257,7 +257,7 @@ class Hub:
         """
         for conn in overflowed:
             self.close(conn, CloseCode.SLOW_CONSUMER, "slow consumer")
-        whole: dict[bool, bytes] = {}
+        whole: dict[tuple[bool, bool], bytes] = {}
         for conn in touched:
             share, conn.out = conn.out, None
             if not share:
@@ -265,9 +265,10 @@ class Hub:
             # A share holds each entry of the batch at most once, in order:
             # as long as the batch, it is the batch.
             if len(share) == n > 1 and conn.grant is None:
-                data = whole.get(conn.sse)
+                encoding = (conn.sse, conn.batch)
+                data = whole.get(encoding)
                 if data is None:
-                    data = whole[conn.sse] = conn.encode(share)
+                    data = whole[encoding] = conn.encode(share)
                 self._write(conn, share, data)
             else:
                 self.write(conn, share)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from aiohttp import WSMessage, WSMsgType, web
 
 from wire.core import frames
-from wire.core.errors import ClientError, InvalidMessage
+from wire.core.errors import ClientError, InvalidMessage, quoted
 from wire.core.protocol import Subscribe, error_message
 from wire.gateway import handover, wsedge
 from wire.gateway.conn import Conn
@@ -28,6 +28,7 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
         return wrong_version
     try:
         grant = admit(request)
+        batch = _query_batch(request)
         initial = _query_subscribe(request)
         if initial is not None:
             grant.check_subscription(initial.tags)
@@ -40,7 +41,7 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
     # off so the pongs reach the loop below, which also answers the client's pings.
     ws = handover.HubResponse(autoping=False, max_msg_size=settings.max_frame + 1, compress=False)
     await ws.prepare(request)
-    conn = handover.websocket(request, ws, grant, settings.send_buffer)
+    conn = handover.websocket(request, ws, grant, settings.send_buffer, batch=batch)
     session = Session(request, conn, grant)
     ws.bind(session.hub, conn)  # unmasked frames, bad close codes: 1002
     try:
@@ -74,6 +75,14 @@ def _ping_pong(hub: Hub, conn: Conn, msg: WSMessage) -> None:
         hub.send(conn, frames.ws_pong(msg.data))
     else:
         hub.pong(conn)
+
+
+def _query_batch(request: web.Request) -> bool:
+    """``?batch=1``: items may come several to a frame, one message per line."""
+    raw = request.query.get("batch", "0")
+    if raw not in ("0", "1", "true", "false"):
+        raise InvalidMessage(f"batch must be 1 or 0, not {quoted(raw)}", field="batch")
+    return raw in ("1", "true")
 
 
 def _query_subscribe(request: web.Request) -> Subscribe | None:

@@ -193,6 +193,9 @@
   function wsURL() {
     const scheme = location.protocol === "https:" ? "wss://" : "ws://";
     const params = new URLSearchParams();
+    // Batched frames: a burst or a backfill arrives as a few frames of
+    // newline-separated messages instead of one frame (and event) per item.
+    params.set("batch", "1");
     if (langs.length) params.set("lang", langs.join(","));
     if (token) params.set("token", token);
     const query = params.toString();
@@ -266,13 +269,15 @@
     ws.onmessage = (event) => {
       if (sock !== ws) return;
       keepAlive(ws);
-      let msg;
-      try {
-        msg = JSON.parse(event.data);
-      } catch {
-        return;
+      for (const line of event.data.split("\n")) {
+        let msg;
+        try {
+          msg = JSON.parse(line);
+        } catch {
+          continue;
+        }
+        onMessage(msg);
       }
-      onMessage(msg);
     };
     ws.onclose = async (event) => {
       if (sock !== ws) return;
