@@ -69,6 +69,32 @@ async def run_scripts(
     return [o for o in outcomes if o is not None]
 
 
+async def run_script(
+    redis: aioredis.Redis, script: AsyncScript, call: ScriptArgs, *, replica_acks: int = 0
+) -> Outcome:
+    """One script call (and ``WAIT`` if asked), in one round trip; an error reply raises.
+
+    The single-item paths (publish, withdraw, embargo, release) pay what a
+    batch pays per item: hiredis's packer and one write on a pooled
+    connection, not redis-py's command machinery (a third of a single
+    publish's CPU in the publisher). ``EVALSHA`` alone: the script is loaded
+    only when Redis answers NOSCRIPT, by the batch path.
+    """
+    keys, args = call.lists()
+    commands: list[tuple[Any, ...]] = [("EVALSHA", script.sha, len(keys), *keys, *args)]
+    if replica_acks > 0:
+        commands.append(("WAIT", replica_acks, 2000))
+    replies = await _exchange(redis, b"".join(map(hiredis.pack_command, commands)), len(commands))
+    if isinstance(replies[0], NoScriptError):
+        [(reply, acked)] = await run_scripts(redis, [(script, call)], replica_acks=replica_acks)
+    else:
+        reply = replies[0]
+        acked = _acked(replies, replica_acks)
+    if isinstance(reply, Exception):
+        raise reply
+    return reply, acked
+
+
 async def _send(
     redis: aioredis.Redis, calls: list[tuple[AsyncScript, ScriptArgs]], replica_acks: int
 ) -> tuple[list[Any], int]:
@@ -86,8 +112,14 @@ async def _send(
     if replica_acks > 0:
         commands.append(("WAIT", replica_acks, 2000))
     replies = await _exchange(redis, b"".join(map(hiredis.pack_command, commands)), len(commands))
-    acked = int(replies[-1]) if replica_acks > 0 and not isinstance(replies[-1], Exception) else 0
+    acked = _acked(replies, replica_acks)
     return replies[len(used) : len(used) + len(calls)], acked
+
+
+def _acked(replies: list[Any], replica_acks: int) -> int:
+    """The replicas a pipeline's closing ``WAIT`` counted (0 when none was asked)."""
+    last = replies[-1]
+    return int(last) if replica_acks > 0 and not isinstance(last, Exception) else 0
 
 
 async def _exchange(redis: aioredis.Redis, packed: bytes, count: int) -> list[Any]:

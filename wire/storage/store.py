@@ -40,7 +40,7 @@ from wire.core.items import Submission
 from wire.core.stored import Layout, published_now, with_id
 from wire.runtime.settings import Settings
 from wire.storage import keys, scripts
-from wire.storage.pipeline import run_scripts
+from wire.storage.pipeline import run_script, run_scripts
 
 PAGE = 1000  # entries per XRANGE while scanning history
 #: Bytes of stored item JSON one history page reads from Redis (the entry that
@@ -302,14 +302,10 @@ class Store:
         (A script that finds an earlier answer still writes, so that the WAIT
         then covers the original entry too.)
         """
-        keys, args = call.lists()
-        if self.settings.replica_acks <= 0:
-            return await script(keys=keys, args=args), 0
-        async with self.redis.pipeline(transaction=False) as pipe:
-            await script(keys=keys, args=args, client=pipe)
-            pipe.execute_command("WAIT", self.settings.replica_acks, 2000)
-            result, acked = await pipe.execute()
-        return result, int(acked)
+        result, acked = await run_script(
+            self.redis, script, call, replica_acks=max(0, self.settings.replica_acks)
+        )
+        return result, acked
 
     def _answer(self, result: list[bytes], acked: int = 0) -> tuple[str, str, bytes]:
         """A write script's (status, stream id, JSON), or the error its status means."""
