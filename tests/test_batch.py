@@ -261,6 +261,26 @@ async def test_a_flushed_script_cache_costs_nothing(
     assert stream_length(redis_url) == 6
 
 
+async def test_single_writes_after_a_flushed_script_cache_load_it_and_run_once(
+    pub: Server, http: Http, redis_url: str
+) -> None:
+    """A single publish sends EVALSHA alone; NOSCRIPT makes it load the script and run once."""
+    await publish(http, pub.base, "Warm")
+    with redis.Redis.from_url(redis_url) as client:
+        client.script_flush()
+    stored = await publish(http, pub.base, "After flush", guid="flushed-story")
+    assert stored["version"] == 1
+    with redis.Redis.from_url(redis_url) as client:
+        client.script_flush()
+    async with http.post(
+        pub.base + "/v1/stories/flushed-story/withdraw",
+        json={"reason": "test"},
+        headers={"Authorization": f"Bearer {EDITOR_TOKEN}"},
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+    assert stream_length(redis_url) == 3
+
+
 async def test_metrics_count_each_item_of_a_batch(pub: Server, http: Http) -> None:
     await batch(http, pub, [item("A"), item("B"), {"title": "bad"}])
     async with http.get(pub.base + "/metrics") as resp:
