@@ -17,6 +17,7 @@ import orjson
 import pytest
 
 from tests.support import parse_frames
+from wire.core import frames
 from wire.core.closecodes import CloseCode
 from wire.core.entry import Entry
 from wire.core.ids import ZERO, StreamKey
@@ -493,3 +494,49 @@ async def test_keepalive_pings_and_closes_what_never_answers() -> None:
     assert close_of(st.read()) == (1002, "ping timeout") and silent.closed
     assert at.read() == [(9, b"")] and not answering.closed
     assert not sse.closed  # SSE has no pongs; a dead one fails on write
+
+
+# --- a dispatch in turns ----------------------------------------------------------
+
+
+async def test_a_dispatch_in_turns_yields_between_turns_and_writes_each_connection_once() -> None:
+    hub = Hub()
+    conns = [conn_for(hub, "world") for _ in range(2 * fanout.WRITE_TURN + 10)]
+    batch = [entry("world") for _ in range(3)]
+    ids = [e.id for e in batch]
+    task = asyncio.create_task(hub.dispatch_in_turns(batch))
+    await asyncio.sleep(0)  # the first turn ran; the dispatch gave the loop back
+    assert sum(1 for _, t in conns if t.writes) == fanout.WRITE_TURN
+    # Told before the rest are written: a subscription made now starts after the batch.
+    assert hub.position == batch[-1].key
+    await task
+    for _, transport in conns:
+        assert transport.writes == 1 and item_ids(transport.read()) == ids
+
+
+async def test_a_connection_touched_between_turns_gets_its_share_first_and_once() -> None:
+    hub = Hub()
+    conns = [conn_for(hub, "world") for _ in range(fanout.WRITE_TURN + 5)]
+    batch = [entry("world") for _ in range(3)]
+    ids = [e.id for e in batch]
+    task = asyncio.create_task(hub.dispatch_in_turns(batch))
+    await asyncio.sleep(0)
+    waiting = [(c, t) for c, t in conns if not t.writes][:5]  # the turn to come
+    sent, replaying, closed, retagged, gone = (c for c, _ in waiting)
+    t_sent, t_replay, t_closed, t_retag, t_gone = (t for _, t in waiting)
+    hub.send(sent, frames.ws_message({"type": "pong"}))
+    hub.begin_replay(replaying)
+    hub.close(closed, CloseCode.GOING_AWAY, "bye")
+    hub.retag(retagged, frozenset())
+    hub.detach(gone)
+    await task
+    got = t_sent.read()
+    assert item_ids(got[:3]) == ids and orjson.loads(got[3][1]) == {"type": "pong"}
+    assert item_ids(t_replay.read()) == ids
+    got = t_closed.read()
+    assert item_ids(got[:3]) == ids and close_of(got) == (CloseCode.GOING_AWAY, "bye")
+    assert item_ids(t_retag.read()) == ids
+    assert t_gone.writes == 0
+    for conn, transport in conns:
+        if (conn, transport) not in waiting:
+            assert transport.writes == 1 and item_ids(transport.read()) == ids

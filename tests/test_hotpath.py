@@ -88,13 +88,13 @@ async def test_the_reader_gathers_only_while_a_burst_is_under_way(
 
     monkeypatch.setattr(asyncio, "sleep", fake_sleep)
     hub = Hub()
-    dispatch = hub.dispatch
+    dispatch = hub.dispatch_in_turns
 
-    def slow_dispatch(entries: Sequence[Entry]) -> None:
+    async def slow_dispatch(entries: Sequence[Entry]) -> None:
         store.now += 0.01  # as with many connections: writes are what costs
-        dispatch(entries)
+        await dispatch(entries)
 
-    hub.dispatch = slow_dispatch  # type: ignore[method-assign]
+    hub.dispatch_in_turns = slow_dispatch  # type: ignore[method-assign]
     reader = reader_on(store, hub, 2.0)
     with pytest.raises(asyncio.CancelledError):
         await reader.run()

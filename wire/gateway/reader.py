@@ -88,7 +88,7 @@ class Reader:
                 if entries:
                     if gather and self.burst(entries, self.clock() - sent, gather):
                         entries = await self.gather(entries, gather)
-                    self.dispatch(entries)
+                    await self.dispatch(entries)
             except REDIS_DOWN as err:
                 if task is not None and task.cancelling():
                     raise asyncio.CancelledError from err
@@ -145,10 +145,10 @@ class Reader:
                 break
         return entries
 
-    def dispatch(self, entries: list[Entry]) -> None:
+    async def dispatch(self, entries: list[Entry]) -> None:
         """Hand a batch to the hub, the metrics and the long polls; time it."""
         began = self.clock()
-        self.hub.dispatch(entries)
+        await self.hub.dispatch_in_turns(entries)
         self.observe(entries)
         self.arrivals.publish(entries)
         self.batches += 1
