@@ -11,6 +11,8 @@ versions of these rules are in test_gateway.py.
 from __future__ import annotations
 
 import asyncio
+import random
+import re
 import struct
 
 import orjson
@@ -81,14 +83,14 @@ def close_of(frames: list[tuple[int, bytes]]) -> tuple[int, str] | None:
 _seq = 0
 
 
-def entry(*tags: str, size: int = 0, ms: int | None = None) -> Entry:
+def entry(*tags: str, size: int = 0, ms: int | None = None, urgency: int = 5) -> Entry:
     """A new entry, later than every earlier one."""
     global _seq
     _seq += 1
     eid = f"{ms if ms is not None else 1_000 + _seq}-{_seq}"
     body = {"guid": f"g{_seq}", "title": eid, "tags": list(tags), "body": "x" * size}
     stored = orjson.dumps(body)
-    return Entry(eid, tags, 5, f"g{_seq}", b'{"id":"' + eid.encode() + b'",' + stored[1:])
+    return Entry(eid, tags, urgency, f"g{_seq}", b'{"id":"' + eid.encode() + b'",' + stored[1:])
 
 
 def conn_for(hub: Hub, *keys: str, sse: bool = False) -> tuple[Conn, FakeTransport]:
@@ -540,3 +542,171 @@ async def test_a_connection_touched_between_turns_gets_its_share_first_and_once(
     for conn, transport in conns:
         if (conn, transport) not in waiting:
             assert transport.writes == 1 and item_ids(transport.read()) == ids
+
+
+class BrokenTransport(FakeTransport):
+    """A transport whose write raises, as a bug in the hub or the loop could make any write do."""
+
+    def write(self, data: bytes) -> None:
+        raise RuntimeError("write on a broken transport")
+
+
+async def test_a_write_that_raises_mid_dispatch_leaves_every_other_share_written() -> None:
+    """The reader logs a dispatch that raised and reads on after it (the position has
+    moved past the batch): the other connections' shares must not stay owed, where
+    later batches would pile onto them unwritten until some control message came."""
+    hub = Hub()
+    broken = Conn(BrokenTransport())
+    hub.attach(broken)
+    hub.retag(broken, frozenset({"first"}))  # the first entry's only target: written first
+    conns = [conn_for(hub, "world") for _ in range(fanout.WRITE_TURN + 5)]
+    batch = [entry("first"), entry("world"), entry("world")]
+    with pytest.raises(RuntimeError):
+        await hub.dispatch_in_turns(batch)
+    later = [entry("world")]
+    await hub.dispatch_in_turns(later)
+    for _, transport in conns:
+        assert item_ids(transport.read()) == [e.id for e in batch[1:] + later]
+
+
+async def test_a_dispatch_cancelled_between_turns_writes_the_rest_at_once() -> None:
+    hub = Hub()
+    conns = [conn_for(hub, "world") for _ in range(2 * fanout.WRITE_TURN)]
+    batch = [entry("world"), entry("world")]
+    task = asyncio.create_task(hub.dispatch_in_turns(batch))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for conn, transport in conns:
+        assert conn.out is None and item_ids(transport.read()) == [e.id for e in batch]
+
+
+async def test_a_second_dispatch_between_turns_writes_each_connection_its_own_items() -> None:
+    """Only the reader dispatches, one batch at a time; should a second dispatch come
+    between another's turns, a share still owed takes in its items and goes out whole,
+    never as the bytes of the first batch (the one-encoding-per-batch shortcut)."""
+    hub = Hub()
+    for _ in range(fanout.WRITE_TURN + 5):
+        conn_for(hub, "world", "sport")  # their share is the whole batch: its bytes are shared
+    only = [conn_for(hub, "world") for _ in range(fanout.WRITE_TURN + 5)]
+    first = [entry("world"), entry("sport")]
+    task = asyncio.create_task(hub.dispatch_in_turns(first))
+    await asyncio.sleep(0)
+    second = [entry("world")]
+    hub.dispatch(second)
+    await task
+    for _, transport in only:
+        assert item_ids(transport.read()) == [first[0].id, second[0].id]
+
+
+# --- a dispatch in turns against everything that can happen between turns -------------
+
+_SSE_ITEM = re.compile(rb"event: item\ndata: ([^\n]*)\n\n")
+
+
+def received(conn: Conn, transport: FakeTransport) -> list[tuple[str, bool]]:
+    """The peer reads everything sent: (id, sent ahead) per item message, in order."""
+    if conn.sse:
+        data, transport.unread = bytes(transport.unread), bytearray()
+        payloads = _SSE_ITEM.findall(data)
+    else:
+        payloads = [
+            line for op, frame in transport.read() if op == 1 for line in frame.split(b"\n")
+        ]
+    got = []
+    for payload in payloads:
+        msg = orjson.loads(payload)
+        if msg.get("type", "item") == "item" and "item" in msg:
+            got.append((msg["item"]["id"], msg.get("ahead") is True))
+        elif "id" in msg:  # an SSE event's data is the item itself
+            got.append((msg["id"], False))
+    return got
+
+
+class Meddler:
+    """Many connections, and a random operation on some of them whenever asked."""
+
+    def __init__(self, hub: Hub, rng: random.Random, tags: tuple[str, ...]) -> None:
+        self.hub, self.rng, self.tags = hub, rng, tags
+        self.conns: list[tuple[Conn, FakeTransport]] = []
+        for i in range(3 * fanout.WRITE_TURN):
+            transport = FakeTransport()
+            conn = Conn(transport, sse=i % 5 == 4, batch=i % 2 == 0)
+            hub.attach(conn)
+            hub.retag(conn, frozenset(rng.sample(tags, rng.randint(1, 2))))
+            self.conns.append((conn, transport))
+        self.got: dict[Conn, list[tuple[str, bool]]] = {c: [] for c, _ in self.conns}
+        #: Unsubscribed or closed: only once and in order are checked.
+        self.changed: set[Conn] = set()
+        self.stalled: set[Conn] = set()
+
+    def meddle(self) -> None:
+        """A few random operations, then the peers that are not stalled read."""
+        hub, rng = self.hub, self.rng
+        for _ in range(rng.randint(0, 40)):
+            conn, transport = rng.choice(self.conns)
+            op = rng.randrange(8)
+            if op == 0:
+                pong = frames.sse_comment("k") if conn.sse else frames.ws_message({"type": "pong"})
+                hub.send(conn, pong)
+            elif op == 1:
+                self.stalled.symmetric_difference_update({conn})
+            elif op == 2 and conn.buffer is None:
+                hub.begin_replay(conn)
+            elif op == 3 and conn.buffer is not None:
+                hub.end_replay(conn)
+            elif op == 4 and len(conn.keys) == 2:
+                hub.retag(conn, frozenset({rng.choice(self.tags)}))
+                self.changed.add(conn)
+            elif op == 5 and rng.random() < 0.05:
+                hub.close(conn, CloseCode.GOING_AWAY, "bye")
+                self.changed.add(conn)
+            if conn not in self.stalled:
+                self.got[conn] += received(conn, transport)
+
+    async def settle(self) -> None:
+        """Replays end, every peer reads until the hub holds nothing more."""
+        self.stalled.clear()
+        for conn, _ in self.conns:
+            if conn.buffer is not None:
+                self.hub.end_replay(conn)
+        async with asyncio.timeout(5):
+            while self.hub.behind or any(t.unread for _, t in self.conns):
+                for conn, transport in self.conns:
+                    self.got[conn] += received(conn, transport)
+                await asyncio.sleep(fanout.FLUSH_EVERY)  # the hub's flusher writes the backlogs
+
+
+async def test_each_connection_gets_each_item_once_in_order_whatever_happens_between_turns() -> (
+    None
+):
+    """Random operations between the turns of many dispatches: replies, replays, stalled
+    readers (behind, urgent items ahead), unsubscribes and closes, on plain, batched and
+    SSE connections. Each connection gets each item at most once and the rest in stream
+    order; one left subscribed and open gets every item of its tags."""
+    rng = random.Random(20261204)
+    hub = Hub(max_buffer=1 << 20)
+    tags = ("a", "b")
+    peers = Meddler(hub, rng, tags)
+    sent: list[Entry] = []
+    for _ in range(15):
+        batch = [
+            entry(rng.choice(tags), size=rng.choice((0, 0, 25_000)), urgency=rng.choice((1, 5, 5)))
+            for _ in range(rng.randint(1, 6))
+        ]
+        sent += batch
+        task = asyncio.create_task(hub.dispatch_in_turns(batch))
+        while not task.done():
+            peers.meddle()
+            await asyncio.sleep(0 if rng.random() < 0.8 else fanout.FLUSH_EVERY * 1.5)
+        await task
+    await peers.settle()
+    assert any(c.closed for c in peers.changed) and any(not c.closed for c in peers.changed)
+    for conn, got in peers.got.items():
+        ids = [i for i, _ in got]
+        assert len(ids) == len(set(ids)), "an item twice"
+        in_turn = [parse(i) for i, ahead in got if not ahead]
+        assert in_turn == sorted(in_turn), "out of stream order"
+        if conn not in peers.changed and not conn.closed:
+            assert sorted(ids, key=parse) == [e.id for e in sent if e.matches(conn.keys)]

@@ -25,6 +25,7 @@ recent items (:mod:`~wire.gateway.recent`) and keep-alive rounds
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterable, Sequence
 from collections.abc import Set as AbstractSet
 
@@ -210,7 +211,11 @@ class Hub:
         """Deliver a batch read from the stream, in order, once per connection."""
         touched = self._route(entries)
         self._remember(entries)
-        self._write_shares(touched, entries, {})
+        try:
+            self._write_shares(touched, entries, {})
+        except BaseException:
+            self._write_rest(touched)
+            raise
 
     async def dispatch_in_turns(self, entries: Sequence[Entry]) -> None:
         """:meth:`dispatch`, giving the event loop back every :data:`WRITE_TURN` writes.
@@ -228,10 +233,28 @@ class Hub:
         touched = self._route(entries)
         self._remember(entries)
         whole: dict[tuple[bool, bool], bytes] = {}
-        for start in range(0, len(touched), WRITE_TURN):
-            if start:
-                await asyncio.sleep(0)
-            self._write_shares(touched[start : start + WRITE_TURN], entries, whole)
+        start = 0
+        try:
+            for start in range(0, len(touched), WRITE_TURN):
+                if start:
+                    await asyncio.sleep(0)
+                self._write_shares(touched[start : start + WRITE_TURN], entries, whole)
+        except BaseException:
+            self._write_rest(touched[start:])
+            raise
+
+    def _write_rest(self, conns: list[Conn]) -> None:
+        """A dispatch was cut short (a write raised, or its task was cancelled between
+        turns): write the shares still owed now.
+
+        The position is past the batch, so the reader will not dispatch it again;
+        a share left in ``conn.out`` would take in later batches' items without
+        the connection ever being in their dispatch. A write that raises here too
+        loses only its own share (the first error is the one raised).
+        """
+        for conn in conns:
+            with contextlib.suppress(Exception):
+                self._flush_share(conn)
 
     def _route(self, entries: Sequence[Entry]) -> list[Conn]:
         """Each connection's share of ``entries`` into ``conn.out``: the touched connections.
@@ -308,8 +331,10 @@ class Hub:
             if not share:
                 continue  # written out of turn (see _flush_share)
             # A share holds each entry of the batch at most once, in order:
-            # as long as the batch, it is the batch.
-            if len(share) == n > 1 and conn.grant is None:
+            # as long as the batch, it is the batch. Unless it took in a later
+            # dispatch's items while owed (two dispatches at once): then its
+            # last entry is not this batch's.
+            if len(share) == n > 1 and share[-1] is batch[-1] and conn.grant is None:
                 encoding = (conn.sse, conn.batch)
                 data = whole.get(encoding)
                 if data is None:

@@ -99,8 +99,10 @@ class Reader:
                 delay = min(delay * 2, 2.0)
             except Exception:
                 # A bug must not silently end delivery for the whole process.
-                # Retrying the batch is safe: each connection's last_key keeps
-                # whatever part of it was already written from going out twice.
+                # A batch the hub took is not read again (the position is past
+                # it; a write that raised cost only its own connection's share,
+                # see Hub.dispatch_in_turns); anything else is retried, and each
+                # connection's last_key keeps an item from going out twice.
                 self.errors += 1
                 log.exception("stream reader: unexpected error; retrying")
                 await asyncio.sleep(1.0)
