@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Iterable, Sequence
 from collections.abc import Set as AbstractSet
 
@@ -50,6 +51,8 @@ from wire.gateway.state import (
 )
 
 __all__ = ["Conn", "Hub", "Transport"]
+
+log = logging.getLogger("wire.gateway.hub")
 
 #: Past this much unsent data a connection is behind: the hub queues its items
 #: itself (where urgent ones can overtake) instead of handing them to asyncio.
@@ -334,14 +337,29 @@ class Hub:
             # as long as the batch, it is the batch. Unless it took in a later
             # dispatch's items while owed (two dispatches at once): then its
             # last entry is not this batch's.
+            data = None
             if len(share) == n > 1 and share[-1] is batch[-1] and conn.grant is None:
                 encoding = (conn.sse, conn.batch)
                 data = whole.get(encoding)
                 if data is None:
                     data = whole[encoding] = conn.encode(share)
+            try:
                 self._write(conn, share, data)
-            else:
-                self._write(conn, share, None)
+            except Exception:
+                self._drop(conn)
+
+    def _drop(self, conn: Conn) -> None:
+        """A write to ``conn`` raised (a bug, here or in the loop): end that connection.
+
+        The batch is not read again (the position is past it), so the share
+        would be lost; closed, the client resumes with ``since`` and loses
+        nothing, and the other connections of the dispatch are not held up.
+        """
+        log.exception("writing to a subscriber failed; closing it (it resumes with since)")
+        with contextlib.suppress(Exception):
+            self.close(conn, CloseCode.INTERNAL_ERROR, "internal error")
+        with contextlib.suppress(Exception):
+            conn.transport.abort()
 
     def _flush_share(self, conn: Conn) -> None:
         """Write a share that a dispatch in turns has not reached yet, before anything else."""
