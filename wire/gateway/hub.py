@@ -214,11 +214,7 @@ class Hub:
         """Deliver a batch read from the stream, in order, once per connection."""
         touched = self._route(entries)
         self._remember(entries)
-        try:
-            self._write_shares(touched, entries, {})
-        except BaseException:
-            self._write_rest(touched)
-            raise
+        self._write_shares(touched, entries, {})
 
     async def dispatch_in_turns(self, entries: Sequence[Entry]) -> None:
         """:meth:`dispatch`, giving the event loop back every :data:`WRITE_TURN` writes.
@@ -247,17 +243,17 @@ class Hub:
             raise
 
     def _write_rest(self, conns: list[Conn]) -> None:
-        """A dispatch was cut short (a write raised, or its task was cancelled between
-        turns): write the shares still owed now.
+        """A dispatch in turns was cancelled between turns: write the shares still owed now.
 
         The position is past the batch, so the reader will not dispatch it again;
         a share left in ``conn.out`` would take in later batches' items without
-        the connection ever being in their dispatch. A write that raises here too
-        loses only its own share (the first error is the one raised).
+        the connection ever being in their dispatch.
         """
         for conn in conns:
-            with contextlib.suppress(Exception):
+            try:
                 self._flush_share(conn)
+            except Exception:
+                self._drop(conn)
 
     def _route(self, entries: Sequence[Entry]) -> list[Conn]:
         """Each connection's share of ``entries`` into ``conn.out``: the touched connections.
