@@ -212,6 +212,8 @@ async def test_a_bad_batch_value_is_refused_with_a_400(server: Server, value: st
             pass
     status, body = refused(info)
     assert status == 400 and body["error"]["field"] == "batch", body
+    assert body["error"]["code"] == "invalid_field", body
+    assert "batch must be 1 or 0" in body["error"]["message"], body
 
 
 async def test_the_subscriber_library_yields_the_same_with_and_without_batches(

@@ -10,7 +10,7 @@ from __future__ import annotations
 from aiohttp import WSMessage, WSMsgType, web
 
 from wire.core import frames
-from wire.core.errors import ClientError, InvalidMessage, quoted
+from wire.core.errors import ClientError, InvalidMessage, ValidationError, quoted
 from wire.core.protocol import Subscribe, error_message
 from wire.gateway import handover, wsedge
 from wire.gateway.conn import Conn
@@ -81,7 +81,7 @@ def _query_batch(request: web.Request) -> bool:
     """``?batch=1``: items may come several to a frame, one message per line."""
     raw = request.query.get("batch", "0")
     if raw not in ("0", "1", "true", "false"):
-        raise InvalidMessage(f"batch must be 1 or 0, not {quoted(raw)}", field="batch")
+        raise ValidationError(f"batch must be 1 or 0, not {quoted(raw)}", field="batch")
     return raw in ("1", "true")
 
 
