@@ -106,8 +106,11 @@ def websocket_url(url: str) -> str:
 
 
 def _with_query(url: str, pair: str) -> str:
-    """``url`` with ``pair`` (``name=value``) added to its query."""
+    """``url`` with ``pair`` (``name=value``) added to its query, unless the URL names it."""
     parts = urlsplit(url)
+    name = pair.partition("=")[0]
+    if any(p.partition("=")[0] == name for p in parts.query.split("&")):
+        return url
     query = f"{parts.query}&{pair}" if parts.query else pair
     return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
 

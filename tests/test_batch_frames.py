@@ -269,3 +269,11 @@ async def test_the_library_resumes_after_the_last_line_of_a_batch_cut_off_by_a_c
                 got = [(await anext(feed)).id for _ in range(4)]
     assert got == ["1-0", "2-0", "3-0", "4-0"]
     assert subscribes[1]["since"] == "3-0"
+
+
+def test_the_library_leaves_a_batch_the_url_names_alone() -> None:
+    from subscriber.client import _with_query
+
+    assert _with_query("ws://h:1/v1/ws", "batch=1") == "ws://h:1/v1/ws?batch=1"
+    assert _with_query("ws://h:1/v1/ws?tags=a", "batch=1") == "ws://h:1/v1/ws?tags=a&batch=1"
+    assert _with_query("ws://h:1/v1/ws?batch=0&tags=a", "batch=1") == "ws://h:1/v1/ws?batch=0&tags=a"

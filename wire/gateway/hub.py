@@ -211,7 +211,11 @@ class Hub:
                 lists.append(index[f"{route}{LANG_SEP}{language}"])
 
     def dispatch(self, entries: Sequence[Entry]) -> None:
-        """Deliver a batch read from the stream, in order, once per connection."""
+        """Deliver a batch read from the stream, in order, once per connection.
+
+        All in one turn: :meth:`dispatch_in_turns` (what the reader calls) is
+        this when the batch touches at most :data:`WRITE_TURN` connections.
+        """
         touched = self._route(entries)
         self._remember(entries)
         self._write_shares(touched, entries, {})
@@ -352,10 +356,13 @@ class Hub:
         nothing, and the other connections of the dispatch are not held up.
         """
         log.exception("writing to a subscriber failed; closing it (it resumes with since)")
-        with contextlib.suppress(Exception):
+        try:
             self.close(conn, CloseCode.INTERNAL_ERROR, "internal error")
-        with contextlib.suppress(Exception):
-            conn.transport.abort()
+        except Exception:
+            # Not after a close that worked: aborting a transport that closed
+            # itself raises inside the event loop (see _abort_unsent).
+            with contextlib.suppress(Exception):
+                conn.transport.abort()
 
     def _flush_share(self, conn: Conn) -> None:
         """Write a share that a dispatch in turns has not reached yet, before anything else."""

@@ -100,8 +100,8 @@ class Reader:
             except Exception:
                 # A bug must not silently end delivery for the whole process.
                 # A batch the hub took is not read again (the position is past
-                # it; a write that raised cost only its own connection's share,
-                # see Hub.dispatch_in_turns); anything else is retried, and each
+                # it; a connection whose write raised was closed, to resume with
+                # ``since``: see Hub._drop); anything else is retried, and each
                 # connection's last_key keeps an item from going out twice.
                 self.errors += 1
                 log.exception("stream reader: unexpected error; retrying")
@@ -155,6 +155,8 @@ class Reader:
         self.arrivals.publish(entries)
         self.batches += 1
         self.entries += len(entries)
+        # Wall time, turns and what ran between them included: in ``wire run``
+        # the publisher's requests then get their share of the linger too.
         self.dispatch_seconds = self.clock() - began
 
 

@@ -80,31 +80,29 @@ async def run_script(
     publish's CPU in the publisher). ``EVALSHA`` alone: the script is loaded
     only when Redis answers NOSCRIPT, by the batch path.
     """
-    keys, args = call.lists()
-    commands: list[tuple[Any, ...]] = [("EVALSHA", script.sha, len(keys), *keys, *args)]
-    if replica_acks > 0:
-        commands.append(("WAIT", replica_acks, 2000))
-    replies = await _exchange(redis, b"".join(map(hiredis.pack_command, commands)), len(commands))
-    if isinstance(replies[0], NoScriptError):
+    [reply], acked = await _send(redis, [(script, call)], replica_acks, load=False)
+    if isinstance(reply, NoScriptError):
         [(reply, acked)] = await run_scripts(redis, [(script, call)], replica_acks=replica_acks)
-    else:
-        reply = replies[0]
-        acked = _acked(replies, replica_acks)
     if isinstance(reply, Exception):
         raise reply
     return reply, acked
 
 
 async def _send(
-    redis: aioredis.Redis, calls: list[tuple[AsyncScript, ScriptArgs]], replica_acks: int
+    redis: aioredis.Redis,
+    calls: list[tuple[AsyncScript, ScriptArgs]],
+    replica_acks: int,
+    *,
+    load: bool = True,
 ) -> tuple[list[Any], int]:
-    """One pipeline: SCRIPT LOAD of each script used, the calls, then WAIT if asked.
+    """One pipeline: SCRIPT LOAD of each script used (unless not ``load``), the
+    calls, then WAIT if asked; the calls' replies and the replicas counted.
 
     The commands are packed by hiredis's C packer and written at once on a
     connection of the client's pool: redis-py's pure-Python packing cost the
     publisher more per item than the script costs Redis.
     """
-    used = {id(script): script for script, _ in calls}
+    used = {id(script): script for script, _ in calls} if load else {}
     commands: list[tuple[Any, ...]] = [("SCRIPT", "LOAD", s.script) for s in used.values()]
     for script, call in calls:
         keys, args = call.lists()

@@ -298,14 +298,14 @@ class Store:
 
         WAIT counts the replicas that have the writes of its own connection:
         sent separately, from the pool, it may run on another connection and
-        return at once whatever the replicas hold. So both go in one pipeline.
-        (A script that finds an earlier answer still writes, so that the WAIT
-        then covers the original entry too.)
+        return at once whatever the replicas hold. So both go in one write on
+        one connection (:func:`~wire.storage.pipeline.run_script`). (A script
+        that finds an earlier answer still writes, so that the WAIT then
+        covers the original entry too.)
         """
-        result, acked = await run_script(
+        return await run_script(
             self.redis, script, call, replica_acks=max(0, self.settings.replica_acks)
         )
-        return result, acked
 
     def _answer(self, result: list[bytes], acked: int = 0) -> tuple[str, str, bytes]:
         """A write script's (status, stream id, JSON), or the error its status means."""
