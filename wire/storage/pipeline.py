@@ -12,7 +12,9 @@ before every pipeline; instead each pipeline here starts with ``SCRIPT LOAD``
 of the scripts it calls, which costs Redis a hash of a few KB and no extra
 round trip. Only a ``SCRIPT FLUSH`` landing inside the pipeline can still
 make a call fail with NOSCRIPT: such a call ran nothing, and is sent again
-(the failed ones, in their order) in a new pipeline.
+(the failed ones, in their order) in a new pipeline. The single writes'
+small pipelines (:mod:`wire.storage.coalescer`) skip the ``SCRIPT LOAD``
+until Redis answers NOSCRIPT: their scripts are nearly always there.
 """
 
 from __future__ import annotations
@@ -43,18 +45,24 @@ async def run_scripts(
     calls: Sequence[tuple[AsyncScript, ScriptArgs]],
     *,
     replica_acks: int = 0,
+    load: bool = True,
 ) -> list[Outcome]:
     """Run every call, in order, in one pipeline (more only after NOSCRIPT).
 
     A connection failure raises (some calls may have run: callers make that
     safe with idempotency keys); an error Redis answers for one call is that
     call's outcome. With ``replica_acks``, a ``WAIT`` ends each pipeline, on
-    its connection, so the count covers that pipeline's writes.
+    its connection, so the count covers that pipeline's writes. Without
+    ``load`` the first pipeline is the calls alone (the scripts are loaded only
+    if Redis answers NOSCRIPT): for the small groups of single writes, whose
+    scripts Redis nearly always has.
     """
     outcomes: list[Outcome | None] = [None] * len(calls)
     todo = list(range(len(calls)))
-    for _ in range(ATTEMPTS):
-        replies, acked = await _send(redis, [calls[i] for i in todo], replica_acks)
+    for attempt in range(ATTEMPTS):
+        replies, acked = await _send(
+            redis, [calls[i] for i in todo], replica_acks, load=load or attempt > 0
+        )
         again = []
         for i, reply in zip(todo, replies, strict=True):
             if isinstance(reply, NoScriptError):
@@ -67,25 +75,6 @@ async def run_scripts(
     for i in todo:
         outcomes[i] = (NoScriptError("the script cache was flushed repeatedly"), 0)
     return [o for o in outcomes if o is not None]
-
-
-async def run_script(
-    redis: aioredis.Redis, script: AsyncScript, call: ScriptArgs, *, replica_acks: int = 0
-) -> Outcome:
-    """One script call (and ``WAIT`` if asked), in one round trip; an error reply raises.
-
-    The single-item paths (publish, withdraw, embargo, release) pay what a
-    batch pays per item: hiredis's packer and one write on a pooled
-    connection, not redis-py's command machinery (a third of a single
-    publish's CPU in the publisher). ``EVALSHA`` alone: the script is loaded
-    only when Redis answers NOSCRIPT, by the batch path.
-    """
-    [reply], acked = await _send(redis, [(script, call)], replica_acks, load=False)
-    if isinstance(reply, NoScriptError):
-        [(reply, acked)] = await run_scripts(redis, [(script, call)], replica_acks=replica_acks)
-    if isinstance(reply, Exception):
-        raise reply
-    return reply, acked
 
 
 async def _send(

@@ -40,7 +40,8 @@ from wire.core.items import Submission
 from wire.core.stored import Layout, published_now, with_id
 from wire.runtime.settings import Settings
 from wire.storage import keys, scripts
-from wire.storage.pipeline import run_script, run_scripts
+from wire.storage.coalescer import Coalescer
+from wire.storage.pipeline import run_scripts
 
 PAGE = 1000  # entries per XRANGE while scanning history
 #: Bytes of stored item JSON one history page reads from Redis (the entry that
@@ -206,6 +207,7 @@ class Store:
         self._cancel = redis.register_script(scripts.CANCEL_EMBARGO)
         self._release = redis.register_script(scripts.RELEASE)
         self._range = redis.register_script(scripts.RANGE)
+        self._single = Coalescer(redis, settings.replica_acks)
 
     async def publish(
         self, sub: Submission, *, idempotency_key: str | None = None, digest: str = ""
@@ -298,14 +300,13 @@ class Store:
 
         WAIT counts the replicas that have the writes of its own connection:
         sent separately, from the pool, it may run on another connection and
-        return at once whatever the replicas hold. So both go in one write on
-        one connection (:func:`~wire.storage.pipeline.run_script`). (A script
-        that finds an earlier answer still writes, so that the WAIT then
-        covers the original entry too.)
+        return at once whatever the replicas hold. So the call and its WAIT go
+        in one write on one connection, with the other single writes made in
+        the same turn of the loop (:class:`~wire.storage.coalescer.Coalescer`).
+        (A script that finds an earlier answer still writes, so that the WAIT
+        then covers the original entry too.)
         """
-        return await run_script(
-            self.redis, script, call, replica_acks=max(0, self.settings.replica_acks)
-        )
+        return await self._single.run(script, call)
 
     def _answer(self, result: list[bytes], acked: int = 0) -> tuple[str, str, bytes]:
         """A write script's (status, stream id, JSON), or the error its status means."""
