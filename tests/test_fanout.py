@@ -25,6 +25,7 @@ from wire.core.entry import Entry
 from wire.core.ids import ZERO, StreamKey
 from wire.core.resume import Window
 from wire.gateway import hub as fanout
+from wire.gateway.holding import MAX_SPILLS
 from wire.gateway.hub import Conn, Hub
 
 
@@ -266,7 +267,9 @@ async def test_a_batch_larger_than_the_cap_does_not_close_a_reading_client() -> 
     for _ in range(3):
         batch = [entry("x", size=1_000) for _ in range(20)]  # ~20 kB, twice the cap
         hub.dispatch(batch)
-        assert item_ids(t.read()) == [e.id for e in batch]
+        got = item_ids(t.read())
+        await drained(hub, conn)  # past the hold mark: the rest comes from the hub's queue
+        assert got + item_ids(t.read()) == [e.id for e in batch]
     assert not conn.closed
 
 
@@ -331,7 +334,7 @@ def test_replay_holds_live_items_then_sends_them_after_history() -> None:
     hub.write(conn, history)
     hub.end_replay(conn)
     assert item_ids(t.read()) == [e.id for e in history] + [live[0].id, live[2].id]
-    assert conn.buffer is None
+    assert conn.holding is None
     e = entry("world")
     hub.dispatch([e])  # live again
     assert item_ids(t.read()) == [e.id]
@@ -359,29 +362,60 @@ def test_begin_replay_twice_keeps_the_buffer() -> None:
     assert item_ids(t.read()) == [e.id]
 
 
-async def test_replay_buffer_over_the_cap_closes_only_that_connection() -> None:
+async def test_held_items_over_the_cap_are_dropped_and_their_window_owed() -> None:
+    """Over its cap a replaying connection is not closed: what it held is dropped,
+    the window it was in is owed (from the stream), and holding goes on after it."""
+    hub = Hub(max_buffer=5_000)
+    hub.start(ZERO)
+    replaying, rt = conn_for(hub, "world")
+    other, ot = conn_for(hub, "world")
+    hub.begin_replay(replaying)
+    dropped = [entry("world", size=1_000) for _ in range(6)]  # 6 KB: over the cap
+    hub.dispatch(dropped)
+    assert item_ids(ot.read()) == [e.id for e in dropped]
+    await drained(hub, other)
+    assert not replaying.closed
+    kept = [entry("world", size=1_000)]
+    hub.dispatch(kept)
+    owed = hub.end_replay(replaying)
+    assert owed == Window(ZERO, kept[-1].key), "the window of everything dropped"
+    assert rt.read() == [] and replaying.state.replaying, "still holding"
+    hub.write(replaying, hub.recent_window(owed) or [])  # what the session replays
+    got = item_ids(rt.read())
+    await drained(hub, replaying)
+    later = [entry("world")]
+    hub.dispatch(later)
+    assert hub.end_replay(replaying) is None
+    got += item_ids(rt.read())
+    assert got == [e.id for e in dropped + kept + later], "each once, in order"
+
+
+async def test_a_connection_that_overflows_past_max_spills_is_closed_alone() -> None:
     hub = Hub(max_buffer=5_000)
     replaying, rt = conn_for(hub, "world")
     other, ot = conn_for(hub, "world")
     hub.begin_replay(replaying)
     sent = []
-    for _ in range(3):
-        batch = [entry("world", size=1_000) for _ in range(4)]
+    for _ in range(MAX_SPILLS + 1):
+        batch = [entry("world", size=1_000) for _ in range(6)]
         sent += [e.id for e in batch]
         hub.dispatch(batch)  # must not raise while closing a connection mid-batch
-        assert item_ids(ot.read()) == [e.id for e in batch]
-    assert replaying.closed and replaying.buffer is not None
+        got = item_ids(ot.read())
+        await drained(hub, other)
+        assert got + item_ids(ot.read()) == [e.id for e in batch]
+    assert replaying.closed and replaying.holding is not None
     assert close_of(rt.read()) == (CloseCode.SLOW_CONSUMER, "slow consumer")
     assert hub.position == parse(sent[-1])
     assert hub.index == {"world": {other}}
 
 
-async def test_replay_buffer_overflow_with_several_replaying_connections() -> None:
+async def test_overflow_past_max_spills_with_several_replaying_connections() -> None:
     hub = Hub(max_buffer=2_000)
     conns = [conn_for(hub, "world", "*") for _ in range(5)]
     for conn, _ in conns:
         hub.begin_replay(conn)
-    hub.dispatch([entry("world", size=1_500) for _ in range(3)])
+    for _ in range(MAX_SPILLS + 1):
+        hub.dispatch([entry("world", size=1_500) for _ in range(3)])
     assert all(conn.closed for conn, _ in conns)
     assert hub.index == {}
 
@@ -653,10 +687,10 @@ class Meddler:
                 hub.send(conn, pong)
             elif op == 1:
                 self.stalled.symmetric_difference_update({conn})
-            elif op == 2 and conn.buffer is None:
+            elif op == 2 and conn.holding is None:
                 hub.begin_replay(conn)
-            elif op == 3 and conn.buffer is not None:
-                hub.end_replay(conn)
+            elif op == 3 and conn.holding is not None:
+                assert hub.end_replay(conn) is None  # under the cap: nothing dropped
             elif op == 4 and len(conn.keys) == 2:
                 hub.retag(conn, frozenset({rng.choice(self.tags)}))
                 self.changed.add(conn)
@@ -670,8 +704,8 @@ class Meddler:
         """Replays end, every peer reads until the hub holds nothing more."""
         self.stalled.clear()
         for conn, _ in self.conns:
-            if conn.buffer is not None:
-                self.hub.end_replay(conn)
+            if conn.holding is not None:
+                assert self.hub.end_replay(conn) is None
         async with asyncio.timeout(5):
             while self.hub.behind or any(t.unread for _, t in self.conns):
                 for conn, transport in self.conns:

@@ -24,6 +24,7 @@ from wire.core.entry import Entry, language_keys
 from wire.core.errors import ValidationError
 from wire.core.protocol import MAX_LANGUAGES, Subscribe, Subscription, parse_message
 from wire.gateway.conn import Conn
+from wire.gateway.holding import Holding
 from wire.gateway.hub import Hub
 from wire.storage import keys as store_keys
 
@@ -329,16 +330,16 @@ class Counted(Conn):
     def __init__(self) -> None:
         super().__init__(Transport())
         self.visits = 0
-        self._held: list[Entry] | None = None
+        self._holding: Holding | None = None
 
     @property
-    def buffer(self) -> list[Entry] | None:
+    def holding(self) -> Holding | None:
         self.visits += 1
-        return self._held
+        return self._holding
 
-    @buffer.setter
-    def buffer(self, value: list[Entry] | None) -> None:
-        self._held = value
+    @holding.setter
+    def holding(self, value: Holding | None) -> None:
+        self._holding = value
 
     def titles(self) -> list[str]:
         transport = self.transport

@@ -3,7 +3,7 @@
 The hub writes frames to the connection's asyncio transport itself (see
 :mod:`wire.gateway.handover` for the one place a transport is handed over).
 What the connection is doing is its :class:`~wire.gateway.state.State`; the
-data a state needs lives here beside it: the replay buffer while replaying,
+data a state needs lives here beside it: what is held while replaying,
 the backlog while behind.
 """
 
@@ -18,6 +18,7 @@ from wire.core.entitlements import Grant
 from wire.core.entry import Entry
 from wire.core.ids import ZERO, StreamKey
 from wire.gateway.backlog import Backlog
+from wire.gateway.holding import Holding
 from wire.gateway.state import CLOSED, LIVE, State
 
 
@@ -38,10 +39,9 @@ class Conn:
     __slots__ = (
         "backlog",
         "batch",
-        "buffer",
-        "buffered_bytes",
         "caught_up_waiter",
         "grant",
+        "holding",
         "keys",
         "last_key",
         "on_close",
@@ -74,8 +74,7 @@ class Conn:
         #: The key of the last item written: nothing at or before it is sent again.
         self.last_key: StreamKey = ZERO
         #: Live entries held while replaying (left as they were once closed), else None.
-        self.buffer: list[Entry] | None = None
-        self.buffered_bytes = 0
+        self.holding: Holding | None = None
         #: This connection's share of the batch being dispatched (None between batches).
         self.out: list[Entry] | None = None
         #: What the hub queues while the socket is behind, else None.

@@ -38,6 +38,7 @@ from wire.core.ledger import SSE, WEBSOCKET, Tally
 from wire.core.resume import Window, fresh
 from wire.gateway.backlog import Backlog
 from wire.gateway.conn import Conn, Transport
+from wire.gateway.holding import Holding
 from wire.gateway.keepalive import Pings, sweep
 from wire.gateway.recent import Recent
 from wire.gateway.state import (
@@ -56,6 +57,9 @@ log = logging.getLogger("wire.gateway.hub")
 
 #: Past this much unsent data a connection is behind: the hub queues its items
 #: itself (where urgent ones can overtake) instead of handing them to asyncio.
+#: At most a quarter of the connection cap, so that a write let through just
+#: under the mark (a replay page, a quarter of the cap) and a reply or a
+#: keep-alive behind it stay under the cap, however small it is set.
 HOLD_AT = 64 * 1024
 #: Connections written per turn of a dispatch in turns (see ``Hub.dispatch_in_turns``):
 #: at 6-10 µs per loopback write, 2-3 ms between two looks at everything else.
@@ -98,6 +102,7 @@ class Hub:
         tally: Tally | None = None,
     ) -> None:
         self.max_buffer = max_buffer
+        self.hold_at = min(HOLD_AT, max_buffer // 4)
         self.index: dict[str, set[Conn]] = {}
         #: Per subscription key, the languages of its language-filtered buckets
         #: (``world`` -> {``en``} while ``world@en`` is in the index): empty
@@ -262,7 +267,8 @@ class Hub:
     def _route(self, entries: Sequence[Entry]) -> list[Conn]:
         """Each connection's share of ``entries`` into ``conn.out``: the touched connections.
 
-        Replaying connections hold theirs instead; one held past the cap is closed.
+        Replaying connections hold theirs instead (:mod:`wire.gateway.holding`);
+        one past its cap with no overflow left to spend is closed.
         """
         touched: list[Conn] = []
         overflowed: list[Conn] = []
@@ -271,13 +277,14 @@ class Hub:
         for entry in entries:
             targets = self._targets(entry, counted)
             for conn in targets:
-                # The replay buffer is the replaying states' data: not None
-                # exactly when ``conn.state.replaying`` (a closed connection
-                # keeps its own but has left the index). Tested against None
-                # because CPython fuses that test and its jump: this runs per
-                # item per connection.
-                if conn.buffer is not None:
-                    if self._buffer(conn, entry):
+                # Holding is the replaying states' data: not None exactly
+                # when ``conn.state.replaying`` (a closed connection keeps its
+                # own but has left the index). Tested against None because
+                # CPython fuses that test and its jump: this runs per item per
+                # connection.
+                holding = conn.holding
+                if holding is not None:
+                    if not holding.add(entry, self.max_buffer):
                         # Closed after the loop: closing removes the connection
                         # from the index set that ``targets`` may be.
                         overflowed.append(conn)
@@ -375,13 +382,6 @@ class Hub:
             self.position = entries[-1].key
             self.window.add(entries)
 
-    def _buffer(self, conn: Conn, entry: Entry) -> bool:
-        """Hold a live entry for a replaying connection; True once over the cap."""
-        assert conn.buffer is not None and conn.state.replaying
-        conn.buffer.append(entry)
-        conn.buffered_bytes += len(entry.json)
-        return conn.buffered_bytes > self.max_buffer
-
     def write(self, conn: Conn, entries: Sequence[Entry]) -> None:
         """Write entries newer than the connection's last one; enforce the cap.
 
@@ -411,7 +411,7 @@ class Hub:
         self._send(conn, conn.encode(entries) if data is None else data)
         if conn.partner is not None:
             self._record(conn, entries)
-        if conn.state is not CLOSED and conn.transport.get_write_buffer_size() > HOLD_AT:
+        if conn.state is not CLOSED and conn.transport.get_write_buffer_size() > self.hold_at:
             self._fall_behind(conn)
 
     def _record(self, conn: Conn, entries: Sequence[Entry]) -> None:
@@ -429,7 +429,7 @@ class Hub:
         self._send(conn, conn.encode(entries))
         if conn.partner is not None:
             self._record(conn, entries)
-        if conn.state is not CLOSED and conn.transport.get_write_buffer_size() > HOLD_AT:
+        if conn.state is not CLOSED and conn.transport.get_write_buffer_size() > self.hold_at:
             self._fall_behind(conn)
 
     def _fall_behind(self, conn: Conn) -> None:
@@ -563,28 +563,34 @@ class Hub:
             self._flush_share(conn)
         was, conn.state = conn.state, step(conn.state, REPLAY)
         if not was.replaying:
-            conn.buffer = []
-            conn.buffered_bytes = 0
+            conn.holding = Holding(self.position)
 
-    def take_replay_buffer(self, conn: Conn) -> list[Entry]:
-        """What was held so far for a replaying connection; holding goes on.
+    def take_replay_buffer(self, conn: Conn) -> tuple[list[Entry], Window | None]:
+        """What was held so far for a replaying connection, and the window of the
+        stream owed for what an overflow dropped (None when nothing was); holding
+        goes on."""
+        assert conn.holding is not None
+        return conn.holding.take(self.position)
 
-        The bytes taken still count against the cap until :meth:`end_replay`:
-        the caller holds them until its replay sends them.
+    def end_replay(self, conn: Conn) -> Window | None:
+        """Send what was held during the replay and go live.
+
+        Unless an overflow dropped held entries: then the connection keeps
+        holding and the window they were in is returned, for the caller to
+        replay before it ends the replay again.
         """
-        held, conn.buffer = conn.buffer or [], []
-        return held
-
-    def end_replay(self, conn: Conn) -> None:
-        """Send what was held during the replay and go live."""
+        assert conn.holding is not None
+        held, owed = conn.holding.take(self.position)
+        if owed is not None:
+            return owed
         conn.state = step(conn.state, GO_LIVE)
-        held, conn.buffer = conn.buffer or [], None
-        conn.buffered_bytes = 0
+        conn.holding = None
         # Held for the tags at the time; an unsubscribe during the replay
         # removed some, whose items must not follow the ``subscribed`` saying so.
         held = [e for e in held if e.matches(conn.keys)]
         if held:
             self.write(conn, held)
+        return None
 
     def recent_window(self, window: Window) -> list[Entry] | None:
         """Entries in ``window`` from memory, or None when memory does not cover it."""

@@ -153,16 +153,20 @@ class Session:
                 "send this subscribe again once one has finished"
             )
         self.subscription.subscribe(cmd.tags, cmd.languages)
-        keys = self.subscription.keys
+        keys, held_for = self.subscription.keys, self.conn.keys
         owed = await self.stop()
         # No await from here on: no item can slip in between the held items
         # taken, the new tags and the position the new history ends at.
         self.hub.begin_replay(self.conn)
         held = [e for s in owed if isinstance(s, Held) for e in s.entries]
-        held += self.hub.take_replay_buffer(self.conn)
+        taken, dropped = self.hub.take_replay_buffer(self.conn)
+        held += taken
         owed = [s for s in owed if not isinstance(s, Held)]
         if held:
             owed.append(Held(tuple(held)))
+        if dropped is not None:
+            # Live items an overflow dropped, for the tags they were held for.
+            owed.append(Since(dropped, held_for))
         self.hub.retag(self.conn, keys)
         self._subscribed()
         owed.append(self._source(cmd, keys))
@@ -200,14 +204,13 @@ class Session:
         history = History(self.hub, self.store, settings.compact_stories, self.hub.catchups)
         try:
             await self._check_retention()
-            # Batches of a quarter of the cap: what a batch leaves unsent plus a
-            # keep-alive or a reply queued behind it stays under the cap.
-            batches = merge([history.pages(s) for s in self.owed], self.hub.max_buffer // 4)
-            async with contextlib.aclosing(batches) as pages:
-                async for page in pages:
-                    await self._send(page)
-                    if self.conn.closed:
-                        return
+            while await self._send_owed(history):
+                # Live items held meanwhile overflowed: what they were is owed
+                # from the stream (see wire.gateway.holding), then held anew.
+                dropped = self.hub.end_replay(self.conn)
+                if dropped is None:
+                    break
+                self.owed = [Since(dropped, self.conn.keys)]
         except REDIS_DOWN:
             # A cancel (a new subscribe took over) can come out of redis-py
             # as a ConnectionError: that is no reason to close.
@@ -224,7 +227,18 @@ class Session:
         finally:
             history.release()
         self.owed = []
-        self.hub.end_replay(self.conn)
+
+    async def _send_owed(self, history: History) -> bool:
+        """Send the pages of every source owed; False if the connection closed meanwhile."""
+        # Batches of a quarter of the cap: what a batch leaves unsent plus a
+        # keep-alive or a reply queued behind it stays under the cap.
+        batches = merge([history.pages(s) for s in self.owed], self.hub.max_buffer // 4)
+        async with contextlib.aclosing(batches) as pages:
+            async for page in pages:
+                await self._send(page)
+                if self.conn.closed:
+                    return False
+        return True
 
     async def _check_retention(self) -> None:
         """Say ``history_truncated`` (once per ``since``) and skip what retention removed.
