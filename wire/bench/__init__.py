@@ -88,6 +88,12 @@ def add_command(sub: Any) -> None:
     s.add_argument("--conns", type=int, default=1000, help="burst: subscribers (1000)")
     s.add_argument("--items", type=int, default=200, help="burst: items (200)")
     s.add_argument("--posters", type=int, default=8, help="burst: concurrent publishers (8)")
+    s.add_argument(
+        "--bursts",
+        type=int,
+        default=3,
+        help="burst: bursts per system, the median reported (3)",
+    )
     s.add_argument("--rate", type=float, default=20.0, help="latency: items per second (20)")
     s.add_argument("--latency-seconds", type=float, default=5.0, help="latency: duration (5)")
     s.add_argument(

@@ -32,6 +32,7 @@ def config(args: argparse.Namespace) -> Config:
         conns=args.conns,
         items=args.items,
         posters=args.posters,
+        bursts=max(1, args.bursts),
         rate=args.rate,
         latency_seconds=args.latency_seconds,
         latency_conns=tuple(args.latency_conns),
