@@ -132,9 +132,10 @@ def spy_redis_pages(store: Store, pages: list[int]) -> None:
 async def ws_items(server: Server, query: str, want: int) -> list[str]:
     """Catch up over a WebSocket; the ids received (stops at ``want``)."""
     got: list[str] = []
-    async with aiohttp.ClientSession() as session, session.ws_connect(
-        f"{server.ws}?{query}", max_msg_size=0
-    ) as ws:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(f"{server.ws}?{query}", max_msg_size=0) as ws,
+    ):
         async for msg in ws:
             assert msg.type == aiohttp.WSMsgType.TEXT, (msg.type, ws.close_code)
             data = msg.json()

@@ -51,6 +51,21 @@ class Holding:
         self.entries, self.size = [], 0
         return True
 
+    def hand_over(self, position: StreamKey) -> Window | None:
+        """Everything held or dropped so far, as the window of the stream it fell
+        in (None when nothing was); holding goes on from ``position``, from empty.
+
+        For a subscribe that takes over a catch-up: the entries are not handed
+        to it, the window is (read again from the stream, in order with the new
+        history). Handed over as entries they left the count against the cap,
+        and a client that reads nothing but subscribes again and again had the
+        gateway keep every live item for it.
+        """
+        window = Window(self.after, position) if self.entries or self.spilled else None
+        self.entries, self.size, self.spilled = [], 0, False
+        self.after = position
+        return window
+
     def take(self, position: StreamKey) -> tuple[list[Entry], Window | None]:
         """What is held, and the window owed when entries were dropped (up to
         ``position``, which every held or dropped entry is at or before); holding

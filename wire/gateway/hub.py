@@ -565,12 +565,12 @@ class Hub:
         if not was.replaying:
             conn.holding = Holding(self.position)
 
-    def take_replay_buffer(self, conn: Conn) -> tuple[list[Entry], Window | None]:
-        """What was held so far for a replaying connection, and the window of the
-        stream owed for what an overflow dropped (None when nothing was); holding
-        goes on."""
+    def take_replay_buffer(self, conn: Conn) -> Window | None:
+        """The window of the stream that what was held (or dropped) so far for a
+        replaying connection fell in, None when nothing was; holding goes on
+        (see :meth:`Holding.hand_over <wire.gateway.holding.Holding.hand_over>`)."""
         assert conn.holding is not None
-        return conn.holding.take(self.position)
+        return conn.holding.hand_over(self.position)
 
     def end_replay(self, conn: Conn) -> Window | None:
         """Send what was held during the replay and go live.

@@ -36,7 +36,6 @@ from wire.core.protocol import (
     truncated_message,
 )
 from wire.core.resume import (
-    Held,
     Latest,
     Since,
     Source,
@@ -147,7 +146,7 @@ class Session:
         merged into the new one, so nothing is lost or sent twice.
         """
         running = self.catching_up is not None and not self.catching_up.done()
-        if running and sum(not isinstance(s, Held) for s in self.owed) >= MAX_CATCH_UPS:
+        if running and len(self.owed) >= MAX_CATCH_UPS:
             raise RateLimited(
                 f"more than {MAX_CATCH_UPS} catch-ups at once on this connection; "
                 "send this subscribe again once one has finished"
@@ -158,15 +157,12 @@ class Session:
         # No await from here on: no item can slip in between the held items
         # taken, the new tags and the position the new history ends at.
         self.hub.begin_replay(self.conn)
-        held = [e for s in owed if isinstance(s, Held) for e in s.entries]
-        taken, dropped = self.hub.take_replay_buffer(self.conn)
-        held += taken
-        owed = [s for s in owed if not isinstance(s, Held)]
-        if held:
-            owed.append(Held(tuple(held)))
-        if dropped is not None:
-            # Live items an overflow dropped, for the tags they were held for.
-            owed.append(Since(dropped, held_for))
+        held = self.hub.take_replay_buffer(self.conn)
+        if held is not None:
+            # Live items held (or dropped) so far, for the tags they were held
+            # for, read again from the stream: kept here as entries they would
+            # no longer count against the connection's cap.
+            owed.append(Since(held, held_for))
         self.hub.retag(self.conn, keys)
         self._subscribed()
         owed.append(self._source(cmd, keys))

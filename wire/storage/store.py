@@ -305,8 +305,17 @@ class Store:
         the same turn of the loop (:class:`~wire.storage.coalescer.Coalescer`).
         (A script that finds an earlier answer still writes, so that the WAIT
         then covers the original entry too.)
+
+        A call Redis refuses (out of memory, a read-only replica after a
+        failover, a script cache flushed again and again) wrote nothing: it is
+        a 503 to retry, as for a batch's items (:meth:`_batch_answer`), not a
+        500 that leaves the editor unsure whether the item went out.
         """
-        return await self._single.run(script, call)
+        try:
+            return await self._single.run(script, call)
+        except aioredis.ResponseError as err:
+            log.warning("redis refused a write: %s", err)
+            raise ServiceUnavailable(f"redis refused the write ({err}); retry") from err
 
     def _answer(self, result: list[bytes], acked: int = 0) -> tuple[str, str, bytes]:
         """A write script's (status, stream id, JSON), or the error its status means."""
