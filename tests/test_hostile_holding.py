@@ -23,7 +23,7 @@ from websockets.exceptions import ConnectionClosed
 from tests.conftest import Server, ServerFactory
 from tests.support import item, post, wait_for
 from wire.core.ids import StreamKey, format_id, parse_id
-from wire.core.resume import Held
+from wire.core.resume import Latest, Since
 from wire.gateway.conn import Conn
 from wire.gateway.hub import Hub
 from wire.gateway.reader import HUB
@@ -73,10 +73,11 @@ def catch_up_session() -> Session:
 
 
 def held_bytes(conn: Conn, session: Session) -> int:
-    """Bytes of live item JSON the gateway keeps for one replaying connection."""
+    """Bytes of live item JSON the gateway keeps for one replaying connection:
+    what it holds; what a catch-up owes is windows of the stream, not items."""
     assert conn.holding is not None
-    carried = sum(len(e.json) for s in session.owed if isinstance(s, Held) for e in s.entries)
-    return conn.holding.size + carried
+    assert all(isinstance(s, Since | Latest) for s in session.owed)
+    return conn.holding.size
 
 
 async def read_until(ws: Any, count: int, types: set[str] | None = None) -> list[dict[str, Any]]:

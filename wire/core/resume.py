@@ -96,7 +96,8 @@ class Newest:
 # A catch-up is a list of sources, each an ordered run of entries. A source is
 # a description, not the entries, so a catch-up interrupted by a new
 # subscribe can be restarted from the connection's ``last_key`` without
-# losing or repeating anything (see :func:`remainder`).
+# losing or repeating anything (see :func:`remainder`); even the live items
+# held for it are handed over as the window of the stream they fell in.
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,14 +122,7 @@ class Latest:
     after: StreamKey = ZERO
 
 
-@dataclass(frozen=True, slots=True)
-class Held:
-    """Live entries held for the connection by an interrupted catch-up."""
-
-    entries: tuple[Entry, ...]
-
-
-Source = Since | Latest | Held
+Source = Since | Latest
 
 
 def remainder(source: Source, sent: StreamKey) -> Source | None:
@@ -138,9 +132,6 @@ def remainder(source: Source, sent: StreamKey) -> Source | None:
     rest of the range: a story's newest version after ``sent`` is also its
     newest in the whole range.
     """
-    if isinstance(source, Held):
-        rest = tuple(fresh(source.entries, sent))
-        return Held(rest) if rest else None
     if isinstance(source, Latest):
         return replace(source, after=max(source.after, sent)) if sent < source.upto else None
     window = Window(max(source.window.after, sent), source.window.upto)

@@ -16,11 +16,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator
 
 from wire.core.entry import Entry
 from wire.core.ids import StreamKey
-from wire.core.resume import Held, Latest, Newest, Source, Window, fresh
+from wire.core.resume import Latest, Newest, Source, Window, fresh
 from wire.gateway.hub import Hub
 from wire.storage.store import Store
 
@@ -63,8 +63,6 @@ class History:
 
     def pages(self, source: Source) -> AsyncIterator[list[Entry]]:
         """The source's entries, oldest first, a page at a time."""
-        if isinstance(source, Held):
-            return _listed(source.entries)
         if isinstance(source, Latest):
             return self._latest(source)
         if source.compact:
@@ -120,10 +118,6 @@ class History:
             before = _next(source.upto)
             found = (await self.store.scan_latest(source.keys, source.limit, before=before))[::-1]
         yield fresh(found, source.after)
-
-
-async def _listed(entries: Sequence[Entry]) -> AsyncIterator[list[Entry]]:
-    yield list(entries)
 
 
 async def merge(

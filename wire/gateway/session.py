@@ -142,8 +142,9 @@ class Session:
         """Subscribe with history: start a catch-up, taking over one still running.
 
         The catch-up under way is stopped and what it still owed (its sources
-        after the last item written, and the live items held for it) is
-        merged into the new one, so nothing is lost or sent twice.
+        after the last item written, and the window of the stream the live
+        items held for it fell in) is merged into the new one, so nothing is
+        lost or sent twice and nothing held escapes the connection's cap.
         """
         running = self.catching_up is not None and not self.catching_up.done()
         if running and len(self.owed) >= MAX_CATCH_UPS:
