@@ -243,13 +243,16 @@ class Plan:
         for system in self.systems:
             await self.use(system)
             await self.bench.warm_up()
-        steps = [self.idle, self.resume, self.burst]
+        steps = [self.idle, self.resume]
         for step in steps:
             for system in self.systems:
                 await self.use(system)
                 await step(system)
-                for group in list(system.groups):
-                    await self.bench.close(system, group)
+                await self.close_groups(system)
+        if "burst" in self.want:
+            await self.bursts()
+        if "latency" in self.want:
+            await self.latencies()
         if self.want & {"publisher", "webhook"}:
             self.setup.retire(self.systems[0])
         if "publisher" in self.want:
@@ -295,28 +298,60 @@ class Plan:
         if "resume" in self.want:
             self.results[system.name]["resume"] = await self.bench.resume(system)
 
-    async def burst(self, system: System) -> None:
-        """The burst, then latency over the burst's connections (and any other sizes)."""
-        if "burst" in self.want:
-            before = await write_counts(system)
-            result = await self.bench.burst(system)
-            after = await write_counts(system)
-            if before is not None and after is not None:
-                # How well the gateway coalesced the burst: batches read, and
-                # items per write to a connection (the writes are what cost).
-                change = [b - a for a, b in zip(before, after, strict=True)]
-                batches, entries, writes, deliveries = change
-                if batches and writes:
-                    result["reader_batches"] = batches
-                    result["entries_per_batch"] = entries / batches
-                    result["items_per_write"] = deliveries / writes
-            self.results[system.name]["burst"] = result
-        if "latency" in self.want:
+    async def latencies(self) -> None:
+        """Latency at every size not measured yet, system by system."""
+        for system in self.systems:
+            await self.use(system)
             for n in self.cfg.latency_conns:
                 if n not in self.latency_done[system.name]:
                     await self.latency(system, n)
-                    if n != self.cfg.conns:
-                        await self.bench.close(system, f"latency{n}")
+            await self.close_groups(system)
+
+    async def close_groups(self, system: System) -> None:
+        for group in list(system.groups):
+            await self.bench.close(system, group)
+
+    async def bursts(self) -> None:
+        """Every system's bursts, the systems taking turns (burst 1 on each, then
+        burst 2...): the box's speed drifts over a run, and measured one after
+        the other the systems' figures would carry that drift into their ratios."""
+        connected = {s.name: await self.bench.burst_connect(s) for s in self.systems}
+        bursts: dict[str, list[dict[str, Any]]] = {s.name: [] for s in self.systems}
+        counts: dict[str, list[float] | None] = {s.name: [0.0] * 4 for s in self.systems}
+        for n in range(self.cfg.bursts):
+            for system in self.systems:
+                await self.use(system)
+                before = await write_counts(system)
+                bursts[system.name].append(await self.bench.one_burst(system, n))
+                after = await write_counts(system)
+                total = counts[system.name]
+                if before is None or after is None or total is None:
+                    counts[system.name] = None
+                else:
+                    counts[system.name] = [
+                        t + b - a for t, a, b in zip(total, before, after, strict=True)
+                    ]
+        for system in self.systems:
+            result = self.bench.burst_result(connected[system.name], bursts[system.name])
+            result.update(coalescing(counts[system.name]))
+            self.results[system.name]["burst"] = result
+            await self.close_groups(system)
+
+
+def coalescing(counts: list[float] | None) -> dict[str, float]:
+    """How well a gateway coalesced its bursts (from its metrics; nothing for a
+    baseline): batches read, items per batch read, items per write to a
+    connection (the writes are what cost)."""
+    if counts is None:
+        return {}
+    batches, entries, writes, deliveries = counts
+    if not (batches and writes):
+        return {}
+    return {
+        "reader_batches": batches,
+        "entries_per_batch": entries / batches,
+        "items_per_write": deliveries / writes,
+    }
 
 
 async def _main(args: argparse.Namespace, cfg: Config) -> int:

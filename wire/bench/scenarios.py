@@ -141,12 +141,18 @@ class Bench:
     # -- client groups ---------------------------------------------------------
 
     async def connect(
-        self, system: System, group: str, n: int, query: str = "", concurrency: int | None = None
+        self,
+        system: System,
+        group: str,
+        n: int,
+        query: str = "",
+        concurrency: int | None = None,
+        tag: str | None = None,
     ) -> dict[str, Any]:
         k = self.clients.n
         shares = [n // k + (1 if i < n % k else 0) for i in range(k)]
         samples = [self.cfg.sample // k + (1 if i < self.cfg.sample % k else 0) for i in range(k)]
-        path = f"/v1/ws?tags={self.tag}{query}"
+        path = f"/v1/ws?tags={tag or self.tag}{query}"
         if self.cfg.batch and system.name.startswith("wire"):
             path += "&batch=1"
         if self.cfg.subscriber_token:
@@ -285,57 +291,69 @@ class Bench:
 
     # -- scenarios -------------------------------------------------------------
 
-    async def burst(self, system: System) -> dict[str, Any]:
-        """N connections, M items published as fast as 8 posters can, ``bursts``
-        times on the same connections: the median burst's deliveries/s."""
-        cfg = self.cfg
-        label = f"{system.name} burst {cfg.conns:,}x{cfg.items}"
-        self.progress.step(label)
-        conn = await self.connect(system, "burst", cfg.conns)
-        bursts: list[dict[str, Any]] = []
-        cpu = (0.0, 0.0)
-        ok = True
-        for n in range(cfg.bursts):
-            if n:
-                await self.reset(system, "burst")
-            await self.settle(system)
-            cpu0 = self.cpu(system)
-            one, verified = await self._one_burst(system, label)
-            cpu1 = self.cpu(system)
-            cpu = (cpu[0] + cpu1[0] - cpu0[0], cpu[1] + cpu1[1] - cpu0[1])
-            ok = ok and verified
-            bursts.append(one)
-        median = sorted(bursts, key=lambda b: b["deliveries_per_s"])[len(bursts) // 2]
-        result = {
-            "conns": cfg.conns,
-            "items": cfg.items,
-            **median,
-            "bursts": len(bursts),
-            "each_deliveries_per_s": [b["deliveries_per_s"] for b in bursts],
-            "connect_seconds": conn["seconds"],
-            **self.cpu_per_delivery((0.0, 0.0), cpu, sum(b["deliveries"] for b in bursts)),
-            "verified": ok,
-        }
-        each = ", ".join(f"{b['deliveries_per_s'] / 1e3:,.0f}k" for b in bursts)
-        self.progress.done(
-            f"{label}: {result['deliveries_per_s']:,.0f} deliveries/s, the median of {each} "
-            f"({median['deliveries']:,} in {median['seconds'] * 1000:.0f} ms)"
-        )
-        return result
+    def burst_tag(self, system: System) -> str:
+        """The tag of ``system``'s burst subscribers and items: every gateway reads
+        the one stream, and while the systems take turns each must fan out only
+        its own bursts."""
+        return f"{self.tag}/burst-{system.name}"
 
-    async def _one_burst(self, system: System, label: str) -> tuple[dict[str, Any], bool]:
-        """One burst on the ``burst`` connections: its figures, and whether it verified."""
+    async def burst_connect(self, system: System) -> dict[str, Any]:
+        """The burst's N subscribers on ``system``, on its own burst tag."""
         cfg = self.cfg
-        pub = await self.publish(cfg.items, cfg.posters, "burst")
+        self.progress.step(f"{system.name} burst: {cfg.conns:,} subscribers")
+        return await self.connect(system, "burst", cfg.conns, tag=self.burst_tag(system))
+
+    async def one_burst(self, system: System, n: int) -> dict[str, Any]:
+        """Burst ``n`` (from 0) on ``system``: M items published as fast as the
+        posters can to the N subscribers; deliveries/s from the first request
+        sent to the last frame received, each subscriber verified."""
+        cfg = self.cfg
+        label = f"{system.name} burst {cfg.conns:,}x{cfg.items} #{n + 1}"
+        self.progress.step(label)
+        if n:
+            await self.reset(system, "burst")
+        await self.settle(system)
+        cpu0 = self.cpu(system)
+        pub = await self.poster.publish(
+            cfg.items, tag=self.burst_tag(system), conns=cfg.posters, run=self.run, body=self.body
+        )
         got = await self.wait(system, "burst", len(pub.ids))
+        cpu1 = self.cpu(system)
         ok = self.verify(label, got, pub.ids) and self.published_ok(label, pub, cfg.items)
         seconds = max(got["last_rx"] - pub.started, 1) / 1e9
-        return {
+        one = {
             "deliveries": got["delivered"],
             "seconds": seconds,
             "deliveries_per_s": got["delivered"] / seconds,
             "publish_seconds": (pub.finished - pub.started) / 1e9,
-        }, ok
+            "cpu": [cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]],
+            "verified": ok,
+        }
+        self.progress.done(f"{label}: {one['deliveries_per_s']:,.0f} deliveries/s")
+        return one
+
+    def burst_result(
+        self, connected: dict[str, Any], bursts: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """A system's bursts summed up: the median burst's figures, each burst's rate,
+        CPU per delivery over all of them."""
+        median = sorted(bursts, key=lambda b: b["deliveries_per_s"])[len(bursts) // 2]
+        cpu = [sum(b["cpu"][i] for b in bursts) for i in (0, 1)]
+        return {
+            "conns": self.cfg.conns,
+            "items": self.cfg.items,
+            **{
+                k: median[k]
+                for k in ("deliveries", "seconds", "deliveries_per_s", "publish_seconds")
+            },
+            "bursts": len(bursts),
+            "each_deliveries_per_s": [b["deliveries_per_s"] for b in bursts],
+            "connect_seconds": connected["seconds"],
+            **self.cpu_per_delivery(
+                (0.0, 0.0), (cpu[0], cpu[1]), sum(b["deliveries"] for b in bursts)
+            ),
+            "verified": all(b["verified"] for b in bursts),
+        }
 
     async def latency(self, system: System, n: int) -> dict[str, Any]:
         """A steady rate of single items to n subscribers: publish->deliver percentiles."""
