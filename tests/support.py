@@ -23,6 +23,7 @@ import aiohttp
 import orjson
 import pytest
 import redis
+import websockets
 from aiohttp import web
 from playwright.async_api import Browser, async_playwright
 
@@ -389,3 +390,37 @@ class Receiver:
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None
+
+
+# --- a catch-up stalled on a client that reads nothing yet -----------------------
+
+
+async def batch_ids(
+    http: aiohttp.ClientSession, base: str, prefix: str, n: int, tag: str, body: int = 0
+) -> list[str]:
+    """``n`` items on ``tag`` (each with a body of ``body`` bytes), as one batch: their ids."""
+    items = [
+        item(f"{prefix} {i}", [tag], **({"body": "x" * body} if body else {})) for i in range(n)
+    ]
+    status, answer = await post(http, base, items)
+    assert status == 200, answer
+    return [r["item"]["id"] for r in answer["results"]]
+
+
+async def stalled_ws(ws_url: str, port: int, query: str, **kw: Any) -> Any:
+    """A WebSocket client with a 4 KiB receive buffer that reads nothing yet: what the
+    server sends it stalls once the kernel's buffers are full."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    return await websockets.connect(
+        ws_url + query, sock=sock, max_queue=1, ping_interval=None, **kw
+    )
+
+
+async def replaying_conn(conns: Any) -> Any:
+    """The one connection (of a hub's ``conns``) whose catch-up is under way."""
+    await wait_for(lambda: any(c.holding is not None for c in conns), "the catch-up to start")
+    [conn] = [c for c in conns if c.holding is not None]
+    return conn

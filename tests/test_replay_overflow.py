@@ -4,26 +4,35 @@ While a catch-up is sent, live items are held for the connection
 (:mod:`wire.gateway.holding`). A client that reads its catch-up slowly while
 the wire is busy used to be closed 4008 once they passed ``WIRE_MAX_BUFFER``;
 now what was held is dropped, read again from the stream, and the client gets
-every item once and in order, on the same connection.
+every item once and in order, on the same connection. A client that never
+reads must not make the gateway hold more than its cap for it, whatever it
+sends; one that unsubscribes during an overflowed catch-up gets nothing of
+that tag after the ``subscribed`` saying so; a partner's dropped window read
+again shows nothing outside its grant.
 """
 
 from __future__ import annotations
 
 import asyncio
-import socket
+import functools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
-import websockets
 from websockets.exceptions import ConnectionClosed
 
-from tests.conftest import ServerFactory
-from tests.support import item, post, wait_for
-from wire.core.ids import parse_id
+from tests.conftest import Server, ServerFactory
+from tests.support import batch_ids, item, post, replaying_conn, stalled_ws, wait_for
+from wire.core.ids import StreamKey, format_id, parse_id
+from wire.core.resume import Latest, Since
 from wire.gateway.conn import Conn
 from wire.gateway.holding import MAX_SPILLS
+from wire.gateway.hub import Hub
 from wire.gateway.reader import HUB
+from wire.gateway.session import Session
 
 CAP = 64 * 1024
 BODY = 2_000
@@ -32,12 +41,37 @@ HISTORY = 150
 LIVE = 80
 
 
-async def publish_many(http: aiohttp.ClientSession, base: str, prefix: str, n: int) -> list[str]:
-    """``n`` items of ``BODY`` bytes on ``news``, as one batch: their ids."""
-    body = [item(f"{prefix} {i}", ["news"], body="x" * BODY) for i in range(n)]
-    status, answer = await post(http, base, body)
-    assert status == 200, answer
-    return [r["item"]["id"] for r in answer["results"]]
+async def publish_many(
+    http: aiohttp.ClientSession, base: str, prefix: str, n: int, tag: str = "news"
+) -> list[str]:
+    """``n`` items of ``BODY`` bytes on ``tag``, as one batch: their ids."""
+    return await batch_ids(http, base, prefix, n, tag, BODY)
+
+
+async def stall(
+    server: Server, http: aiohttp.ClientSession, query: str, tag: str = "news", **kw: Any
+) -> tuple[list[str], Any, Conn]:
+    """History on ``tag`` published and dispatched, then a client that reads nothing
+    yet catching up on it: the history's ids, the client, its connection."""
+    hub = server.app[HUB]
+    history = await publish_many(http, server.base, "Before", HISTORY, tag=tag)
+    await wait_for(lambda: hub.position >= parse_id(history[-1]), "the history dispatched")
+    ws = await stalled_ws(server.ws, server.settings.port, query, **kw)
+    return history, ws, await replaying_conn(hub.conns)
+
+
+@asynccontextmanager
+async def stalled(
+    server: Server, http: aiohttp.ClientSession, query: str, tag: str = "news", **kw: Any
+) -> AsyncIterator[tuple[list[str], Any, Conn]]:
+    """:func:`stall`, the client closed at the end; a close by the server fails the test."""
+    history, ws, conn = await stall(server, http, query, tag, **kw)
+    try:
+        yield history, ws, conn
+    except ConnectionClosed as closed:
+        raise AssertionError(f"the connection was closed: {closed.rcvd}") from None
+    finally:
+        await ws.close()
 
 
 async def read_items(ws: Any, count: int) -> list[str]:
@@ -54,23 +88,8 @@ async def test_held_items_past_the_cap_come_from_the_stream_not_a_4008(
 ) -> None:
     server = await make_server(max_buffer=CAP, send_buffer=16 * 1024, ping_interval=60)
     hub = server.app[HUB]
-    history = await publish_many(http, server.base, "Before", HISTORY)
-    await wait_for(lambda: hub.position >= parse_id(history[-1]), "the history dispatched")
     # A client that reads nothing yet: its catch-up stalls after a few pages.
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.settings.port))
-    ws = await websockets.connect(
-        server.ws + "?tags=news&since=0", sock=sock, max_queue=1, ping_interval=None
-    )
-    try:
-
-        def replaying() -> list[Conn]:
-            return [c for c in hub.conns if c.holding is not None]
-
-        await wait_for(replaying, "the catch-up to start")
-        [conn] = replaying()
+    async with stalled(server, http, "?tags=news&since=0") as (history, ws, conn):
         live = await publish_many(http, server.base, "Live", LIVE)
         await wait_for(lambda: hub.position >= parse_id(live[-1]), "the live items dispatched")
         holding = conn.holding
@@ -81,10 +100,6 @@ async def test_held_items_past_the_cap_come_from_the_stream_not_a_4008(
         more = await publish_many(http, server.base, "After", 3)
         assert await read_items(ws, 3) == more, "live again"
         assert conn.holding is None and not conn.closed
-    except ConnectionClosed as closed:
-        raise AssertionError(f"the connection was closed: {closed.rcvd}") from None
-    finally:
-        await ws.close()
 
 
 async def test_a_subscribe_taking_over_an_overflowed_catch_up_loses_nothing(
@@ -94,23 +109,9 @@ async def test_a_subscribe_taking_over_an_overflowed_catch_up_loses_nothing(
     window is owed to the new catch-up, for the tags it was held for."""
     server = await make_server(max_buffer=CAP, send_buffer=16 * 1024, ping_interval=60)
     hub = server.app[HUB]
-    history = await publish_many(http, server.base, "Before", HISTORY)
-    status, answer = await post(
-        http, server.base, [item(f"Sport {i}", ["sport"]) for i in range(5)]
-    )
-    assert status == 200, answer
-    sport = [r["item"]["id"] for r in answer["results"]]
-    await wait_for(lambda: hub.position >= parse_id(sport[-1]), "the history dispatched")
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.settings.port))
-    ws = await websockets.connect(
-        server.ws + "?tags=news&since=0", sock=sock, max_queue=1, ping_interval=None
-    )
-    try:
-        await wait_for(lambda: any(c.holding for c in hub.conns), "the catch-up to start")
-        [conn] = [c for c in hub.conns if c.holding is not None]
+    async with stalled(server, http, "?tags=news&since=0") as (history, ws, conn):
+        # After the news history, before the live news: not held for this client.
+        sport = await batch_ids(http, server.base, "Sport", 5, "sport")
         live = await publish_many(http, server.base, "Live", LIVE)
         await wait_for(lambda: hub.position >= parse_id(live[-1]), "the live items dispatched")
         assert conn.holding is not None and conn.holding.spills >= 1
@@ -121,7 +122,135 @@ async def test_a_subscribe_taking_over_an_overflowed_catch_up_loses_nothing(
         assert got == sorted(history + sport + live, key=parse_id), "once each, in order"
         more = await publish_many(http, server.base, "After", 2)
         assert await read_items(ws, 2) == more, "live again"
-    except ConnectionClosed as closed:
-        raise AssertionError(f"the connection was closed: {closed.rcvd}") from None
-    finally:
-        await ws.close()
+
+
+# --- hostile: a client that never reads, unsubscribes, grants ---------------------
+
+
+def dispatched(hub: Hub, key: StreamKey) -> bool:
+    return hub.position >= key
+
+
+def catch_up_session() -> Session:
+    """The session whose catch-up task is running (the test has one connection)."""
+    [task] = [t for t in asyncio.all_tasks() if t.get_name() == "wire-catch-up" and not t.done()]
+    frame = task.get_coro().cr_frame  # type: ignore[union-attr]
+    session = frame.f_locals["self"]
+    assert isinstance(session, Session)
+    return session
+
+
+def held_bytes(conn: Conn, session: Session) -> int:
+    """Bytes of live item JSON the gateway keeps for one replaying connection:
+    what it holds; what a catch-up owes is windows of the stream, not items."""
+    assert conn.holding is not None
+    assert all(isinstance(s, Since | Latest) for s in session.owed)
+    return conn.holding.size
+
+
+async def read_until(ws: Any, count: int, types: set[str] | None = None) -> list[dict[str, Any]]:
+    """The next messages up to ``count`` items (other messages kept too)."""
+    got: list[dict[str, Any]] = []
+    items = 0
+    while items < count:
+        msg = orjson.loads(await asyncio.wait_for(ws.recv(), 20))
+        if types is None or msg["type"] in types:
+            got.append(msg)
+        items += msg["type"] == "item"
+    return got
+
+
+async def test_subscribes_while_stalled_never_hold_more_than_the_cap(
+    make_server: ServerFactory, http: aiohttp.ClientSession
+) -> None:
+    """A client that reads nothing but sends a subscribe (with ``since`` = now) every
+    so often: each takeover used to hand what was held to the new catch-up and
+    start counting from zero, so the gateway kept every live item for it, past
+    any cap, with no 4008 and no drop. Then it reads: everything once, in order."""
+    server = await make_server(max_buffer=CAP, send_buffer=16 * 1024, ping_interval=60)
+    hub = server.app[HUB]
+    async with stalled(server, http, "?tags=news&since=0") as (history, ws, conn):
+        live: list[str] = []
+        most = 0
+        for round_ in range(6):
+            # Under the cap each time: nothing overflows between two subscribes.
+            live += await publish_many(http, server.base, f"Live {round_}", 20)
+            last = parse_id(live[-1])
+            await wait_for(functools.partial(dispatched, hub, last), "the items dispatched")
+            again = {"type": "subscribe", "tags": ["news"], "since": format_id(hub.position)}
+            await ws.send(orjson.dumps(again).decode())
+            await wait_for(lambda: catch_up_session().owed, "the new catch-up to start")
+            most = max(most, held_bytes(conn, catch_up_session()))
+        assert not conn.closed
+        assert most <= CAP, f"{most} bytes held for a connection capped at {CAP}"
+        msgs = await read_until(ws, HISTORY + len(live), {"item"})
+        assert [m["item"]["id"] for m in msgs] == history + live, "once each, in order"
+
+
+async def test_an_unsubscribed_tag_sends_nothing_after_its_subscribed_reply(
+    make_server: ServerFactory, http: aiohttp.ClientSession
+) -> None:
+    """An overflowed catch-up on news+sport; the client unsubscribes sport while
+    stalled: after the ``subscribed`` without sport, no sport item arrives, from
+    history, from the dropped window read again, or from what is held."""
+    server = await make_server(max_buffer=CAP, send_buffer=16 * 1024, ping_interval=60)
+    hub = server.app[HUB]
+    async with stalled(server, http, "?tags=news,sport&since=0") as (history, ws, conn):
+        news, sport = [], []
+        for n in range(4):
+            news += await publish_many(http, server.base, f"N{n}", 15)
+            sport += await publish_many(http, server.base, f"S{n}", 15, tag="sport")
+        await wait_for(lambda: hub.position >= parse_id(sport[-1]), "the live items dispatched")
+        assert conn.holding is not None and conn.holding.spills >= 1, "held past the cap"
+        await ws.send(orjson.dumps({"type": "unsubscribe", "tags": ["sport"]}).decode())
+        await wait_for(lambda: "sport" not in conn.keys, "the unsubscribe applied")
+        after = await publish_many(http, server.base, "Late sport", 5, tag="sport")
+        late = await publish_many(http, server.base, "Late news", 5)
+        msgs = await read_until(ws, HISTORY + 1, {"item", "subscribed"})
+        while not any(m["type"] == "item" and m["item"]["id"] == late[-1] for m in msgs):
+            msgs += await read_until(ws, 1, {"item", "subscribed"})
+        cut = next(
+            i for i, m in enumerate(msgs) if m["type"] == "subscribed" and m["tags"] == ["news"]
+        )
+        later = [m["item"]["id"] for m in msgs[cut:] if m["type"] == "item"]
+        assert not set(later) & set(sport + after), "sport items after unsubscribing it"
+        ids = [m["item"]["id"] for m in msgs if m["type"] == "item"]
+        assert ids == sorted(set(ids), key=parse_id), "once each, in order"
+        assert [i for i in ids if i in set(history + news + late)] == history + news + late
+
+
+async def test_a_partners_dropped_window_shows_nothing_outside_its_grant(
+    make_server: ServerFactory, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """A sport-only partner whose held items overflowed: the dropped window is read
+    again from the stream, where every item is; items tagged sport and secret
+    reach it, items tagged only secret never do."""
+    grants = tmp_path / "entitlements.toml"
+    grants.write_text('[[token]]\ntoken = "partner"\nname = "Partner"\ntags = ["sport"]\n')
+    server = await make_server(
+        max_buffer=CAP,
+        send_buffer=16 * 1024,
+        ping_interval=60,
+        entitlements=grants,
+        subscriber_tokens=("staff",),
+    )
+    hub = server.app[HUB]
+    async with stalled(
+        server,
+        http,
+        "?tags=sport&since=0",
+        tag="sport",
+        additional_headers={"Authorization": "Bearer partner"},
+    ) as (history, ws, conn):
+        shared, secret = [], []
+        for n in range(4):
+            body = [item(f"Both {n} {i}", ["sport", "secret"], body="x" * BODY) for i in range(20)]
+            status, answer = await post(http, server.base, body)
+            assert status == 200, answer
+            shared += [r["item"]["id"] for r in answer["results"]]
+            secret += await publish_many(http, server.base, f"Secret {n}", 20, tag="secret")
+        await wait_for(lambda: hub.position >= parse_id(secret[-1]), "the live items dispatched")
+        assert conn.holding is not None and conn.holding.spills >= 1, "held past the cap"
+        msgs = await read_until(ws, HISTORY + len(shared), {"item"})
+        ids = [m["item"]["id"] for m in msgs]
+        assert ids == history + shared, "the grant's items once each, in order; no others"
