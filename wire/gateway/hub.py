@@ -565,7 +565,7 @@ class Hub:
         if not was.replaying:
             conn.holding = Holding(self.position)
 
-    def take_replay_buffer(self, conn: Conn) -> Window | None:
+    def hand_over_held(self, conn: Conn) -> Window | None:
         """The window of the stream that what was held (or dropped) so far for a
         replaying connection fell in, None when nothing was; holding goes on
         (see :meth:`Holding.hand_over <wire.gateway.holding.Holding.hand_over>`)."""

@@ -158,7 +158,7 @@ class Session:
         # No await from here on: no item can slip in between the held items
         # taken, the new tags and the position the new history ends at.
         self.hub.begin_replay(self.conn)
-        held = self.hub.take_replay_buffer(self.conn)
+        held = self.hub.hand_over_held(self.conn)
         if held is not None:
             # Live items held (or dropped) so far, for the tags they were held
             # for, read again from the stream: kept here as entries they would
