@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import re
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -131,13 +133,22 @@ def dispatched(hub: Hub, key: StreamKey) -> bool:
     return hub.position >= key
 
 
-def catch_up_session() -> Session:
-    """The session whose catch-up task is running (the test has one connection)."""
-    [task] = [t for t in asyncio.all_tasks() if t.get_name() == "wire-catch-up" and not t.done()]
-    frame = task.get_coro().cr_frame  # type: ignore[union-attr]
+def catch_up_session() -> Session | None:
+    """The session whose catch-up task is running (the test has one connection);
+    None between a catch-up taken over and the one taking over."""
+    tasks = [t for t in asyncio.all_tasks() if t.get_name() == "wire-catch-up" and not t.done()]
+    if len(tasks) != 1:
+        return None
+    frame = tasks[0].get_coro().cr_frame  # type: ignore[union-attr]
     session = frame.f_locals["self"]
     assert isinstance(session, Session)
     return session
+
+
+def taking_over() -> Session | None:
+    """The running catch-up's session once it owes something, else None."""
+    session = catch_up_session()
+    return session if session is not None and session.owed else None
 
 
 def held_bytes(conn: Conn, session: Session) -> int:
@@ -179,8 +190,10 @@ async def test_subscribes_while_stalled_never_hold_more_than_the_cap(
             await wait_for(functools.partial(dispatched, hub, last), "the items dispatched")
             again = {"type": "subscribe", "tags": ["news"], "since": format_id(hub.position)}
             await ws.send(orjson.dumps(again).decode())
-            await wait_for(lambda: catch_up_session().owed, "the new catch-up to start")
-            most = max(most, held_bytes(conn, catch_up_session()))
+            await wait_for(taking_over, "the new catch-up to start")
+            session = taking_over()
+            assert session is not None
+            most = max(most, held_bytes(conn, session))
         assert not conn.closed
         assert most <= CAP, f"{most} bytes held for a connection capped at {CAP}"
         msgs = await read_until(ws, HISTORY + len(live), {"item"})
@@ -254,3 +267,37 @@ async def test_a_partners_dropped_window_shows_nothing_outside_its_grant(
         msgs = await read_until(ws, HISTORY + len(shared), {"item"})
         ids = [m["item"]["id"] for m in msgs]
         assert ids == history + shared, "the grant's items once each, in order; no others"
+
+
+async def test_an_sse_catch_up_that_overflows_sends_each_id_once_increasing(
+    make_server: ServerFactory, http: aiohttp.ClientSession
+) -> None:
+    """The same overflow on SSE, whose ``id:`` lines a browser resumes from: every
+    item once, ids strictly increasing, on the one response."""
+    server = await make_server(max_buffer=CAP, send_buffer=16 * 1024, ping_interval=60)
+    hub = server.app[HUB]
+    history = await publish_many(http, server.base, "Before", HISTORY)
+    await wait_for(lambda: hub.position >= parse_id(history[-1]), "the history dispatched")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.settings.port))
+    # A small limit: the stream reader stops reading the socket, as a stalled client.
+    reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
+    writer.write(b"GET /v1/sse?tags=news&since=0 HTTP/1.1\r\nHost: wire\r\n\r\n")
+    try:
+        conn = await replaying_conn(hub.conns)
+        live = await publish_many(http, server.base, "Live", LIVE)
+        await wait_for(lambda: hub.position >= parse_id(live[-1]), "the live items dispatched")
+        assert conn.holding is not None and conn.holding.spills >= 1, "held past the cap"
+        raw = b""
+        async with asyncio.timeout(20):
+            while raw.count(b"\nid: ") + raw.startswith(b"id: ") < HISTORY + LIVE:
+                chunk = await reader.read(65536)
+                assert chunk, f"the response ended: {raw[-300:]!r}"
+                raw += chunk
+        ids = [m.decode() for m in re.findall(rb"(?m)^id: (\S+)$", raw)]
+        assert ids == history + live, "each id once, increasing, none missing"
+        assert not conn.closed
+    finally:
+        writer.close()

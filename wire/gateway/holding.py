@@ -61,20 +61,20 @@ class Holding:
         and a client that reads nothing but subscribes again and again had the
         gateway keep every live item for it.
         """
-        window = Window(self.after, position) if self.entries or self.spilled else None
-        self.entries, self.size, self.spilled = [], 0, False
-        self.after = position
-        return window
+        entries, spilled, window = self._restart(position)
+        return window if entries or spilled else None
 
     def take(self, position: StreamKey) -> tuple[list[Entry], Window | None]:
-        """What is held, and the window owed when entries were dropped (up to
-        ``position``, which every held or dropped entry is at or before); holding
-        goes on from ``position``."""
-        entries, spilled = self.entries, self.spilled
-        window = Window(self.after, position) if spilled else None
-        self.entries, self.size, self.spilled = [], 0, False
-        if spilled:
-            # Held entries are inside the window: they come again from the stream.
-            entries = []
-        self.after = position
-        return entries, window
+        """What is held, and the window owed when entries were dropped (held
+        entries are inside it: they come again from the stream); holding goes on
+        from ``position``."""
+        entries, spilled, window = self._restart(position)
+        return ([], window) if spilled else (entries, None)
+
+    def _restart(self, position: StreamKey) -> tuple[list[Entry], bool, Window]:
+        """What was held, whether any was dropped, and the window all of it fell in
+        (up to ``position``, which every held or dropped entry is at or before);
+        holding starts again, empty, from ``position``."""
+        entries, spilled, window = self.entries, self.spilled, Window(self.after, position)
+        self.entries, self.size, self.spilled, self.after = [], 0, False, position
+        return entries, spilled, window
