@@ -635,6 +635,64 @@ async def test_a_second_dispatch_between_turns_writes_each_connection_its_own_it
         assert item_ids(transport.read()) == [first[0].id, second[0].id]
 
 
+async def test_an_entry_taken_mid_pass_rides_in_the_shares_not_written_yet() -> None:
+    """The connections a pass has not reached get both entries in one write; the ones
+    it already wrote get the new one in the next pass, which the next write_owed is."""
+    hub = Hub()
+    conns = [conn_for(hub, "world") for _ in range(2 * fanout.WRITE_TURN)]
+    first, second = entry("world"), entry("world")
+    task = asyncio.create_task(hub.dispatch_in_turns([first]))
+    await asyncio.sleep(0)  # the first turn is written
+    written = [(c, t) for c, t in conns if t.writes]
+    reached = [(c, t) for c, t in conns if not t.writes]
+    assert len(written) == fanout.WRITE_TURN
+    hub.take([second])
+    assert hub.position == second.key
+    await task
+    for _, transport in reached:
+        assert transport.writes == 1 and item_ids(transport.read()) == [first.id, second.id]
+    assert len(hub.owed) == 1 and all(t.writes == 1 for _, t in written)
+    await hub.write_owed()
+    assert not hub.owed
+    for _, transport in written:
+        assert transport.writes == 2 and item_ids(transport.read()) == [first.id, second.id]
+
+
+async def test_shares_grown_mid_pass_are_each_connections_own() -> None:
+    """A share as long as everything its group took shares its bytes; a shorter one
+    (its tags missed some) is encoded for itself, never given the longer one's bytes."""
+    hub = Hub()
+    both = [conn_for(hub, "world", "sport") for _ in range(fanout.WRITE_TURN + 3)]
+    world = [conn_for(hub, "world") for _ in range(fanout.WRITE_TURN + 3)]
+    first = [entry("world"), entry("sport")]
+    task = asyncio.create_task(hub.dispatch_in_turns(first))
+    await asyncio.sleep(0)
+    later = [entry("world"), entry("sport"), entry("world")]
+    hub.take(later)
+    await task
+    await hub.write_owed()
+    every = [e.id for e in first + later]
+    for _, transport in both:
+        assert item_ids(transport.read()) == every
+    for _, transport in world:
+        assert item_ids(transport.read()) == [e.id for e in first + later if "world" in e.tags]
+
+
+async def test_a_cancelled_pass_writes_the_groups_after_it_too() -> None:
+    hub = Hub()
+    conns = [conn_for(hub, "world") for _ in range(2 * fanout.WRITE_TURN)]
+    first, second = entry("world"), entry("world")
+    task = asyncio.create_task(hub.dispatch_in_turns([first]))
+    await asyncio.sleep(0)
+    hub.take([second])  # a group of the connections already written
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not hub.owed
+    for conn, transport in conns:
+        assert conn.out is None and item_ids(transport.read()) == [first.id, second.id]
+
+
 # --- a dispatch in turns against everything that can happen between turns -------------
 
 _SSE_ITEM = re.compile(rb"event: item\ndata: ([^\n]*)\n\n")
@@ -664,6 +722,8 @@ class Meddler:
 
     def __init__(self, hub: Hub, rng: random.Random, tags: tuple[str, ...]) -> None:
         self.hub, self.rng, self.tags = hub, rng, tags
+        #: Every entry the hub took, in order.
+        self.sent: list[Entry] = []
         self.conns: list[tuple[Conn, FakeTransport]] = []
         for i in range(3 * fanout.WRITE_TURN):
             transport = FakeTransport()
@@ -697,11 +757,29 @@ class Meddler:
             elif op == 5 and rng.random() < 0.05:
                 hub.close(conn, CloseCode.GOING_AWAY, "bye")
                 self.changed.add(conn)
+            elif op == 6 and rng.random() < 0.1:  # the reader takes more mid-pass
+                self.take(rng.randint(1, 3))
             if conn not in self.stalled:
                 self.got[conn] += received(conn, transport)
 
+    def take(self, n: int) -> list[Entry]:
+        """``n`` new entries, taken by the hub (routed, written by a later pass)."""
+        rng = self.rng
+        batch = [
+            entry(
+                rng.choice(self.tags),
+                size=rng.choice((0, 0, 25_000)),
+                urgency=rng.choice((1, 5, 5)),
+            )
+            for _ in range(n)
+        ]
+        self.sent += batch
+        self.hub.take(batch)
+        return batch
+
     async def settle(self) -> None:
         """Replays end, every peer reads until the hub holds nothing more."""
+        await self.hub.write_owed()
         self.stalled.clear()
         for conn, _ in self.conns:
             if conn.holding is not None:
@@ -717,21 +795,17 @@ async def test_each_connection_gets_each_item_once_in_order_whatever_happens_bet
     None
 ):
     """Random operations between the turns of many dispatches: replies, replays, stalled
-    readers (behind, urgent items ahead), unsubscribes and closes, on plain, batched and
-    SSE connections. Each connection gets each item at most once and the rest in stream
-    order; one left subscribed and open gets every item of its tags."""
+    readers (behind, urgent items ahead), unsubscribes, closes and new entries taken
+    mid-pass, on plain, batched and SSE connections. Each connection gets each item at
+    most once and the rest in stream order; one left subscribed and open gets every item
+    of its tags."""
     rng = random.Random(20261204)
     hub = Hub(max_buffer=1 << 20)
     tags = ("a", "b")
     peers = Meddler(hub, rng, tags)
-    sent: list[Entry] = []
     for _ in range(15):
-        batch = [
-            entry(rng.choice(tags), size=rng.choice((0, 0, 25_000)), urgency=rng.choice((1, 5, 5)))
-            for _ in range(rng.randint(1, 6))
-        ]
-        sent += batch
-        task = asyncio.create_task(hub.dispatch_in_turns(batch))
+        peers.take(rng.randint(1, 6))
+        task = asyncio.create_task(hub.write_owed())
         while not task.done():
             peers.meddle()
             await asyncio.sleep(0 if rng.random() < 0.8 else fanout.FLUSH_EVERY * 1.5)
@@ -744,4 +818,4 @@ async def test_each_connection_gets_each_item_once_in_order_whatever_happens_bet
         in_turn = [parse(i) for i, ahead in got if not ahead]
         assert in_turn == sorted(in_turn), "out of stream order"
         if conn not in peers.changed and not conn.closed:
-            assert sorted(ids, key=parse) == [e.id for e in sent if e.matches(conn.keys)]
+            assert sorted(ids, key=parse) == [e.id for e in peers.sent if e.matches(conn.keys)]

@@ -7,7 +7,7 @@ docs/performance.md); these tests pin down behaviour.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -18,7 +18,8 @@ from wire.core import frames
 from wire.core.closecodes import CloseCode
 from wire.core.entry import Entry
 from wire.core.ids import ZERO, StreamKey
-from wire.gateway.hub import Conn, Hub
+from wire.gateway import reader as reader_mod
+from wire.gateway.hub import WRITE_TURN, Conn, Hub
 from wire.gateway.reader import Reader
 from wire.runtime import loop
 from wire.runtime.settings import Settings
@@ -88,13 +89,13 @@ async def test_the_reader_gathers_only_while_a_burst_is_under_way(
 
     monkeypatch.setattr(asyncio, "sleep", fake_sleep)
     hub = Hub()
-    dispatch = hub.dispatch_in_turns
+    write_owed = hub.write_owed
 
-    async def slow_dispatch(entries: Sequence[Entry]) -> None:
+    async def slow_write(between: Callable[[], Awaitable[None]] | None = None) -> None:
         store.now += 0.01  # as with many connections: writes are what costs
-        await dispatch(entries)
+        await write_owed(between)
 
-    hub.dispatch_in_turns = slow_dispatch  # type: ignore[method-assign]
+    hub.write_owed = slow_write  # type: ignore[method-assign]
     reader = reader_on(store, hub, 2.0)
     with pytest.raises(asyncio.CancelledError):
         await reader.run()
@@ -140,9 +141,11 @@ class Transport:
     def __init__(self) -> None:
         self.data = bytearray()
         self.closing = False
+        self.writes = 0
 
     def write(self, data: bytes) -> None:
         self.data += data
+        self.writes += 1
 
     def get_write_buffer_size(self) -> int:
         return 0
@@ -155,6 +158,62 @@ class Transport:
 
     def abort(self) -> None:
         self.closing = True
+
+
+class TickingStore(FakeStore):
+    """A FakeStore whose clock moves on each look: every turn of a pass is a poll's worth."""
+
+    def __init__(self, batches: list[tuple[float, list[Entry]]]) -> None:
+        super().__init__(batches)
+        self.polls = 0
+
+    def clock(self) -> float:
+        self.now += 2 * reader_mod.POLL_EVERY
+        return self.now
+
+    async def read_new(self, after: StreamKey, *, count: int, block_ms: int | None) -> list[Entry]:
+        self.polls += block_ms is None
+        return await super().read_new(after, count=count, block_ms=block_ms)
+
+
+def fanned_out(hub: Hub, n: int) -> list[Transport]:
+    transports = [Transport() for _ in range(n)]
+    for t in transports:
+        conn = Conn(t)
+        hub.attach(conn)
+        hub.retag(conn, frozenset({"world"}))
+    return transports
+
+
+async def test_during_a_long_pass_the_reader_takes_what_arrived_into_the_unwritten_shares() -> None:
+    """10,000 connections take a pass of some 90 ms: an item published meanwhile goes to
+    the connections the pass has not reached in the same write as the pass's own item,
+    and to the ones it has in the next pass, which starts at once (nothing to linger for)."""
+    hub = Hub()
+    transports = fanned_out(hub, 2 * WRITE_TURN)
+    one, two = entry(1), entry(2)
+    store = TickingStore([(QUIET, [one]), (0.0, [two]), (0.0, [])])
+    reader = reader_on(store, hub, 2.0)
+    reader.dispatch_seconds = 2 * reader_mod.LONG_PASS  # the last pass was long
+    with pytest.raises(asyncio.CancelledError):
+        await reader.run()
+    assert all(bytes(t.data) == one.ws_frame + two.ws_frame for t in transports)
+    assert sorted(t.writes for t in transports) == [1] * WRITE_TURN + [2] * WRITE_TURN
+    assert not hub.owed and (reader.entries, store.polls) == (2, 2)
+
+
+async def test_after_a_short_pass_the_reader_never_looks_for_more() -> None:
+    """1,000 connections take 8-10 ms: looking (a round trip) would only slow them."""
+    hub = Hub()
+    transports = fanned_out(hub, 2 * WRITE_TURN)
+    one = entry(1)
+    store = TickingStore([(QUIET, [one])])  # then the next read ends the reader
+    reader = reader_on(store, hub, 2.0)
+    reader.dispatch_seconds = reader_mod.LONG_PASS / 2
+    with pytest.raises(asyncio.CancelledError):
+        await reader.run()
+    assert store.polls == 0
+    assert all(bytes(t.data) == one.ws_frame and t.writes == 1 for t in transports)
 
 
 async def test_a_keepalive_round_pings_websockets_and_closes_the_silent() -> None:
