@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Awaitable
 
 import orjson
 from aiohttp import web
@@ -83,13 +84,14 @@ async def read_body(request: web.Request, types: tuple[str, ...]) -> bytes:
     # Only now, with every check that needs no body passed, is the client
     # told to send it (routes defer "100 Continue", see wire.http).
     await send_continue(request)
-    # A client that trickles its body must not hold a handler forever.
+    # A client that trickles its body must not hold a handler forever. A body
+    # that came whole with its headers (most do) cannot wait: no timer for it.
     timeout = request.app[SETTINGS].idle_timeout
     try:
+        if request.content.is_eof():
+            return await _read(request, batch)
         async with asyncio.timeout(timeout):
-            # The app's client_max_size is MAX_BODY and counts decompressed
-            # bytes: a gzip body stops inflating just past the limit.
-            return await (_read_batch(request) if batch else request.read())
+            return await _read(request, batch)
     except web.HTTPRequestEntityTooLarge:
         raise _too_large(MAX_BODY, hint=NDJSON in types) from None
     except web.RequestPayloadError:
@@ -98,6 +100,12 @@ async def read_body(request: web.Request, types: tuple[str, ...]) -> bytes:
         ) from None
     except TimeoutError:
         raise RequestTimeout(f"the body did not arrive within {timeout:g} s") from None
+
+
+def _read(request: web.Request, batch: bool) -> Awaitable[bytes]:
+    # The app's client_max_size is MAX_BODY and counts decompressed bytes: a
+    # gzip body stops inflating just past the limit.
+    return _read_batch(request) if batch else request.read()
 
 
 def _too_large(limit: int, *, hint: bool = False) -> PayloadTooLarge:
