@@ -109,6 +109,17 @@ def test_a_gateway_that_drops_or_repeats_an_item_fails_verification(
     assert "verification FAILED" in err
 
 
+def test_language_filtered_subscribers_are_measured_and_filtered() -> None:
+    """``--lang``: the items are in the default language, so ``en`` subscribers get
+    every one; ``fr`` subscribers get none, which the verification calls lost."""
+    base = (*TINY, "--scenarios", "burst", "--no-baseline", "--shape", "run")
+    code, report, err = bench(*base, "--lang", "en")
+    assert code == 0, err[-3000:]
+    assert report["results"]["wire"]["burst"]["deliveries"] == 12 * 8
+    code, report, _ = bench(*base, "--lang", "fr")
+    assert code == 1 and any("missed items" in f for f in report["verification"]["failures"])
+
+
 def test_the_webhook_scenario_delivers_every_item_once_in_order() -> None:
     code, report, err = bench(*TINY, "--scenarios", "webhook", "--no-baseline")
     assert code == 0, err[-3000:]

@@ -210,6 +210,12 @@ def add_command(sub: Any) -> None:
         help="token the subscribers present; with --gateway-env "
         "WIRE_SUBSCRIBER_TOKENS=name:TOKEN they are a named partner (the ledger records them)",
     )
+    h.add_argument(
+        "--lang",
+        metavar="LANG",
+        help="wire's subscribers filter on this language (&lang=); the items are in the "
+        "server's default language (WIRE_DEFAULT_LANGUAGE), so each still gets every item",
+    )
     t.add_argument("--gateway-pid", type=int, help="gateway pid, for the memory scenario")
     t.add_argument("--redis", metavar="URL", help="Redis of that wire, to run the baseline on")
     o = p.add_argument_group("output")

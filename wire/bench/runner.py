@@ -55,6 +55,7 @@ def config(args: argparse.Namespace) -> Config:
         baseline=args.baseline,
         baseline_latency_max=args.baseline_latency_max,
         subscriber_token=args.subscriber_token or "",
+        lang=args.lang or "",
         run_workers=tuple(args.run_workers),
         shapes=() if args.url else shapes(args),
         fastpath=args.fastpath,

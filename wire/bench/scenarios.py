@@ -60,6 +60,9 @@ class Config:
     #: ``WIRE_SUBSCRIBER_TOKENS=name:token`` they are a named partner, which
     #: the delivery ledger records.
     subscriber_token: str = ""
+    #: The language wire's subscribers filter on (``&lang=``); empty: none. The
+    #: items are published without one, so in the server's default language.
+    lang: str = ""
     #: ``wire run --workers N`` systems to run (one per N) instead of the separate gateway.
     run_workers: tuple[int, ...] = ()
     #: Shapes of wire measured, the first under the name ``wire`` (empty with --url).
@@ -157,6 +160,8 @@ class Bench:
             path += "&batch=1"
         if self.cfg.subscriber_token:
             path += "&token=" + urllib.parse.quote(self.cfg.subscriber_token, safe="")
+        if self.cfg.lang and system.name.startswith("wire"):
+            path += "&lang=" + urllib.parse.quote(self.cfg.lang, safe="")
         started = time.monotonic()
         results = await self.clients.all(
             "connect",
