@@ -216,6 +216,37 @@ async def test_after_a_short_pass_the_reader_never_looks_for_more() -> None:
     assert all(bytes(t.data) == one.ws_frame and t.writes == 1 for t in transports)
 
 
+async def test_the_reader_holds_the_right_of_way_from_a_read_until_it_waits_again() -> None:
+    """Busy while it has entries to write (lingers included), free while it waits."""
+    seen: list[tuple[str, bool]] = []
+    hub = Hub()
+    # A quiet item; then a burst (two at once), and two looks that find nothing.
+    store = FakeStore([(QUIET, [entry(1)]), (QUIET, [entry(2), entry(3)]), (0.0, []), (0.0, [])])
+    read_new = store.read_new
+
+    async def watched(after: StreamKey, *, count: int, block_ms: int | None) -> list[Entry]:
+        seen.append(("wait" if block_ms else "look", reader.way.busy))
+        return await read_new(after, count=count, block_ms=block_ms)
+
+    store.read_new = watched  # type: ignore[method-assign]
+    write_owed = hub.write_owed
+
+    async def writing(between: Callable[[], Awaitable[None]] | None = None) -> None:
+        seen.append(("write", reader.way.busy))
+        store.now += 0.01  # writes are what costs: the second read lingers
+        await write_owed(between)
+
+    hub.write_owed = writing  # type: ignore[method-assign]
+    reader = reader_on(store, hub, 2.0)
+    with pytest.raises(asyncio.CancelledError):
+        await reader.run()
+    assert seen == [
+        ("wait", False), ("write", True),
+        ("wait", False), ("look", True), ("look", True), ("write", True),
+        ("wait", False),
+    ]  # fmt: skip
+
+
 async def test_a_keepalive_round_pings_websockets_and_closes_the_silent() -> None:
     hub = Hub()
     answers, silent, sse = Conn(Transport()), Conn(Transport()), Conn(Transport(), sse=True)

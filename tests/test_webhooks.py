@@ -34,8 +34,10 @@ from tests.support import (
     wait_for,
 )
 from wire.core.ids import parse_id
+from wire.delivery.deliverer import Deliverer
 from wire.delivery.urls import public
-from wire.web.webhooks import DELIVERER
+from wire.runtime.rightofway import RightOfWay
+from wire.web.webhooks import DELIVERER, make_deliverer
 
 ADMIN = "admin-token-for-tests"
 FAST = {
@@ -106,8 +108,9 @@ async def test_items_arrive_signed_in_order_with_the_websocket_message(
     secret = made["secret"]
     assert secret.startswith("whsec_") and len(base64.b64decode(secret[6:])) == 32
     assert made["status"] == "active" and made["tags"] == ["world"]
-    published = [(await publish(http, server.base, f"n{i}", ["world/europe"]))["id"]
-                 for i in range(15)]
+    published = [
+        (await publish(http, server.base, f"n{i}", ["world/europe"]))["id"] for i in range(15)
+    ]
     await publish(http, server.base, "elsewhere", ["sport"])
     await wait_for(lambda: len(receiver.ok()) >= 15, "15 deliveries")
     assert receiver.ok_ids() == published
@@ -140,7 +143,8 @@ async def test_a_withdrawal_is_delivered_and_the_listing_has_no_secret(
     await publish(http, server.base, "v1", ["world"], guid="story-1")
     await wait_for(lambda: len(receiver.ok()) >= 1, "the item")
     async with http.post(
-        server.base + "/v1/stories/story-1/withdraw", json={"reason": "legal"},
+        server.base + "/v1/stories/story-1/withdraw",
+        json={"reason": "legal"},
         headers={"Authorization": f"Bearer {EDITOR_TOKEN}"},
     ) as resp:
         assert resp.status == 200
@@ -327,7 +331,8 @@ async def test_a_partner_webhook_gets_only_the_partners_grant(
     sport = await publish(http, server.base, "sport", ["sport/football"])
     await wait_for(lambda: len(receiver.ok()) >= 2, "the granted items")
     async with http.post(
-        server.base + "/v1/stories/g-both/withdraw", json={"reason": "legal"},
+        server.base + "/v1/stories/g-both/withdraw",
+        json={"reason": "legal"},
         headers={"Authorization": f"Bearer {EDITOR_TOKEN}"},
     ) as resp:
         kill = (await resp.json())["item"]
@@ -341,9 +346,15 @@ async def test_private_targets_are_refused_without_the_setting(
     make_server: ServerFactory, http: aiohttp.ClientSession
 ) -> None:
     server = await make_server(admin_tokens=(ADMIN,))
-    for url in ("http://example.com/hook", "https://127.0.0.1/hook", "https://localhost/hook",
-                "https://[::1]/hook", "https://169.254.169.254/latest", "ftp://example.com/",
-                "https://user:pw@example.com/"):
+    for url in (
+        "http://example.com/hook",
+        "https://127.0.0.1/hook",
+        "https://localhost/hook",
+        "https://[::1]/hook",
+        "https://169.254.169.254/latest",
+        "ftp://example.com/",
+        "https://user:pw@example.com/",
+    ):
         status, answer = await create(http, server, url=url, tags=["world"])
         assert status == 400, (url, answer)
         assert answer["error"]["field"] == "url"
@@ -358,11 +369,15 @@ async def test_admin_routes_need_an_admin_token_and_admin_is_not_editor(
     for headers in ({}, {"Authorization": f"Bearer {EDITOR_TOKEN}"}):
         async with http.get(server.base + "/v1/webhooks", headers=headers) as resp:
             assert resp.status == 401
-        async with http.post(server.base + "/v1/webhooks", json={"url": receiver.url,
-                             "tags": ["world"]}, headers=headers) as resp:
+        async with http.post(
+            server.base + "/v1/webhooks",
+            json={"url": receiver.url, "tags": ["world"]},
+            headers=headers,
+        ) as resp:
             assert resp.status == 401
-    async with http.post(server.base + "/v1/items", json={"title": "x", "tags": ["world"]},
-                         headers=admin()) as resp:
+    async with http.post(
+        server.base + "/v1/items", json={"title": "x", "tags": ["world"]}, headers=admin()
+    ) as resp:
         assert resp.status == 401
     for tail in ("0" * 32, "..%2Fx", "x" * 32):
         status, _ = await get_json(http, server.base + "/v1/webhooks/" + tail, headers=admin())
@@ -377,8 +392,12 @@ async def test_a_sigkilled_deliverer_is_taken_over_and_nothing_is_skipped(
     receiver.delay = 0.005
     server = await make_server(**FAST, deliver_webhooks=False)
     made = await hook(http, server, receiver.url, tags=["world"])
-    env = {"WIRE_REDIS_URL": redis_url, "WIRE_WEBHOOK_LEASE": "1",
-           "WIRE_WEBHOOK_ALLOW_PRIVATE": "1", "WIRE_WEBHOOK_BACKOFF": "0.01"}
+    env = {
+        "WIRE_REDIS_URL": redis_url,
+        "WIRE_WEBHOOK_LEASE": "1",
+        "WIRE_WEBHOOK_ALLOW_PRIVATE": "1",
+        "WIRE_WEBHOOK_BACKOFF": "0.01",
+    }
     first = WireProcess(["deliver"], env, free_port()).start()
     second: WireProcess | None = None
     try:
@@ -411,8 +430,9 @@ async def test_private_targets_are_refused_at_delivery_too(
     # Created where the setting allows it, delivered where it does not (the
     # setting changed, or a name now resolves to a private address).
     creator = await make_server(**FAST, deliver_webhooks=False)
-    await make_server(admin_tokens=(ADMIN,), webhook_backoff=0.01, webhook_backoff_max=0.05,
-                      webhook_lease=1.0)
+    await make_server(
+        admin_tokens=(ADMIN,), webhook_backoff=0.01, webhook_backoff_max=0.05, webhook_lease=1.0
+    )
     by_literal = await hook(http, creator, receiver.url, tags=["world"])
     by_name = await hook(http, creator, f"https://localhost:{receiver.port}/hook", tags=["world"])
     await publish(http, creator.base, "must not leave")
@@ -426,3 +446,71 @@ async def test_private_targets_are_refused_at_delivery_too(
     assert "refused" in errors[by_literal["id"]]
     assert "non-public address" in errors[by_name["id"]]
     assert receiver.requests == []
+
+
+class Yielding(RightOfWay):
+    """A fan-out's right of way the test holds; says when a deliverer asks for it."""
+
+    def __init__(self, most: float) -> None:
+        super().__init__(most)
+        self.asked = asyncio.Event()
+
+    async def wait(self) -> bool:
+        self.asked.set()
+        return await super().wait()
+
+
+async def run_deliverer(
+    server: Server, way: RightOfWay
+) -> tuple[Deliverer, asyncio.Task[None], Any]:
+    """This app's deliverer, yielding to ``way`` (as in ``wire run``), as a task."""
+    deliverer, watch = make_deliverer(server.app)
+    deliverer.way = way
+    return deliverer, asyncio.create_task(deliverer.run()), watch
+
+
+async def test_in_wire_run_a_burst_goes_out_before_the_webhooks_then_they_follow(
+    make_server: ServerFactory, http: aiohttp.ClientSession, receiver: Receiver
+) -> None:
+    """While the fan-out writes (held busy here), the deliverer POSTs nothing; once it
+    rests, everything follows, in order, with a lease check made after the wait."""
+    server = await make_server(**FAST, deliver_webhooks=False)
+    made = await hook(http, server, receiver.url, tags=["world"])
+    way = Yielding(most=60)
+    way.take()
+    deliverer, task, watch = await run_deliverer(server, way)
+    try:
+        published = [(await publish(http, server.base, f"n{i}", ["world"]))["id"] for i in range(5)]
+        await asyncio.wait_for(way.asked.wait(), 15)
+        assert receiver.requests == []
+        await control(http, server, made["id"], "pause")  # answered during the wait
+        delivering = deliverer.tasks[made["id"]]
+        way.give()
+        # The lease is checked after the wait: paused, delivery stops without a POST.
+        await asyncio.wait_for(asyncio.gather(delivering, return_exceptions=True), 15)
+        assert receiver.requests == []
+        await control(http, server, made["id"], "resume")
+        await wait_for(lambda: len(receiver.ok()) >= 5, "5 deliveries")
+        assert receiver.ok_ids() == published
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await watch.aclose()
+
+
+async def test_a_fan_out_that_never_rests_still_lets_each_webhook_through(
+    make_server: ServerFactory, http: aiohttp.ClientSession, receiver: Receiver
+) -> None:
+    server = await make_server(**FAST, deliver_webhooks=False)
+    await hook(http, server, receiver.url, tags=["world"])
+    way = Yielding(most=0.02)
+    way.take()  # and never given back
+    _, task, watch = await run_deliverer(server, way)
+    try:
+        published = [(await publish(http, server.base, f"n{i}", ["world"]))["id"] for i in range(5)]
+        await wait_for(lambda: len(receiver.ok()) >= 5, "5 deliveries")
+        assert receiver.ok_ids() == published and way.busy
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await watch.aclose()

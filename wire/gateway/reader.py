@@ -22,10 +22,11 @@ from wire.core.entry import Entry
 from wire.gateway import keepalive
 from wire.gateway.hub import Hub
 from wire.runtime.arrivals import Arrivals
+from wire.runtime.rightofway import RightOfWay
 from wire.runtime.settings import Settings
 from wire.runtime.supervisor import SUPERVISOR
 from wire.storage.store import Store, connect
-from wire.web.appkeys import ARRIVALS, SETTINGS, TALLY
+from wire.web.appkeys import ARRIVALS, RIGHT_OF_WAY, SETTINGS, TALLY
 from wire.web.http import REDIS_DOWN
 
 log = logging.getLogger("wire.gateway.reader")
@@ -52,16 +53,27 @@ LONG_PASS = 0.02
 class Reader:
     """The one stream reader of a gateway process, with its readiness."""
 
-    def __init__(self, store: Store, hub: Hub, settings: Settings) -> None:
+    def __init__(
+        self,
+        store: Store,
+        hub: Hub,
+        settings: Settings,
+        way: RightOfWay | None = None,
+        arrivals: Arrivals[Entry] | None = None,
+    ) -> None:
         self.store = store
         self.hub = hub
         self.settings = settings
+        #: Taken from the moment entries are read until the reader waits again.
+        self.way = way if way is not None else RightOfWay()
         self.ready = False
         self.errors = 0
         #: Called with each dispatched batch (metrics set it); a no-op by default.
         self.observe: Callable[[Sequence[Entry]], None] = lambda entries: None
         #: Long-polling reads wait on the batches this reader dispatches.
-        self.arrivals: Arrivals[Entry] = Arrivals(settings.max_waiters)
+        self.arrivals: Arrivals[Entry] = (
+            arrivals if arrivals is not None else Arrivals(settings.max_waiters)
+        )
         #: Batches dispatched and the entries in them (metrics).
         self.batches = 0
         self.entries = 0
@@ -94,21 +106,10 @@ class Reader:
                     # when the blocking read below returns (up to 5 s later).
                     await self.store.ping()
                     self.ready = True
-                sent = self.clock()
-                # Shares still owed (taken while the last pass was written):
-                # look, but do not wait, for more before writing them.
-                entries = await self.store.read_new(
-                    self.hub.position,
-                    count=self.settings.read_batch,
-                    block_ms=None if self.hub.owed else 5000,
-                )
-                self.ready, delay = True, 0.05
-                if entries or self.hub.owed:
-                    # Only shares owed and nothing new: no burst to wait for.
-                    if gather and entries and self.burst(entries, self.clock() - sent, gather):
-                        entries = await self.gather(entries, gather)
-                    await self.dispatch(entries)
+                await self.step(gather)
+                delay = 0.05
             except REDIS_DOWN as err:
+                self.way.give()
                 if task is not None and task.cancelling():
                     raise asyncio.CancelledError from err
                 self.ready = False
@@ -122,9 +123,29 @@ class Reader:
                 # it; a connection whose write raised was closed, to resume with
                 # ``since``: see Hub._drop); anything else is retried, and each
                 # connection's last_key keeps an item from going out twice.
+                self.way.give()
                 self.errors += 1
                 log.exception("stream reader: unexpected error; retrying")
                 await asyncio.sleep(1.0)
+
+    async def step(self, gather: float) -> None:
+        """Read what is new (waiting for it unless shares are owed) and write it."""
+        sent = self.clock()
+        # Shares still owed (taken while the last pass was written): look, but
+        # do not wait, for more before writing them.
+        owed = bool(self.hub.owed)
+        if not owed:
+            self.way.give()
+        entries = await self.store.read_new(
+            self.hub.position, count=self.settings.read_batch, block_ms=None if owed else 5000
+        )
+        self.ready = True
+        if entries or owed:
+            self.way.take()
+            # Only shares owed and nothing new: no burst to wait for.
+            if gather and entries and self.burst(entries, self.clock() - sent, gather):
+                entries = await self.gather(entries, gather)
+            await self.dispatch(entries)
 
     def burst(self, entries: list[Entry], waited: float, linger: float) -> bool:
         """Whether to linger for more before dispatching ``entries``.
@@ -230,7 +251,7 @@ async def reader_ctx(app: web.Application) -> AsyncIterator[None]:
     # whose socket timeout is longer than that.
     assert settings.redis_url is not None
     redis = connect(settings.redis_url, socket_timeout=15.0)
-    reader = Reader(Store(redis, settings), hub, settings)
+    reader = Reader(Store(redis, settings), hub, settings, app[RIGHT_OF_WAY], app.get(ARRIVALS))
     app[HUB] = hub
     app[READER] = reader
     app[ARRIVALS] = reader.arrivals

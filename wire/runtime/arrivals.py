@@ -28,6 +28,8 @@ class Arrivals(Generic[T]):
         #: one since it took its future knows it missed a batch.
         self.published = 0
         self._next: asyncio.Future[Sequence[T]] | None = None
+        #: The last non-empty batch published (empty before the first).
+        self.last: Sequence[T] = ()
 
     def next_batch(self) -> asyncio.Future[Sequence[T]]:
         """The future the next dispatched batch resolves; shared by every waiter.
@@ -43,6 +45,8 @@ class Arrivals(Generic[T]):
         """Hand ``batch`` to everyone waiting (the reader calls this per batch)."""
         future, self._next = self._next, None
         self.published += 1
+        if batch:
+            self.last = batch
         if future is not None and not future.done():
             future.set_result(batch)
 

@@ -17,11 +17,22 @@ from wire.core.entitlements import Entitlements, load
 from wire.core.ledger import Tally
 from wire.gateway.reader import HUB, READER
 from wire.gateway.routes import setup_gateway
+from wire.runtime.arrivals import Arrivals
+from wire.runtime.rightofway import RightOfWay
 from wire.runtime.settings import Settings
 from wire.runtime.supervisor import SUPERVISOR, Supervisor
 from wire.storage.ledger import FLUSH_ERRORS, Ledger
 from wire.storage.store import Store, connect
-from wire.web.appkeys import ENTITLEMENTS, LEDGER, REDIS, SETTINGS, STORE, TALLY
+from wire.web.appkeys import (
+    ARRIVALS,
+    ENTITLEMENTS,
+    LEDGER,
+    REDIS,
+    RIGHT_OF_WAY,
+    SETTINGS,
+    STORE,
+    TALLY,
+)
 from wire.web.cors import add_cors_headers, preflight
 from wire.web.http import (
     REDIS_DOWN,
@@ -54,13 +65,18 @@ def create_app(
     app[ENTITLEMENTS] = load(settings.entitlements) if settings.entitlements else Entitlements()
     app[SUPERVISOR] = Supervisor()
     app[TALLY] = Tally(settings.ledger_pending)
+    app[RIGHT_OF_WAY] = RightOfWay()
     app.cleanup_ctx.append(_redis_ctx)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    if gateway:
+        # The gateway's stream reader announces what it writes: to long polls
+        # and to the webhook deliverer, which then needs no reader of its own.
+        app[ARRIVALS] = Arrivals(settings.max_waiters)
     if publisher:
         # Without a gateway's stream reader, long polls need a watcher of their own.
         setup_publisher(app, watch=not gateway)
-        setup_webhooks(app)
+        setup_webhooks(app, follow=gateway)
     if gateway:
         setup_gateway(app)
         setup_pages(app)

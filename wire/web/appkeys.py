@@ -9,6 +9,7 @@ from wire.core.entitlements import Entitlements
 from wire.core.entry import Entry
 from wire.core.ledger import Tally
 from wire.runtime.arrivals import Arrivals
+from wire.runtime.rightofway import RightOfWay
 from wire.runtime.settings import Settings
 from wire.storage.ledger import Ledger
 from wire.storage.store import Store
@@ -23,3 +24,5 @@ ARRIVALS: web.AppKey[Arrivals[Entry]] = web.AppKey("arrivals", Arrivals)
 TALLY = web.AppKey("tally", Tally)
 #: The delivery ledger's flusher and reads (exists while the app runs).
 LEDGER = web.AppKey("ledger", Ledger)
+#: The gateway's stream reader marks it busy; the webhook deliverer yields to it.
+RIGHT_OF_WAY = web.AppKey("right_of_way", RightOfWay)

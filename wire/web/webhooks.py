@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Iterable
+from functools import partial
 from typing import Any
 
 from aiohttp import web
@@ -27,7 +28,7 @@ from wire.delivery.registry import Registry, Webhook
 from wire.delivery.urls import check_host, check_url
 from wire.runtime.supervisor import SUPERVISOR
 from wire.storage.store import Filter, Store, connect
-from wire.web.appkeys import ENTITLEMENTS, REDIS, SETTINGS, STORE, TALLY
+from wire.web.appkeys import ARRIVALS, ENTITLEMENTS, REDIS, RIGHT_OF_WAY, SETTINGS, STORE, TALLY
 from wire.web.http import json_response
 from wire.web.metrics import METRICS
 
@@ -39,8 +40,12 @@ LAG_SCAN = 10 * LAG_LIMIT
 DELIVERER = web.AppKey("deliverer", Deliverer)
 
 
-def setup_webhooks(app: web.Application) -> None:
-    """Add the admin webhook routes and (unless turned off) the deliverer task."""
+def setup_webhooks(app: web.Application, *, follow: bool = False) -> None:
+    """Add the admin webhook routes and (unless turned off) the deliverer task.
+
+    ``follow``: the app has a gateway, whose reader's arrivals tell the
+    deliverer the stream grew (see :meth:`Deliverer._follow`).
+    """
     app.router.add_post("/v1/webhooks", create_webhook)
     app.router.add_get("/v1/webhooks", list_webhooks)
     app.router.add_get("/v1/webhooks/{id}", get_webhook)
@@ -48,7 +53,7 @@ def setup_webhooks(app: web.Application) -> None:
     for op in ("pause", "resume", "rotate-secret"):
         app.router.add_post("/v1/webhooks/{id}/" + op, control_webhook)
     if app[SETTINGS].deliver_webhooks:
-        app.cleanup_ctx.append(_deliverer_ctx)
+        app.cleanup_ctx.append(partial(_deliverer_ctx, follow=follow))
 
 
 def _registry(request: web.Request) -> Registry:
@@ -69,7 +74,7 @@ async def _fields(request: web.Request, data: dict[str, Any]) -> dict[str, str]:
     await check_host(url, settings.webhook_allow_private)
     tags = normalize_tags(_strings(data, "tags"), allow_wildcard=True)
     if not tags:
-        raise ValidationError("tags must name at least one tag (or \"*\")", field="tags")
+        raise ValidationError('tags must name at least one tag (or "*")', field="tags")
     raw_languages = _strings(data, "languages") if data.get("languages") is not None else []
     languages = [normalize_language(v, "languages") for v in raw_languages]
     description = data.get("description") or ""
@@ -92,9 +97,15 @@ async def _fields(request: web.Request, data: dict[str, Any]) -> dict[str, str]:
     else:
         raise ValidationError("since must be a stream id", field="since")
     return {
-        "url": url, "tags": " ".join(tags), "languages": " ".join(languages),
-        "description": description, "partner": partner, "status": "active",
-        "cursor": format_id(cursor), "delivered": "0", "created": f"{time.time():.3f}",
+        "url": url,
+        "tags": " ".join(tags),
+        "languages": " ".join(languages),
+        "description": description,
+        "partner": partner,
+        "status": "active",
+        "cursor": format_id(cursor),
+        "delivered": "0",
+        "created": f"{time.time():.3f}",
     }
 
 
@@ -204,19 +215,29 @@ class DeliveryCollector(Collector):
         yield from (sent, failed, lag)
 
 
-def make_deliverer(app: web.Application) -> tuple[Deliverer, Any]:
-    """A deliverer for the app's Redis, with its own client for the blocking read."""
+def make_deliverer(app: web.Application, *, follow: bool = False) -> tuple[Deliverer, Any]:
+    """A deliverer for the app's Redis, with its own client for the blocking read.
+
+    ``follow``: it yields to the app's gateway and learns of new entries from
+    that gateway's stream reader instead of reading the stream itself.
+    """
     settings = app[SETTINGS]
     assert settings.redis_url is not None
     watch = connect(settings.redis_url, socket_timeout=15.0)
     deliverer = Deliverer(
-        app[STORE], Store(watch, settings), app[ENTITLEMENTS], settings, app[TALLY]
+        app[STORE],
+        Store(watch, settings),
+        app[ENTITLEMENTS],
+        settings,
+        app[TALLY],
+        app[RIGHT_OF_WAY] if follow else None,
+        app[ARRIVALS] if follow else None,
     )
     return deliverer, watch
 
 
-async def _deliverer_ctx(app: web.Application) -> AsyncIterator[None]:
-    deliverer, watch = make_deliverer(app)
+async def _deliverer_ctx(app: web.Application, *, follow: bool) -> AsyncIterator[None]:
+    deliverer, watch = make_deliverer(app, follow=follow)
     app[DELIVERER] = deliverer
     supervisor = app[SUPERVISOR]
     app[METRICS].registry.register(DeliveryCollector(deliverer))
