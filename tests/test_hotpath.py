@@ -57,6 +57,19 @@ class FakeStore:
 QUIET, BUSY = 1.0, 0.0005  # seconds a read waited
 
 
+def costly_passes(hub: Hub, store: FakeStore, before: Callable[[], object] = lambda: None) -> None:
+    """Each pass of ``hub`` costs 10 ms on the store's clock, as with many connections
+    (writes are what costs: the reader then lingers in a burst); ``before`` runs first."""
+    write_owed = hub.write_owed
+
+    async def slow_write(between: Callable[[], Awaitable[None]] | None = None) -> None:
+        before()
+        store.now += 0.01
+        await write_owed(between)
+
+    hub.write_owed = slow_write  # type: ignore[method-assign]
+
+
 def reader_on(store: FakeStore, hub: Hub, gather_ms: float) -> Reader:
     reader = Reader(store, hub, Settings(read_gather_ms=gather_ms))  # type: ignore[arg-type]
     reader.clock = store.clock
@@ -89,13 +102,7 @@ async def test_the_reader_gathers_only_while_a_burst_is_under_way(
 
     monkeypatch.setattr(asyncio, "sleep", fake_sleep)
     hub = Hub()
-    write_owed = hub.write_owed
-
-    async def slow_write(between: Callable[[], Awaitable[None]] | None = None) -> None:
-        store.now += 0.01  # as with many connections: writes are what costs
-        await write_owed(between)
-
-    hub.write_owed = slow_write  # type: ignore[method-assign]
+    costly_passes(hub, store)
     reader = reader_on(store, hub, 2.0)
     with pytest.raises(asyncio.CancelledError):
         await reader.run()
@@ -229,14 +236,7 @@ async def test_the_reader_holds_the_right_of_way_from_a_read_until_it_waits_agai
         return await read_new(after, count=count, block_ms=block_ms)
 
     store.read_new = watched  # type: ignore[method-assign]
-    write_owed = hub.write_owed
-
-    async def writing(between: Callable[[], Awaitable[None]] | None = None) -> None:
-        seen.append(("write", reader.way.busy))
-        store.now += 0.01  # writes are what costs: the second read lingers
-        await write_owed(between)
-
-    hub.write_owed = writing  # type: ignore[method-assign]
+    costly_passes(hub, store, lambda: seen.append(("write", reader.way.busy)))
     reader = reader_on(store, hub, 2.0)
     with pytest.raises(asyncio.CancelledError):
         await reader.run()
