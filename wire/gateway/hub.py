@@ -246,9 +246,8 @@ class Hub:
     def dispatch(self, entries: Sequence[Entry]) -> None:
         """Deliver a batch read from the stream, in order, once per connection, now.
 
-        All in one turn, with any share still owed: :meth:`dispatch_in_turns`
-        (what the reader uses) is this when it touches at most
-        :data:`WRITE_TURN` connections.
+        All in one turn, with any share still owed: what :meth:`dispatch_in_turns`
+        (the reader's) does when it touches at most :data:`WRITE_TURN` connections.
         """
         self.take(entries)
         while self.owed:
@@ -379,12 +378,15 @@ class Hub:
         In a burst most connections' share is everything the group took: its
         bytes are joined once per encoding, not once per connection.
         """
+        n = len(group.taken)
         for conn in conns:
             share, conn.out = conn.out, None
             if not share:
                 continue  # written out of turn (see _flush_share)
             try:
-                self._write(conn, share, group.whole_of(conn, share))
+                # The length test first, here: this runs once per connection.
+                data = group.whole_of(conn, share) if len(share) == n > 1 else None
+                self._write(conn, share, data)
             except Exception:
                 self._drop(conn)
 

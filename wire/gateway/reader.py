@@ -196,9 +196,9 @@ class Reader:
         once the pass ends.
         """
         began = self.polled = self.clock()
-        self.take(entries)
+        self.count(entries)
         try:
-            await self.hub.write_owed(self.between)
+            await self.hub.dispatch_in_turns(entries, self.between)
         finally:
             taken, self.taken = self.taken, []
             if taken:
@@ -208,10 +208,9 @@ class Reader:
         # the publisher's requests then get their share of the linger too.
         self.dispatch_seconds = self.clock() - began
 
-    def take(self, entries: list[Entry]) -> None:
-        """Route ``entries`` into the shares owed (see :meth:`Hub.take`)."""
+    def count(self, entries: list[Entry]) -> None:
+        """``entries`` were taken: for the metrics and long polls, when the pass ends."""
         if entries:
-            self.hub.take(entries)
             self.taken += entries
             self.batches += 1
             self.entries += len(entries)
@@ -231,7 +230,8 @@ class Reader:
         more = await self.store.read_new(
             self.hub.position, count=self.settings.read_batch, block_ms=None
         )
-        self.take(more)
+        self.hub.take(more)
+        self.count(more)
 
 
 READER = web.AppKey("reader", Reader)
