@@ -2,9 +2,9 @@
 
 In ``wire run`` one event loop publishes, fans out to every subscriber and
 delivers webhooks. One webhook delivery (a lease check, an HTTP POST, a
-cursor write) costs about as much CPU as a few thousand WebSocket writes, so
-a deliverer working through a burst alongside the fan-out slowed it by 5-20 %
-(docs/performance.md). With this, the stream reader marks the fan-out busy
+cursor write) costs about 0.5 ms of CPU, what some 1,000 deliveries to
+WebSocket subscribers cost in a burst, so a deliverer working through a
+burst alongside the fan-out slowed it by 5-20 % (docs/performance.md). With this, the stream reader marks the fan-out busy
 from the moment it takes entries until it waits on the stream again, and a
 deliverer waits for that before each delivery, at most :data:`MOST` seconds
 at a time: a burst goes out first, the webhooks follow right after, and a
