@@ -173,6 +173,8 @@ class TickingStore(FakeStore):
     def __init__(self, batches: list[tuple[float, list[Entry]]]) -> None:
         super().__init__(batches)
         self.polls = 0
+        #: The count each read asked for.
+        self.asked: list[int] = []
 
     def clock(self) -> float:
         self.now += 2 * reader_mod.POLL_EVERY
@@ -180,6 +182,7 @@ class TickingStore(FakeStore):
 
     async def read_new(self, after: StreamKey, *, count: int, block_ms: int | None) -> list[Entry]:
         self.polls += block_ms is None
+        self.asked.append(count)
         return await super().read_new(after, count=count, block_ms=block_ms)
 
 
@@ -207,6 +210,25 @@ async def test_during_a_long_pass_the_reader_takes_what_arrived_into_the_unwritt
     assert all(bytes(t.data) == one.ws_frame + two.ws_frame for t in transports)
     assert sorted(t.writes for t in transports) == [1] * WRITE_TURN + [2] * WRITE_TURN
     assert not hub.owed and (reader.entries, store.polls) == (2, 2)
+
+
+async def test_a_pass_takes_in_no_more_than_a_read_batch() -> None:
+    """What a pass carries (each connection's share, each write) stays bounded by
+    WIRE_READ_BATCH, however many looks a long pass makes."""
+    hub = Hub()
+    transports = fanned_out(hub, 3 * WRITE_TURN)
+    first, more = [entry(1), entry(2)], [entry(3), entry(4), entry(5)]
+    # The first read, a look mid-pass, the read after the pass, its two lingers.
+    store = TickingStore([(QUIET, first), (0.0, more[:1]), (0.0, more[1:]), (0.0, []), (0.0, [])])
+    reader = Reader(store, hub, Settings(read_gather_ms=2.0, read_batch=3))  # type: ignore[arg-type]
+    reader.clock = store.clock
+    reader.dispatch_seconds = 2 * reader_mod.LONG_PASS
+    with pytest.raises(asyncio.CancelledError):
+        await reader.run()
+    # One look mid-pass, with room for one entry (3 - 2); the rest in the next pass.
+    assert store.asked[:2] == [3, 1] and reader.entries == 5
+    assert all(bytes(t.data).count(b'"type":"item"') == 5 for t in transports)
+    assert max(t.writes for t in transports) <= 3
 
 
 async def test_after_a_short_pass_the_reader_never_looks_for_more() -> None:

@@ -223,13 +223,14 @@ class Reader:
         in the next: each item within about one pass of its arrival, not two.
         """
         now = self.clock()
-        if self.dispatch_seconds < LONG_PASS or now - self.polled < POLL_EVERY:
+        # A pass takes in at most WIRE_READ_BATCH entries, its first read's
+        # included: each connection's share, and its write, stay bounded as before.
+        room = self.settings.read_batch - len(self.taken)
+        if self.dispatch_seconds < LONG_PASS or now - self.polled < POLL_EVERY or room <= 0:
             await asyncio.sleep(0)
             return
         self.polled = now
-        more = await self.store.read_new(
-            self.hub.position, count=self.settings.read_batch, block_ms=None
-        )
+        more = await self.store.read_new(self.hub.position, count=room, block_ms=None)
         self.hub.take(more)
         self.count(more)
 

@@ -4,12 +4,13 @@ In ``wire run`` one event loop publishes, fans out to every subscriber and
 delivers webhooks. One webhook delivery (a lease check, an HTTP POST, a
 cursor write) costs about 0.5 ms of CPU, what some 1,000 deliveries to
 WebSocket subscribers cost in a burst, so a deliverer working through a
-burst alongside the fan-out slowed it by 5-20 % (docs/performance.md). With this, the stream reader marks the fan-out busy
-from the moment it takes entries until it waits on the stream again, and a
-deliverer waits for that before each delivery, at most :data:`MOST` seconds
-at a time: a burst goes out first, the webhooks follow right after, and a
-process whose fan-out never rests still delivers at least one item per
-:data:`MOST` to each webhook. Without a gateway in the process (``wire
+burst alongside the fan-out slowed it by 5-20 % (docs/performance.md).
+With this, the stream reader marks the fan-out busy from the moment it
+takes entries until it waits on the stream again, and a deliverer waits for
+that before each delivery, at most :data:`MOST` seconds at a time: a burst
+goes out first, the webhooks follow right after, and a process whose
+fan-out never rests still delivers at least one item per :data:`MOST` to
+each webhook. Without a gateway in the process (``wire
 deliver``, a publisher alone) nothing marks it busy and nobody waits.
 """
 
