@@ -11,9 +11,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 from websockets.asyncio.client import connect
 
 from tests.conftest import Server, ServerFactory
+from tests.support import wait_for
 from wire.core import frames
 from wire.core.closecodes import CloseCode
 from wire.core.entry import Entry
@@ -210,6 +212,33 @@ async def test_during_a_long_pass_the_reader_takes_what_arrived_into_the_unwritt
     assert all(bytes(t.data) == one.ws_frame + two.ws_frame for t in transports)
     assert sorted(t.writes for t in transports) == [1] * WRITE_TURN + [2] * WRITE_TURN
     assert not hub.owed and (reader.entries, store.polls) == (2, 2)
+
+
+async def test_shares_owed_go_out_when_the_next_read_fails() -> None:
+    """An item taken mid-pass is in memory: Redis going away right after the pass
+    must not hold it back from the connections the pass had already written."""
+    hub = Hub()
+    transports = fanned_out(hub, 2 * WRITE_TURN)
+    one, two = entry(1), entry(2)
+
+    class Failing(TickingStore):
+        async def read_new(
+            self, after: StreamKey, *, count: int, block_ms: int | None
+        ) -> list[Entry]:
+            if not self.batches:
+                raise RedisConnectionError("redis went away")  # the read after the pass
+            return await super().read_new(after, count=count, block_ms=block_ms)
+
+    store = Failing([(QUIET, [one]), (0.0, [two])])
+    reader = reader_on(store, hub, 2.0)
+    reader.dispatch_seconds = 2 * reader_mod.LONG_PASS
+    task = asyncio.create_task(reader.run())
+    await wait_for(lambda: reader.errors > 0, "the read after the pass to fail")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert all(bytes(t.data) == one.ws_frame + two.ws_frame for t in transports)
+    assert not hub.owed and not reader.way.busy
 
 
 async def test_a_pass_takes_in_no_more_than_a_read_batch() -> None:

@@ -109,7 +109,7 @@ class Reader:
                 await self.step(gather)
                 delay = 0.05
             except REDIS_DOWN as err:
-                self.way.give()
+                self.write_owed_now()
                 if task is not None and task.cancelling():
                     raise asyncio.CancelledError from err
                 self.ready = False
@@ -123,10 +123,22 @@ class Reader:
                 # it; a connection whose write raised was closed, to resume with
                 # ``since``: see Hub._drop); anything else is retried, and each
                 # connection's last_key keeps an item from going out twice.
-                self.way.give()
+                self.write_owed_now()
                 self.errors += 1
                 log.exception("stream reader: unexpected error; retrying")
                 await asyncio.sleep(1.0)
+
+    def write_owed_now(self) -> None:
+        """Reading failed: write what was already taken (it is in memory) and rest.
+
+        Shares owed from the last pass would otherwise wait for Redis to come
+        back; the background work waiting on the right of way need not.
+        """
+        try:
+            if self.hub.owed:
+                self.hub.dispatch([])
+        finally:
+            self.way.give()
 
     async def step(self, gather: float) -> None:
         """Read what is new (waiting for it unless shares are owed) and write it."""
