@@ -212,16 +212,35 @@ def fill(hub: Hub, n: int) -> list[Filler]:
         conn = Conn(transport, sse=i % 5 == 4, batch=i % 2 == 0, grant=grant)
         tags = {"sport"} if limited else rng.choice([{"world", "sport"}, {"world"}, {"sport"}])
         languages = {"fr"} if i % 11 == 5 else None
-        keys = frozenset(tags)
-        if languages is not None:
-            keys = language_keys(keys, frozenset(languages))
-        hub.attach(conn)
-        hub.retag(conn, keys)
+        subscribe(hub, conn, tags, languages)
         fillers.append(Filler(conn, transport, tags, languages))
     return fillers
 
 
 # --- a reader that looks for new entries between every two turns ------------------------
+
+
+def subscribe(hub: Hub, conn: Conn, tags: set[str], languages: set[str] | None) -> None:
+    """Attach ``conn`` to ``hub`` on ``tags``, in ``languages`` only when given."""
+    keys = frozenset(tags)
+    if languages is not None:
+        keys = language_keys(keys, frozenset(languages))
+    hub.attach(conn)
+    hub.retag(conn, keys)
+
+
+async def webhook_to(
+    http: aiohttp.ClientSession, server: Server, receiver: Receiver, tags: list[str]
+) -> str:
+    """A webhook on ``tags`` to ``receiver``, made through the admin API: its id."""
+    async with http.post(
+        server.base + "/v1/webhooks",
+        json={"url": receiver.url, "tags": tags},
+        headers={"Authorization": f"Bearer {ADMIN}"},
+    ) as resp:
+        assert resp.status == 201, await resp.text()
+        made: str = (await resp.json())["webhook"]["id"]
+        return made
 
 
 class Harness:
@@ -336,12 +355,7 @@ async def test_items_taken_between_turns_reach_every_kind_of_subscriber_once_in_
     fillers = fill(h.hub, 2 * fanout.WRITE_TURN + 48)
     receiver = await Receiver().start()
     try:
-        async with http.post(
-            server.base + "/v1/webhooks",
-            json={"url": receiver.url, "tags": ["world", "sport"]},
-            headers={"Authorization": f"Bearer {ADMIN}"},
-        ) as resp:
-            assert resp.status == 201, await resp.text()
+        await webhook_to(http, server, receiver, ["world", "sport"])
         plain = await ws_client(server, f"tags=world&token={STAFF}")
         batched = await ws_client(server, f"tags=world,sport&batch=1&token={STAFF}")
         english = await ws_client(server, f"tags=world,sport&lang=en&token={STAFF}")
@@ -440,12 +454,7 @@ async def test_redis_killed_during_a_poll_between_turns_loses_nothing(
     receiver = await Receiver().start()
     restarts: list[asyncio.Task[None]] = []
     try:
-        async with http.post(
-            server.base + "/v1/webhooks",
-            json={"url": receiver.url, "tags": ["sport"]},
-            headers={"Authorization": f"Bearer {ADMIN}"},
-        ) as resp:
-            assert resp.status == 201
+        await webhook_to(http, server, receiver, ["sport"])
         batched = await ws_client(server, f"tags=world,sport&batch=1&token={STAFF}")
         partner = await ws_client(server, f"tags=sport&token={PARTNER}")
         await wait_for(lambda: batched.messages and partner.messages, "subscribed")
@@ -512,11 +521,7 @@ def peers(hub: Hub, rng: random.Random, tags: tuple[str, ...]) -> list[Peer]:
         conn = Conn(transport, sse=i % 3 == 2, batch=i % 3 == 1)
         wanted = set(rng.sample(tags, rng.randint(1, 2)))
         languages = {"en"} if i % 4 == 0 else None
-        keys = frozenset(wanted)
-        if languages is not None:
-            keys = language_keys(keys, frozenset(languages))
-        hub.attach(conn)
-        hub.retag(conn, keys)
+        subscribe(hub, conn, wanted, languages)
         conns.append((conn, transport, wanted, languages))
     return conns
 
@@ -574,13 +579,7 @@ async def test_webhooks_in_a_publisher_without_a_gateway_deliver_everything_in_o
     server = await start(make_server, partner_file, gateway=False)
     receiver = await Receiver().start()
     try:
-        async with http.post(
-            server.base + "/v1/webhooks",
-            json={"url": receiver.url, "tags": ["world"]},
-            headers={"Authorization": f"Bearer {ADMIN}"},
-        ) as resp:
-            assert resp.status == 201
-            made = (await resp.json())["webhook"]["id"]
+        made = await webhook_to(http, server, receiver, ["world"])
         ids = [(await publish(http, server.base, f"p{i}", ["world"]))["id"] for i in range(5)]
         await wait_for(lambda: receiver.ok_ids() == ids, "the first five")
         async with http.post(
@@ -619,13 +618,7 @@ async def test_in_wire_run_a_pause_answered_mid_pass_stops_posts_and_resume_skip
     fill(h.hub, 2 * fanout.WRITE_TURN + 16)
     receiver = await Receiver().start()
     try:
-        async with http.post(
-            server.base + "/v1/webhooks",
-            json={"url": receiver.url, "tags": ["world", "sport"]},
-            headers={"Authorization": f"Bearer {ADMIN}"},
-        ) as resp:
-            assert resp.status == 201
-            made = (await resp.json())["webhook"]["id"]
+        made = await webhook_to(http, server, receiver, ["world", "sport"])
         deliverer = server.app[DELIVERER]
         assert deliverer.arrivals is not None and deliverer.way is not None
         paused: list[int] = []
