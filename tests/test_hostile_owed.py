@@ -474,10 +474,24 @@ async def test_redis_killed_during_a_poll_between_turns_loses_nothing(
         await asyncio.gather(*restarts)
         assert h.reader.errors >= 2
         end = await h.fence()
-        await wait_for(
-            lambda: batched.ids()[-1:] == [end[-1].id] and partner.ids()[-1:] == [end[-1].id],
-            "the fence",
-        )
+        try:
+            await wait_for(
+                lambda: batched.ids()[-1:] == [end[-1].id] and partner.ids()[-1:] == [end[-1].id],
+                "the fence",
+                within=30,
+            )
+        except AssertionError as err:  # what a rare failure looked like, for whoever meets it
+            state = {
+                "batched": batched.ids()[-4:],
+                "partner": partner.ids()[-4:],
+                "fence": [e.id for e in end],
+                "position": h.hub.position,
+                "errors": h.reader.errors,
+                "ready": h.reader.ready,
+                "owed": len(h.hub.owed),
+                "closed": [batched.ws.close_code, partner.ws.close_code],
+            }
+            raise AssertionError(f"{err}: {state}") from None
         await wait_for(lambda: settled(fillers, end), "the fence at every filler")
         await wait_for(lambda: receiver.ok_ids()[-1:] == [end[-1].id], "the fence at the webhook")
         assert batched.ids() == h.expected({"world", "sport"})
