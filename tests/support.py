@@ -249,16 +249,16 @@ async def publish(
     client would, so it can never be published twice.
     """
     headers = {"Idempotency-Key": base64.b64encode(os.urandom(12)).decode()}
-    new: tuple[int, ...] = (201, 202)  # 202: accepted under embargo
+    accepted: tuple[int, ...] = (201, 202)  # 202: accepted under embargo
     for _ in range(20):
         status, body = await post(http, base, item(title, tags, **extra), headers=headers)
         if status != 503:
             break
         # A 503 may come after the write landed (Redis died before answering):
         # then the retry is the idempotent repeat of it, answered 200.
-        new = (201, 202, 200)
+        accepted = (201, 202, 200)
         await asyncio.sleep(0.1)
-    assert status in new, body
+    assert status in accepted, body
     stored: dict[str, Any] = body["item"]
     return stored
 

@@ -190,9 +190,8 @@ class Deliverer:
                 await asyncio.sleep(1.0)
                 continue
             if entries:
-                position = self._newest = entries[-1].key
-                news, self._news = self._news, asyncio.Event()
-                news.set()
+                position = entries[-1].key
+                self._announce(position)
 
     async def _follow(self, arrivals: Arrivals[Entry]) -> None:
         """:meth:`_watch` in a process with a gateway: its stream reader's batches.
@@ -206,9 +205,13 @@ class Deliverer:
             # published before this task ran again are news too.
             last = arrivals.last
             if last and last[-1].key > self._newest:
-                self._newest = last[-1].key
-                news, self._news = self._news, asyncio.Event()
-                news.set()
+                self._announce(last[-1].key)
+
+    def _announce(self, newest: StreamKey) -> None:
+        """The stream holds entries up to ``newest``: wake the tasks waiting for news."""
+        self._newest = newest
+        news, self._news = self._news, asyncio.Event()
+        news.set()
 
     async def _wait_beyond(self, scanned: StreamKey) -> None:
         """Return once the stream may hold something after ``scanned`` (or after WAIT)."""
