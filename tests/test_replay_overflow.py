@@ -24,6 +24,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import Server, ServerFactory
@@ -230,6 +231,42 @@ async def test_an_unsubscribed_tag_sends_nothing_after_its_subscribed_reply(
         ids = [m["item"]["id"] for m in msgs if m["type"] == "item"]
         assert ids == sorted(set(ids), key=parse_id), "once each, in order"
         assert [i for i in ids if i in set(history + news + late)] == history + news + late
+
+
+@pytest.mark.parametrize("overflow", ["before", "after"])
+async def test_a_plain_subscribe_during_a_catch_up_gets_none_of_its_tags_earlier_items(
+    make_server: ServerFactory, http: aiohttp.ClientSession, overflow: str
+) -> None:
+    """A stalled catch-up on news; sport items published; the client subscribes to
+    sport (no history) while the held news overflows, before or after that
+    subscribe. The dropped window is read again for news only: of sport, only
+    the items after its ``subscribed`` arrive (it used to be read again for
+    news and sport, which sent the earlier sport items too)."""
+    server = await make_server(max_buffer=CAP, send_buffer=16 * 1024, ping_interval=60)
+    hub = server.app[HUB]
+    async with stalled(server, http, "?tags=news&since=0") as (history, ws, conn):
+        early = await batch_ids(http, server.base, "Early sport", 5, "sport")
+        live: list[str] = []
+        if overflow == "before":
+            live = await publish_many(http, server.base, "Live", LIVE)
+            await wait_for(lambda: hub.position >= parse_id(live[-1]), "the live items dispatched")
+            assert conn.holding is not None and conn.holding.spills >= 1, "held past the cap"
+        await ws.send(orjson.dumps({"type": "subscribe", "tags": ["sport"]}).decode())
+        await wait_for(lambda: "sport" in conn.keys, "the subscribe applied")
+        if overflow == "after":
+            live = await publish_many(http, server.base, "Live", LIVE)
+            await wait_for(lambda: hub.position >= parse_id(live[-1]), "the live items dispatched")
+            assert conn.holding is not None and conn.holding.spills >= 1, "held past the cap"
+        later = await batch_ids(http, server.base, "Later sport", 3, "sport")
+        msgs = await read_until(ws, HISTORY + LIVE + len(later), {"item", "subscribed"})
+        ids = [m["item"]["id"] for m in msgs if m["type"] == "item"]
+        assert not set(ids) & set(early), "sport items from before its subscribed"
+        assert ids == history + live + later, "the rest once each, in order"
+        cut = next(
+            i for i, m in enumerate(msgs) if m["type"] == "subscribed" and "sport" in m["tags"]
+        )
+        assert not {m["item"]["id"] for m in msgs[:cut] if m["type"] == "item"} & set(later)
+        assert not conn.closed
 
 
 async def test_a_partners_dropped_window_shows_nothing_outside_its_grant(

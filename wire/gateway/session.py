@@ -125,13 +125,15 @@ class Session:
             # position to replay up to or to report, so the client retries.
             self.hub.close(self.conn, CloseCode.TRY_AGAIN_LATER, "gateway starting, retry")
             return
-        if cmd.since is None and cmd.backfill is None:
-            # During a catch-up the new tags' items are held with the rest.
+        if cmd.since is None and cmd.backfill is None and not self._catching_up():
             self.subscription.subscribe(cmd.tags, cmd.languages)
             self.hub.retag(self.conn, self.subscription.keys)
             self._subscribed()
             return
         await self._catch_up(cmd)
+
+    def _catching_up(self) -> bool:
+        return self.catching_up is not None and not self.catching_up.done()
 
     def _subscribed(self) -> None:
         """Tell the client its subscription (tags and any language filter) as it now is."""
@@ -145,8 +147,13 @@ class Session:
         after the last item written, and the window of the stream the live
         items held for it fell in) is merged into the new one, so nothing is
         lost or sent twice and nothing held escapes the connection's cap.
+
+        A plain subscribe during a catch-up comes here too, and owes no history
+        of its own: the held window is owed for the tags it was held for. Left
+        to the holding, an overflow after it would read that window again for
+        the new tags too, and send their items from before their ``subscribed``.
         """
-        running = self.catching_up is not None and not self.catching_up.done()
+        running = self._catching_up()
         if running and len(self.owed) >= MAX_CATCH_UPS:
             raise RateLimited(
                 f"more than {MAX_CATCH_UPS} catch-ups at once on this connection; "
@@ -166,7 +173,8 @@ class Session:
             owed.append(Since(held, held_for))
         self.hub.retag(self.conn, keys)
         self._subscribed()
-        owed.append(self._source(cmd, keys))
+        if cmd.since is not None or cmd.backfill is not None:
+            owed.append(self._source(cmd, keys))
         self.owed = owed
         self.catching_up = asyncio.create_task(self._run(), name="wire-catch-up")
 
