@@ -29,7 +29,7 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import Server, ServerFactory
 from tests.support import batch_ids, item, post, replaying_conn, stalled_ws, wait_for
-from wire.core.ids import StreamKey, format_id, parse_id
+from wire.core.ids import ZERO, StreamKey, format_id, parse_id
 from wire.core.resume import Latest, Since
 from wire.gateway.conn import Conn
 from wire.gateway.holding import MAX_SPILLS
@@ -125,6 +125,75 @@ async def test_a_subscribe_taking_over_an_overflowed_catch_up_loses_nothing(
         assert got == sorted(history + sport + live, key=parse_id), "once each, in order"
         more = await publish_many(http, server.base, "After", 2)
         assert await read_items(ws, 2) == more, "live again"
+
+
+# --- retention overtaking a slow catch-up ----------------------------------------
+
+TRUNCATED = re.compile(r"items after (\S+) up to (\S+) are no longer kept")
+
+
+async def read_through(ws: Any, last: str) -> list[dict[str, Any]]:
+    """Every message up to the item ``last``."""
+    msgs: list[dict[str, Any]] = []
+    while not (msgs and msgs[-1]["type"] == "item" and msgs[-1]["item"]["id"] == last):
+        msgs.append(orjson.loads(await asyncio.wait_for(ws.recv(), 20)))
+    return msgs
+
+
+def told_gaps(msgs: list[dict[str, Any]]) -> list[tuple[int, StreamKey, StreamKey]]:
+    """(index, after, upto) of each ``history_truncated`` among ``msgs``."""
+    gaps = []
+    for i, m in enumerate(msgs):
+        if m["type"] == "error" and m["code"] == "history_truncated":
+            found = TRUNCATED.search(m["message"])
+            assert found, m
+            gaps.append((i, parse_id(found[1]), parse_id(found[2])))
+    return gaps
+
+
+async def test_a_catch_up_overtaken_by_retention_is_told_where_and_loses_nothing_else(
+    make_server: ServerFactory, http: aiohttp.ClientSession
+) -> None:
+    """A client reads its history slowly while the stream is at its length limit:
+    retention removes items after the page the catch-up has in hand, before it
+    reads them. They used to be skipped without a word; now the client is told
+    ``history_truncated`` for that range, in place (after every item before it,
+    before every item after it), and gets every item still kept, once, in order."""
+    server = await make_server(
+        max_buffer=CAP, send_buffer=16 * 1024, ping_interval=60, recent_items=1, max_items=1_300
+    )
+    hub = server.app[HUB]
+    history: list[str] = []
+    for part in range(3):  # about 2.5 MB: pages of 1 MB from Redis (none from memory)
+        history += await batch_ids(http, server.base, f"Old {part}", 400, "news", BODY)
+    await wait_for(functools.partial(dispatched, hub, parse_id(history[-1])), "the history")
+    ws = await stalled_ws(server.ws, server.settings.port, "?tags=news&since=0")
+    try:
+        conn = await replaying_conn(hub.conns)
+        await wait_for(lambda: conn.last_key != ZERO, "the first page of history in hand")
+        # Items on another tag (nothing is held for this client) push the stream
+        # past its limit: retention removes most of the news history.
+        for part in range(2):
+            await batch_ids(http, server.base, f"Other {part}", 550, "other")
+        live = await batch_ids(http, server.base, "Live", 3, "news")
+        msgs = await read_through(ws, live[-1])
+    finally:
+        await ws.close()
+    ids = [m["item"]["id"] for m in msgs if m["type"] == "item"]
+    assert ids == sorted(set(ids), key=parse_id), "once each, in order"
+    missing = [h for h in history if h not in set(ids)]
+    assert missing, "retention removed history the catch-up had not read yet"
+    gaps = told_gaps(msgs)
+    assert gaps, "history_truncated told"
+    for h in missing:
+        assert any(a < parse_id(h) <= u for _, a, u in gaps), f"{h} missing without a word"
+    for i, after, upto in gaps:
+        before = [parse_id(m["item"]["id"]) for m in msgs[:i] if m["type"] == "item"]
+        later = [parse_id(m["item"]["id"]) for m in msgs[i:] if m["type"] == "item"]
+        assert max(before, default=ZERO) <= after, "told after every item before the gap"
+        assert min(later) > upto, "and before every item after it"
+    assert any(i > 1 for i, _, _ in gaps), "told in the middle, where the read found it"
+    assert ids[-len(live) :] == live, "live again"
 
 
 # --- hostile: a client that never reads, unsubscribes, grants ---------------------

@@ -33,7 +33,7 @@ SEND_PAGE = 100
 class History:
     """The pages of a catch-up's sources, for one gateway process."""
 
-    __slots__ = ("compact_stories", "gate", "holding", "hub", "store")
+    __slots__ = ("compact_stories", "gaps", "gate", "holding", "hub", "store")
 
     def __init__(
         self, hub: Hub, store: Store, compact_stories: int, gate: asyncio.Semaphore | None = None
@@ -44,6 +44,8 @@ class History:
         #: Bounds the catch-ups of a process that read Redis at once (None: unbounded).
         self.gate = gate
         self.holding = False
+        #: Ranges that retention removed before the read reached them, not told yet.
+        self.gaps: list[Window] = []
 
     async def _turn(self) -> None:
         """Wait for this catch-up's turn to read Redis; kept until :meth:`release`.
@@ -76,8 +78,29 @@ class History:
             yield [e for e in cached if e.matches(keys)]
             return
         await self._turn()
-        async for page in self.store.pages_after(window.after, window.upto, keys):
+        async for page in self.store.pages_after(window.after, window.upto, keys, gaps=self.gaps):
             yield page
+
+    def cut(self, page: list[Entry]) -> list[list[Entry] | Window]:
+        """``page`` in runs of entries, each retention gap found so far placed
+        before the first entry after it (the client is told of it there)."""
+        if not self.gaps:
+            return [page]
+        parts: list[list[Entry] | Window] = []
+        run: list[Entry] = []
+        for entry in page:
+            due = sorted((g for g in self.gaps if g.after < entry.key), key=lambda g: g.after)
+            if due:
+                if run:
+                    parts.append(run)
+                    run = []
+                parts.extend(due)
+                # In place: the reads under way add to this very list.
+                self.gaps[:] = [g for g in self.gaps if g not in due]
+            run.append(entry)
+        if run:
+            parts.append(run)
+        return parts
 
     async def _raw(self, window: Window) -> AsyncIterator[list[Entry]]:
         """Every entry in the window, unfiltered: enough to find each story's newest."""

@@ -240,10 +240,26 @@ class Session:
         batches = merge([history.pages(s) for s in self.owed], self.hub.max_buffer // 4)
         async with contextlib.aclosing(batches) as pages:
             async for page in pages:
-                await self._send(page)
-                if self.conn.closed:
-                    return False
+                for part in history.cut(page):
+                    if isinstance(part, Window):
+                        self._tell_gap(part)
+                        continue
+                    await self._send(part)
+                    if self.conn.closed:
+                        return False
+        for gap in history.gaps:
+            self._tell_gap(gap)
+        history.gaps.clear()
         return True
+
+    def _tell_gap(self, gap: Window) -> None:
+        """Retention removed ``gap`` before the catch-up read it: ``history_truncated``.
+
+        The catch-up reads slower than retention trims (a client that reads
+        its history slowly while the stream is at its length limit), or a held
+        window read again after retention passed it.
+        """
+        self.reply(truncated_message(gap.after, gap.upto))
 
     async def _check_retention(self) -> None:
         """Say ``history_truncated`` (once per ``since``) and skip what retention removed.

@@ -119,7 +119,6 @@ end
 """
 
 
-
 @dataclass(frozen=True, slots=True)
 class ScriptArgs:
     """A script call's arguments by name: the first ``N_KEYS`` fields are its
@@ -416,12 +415,30 @@ return out
 # One page of a history read, bounded in bytes as well as entries: XRANGE's
 # COUNT alone lets a page of 1,000 items of 400 KB be 400 MB, in Redis's reply
 # buffer and then in the process that asked. Reads a few entries at a time and
-# stops after the entry that reaches the budget. Answers {entries, ended}:
-# ended is 1 when the range has nothing after the last entry returned.
+# stops after the entry that reaches the budget. Answers {entries, ended,
+# trim}: ended is 1 when the range has nothing after the last entry returned;
+# trim is what XINFO STREAM says of retention's trimming (name, value, ...;
+# see wire.storage.store.trimmed_of), read in the same atomic step as the
+# page, so a reader can tell that retention removed entries after its cursor
+# before it read them.
 RANGE = r"""
 local lo, hi = ARGV[1], ARGV[2]
 local left, budget, rev = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5] == '1'
 local out, bytes = {}, 0
+local trim = {}
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local info = redis.call('XINFO', 'STREAM', KEYS[1])
+  for i = 1, #info, 2 do
+    local name = info[i]
+    if name == 'length' or name == 'entries-added' or name == 'max-deleted-entry-id'
+        or name == 'recorded-first-entry-id' or name == 'last-generated-id' then
+      local value = info[i + 1]
+      if type(value) == 'number' then value = string.format('%d', value) end
+      trim[#trim + 1] = name
+      trim[#trim + 1] = value
+    end
+  end
+end
 while left > 0 do
   -- As many entries as the budget has room for at the sizes seen so far (one
   -- to start with): a read of whole entries it then drops would cost as much.
@@ -439,12 +456,12 @@ while left > 0 do
     left = left - 1
     local fields = row[2]
     for i = 2, #fields, 2 do bytes = bytes + #fields[i] end
-    if bytes >= budget then return {out, 0} end
+    if bytes >= budget then return {out, 0, trim} end
   end
-  if #rows < n then return {out, 1} end
+  if #rows < n then return {out, 1, trim} end
   if rev then hi = '(' .. rows[#rows][1] else lo = '(' .. rows[#rows][1] end
 end
-return {out, 0}
+return {out, 0, trim}
 """
 
 # KEYS: the ledger hash of every story the lines name (variable: see LedgerArgs)

@@ -37,6 +37,7 @@ from wire.core.errors import (
 )
 from wire.core.ids import ZERO, StreamKey, format_id, parse_id
 from wire.core.items import Submission
+from wire.core.resume import Window
 from wire.core.stored import Layout, published_now, with_id
 from wire.runtime.settings import Settings
 from wire.storage import keys, scripts
@@ -101,6 +102,32 @@ class Filter(NamedTuple):
         if not entry.matches(self.keys):
             return False
         return not self.languages or entry.withdrawal or entry.language in self.languages
+
+
+def trimmed_of(info: dict[Any, Any]) -> StreamKey:
+    """The greatest id retention removed, from ``XINFO STREAM``'s fields (str or
+    bytes names and values; those missing count as nothing trimmed)."""
+
+    def text(name: str) -> str:
+        raw = info.get(name, info.get(name.encode()))
+        return raw.decode() if isinstance(raw, bytes) else str(raw or "0")
+
+    def key(name: str) -> StreamKey:
+        raw = text(name)
+        return parse_id(raw if raw != "0" else "0-0", field=name)
+
+    trimmed = key("max-deleted-entry-id")
+    # Redis 7.0 does not move max-deleted-entry-id on XTRIM, which is how
+    # retention removes entries: when fewer entries remain than were ever
+    # added, everything before the first one kept is gone too.
+    length = int(text("length"))
+    if int(text("entries-added")) > length:
+        if length:
+            ms, seq = key("recorded-first-entry-id")
+            trimmed = max(trimmed, (ms, seq - 1) if seq else (ms - 1, 2**64 - 1))
+        else:
+            trimmed = max(trimmed, key("last-generated-id"))
+    return trimmed
 
 
 class Retention(NamedTuple):
@@ -553,22 +580,7 @@ class Store:
             info = await self.redis.xinfo_stream(keys.STREAM)
         except aioredis.ResponseError:  # no such key: nothing stored, nothing trimmed
             return (0, 0)
-
-        def key(name: str) -> StreamKey:
-            raw = info.get(name) or b"0-0"
-            return parse_id(raw.decode() if isinstance(raw, bytes) else str(raw), field=name)
-
-        trimmed = key("max-deleted-entry-id")
-        # Redis 7.0 does not move max-deleted-entry-id on XTRIM, which is how
-        # retention removes entries: when fewer entries remain than were ever
-        # added, everything before the first one kept is gone too.
-        if int(info.get("entries-added") or 0) > int(info.get("length") or 0):
-            if info.get("length"):
-                ms, seq = key("recorded-first-entry-id")
-                trimmed = max(trimmed, (ms, seq - 1) if seq else (ms - 1, 2**64 - 1))
-            else:
-                trimmed = max(trimmed, key("last-generated-id"))
-        return trimmed
+        return trimmed_of(info)
 
     async def length(self) -> int:
         """Number of entries currently kept."""
@@ -606,6 +618,7 @@ class Store:
         keys: frozenset[str],
         budget: int | None = None,
         languages: frozenset[str] = frozenset(),
+        gaps: list[Window] | None = None,
     ) -> AsyncIterator[list[Entry]]:
         """Entries matching ``keys`` with after < id <= upto, a page at a time, oldest
         first, withdrawn versions left out (every history read goes through here).
@@ -613,8 +626,10 @@ class Store:
         Without a ``budget`` the read is complete (a resume must be); with one it
         stops after that many stream entries, matching or not. ``languages``
         (when not empty) keeps only items in one of them (see :class:`Filter`).
+        A read slower than retention may find entries gone before it reached
+        them: each such range is added to ``gaps`` (when given), as it is found.
         """
-        read = self._reader_after(upto)
+        read = self._reader_after(upto, gaps)
         async for found, _ in self._walk(read, after, Filter(keys, languages), budget):
             yield found
 
@@ -663,14 +678,15 @@ class Store:
 
     async def _page(
         self, low: str, high: str, count: int, newest_first: bool = False
-    ) -> tuple[list[Entry], bool]:
-        """Up to ``count`` entries and about PAGE_BYTES of them (see ``scripts.RANGE``)."""
+    ) -> tuple[list[Entry], bool, StreamKey]:
+        """Up to ``count`` entries and about PAGE_BYTES of them (see ``scripts.RANGE``),
+        whether more may follow, and what retention had removed when they were read."""
         args: list[str | int] = [low, high, count, PAGE_BYTES, 1 if newest_first else 0]
-        rows, ended = await self._range(keys=[keys.STREAM], args=args)
+        rows, ended, trim = await self._range(keys=[keys.STREAM], args=args)
         entries = [
             Entry.from_fields(eid, dict(zip(f[::2], f[1::2], strict=True))) for eid, f in rows
         ]
-        return entries, not ended
+        return entries, not ended, trimmed_of(dict(zip(trim[::2], trim[1::2], strict=True)))
 
     async def _reader_before(
         self, cursor: StreamKey | None, count: int
@@ -678,14 +694,20 @@ class Store:
         if cursor == ZERO:  # nothing precedes 0-0, and Redis refuses the range "(0-0"
             return [], False
         high = "(" + format_id(cursor) if cursor is not None else "+"
-        return await self._page("-", high, count, newest_first=True)
+        page, more, _ = await self._page("-", high, count, newest_first=True)
+        return page, more
 
-    def _reader_after(self, upto: StreamKey | None) -> _Read:
+    def _reader_after(self, upto: StreamKey | None, gaps: list[Window] | None = None) -> _Read:
+        """Reads forward up to ``upto``; with ``gaps``, each range that retention
+        removed after the cursor before it was read is added to it."""
         high = format_id(upto) if upto is not None else "+"
 
         async def read(cursor: StreamKey | None, count: int) -> tuple[list[Entry], bool]:
             assert cursor is not None
-            return await self._page("(" + format_id(cursor), high, count)
+            page, more, trimmed = await self._page("(" + format_id(cursor), high, count)
+            if gaps is not None and trimmed > cursor:
+                gaps.append(Window(cursor, trimmed if upto is None else min(trimmed, upto)))
+            return page, more
 
         return read
 
