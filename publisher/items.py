@@ -41,6 +41,7 @@ from wire.core.ids import StreamKey, format_id, parse_cursor, parse_id
 from wire.core.items import MAX_KEY, idempotency_key_ok, parse_submission
 from wire.core.language import normalize_language
 from wire.core.ledger import HISTORY
+from wire.core.resume import Window
 from wire.core.tags import WILDCARD, normalize_tags
 from wire.storage.store import Filter, body_hash
 from wire.web.appkeys import SETTINGS, STORE
@@ -227,15 +228,18 @@ async def list_items(request: web.Request) -> web.Response:
     if "wait" in request.query and after is None:
         raise ValidationError("wait needs after (the cursor to wait from)", field="wait")
     going_on: StreamKey | None
+    gaps: tuple[Window, ...] = ()
     if after is not None and "wait" in request.query:
         cursor = parse_cursor(after, field="after")
-        entries, going_on = await poll_after(request, cursor, wanted, grant, limit, wait)
+        entries, going_on, gaps = await poll_after(request, cursor, wanted, grant, limit, wait)
     elif after is not None:
         cursor = parse_cursor(after, field="after")
         scan = await request.app[STORE].history_after(
             cursor, tags, limit, languages=wanted.languages
         )
-        entries, going_on = grant.visible(scan.entries), scan.next
+        entries, going_on, gaps = grant.visible(scan.entries), scan.next, scan.gaps
+        if gaps and going_on is None and not scan.entries:
+            going_on = gaps[-1].upto  # go on past what is gone, not find it again
     else:
         start = parse_id(before, field="before") if before is not None else None
         scan = await request.app[STORE].history_before(
@@ -245,6 +249,10 @@ async def list_items(request: web.Request) -> web.Response:
     record(request, grant, HISTORY, entries)
     items = b",".join(e.json for e in entries)
     tail = b',"next":"%s"' % format_id(going_on).encode() if going_on is not None else b""
+    if gaps:
+        tail += b',"history_truncated":' + orjson.dumps(
+            [{"after": format_id(g.after), "upto": format_id(g.upto)} for g in gaps]
+        )
     return raw_json(b'{"items":[' + items + b"]" + tail + b"}")
 
 

@@ -23,6 +23,7 @@ import logging
 import random
 import re
 from collections.abc import AsyncIterator, Sequence
+from typing import NamedTuple
 
 from aiohttp import web
 
@@ -30,6 +31,7 @@ from wire.core.entitlements import Grant
 from wire.core.entry import Entry
 from wire.core.errors import ValidationError
 from wire.core.ids import StreamKey
+from wire.core.resume import Window
 from wire.runtime.arrivals import Arrivals
 from wire.runtime.supervisor import SUPERVISOR, Supervisor
 from wire.storage.store import Filter, Scan, Store, connect
@@ -54,6 +56,15 @@ def query_wait(request: web.Request) -> float:
     return float(raw)
 
 
+class Polled(NamedTuple):
+    """A long poll's answer: the visible entries, the ``next`` cursor, and the
+    ranges retention removed before the read reached them (``history_truncated``)."""
+
+    entries: list[Entry]
+    next: StreamKey
+    gaps: tuple[Window, ...] = ()
+
+
 def _wakes(batch: Sequence[Entry], after: StreamKey, wanted: Filter, grant: Grant) -> bool:
     """True when ``batch`` holds an entry after ``after`` that this read would return."""
     return any(e.key > after and wanted.passes(e) and grant.sees(e.tags) for e in batch)
@@ -66,9 +77,9 @@ async def poll_after(
     grant: Grant,
     limit: int,
     wait: float,
-) -> tuple[list[Entry], StreamKey]:
-    """The visible entries after ``after`` (oldest first) and the ``next`` cursor,
-    waiting up to ``wait`` seconds for one when there is none yet."""
+) -> Polled:
+    """The visible entries after ``after`` (oldest first), the ``next`` cursor and
+    any retention gaps, waiting up to ``wait`` seconds for one when there is none yet."""
     arrivals = request.app.get(ARRIVALS)
     watcher = request.app.get(WATCHER)
     if wait and watcher is not None:
@@ -90,23 +101,23 @@ async def _wait(
     grant: Grant,
     limit: int,
     wait: float,
-) -> tuple[list[Entry], StreamKey]:
+) -> Polled:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     while True:
         # Taken before the read: a batch landing between the two still wakes us.
         batch, seen = arrivals.next_batch(), arrivals.published
         scan = await _read(request, after, wanted, limit)
-        if scan.entries or scan.next is not None:
+        if scan.entries or scan.next is not None or scan.gaps:
             return _answer(scan, after, grant)
         while True:
             left = deadline - loop.time()
             if left <= 0:
-                return [], after
+                return Polled([], after)
             # asyncio.wait, not wait_for: a timeout must not cancel the shared future.
             await asyncio.wait([batch], timeout=left)
             if not batch.done():
-                return [], after
+                return Polled([], after)
             missed = arrivals.published != seen + 1
             if missed or _wakes(batch.result(), after, wanted, grant):
                 break  # read history again: it redacts and pages as every read does
@@ -118,15 +129,16 @@ async def _read(request: web.Request, after: StreamKey, wanted: Filter, limit: i
     return await store.history_after(after, wanted.keys, limit, languages=wanted.languages)
 
 
-def _answer(scan: Scan, after: StreamKey, grant: Grant) -> tuple[list[Entry], StreamKey]:
-    """What the reader sees of ``scan``, and where it goes on from."""
+def _answer(scan: Scan, after: StreamKey, grant: Grant) -> Polled:
+    """What the reader sees of ``scan``, and where it goes on from (past any
+    range retention removed, so that the next read does not find it again)."""
     if scan.next is not None:
         going_on = scan.next
     elif scan.entries:
         going_on = scan.entries[-1].key
     else:
-        going_on = after
-    return grant.visible(scan.entries), going_on
+        going_on = max([after, *(gap.upto for gap in scan.gaps)])
+    return Polled(grant.visible(scan.entries), going_on, scan.gaps)
 
 
 def setup_watcher(app: web.Application) -> None:

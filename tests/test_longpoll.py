@@ -19,7 +19,8 @@ import pytest
 
 from publisher.longpoll import WATCHER
 from tests.conftest import Server, ServerFactory
-from tests.support import get_json, publish, wait_for
+from tests.support import batch_ids, get_json, publish, wait_for
+from wire.core.ids import parse_id
 from wire.web.appkeys import ARRIVALS
 
 
@@ -184,3 +185,35 @@ async def test_the_grant_applies_to_a_waiting_read(
     body = await waiting
     assert [i["title"] for i in body["items"]] == ["Match report"]
     assert body["next"] == match["id"]
+
+
+async def test_a_cursor_retention_passed_is_told_history_truncated_and_moves_past_it(
+    make_server: ServerFactory, http: aiohttp.ClientSession
+) -> None:
+    """A partner polling from a cursor that retention has passed used to get the
+    items still kept without a word about the ones gone; now the answer names
+    the range (``history_truncated``), every item after it comes, and ``next``
+    moves past it even when nothing matched, so the notice is not repeated."""
+    server = await make_server(max_items=300)
+    news, quiet = tag(), tag()
+    early = await batch_ids(http, server.base, "Early", 50, news)
+    gone = await batch_ids(http, server.base, "Quiet", 5, quiet)
+    for part in range(3):  # the stream past its limit: the oldest are trimmed
+        await batch_ids(http, server.base, f"Other {part}", 200, tag())
+    late = await batch_ids(http, server.base, "Late", 5, news)
+    url = f"{server.base}/v1/items"
+    for wait in ({}, {"wait": "5"}):
+        status, body = await get_json(http, url, params={"after": early[0], "tags": news, **wait})
+        assert status == 200, body
+        [gap] = body["history_truncated"]
+        assert gap["after"] == early[0]
+        assert all(parse_id(e) <= parse_id(gap["upto"]) for e in early[1:]), "the range covers them"
+        assert [i["id"] for i in body["items"]] == late, "every item still kept"
+    status, body = await get_json(http, url, params={"after": gone[0], "tags": quiet, "wait": "5"})
+    assert status == 200 and body["items"] == [], body
+    [gap] = body["history_truncated"]
+    assert body["next"] == gap["upto"], "the cursor moves past what is gone"
+    status, body = await get_json(http, url, params={"after": body["next"], "tags": quiet})
+    assert status == 200 and "history_truncated" not in body, body
+    status, body = await get_json(http, url, params={"after": late[-1], "tags": news})
+    assert status == 200 and body == {"items": []}, "a cursor retention has not passed: as before"

@@ -13,7 +13,7 @@ import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple, cast
 from urllib.parse import unquote, urlsplit
 
@@ -84,6 +84,9 @@ class Scan:
 
     entries: list[Entry]
     next: StreamKey | None
+    #: Ranges after the cursor that retention removed before the read reached
+    #: them (see :meth:`Store.history_after`): each lies before ``next``.
+    gaps: tuple[Window, ...] = ()
 
 
 class Filter(NamedTuple):
@@ -745,10 +748,14 @@ class Store:
     ) -> Scan:
         """Up to ``limit`` matching entries after ``after``, oldest first, reading at
         most ``scan_budget`` entries; ``next`` says where to continue.
-        ``languages`` (when given) narrows the tag match (see :class:`Filter`)."""
+        ``languages`` (when given) narrows the tag match (see :class:`Filter`).
+        ``gaps`` are the ranges retention had removed after the cursor when a
+        page was read (a cursor older than what is kept, or trimmed mid-read)."""
         wanted = Filter(frozenset(subscription), frozenset(languages))
-        pages = self._walk(self._reader_after(upto), after, wanted, self._budget)
-        return await _first(pages, limit)
+        gaps: list[Window] = []
+        pages = self._walk(self._reader_after(upto, gaps), after, wanted, self._budget)
+        scan = await _first(pages, limit)
+        return replace(scan, gaps=tuple(gaps)) if gaps else scan
 
     async def history_before(
         self,
