@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import AsyncIterator
+from typing import cast
 
 import pytest
 from aiohttp import web
@@ -13,9 +14,10 @@ from aiohttp.test_utils import make_mocked_request
 from wire.core.entitlements import EVERYTHING
 from wire.core.entry import Entry
 from wire.core.ids import ZERO, StreamKey
-from wire.core.resume import Window
+from wire.core.resume import Latest, Since, Window, narrowed
 from wire.gateway import handover, replay
 from wire.gateway.backlog import Backlog
+from wire.gateway.hub import Hub
 from wire.gateway.keepalive import Pings, sweep
 from wire.gateway.recent import Recent
 from wire.gateway.state import (
@@ -35,6 +37,7 @@ from wire.gateway.state import (
     State,
     step,
 )
+from wire.storage.store import Store
 
 
 def entry(
@@ -255,3 +258,40 @@ async def test_merge_hands_out_bounded_pages() -> None:
     got = await merged(pages(list(range(1, n + 1)), [n + 1]), pages([n + 2]))
     assert [len(p) for p in got] == [n, 2]
     assert await merged() == []
+
+
+# --- retention gaps in a catch-up ------------------------------------------------
+
+
+def test_union_merges_ranges_that_overlap_or_touch_in_stream_order() -> None:
+    w = [Window((5, 0), (9, 0)), Window((1, 0), (3, 0))]
+    w += [Window((3, 0), (4, 0)), Window((6, 0), (7, 0))]
+    assert replay.union(w) == [Window((1, 0), (4, 0)), Window((5, 0), (9, 0))]
+    assert replay.union([]) == []
+
+
+def cut(history: replay.History, *ms: int) -> list[list[StreamKey] | Window]:
+    """``history.cut`` of entries at ``ms``, each run of entries as its keys."""
+    parts = history.cut([entry(m) for m in ms])
+    return [p if isinstance(p, Window) else keys(p) for p in parts]
+
+
+def test_a_gap_is_told_before_the_first_entry_past_it_once_and_entries_in_it_go_first() -> None:
+    history = replay.History(cast(Hub, None), cast(Store, None), 100)
+    # Two sources found retention past their cursors: (2, 6] and (4, 6].
+    history.gaps += [Window((2, 0), (6, 0)), Window((4, 0), (6, 0))]
+    # 3 is inside the gap: another source had read it before retention did.
+    assert cut(history, 1, 3, 7, 8) == [[(1, 0), (3, 0)], Window((2, 0), (6, 0)), [(7, 0), (8, 0)]]
+    assert history.gaps == [] and cut(history, 9) == [[(9, 0)]]
+    history.gaps += [Window((9, 0), (12, 0)), Window((10, 0), (11, 0))]
+    assert cut(history, 10) == [[(10, 0)]], "not past the gap yet"
+    assert history.rest() == [Window((9, 0), (12, 0))] and history.gaps == []
+
+
+def test_what_a_catch_up_still_owes_keeps_only_the_tags_still_subscribed() -> None:
+    source = Since(Window(ZERO, (9, 0)), frozenset({"news", "sport"}))
+    assert narrowed(source, frozenset({"news", "sport", "arts"})) is source
+    assert narrowed(source, frozenset({"news"})) == Since(Window(ZERO, (9, 0)), frozenset({"news"}))
+    assert narrowed(source, frozenset({"arts"})) is None
+    latest = Latest(frozenset({"sport"}), 10, (9, 0))
+    assert narrowed(latest, frozenset({"news"})) is None

@@ -125,6 +125,14 @@ class Latest:
 Source = Since | Latest
 
 
+def narrowed(source: Source, keys: frozenset[str]) -> Source | None:
+    """``source`` for only those of its keys in ``keys``; None when none is left."""
+    kept = source.keys & keys
+    if kept == source.keys:
+        return source
+    return replace(source, keys=kept) if kept else None
+
+
 def remainder(source: Source, sent: StreamKey) -> Source | None:
     """What is left of ``source`` once everything it had up to ``sent`` was written.
 

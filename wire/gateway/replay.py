@@ -82,25 +82,40 @@ class History:
             yield page
 
     def cut(self, page: list[Entry]) -> list[list[Entry] | Window]:
-        """``page`` in runs of entries, each retention gap found so far placed
-        before the first entry after it (the client is told of it there)."""
+        """``page`` in runs of entries, with each retention gap found so far placed
+        before the first entry past its end (the client is told of it there).
+
+        Another source merged into the catch-up (a subscribe that took it over)
+        may have read entries inside a gap before retention removed them: they
+        go out before it, so that nothing inside a gap follows it. By then every
+        source has read past the gap (the merge sends the smallest key first),
+        so the gaps of several sources over one range are known, and told as one.
+        """
         if not self.gaps:
             return [page]
         parts: list[list[Entry] | Window] = []
         run: list[Entry] = []
         for entry in page:
-            due = sorted((g for g in self.gaps if g.after < entry.key), key=lambda g: g.after)
+            due = [g for g in self.gaps if g.upto < entry.key]
             if due:
                 if run:
                     parts.append(run)
                     run = []
-                parts.extend(due)
+                parts.extend(union(due))
                 # In place: the reads under way add to this very list.
-                self.gaps[:] = [g for g in self.gaps if g not in due]
+                self.gaps[:] = [g for g in self.gaps if g.upto >= entry.key]
             run.append(entry)
         if run:
             parts.append(run)
         return parts
+
+    def rest(self) -> list[Window]:
+        """The gaps not told yet (the catch-up has sent everything), as one list of
+        ranges that do not overlap; forgotten here."""
+        gaps = union(self.gaps)
+        self.gaps.clear()
+        return gaps
+
 
     async def _raw(self, window: Window) -> AsyncIterator[list[Entry]]:
         """Every entry in the window, unfiltered: enough to find each story's newest."""
@@ -141,6 +156,17 @@ class History:
             before = _next(source.upto)
             found = (await self.store.scan_latest(source.keys, source.limit, before=before))[::-1]
         yield fresh(found, source.after)
+
+
+def union(windows: list[Window]) -> list[Window]:
+    """``windows`` merged where they overlap or touch, in stream order."""
+    out: list[Window] = []
+    for w in sorted(windows, key=lambda w: w.after):
+        if out and w.after <= out[-1].upto:
+            out[-1] = Window(out[-1].after, max(out[-1].upto, w.upto))
+        else:
+            out.append(w)
+    return out
 
 
 async def merge(

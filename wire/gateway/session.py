@@ -41,6 +41,7 @@ from wire.core.resume import (
     Source,
     Window,
     is_truncated,
+    narrowed,
     remainder,
     replay_window,
 )
@@ -156,8 +157,9 @@ class Session:
         running = self._catching_up()
         if running and len(self.owed) >= MAX_CATCH_UPS:
             raise RateLimited(
-                f"more than {MAX_CATCH_UPS} catch-ups at once on this connection; "
-                "send this subscribe again once one has finished"
+                f"more than {MAX_CATCH_UPS} catch-ups at once on this connection (history "
+                "it has not read yet, and what was held for it meanwhile); this subscribe "
+                "changed nothing: read on, and send it again later"
             )
         self.subscription.subscribe(cmd.tags, cmd.languages)
         keys, held_for = self.subscription.keys, self.conn.keys
@@ -188,14 +190,25 @@ class Session:
         return Latest(keys, cmd.backfill, position)
 
     async def stop(self) -> list[Source]:
-        """Stop a running catch-up; return what it still owed (nothing when it had finished)."""
+        """Stop a running catch-up; return what it still owed (nothing when it had
+        finished), for the tags still subscribed.
+
+        A tag unsubscribed during the catch-up is left out of what it owed: its
+        history was being skipped, and a later subscribe to it (without history)
+        must not bring that history back.
+        """
         task, self.catching_up = self.catching_up, None
         if task is None or task.done():
             return []
         task.cancel()
         await asyncio.wait([task])
-        sent = self.conn.last_key
-        return [rest for s in self.owed if (rest := remainder(s, sent)) is not None]
+        sent, keys = self.conn.last_key, self.conn.keys
+        owed: list[Source] = []
+        for source in self.owed:
+            rest = remainder(source, sent)
+            if rest is not None and (rest := narrowed(rest, keys)) is not None:
+                owed.append(rest)
+        return owed
 
     def end(self) -> None:
         """The connection is over: stop its catch-up and leave the hub."""
@@ -247,9 +260,8 @@ class Session:
                     await self._send(part)
                     if self.conn.closed:
                         return False
-        for gap in history.gaps:
+        for gap in history.rest():
             self._tell_gap(gap)
-        history.gaps.clear()
         return True
 
     def _tell_gap(self, gap: Window) -> None:

@@ -708,8 +708,9 @@ class Store:
         async def read(cursor: StreamKey | None, count: int) -> tuple[list[Entry], bool]:
             assert cursor is not None
             page, more, trimmed = await self._page("(" + format_id(cursor), high, count)
-            if gaps is not None and trimmed > cursor:
-                gaps.append(Window(cursor, trimmed if upto is None else min(trimmed, upto)))
+            end = trimmed if upto is None else min(trimmed, upto)
+            if gaps is not None and end > cursor:  # not a window already read to its end
+                gaps.append(Window(cursor, end))
             return page, more
 
         return read
