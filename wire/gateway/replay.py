@@ -116,7 +116,6 @@ class History:
         self.gaps.clear()
         return gaps
 
-
     async def _raw(self, window: Window) -> AsyncIterator[list[Entry]]:
         """Every entry in the window, unfiltered: enough to find each story's newest."""
         cached = self.hub.recent_window(window)
