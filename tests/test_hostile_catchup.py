@@ -41,9 +41,13 @@ from tests.test_replay_overflow import (
     HISTORY,
     LIVE,
     dispatched,
+    overtake,
+    partner_server,
     publish_many,
     read_through,
+    sport_and_secret,
     stalled,
+    stalled_partner,
     told_gaps,
 )
 from wire.core.ids import ZERO, StreamKey, format_id, parse_id
@@ -190,10 +194,7 @@ async def test_two_sources_overtaken_by_retention_tell_each_gap_once_and_send_no
         await taken_over(first)
         # Retention passes both sources' cursors (about 500 and 580 entries
         # into the stream): some 1,000 entries trimmed.
-        for part in range(2):
-            await batch_ids(http, server.base, f"Other {part}", 550, "other")
-        live = await batch_ids(http, server.base, "Live", 3, "news")
-        msgs = await read_through(ws, live[-1])
+        live, msgs = await overtake(http, server, ws)
     finally:
         await ws.close()
     assert told_gaps(msgs), "retention passed the catch-up: history_truncated told"
@@ -540,23 +541,9 @@ async def test_a_partners_windows_read_again_after_a_plain_subscribe_stay_in_its
     """A sport-only partner, stalled in a catch-up, subscribes (no history) to
     ``sport/football`` while live items overflow: items tagged only secret never
     reach it, and a withdrawal of a story that was once secret shows only sport."""
-    grants = tmp_path / "entitlements.toml"
-    grants.write_text('[[token]]\ntoken = "partner"\nname = "Partner"\ntags = ["sport"]\n')
-    server = await make_server(
-        max_buffer=CAP,
-        send_buffer=16 * 1024,
-        ping_interval=60,
-        entitlements=grants,
-        subscriber_tokens=("staff",),
-    )
+    server = await partner_server(make_server, tmp_path)
     hub = server.app[HUB]
-    async with stalled(
-        server,
-        http,
-        "?tags=sport&since=0",
-        tag="sport",
-        additional_headers={"Authorization": "Bearer partner"},
-    ) as (history, ws, conn):
+    async with stalled_partner(server, http) as (history, ws, conn):
         task = await stalled_task()
         _, v1 = await post(http, server.base, item("Deal", ["sport"], guid="deal"))
         _, v2 = await post(http, server.base, item("Deal, secretly", ["secret"], guid="deal"))
@@ -568,13 +555,8 @@ async def test_a_partners_windows_read_again_after_a_plain_subscribe_stay_in_its
         ) as resp:
             assert resp.status == 200
             kill = (await resp.json())["item"]
-        shared: list[str] = []
-        for n in range(4):
-            body = [item(f"Both {n} {i}", ["sport", "secret"], body="x" * BODY) for i in range(20)]
-            status, answer = await post(http, server.base, body)
-            assert status == 200, answer
-            shared += [r["item"]["id"] for r in answer["results"]]
-            secret += await publish_many(http, server.base, f"Secret {n}", 20, tag="secret")
+        shared, more = await sport_and_secret(http, server, 4)
+        secret += more
         await wait_for(functools.partial(dispatched, hub, parse_id(secret[-1])), "dispatched")
         assert conn.holding is not None and conn.holding.spills >= 1, "held past the cap"
         msgs = await read_through(ws, shared[-1])

@@ -18,7 +18,7 @@ import functools
 import re
 import socket
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +140,18 @@ async def read_through(ws: Any, last: str) -> list[dict[str, Any]]:
     return msgs
 
 
+async def overtake(
+    http: aiohttp.ClientSession, server: Server, ws: Any
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """Push the stream past its limit (``max_items`` 1,300) with 1,100 items on another
+    tag (nothing is held for the client), then 3 live news items: their ids, and
+    every message the client reads up to the last of them."""
+    for part in range(2):
+        await batch_ids(http, server.base, f"Other {part}", 550, "other")
+    live = await batch_ids(http, server.base, "Live", 3, "news")
+    return live, await read_through(ws, live[-1])
+
+
 def told_gaps(msgs: list[dict[str, Any]]) -> list[tuple[int, StreamKey, StreamKey]]:
     """(index, after, upto) of each ``history_truncated`` among ``msgs``."""
     gaps = []
@@ -171,12 +183,7 @@ async def test_a_catch_up_overtaken_by_retention_is_told_where_and_loses_nothing
     try:
         conn = await replaying_conn(hub.conns)
         await wait_for(lambda: conn.last_key != ZERO, "the first page of history in hand")
-        # Items on another tag (nothing is held for this client) push the stream
-        # past its limit: retention removes most of the news history.
-        for part in range(2):
-            await batch_ids(http, server.base, f"Other {part}", 550, "other")
-        live = await batch_ids(http, server.base, "Live", 3, "news")
-        msgs = await read_through(ws, live[-1])
+        live, msgs = await overtake(http, server, ws)
     finally:
         await ws.close()
     ids = [m["item"]["id"] for m in msgs if m["type"] == "item"]
@@ -338,36 +345,58 @@ async def test_a_plain_subscribe_during_a_catch_up_gets_none_of_its_tags_earlier
         assert not conn.closed
 
 
-async def test_a_partners_dropped_window_shows_nothing_outside_its_grant(
-    make_server: ServerFactory, http: aiohttp.ClientSession, tmp_path: Path
-) -> None:
-    """A sport-only partner whose held items overflowed: the dropped window is read
-    again from the stream, where every item is; items tagged sport and secret
-    reach it, items tagged only secret never do."""
+async def partner_server(make_server: ServerFactory, tmp_path: Path) -> Server:
+    """A gateway (small buffers) where the token ``partner`` is granted sport only."""
     grants = tmp_path / "entitlements.toml"
     grants.write_text('[[token]]\ntoken = "partner"\nname = "Partner"\ntags = ["sport"]\n')
-    server = await make_server(
+    return await make_server(
         max_buffer=CAP,
         send_buffer=16 * 1024,
         ping_interval=60,
         entitlements=grants,
         subscriber_tokens=("staff",),
     )
-    hub = server.app[HUB]
-    async with stalled(
+
+
+def stalled_partner(
+    server: Server, http: aiohttp.ClientSession
+) -> AbstractAsyncContextManager[tuple[list[str], Any, Conn]]:
+    """:func:`stalled`: the sport-only partner catching up on sport."""
+    return stalled(
         server,
         http,
         "?tags=sport&since=0",
         tag="sport",
         additional_headers={"Authorization": "Bearer partner"},
-    ) as (history, ws, conn):
-        shared, secret = [], []
-        for n in range(4):
-            body = [item(f"Both {n} {i}", ["sport", "secret"], body="x" * BODY) for i in range(20)]
-            status, answer = await post(http, server.base, body)
-            assert status == 200, answer
-            shared += [r["item"]["id"] for r in answer["results"]]
-            secret += await publish_many(http, server.base, f"Secret {n}", 20, tag="secret")
+    )
+
+
+async def sport_and_secret(
+    http: aiohttp.ClientSession, server: Server, rounds: int
+) -> tuple[list[str], list[str]]:
+    """Per round, 20 items tagged sport and secret, then 20 tagged secret only: the
+    ids of each kind."""
+    shared: list[str] = []
+    secret: list[str] = []
+    for n in range(rounds):
+        body = [item(f"Both {n} {i}", ["sport", "secret"], body="x" * BODY) for i in range(20)]
+        status, answer = await post(http, server.base, body)
+        assert status == 200, answer
+        shared += [r["item"]["id"] for r in answer["results"]]
+        secret += await publish_many(http, server.base, f"Secret {n}", 20, tag="secret")
+    return shared, secret
+
+
+async def test_a_partners_dropped_window_shows_nothing_outside_its_grant(
+    make_server: ServerFactory, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """A sport-only partner whose held items overflowed: the dropped window is read
+    again from the stream, where every item is; items tagged sport and secret
+    reach it, items tagged only secret never do."""
+    server = await partner_server(make_server, tmp_path)
+    hub = server.app[HUB]
+    async with stalled_partner(server, http) as (history, ws, conn):
+        shared, secret = await sport_and_secret(http, server, 4)
         await wait_for(lambda: hub.position >= parse_id(secret[-1]), "the live items dispatched")
         assert conn.holding is not None and conn.holding.spills >= 1, "held past the cap"
         msgs = await read_until(ws, HISTORY + len(shared), {"item"})
