@@ -41,6 +41,7 @@ from wire.core.ids import StreamKey, format_id, parse_cursor, parse_id
 from wire.core.items import MAX_KEY, idempotency_key_ok, parse_submission
 from wire.core.language import normalize_language
 from wire.core.ledger import HISTORY
+from wire.core.protocol import TRUNCATED, truncated_ranges
 from wire.core.resume import Window
 from wire.core.tags import WILDCARD, normalize_tags
 from wire.storage.store import Filter, body_hash
@@ -250,9 +251,7 @@ async def list_items(request: web.Request) -> web.Response:
     items = b",".join(e.json for e in entries)
     tail = b',"next":"%s"' % format_id(going_on).encode() if going_on is not None else b""
     if gaps:
-        tail += b',"history_truncated":' + orjson.dumps(
-            [{"after": format_id(g.after), "upto": format_id(g.upto)} for g in gaps]
-        )
+        tail += b',"%s":%s' % (TRUNCATED.encode(), orjson.dumps(truncated_ranges(gaps)))
     return raw_json(b'{"items":[' + items + b"]" + tail + b"}")
 
 

@@ -9,6 +9,7 @@ small ``*_message`` functions so their shape lives in one place.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,7 @@ from wire.core.errors import (
 )
 from wire.core.ids import StreamKey, format_id, parse_cursor
 from wire.core.language import normalize_language
+from wire.core.resume import Window
 from wire.core.tags import normalize_tags
 
 MAX_BACKFILL = 500
@@ -207,10 +209,21 @@ def truncated_message(since: StreamKey, trimmed: StreamKey) -> dict[str, object]
     """Told before a replay that starts after items that retention removed."""
     return {
         "type": "error",
-        "code": "history_truncated",
+        "code": TRUNCATED,
         "message": f"items after {format_id(since)} up to {format_id(trimmed)} are no longer "
         "kept; sending everything still kept",
     }
+
+
+#: The key of the ranges retention removed, in an HTTP read's answer; the code of
+#: the WebSocket/SSE error saying the same (:func:`truncated_message`).
+TRUNCATED = "history_truncated"
+
+
+def truncated_ranges(gaps: Sequence[Window]) -> list[dict[str, str]]:
+    """The ranges retention removed, as an HTTP read's answer lists them under
+    :data:`TRUNCATED` (``after`` < id <= ``upto``)."""
+    return [{"after": format_id(g.after), "upto": format_id(g.upto)} for g in gaps]
 
 
 PONG: dict[str, object] = {"type": "pong"}
@@ -219,6 +232,7 @@ __all__ = [
     "MAX_BACKFILL",
     "MAX_LANGUAGES",
     "PONG",
+    "TRUNCATED",
     "Command",
     "InvalidTag",
     "Ping",
@@ -230,4 +244,5 @@ __all__ = [
     "parse_subscribe",
     "subscribed_message",
     "truncated_message",
+    "truncated_ranges",
 ]
