@@ -35,6 +35,7 @@ import websockets
 
 from tests.conftest import Server, ServerFactory
 from tests.support import batch_ids, item, post, replaying_conn, stalled_ws, wait_for
+from tests.test_hostile_pass import spy_redis_pages
 from tests.test_replay_overflow import (
     BODY,
     CAP,
@@ -51,8 +52,10 @@ from tests.test_replay_overflow import (
     told_gaps,
 )
 from wire.core.ids import ZERO, StreamKey, format_id, parse_id
+from wire.gateway.conn import Conn
 from wire.gateway.reader import HUB
 from wire.gateway.session import MAX_CATCH_UPS, Session
+from wire.web.appkeys import STORE
 
 SINCE = 100
 AUTH = {"Authorization": "Bearer editor-token-for-tests"}
@@ -564,3 +567,33 @@ async def test_a_partners_windows_read_again_after_a_plain_subscribe_stay_in_its
     assert items_of(msgs) == [*history, v1["item"]["id"], kill["id"], *shared]
     assert not set(got) & set([*secret, v2["item"]["id"]]), "items outside the grant"
     assert got[kill["id"]]["tags"] == ["sport"], "the withdrawal's tags narrowed to the grant"
+
+
+async def test_plain_subscribes_while_nothing_is_held_do_not_restart_the_catch_up(
+    make_server: ServerFactory, http: aiohttp.ClientSession
+) -> None:
+    """A client that reads nothing sends plain subscribes (each a new tag) while no
+    live item of its tags arrives. Each used to take the catch-up over, and each
+    takeover read the history still owed from Redis again: a client could have
+    Redis read a page of it 20 times a second. With nothing held, the catch-up
+    goes on as it was (no page read again), and the new tags' items from after
+    their ``subscribed`` arrive after the history."""
+    server = await make_server(
+        max_buffer=CAP, send_buffer=16 * 1024, ping_interval=60, recent_bytes=1
+    )
+    async with stalled(server, http, "?tags=news&since=0") as (history, ws, conn):
+        task = await stalled_task()
+        pages: list[int] = []
+        spy_redis_pages(server.app[STORE], pages)
+        for n in range(10):
+            await send(ws, type="subscribe", tags=[f"extra{n}"])
+            await wait_for(functools.partial(subscribed_to, conn, f"extra{n}"), "subscribed")
+        assert catch_up_task() is task, "the catch-up was not taken over"
+        assert pages == [], f"history read from Redis again: {len(pages)} pages"
+        later = await batch_ids(http, server.base, "Later", 3, "extra9")
+        msgs = await read_through(ws, later[-1])
+    assert items_of(msgs) == history + later, "the history, then the new tag's items"
+
+
+def subscribed_to(conn: Conn, tag: str) -> bool:
+    return tag in conn.keys

@@ -38,6 +38,11 @@ class Holding:
         self.spilled = False
         self.spills = 0
 
+    @property
+    def empty(self) -> bool:
+        """Nothing held or dropped since holding (re)started."""
+        return not self.entries and not self.spilled
+
     def add(self, entry: Entry, cap: int) -> bool:
         """Hold ``entry``; False when over ``cap`` with no overflow left to spend."""
         self.entries.append(entry)

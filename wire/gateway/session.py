@@ -126,8 +126,12 @@ class Session:
             # position to replay up to or to report, so the client retries.
             self.hub.close(self.conn, CloseCode.TRY_AGAIN_LATER, "gateway starting, retry")
             return
-        if cmd.since is None and cmd.backfill is None and not self._catching_up():
+        if cmd.since is None and cmd.backfill is None and not self._holding_any():
             self.subscription.subscribe(cmd.tags, cmd.languages)
+            if self.conn.holding is not None:
+                # A catch-up under way has held nothing yet: it holds afresh
+                # from here, so what it may drop later is all after this subscribe.
+                self.hub.hand_over_held(self.conn)
             self.hub.retag(self.conn, self.subscription.keys)
             self._subscribed()
             return
@@ -135,6 +139,11 @@ class Session:
 
     def _catching_up(self) -> bool:
         return self.catching_up is not None and not self.catching_up.done()
+
+    def _holding_any(self) -> bool:
+        """Live items are held (or were dropped) for the catch-up under way."""
+        holding = self.conn.holding
+        return holding is not None and not holding.empty
 
     def _subscribed(self) -> None:
         """Tell the client its subscription (tags and any language filter) as it now is."""
@@ -149,10 +158,15 @@ class Session:
         items held for it fell in) is merged into the new one, so nothing is
         lost or sent twice and nothing held escapes the connection's cap.
 
-        A plain subscribe during a catch-up comes here too, and owes no history
-        of its own: the held window is owed for the tags it was held for. Left
-        to the holding, an overflow after it would read that window again for
-        the new tags too, and send their items from before their ``subscribed``.
+        A plain subscribe during a catch-up that holds live items comes here
+        too, and owes no history of its own: the held window is owed for the
+        tags it was held for. Left to the holding, an overflow after it would
+        read that window again for the new tags too, and send their items from
+        before their ``subscribed``. (One that holds nothing yet needs no
+        takeover, which would read the owed history's next pages again: a
+        client that reads nothing could have had Redis read them 20 times a
+        second. Each takeover here adds a window owed, so at most
+        ``MAX_CATCH_UPS`` of them come before the client reads on.)
         """
         running = self._catching_up()
         if running and len(self.owed) >= MAX_CATCH_UPS:
