@@ -20,6 +20,7 @@ import pytest
 from publisher.longpoll import WATCHER
 from tests.conftest import Server, ServerFactory
 from tests.support import batch_ids, get_json, publish, wait_for
+from tests.test_ninjs import run_export
 from wire.core.ids import parse_id
 from wire.web.appkeys import ARRIVALS
 
@@ -193,7 +194,8 @@ async def test_a_cursor_retention_passed_is_told_history_truncated_and_moves_pas
     """A partner polling from a cursor that retention has passed used to get the
     items still kept without a word about the ones gone; now the answer names
     the range (``history_truncated``), every item after it comes, and ``next``
-    moves past it even when nothing matched, so the notice is not repeated."""
+    moves past it even when nothing matched, so the notice is not repeated;
+    ``wire export --after`` says so on stderr."""
     server = await make_server(max_items=300)
     news, quiet = tag(), tag()
     early = await batch_ids(http, server.base, "Early", 50, news)
@@ -217,3 +219,10 @@ async def test_a_cursor_retention_passed_is_told_history_truncated_and_moves_pas
     assert status == 200 and "history_truncated" not in body, body
     status, body = await get_json(http, url, params={"after": late[-1], "tags": news})
     assert status == 200 and body == {"items": []}, "a cursor retention has not passed: as before"
+    # wire export says so on stderr, and exports what is kept; from the start
+    # ("everything still kept") it has nothing to say.
+    code, docs, err = await run_export(server.base, "--tags", news, "--after", early[0])
+    assert code == 0 and [d["id"] for d in docs] == late, err
+    assert f"items after {early[0]} up to" in err and "no longer kept" in err
+    code, docs, err = await run_export(server.base, "--tags", news)
+    assert code == 0 and [d["id"] for d in docs] == late and err == "", err

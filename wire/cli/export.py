@@ -4,7 +4,8 @@ It pages through ``GET /v1/items?after=<id>`` from the oldest kept item (or
 from ``--after``), so it can export everything the stream still holds;
 withdrawn stories appear as their withdrawals (``pubStatus: canceled`` in
 ninjs), never with their text. ``firstCreated`` is filled in for versions whose
-version 1 was exported earlier in the same run.
+version 1 was exported earlier in the same run. A range that retention removed
+after ``--after`` (before the export got there) is named on stderr.
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 import orjson
 
 from wire.cli.client import add_url_flag, answer_of, describe_error
 from wire.core import ninjs
+from wire.core.ids import ZERO, parse_id
+from wire.core.protocol import TRUNCATED
 
 MAX_PAGE = 500  # the API's largest ?limit
 
@@ -70,8 +73,9 @@ def fetch_page(
     limit: int,
     tags: str | None,
     lang: str | None = None,
-) -> tuple[list[dict[str, Any]], str | None]:
-    """One page of ``GET /v1/items?after=...`` (oldest first), and its ``next`` cursor."""
+) -> tuple[list[dict[str, Any]], str | None, list[dict[str, str]]]:
+    """One page of ``GET /v1/items?after=...`` (oldest first), its ``next`` cursor, and
+    the ranges retention removed before the read reached them (``history_truncated``)."""
     query = {"after": after, "limit": str(limit)}
     if tags:
         query["tags"] = tags
@@ -84,7 +88,7 @@ def fetch_page(
         with urllib.request.urlopen(req, timeout=30) as resp:
             answer = orjson.loads(resp.read())
             items: list[dict[str, Any]] = answer["items"]
-            return items, answer.get("next")
+            return items, answer.get("next"), answer.get(TRUNCATED, [])
     except urllib.error.HTTPError as err:
         raise ExportError(_describe(err.code, err.read())) from None
 
@@ -102,12 +106,18 @@ def items(
     tags: str | None = None,
     lang: str | None = None,
     page_size: int = MAX_PAGE,
+    on_gap: Callable[[dict[str, str]], None] = lambda gap: None,
 ) -> Iterator[dict[str, Any]]:
-    """Every item after ``after`` (at most ``limit``), oldest first, a page at a time."""
+    """Every item after ``after`` (at most ``limit``), oldest first, a page at a time;
+    ``on_gap`` hears of each range retention removed on the way."""
     sent = 0
     while limit is None or sent < limit:
         want = page_size if limit is None else min(page_size, limit - sent)
-        page, going_on = fetch_page(base, token, after=after, limit=want, tags=tags, lang=lang)
+        page, going_on, gaps = fetch_page(
+            base, token, after=after, limit=want, tags=tags, lang=lang
+        )
+        for gap in gaps:
+            on_gap(gap)
         yield from page
         sent += len(page)
         # A page can be short (or empty) before the end: a read scans a
@@ -142,11 +152,23 @@ def export(args: argparse.Namespace, out: BinaryIO) -> int:
         tags=args.tags,
         lang=getattr(args, "lang", None),
         page_size=args.page_size,
+        on_gap=_warn_gap,
     ):
         out.write(orjson.dumps(render(item) if render else item) + b"\n")
         count += 1
     out.flush()
     return count
+
+
+def _warn_gap(gap: dict[str, str]) -> None:
+    """Say on stderr what retention removed, except the stream's start: an export
+    from the beginning (``--after 0``) means "everything still kept"."""
+    if parse_id(gap["after"]) != ZERO:
+        print(
+            f"wire export: items after {gap['after']} up to {gap['upto']} are no longer "
+            "kept (retention); exporting everything still kept",
+            file=sys.stderr,
+        )
 
 
 def export_command(args: argparse.Namespace) -> int:
