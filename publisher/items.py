@@ -239,8 +239,6 @@ async def list_items(request: web.Request) -> web.Response:
             cursor, tags, limit, languages=wanted.languages
         )
         entries, going_on, gaps = grant.visible(scan.entries), scan.next, scan.gaps
-        if gaps and going_on is None and not scan.entries:
-            going_on = gaps[-1].upto  # go on past what is gone, not find it again
     else:
         start = parse_id(before, field="before") if before is not None else None
         scan = await request.app[STORE].history_before(

@@ -108,7 +108,8 @@ async def _wait(
         # Taken before the read: a batch landing between the two still wakes us.
         batch, seen = arrivals.next_batch(), arrivals.published
         scan = await _read(request, after, wanted, limit)
-        if scan.entries or scan.next is not None or scan.gaps:
+        # A read that found only retention's gaps carries ``next`` past them.
+        if scan.entries or scan.next is not None:
             return _answer(scan, after, grant)
         while True:
             left = deadline - loop.time()
@@ -130,14 +131,13 @@ async def _read(request: web.Request, after: StreamKey, wanted: Filter, limit: i
 
 
 def _answer(scan: Scan, after: StreamKey, grant: Grant) -> Polled:
-    """What the reader sees of ``scan``, and where it goes on from (past any
-    range retention removed, so that the next read does not find it again)."""
+    """What the reader sees of ``scan``, and where it goes on from."""
     if scan.next is not None:
         going_on = scan.next
     elif scan.entries:
         going_on = scan.entries[-1].key
     else:
-        going_on = max([after, *(gap.upto for gap in scan.gaps)])
+        going_on = after
     return Polled(grant.visible(scan.entries), going_on, scan.gaps)
 
 

@@ -13,7 +13,7 @@ import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, NamedTuple, cast
 from urllib.parse import unquote, urlsplit
 
@@ -107,12 +107,12 @@ class Filter(NamedTuple):
         return not self.languages or entry.withdrawal or entry.language in self.languages
 
 
-def trimmed_of(info: dict[Any, Any]) -> StreamKey:
-    """The greatest id retention removed, from ``XINFO STREAM``'s fields (str or
-    bytes names and values; those missing count as nothing trimmed)."""
+def trimmed_of(info: dict[str, Any]) -> StreamKey:
+    """The greatest id retention removed, from ``XINFO STREAM``'s fields (values as
+    str, bytes or int; those missing count as nothing trimmed)."""
 
     def text(name: str) -> str:
-        raw = info.get(name, info.get(name.encode()))
+        raw = info.get(name)
         return raw.decode() if isinstance(raw, bytes) else str(raw or "0")
 
     def key(name: str) -> StreamKey:
@@ -689,7 +689,8 @@ class Store:
         entries = [
             Entry.from_fields(eid, dict(zip(f[::2], f[1::2], strict=True))) for eid, f in rows
         ]
-        return entries, not ended, trimmed_of(dict(zip(trim[::2], trim[1::2], strict=True)))
+        fields = {name.decode(): value for name, value in zip(trim[::2], trim[1::2], strict=True)}
+        return entries, not ended, trimmed_of(fields)
 
     async def _reader_before(
         self, cursor: StreamKey | None, count: int
@@ -751,12 +752,17 @@ class Store:
         most ``scan_budget`` entries; ``next`` says where to continue.
         ``languages`` (when given) narrows the tag match (see :class:`Filter`).
         ``gaps`` are the ranges retention had removed after the cursor when a
-        page was read (a cursor older than what is kept, or trimmed mid-read)."""
+        page was read (a cursor older than what is kept, or trimmed mid-read);
+        a read that found only gaps goes on from past them (``next``), so that
+        the next read from there does not find them again."""
         wanted = Filter(frozenset(subscription), frozenset(languages))
         gaps: list[Window] = []
         pages = self._walk(self._reader_after(upto, gaps), after, wanted, self._budget)
         scan = await _first(pages, limit)
-        return replace(scan, gaps=tuple(gaps)) if gaps else scan
+        if not gaps:
+            return scan
+        going_on = scan.next if scan.next is not None or scan.entries else gaps[-1].upto
+        return Scan(scan.entries, going_on, tuple(gaps))
 
     async def history_before(
         self,
