@@ -216,17 +216,18 @@ class DeliveryCollector(Collector):
 
 
 def make_deliverer(app: web.Application, *, follow: bool = False) -> tuple[Deliverer, Any]:
-    """A deliverer for the app's Redis, with its own client for the blocking read.
+    """A deliverer for the app's Redis, with its own client for the blocking read
+    (None when it follows: it then reads no stream of its own).
 
     ``follow``: it yields to the app's gateway and learns of new entries from
     that gateway's stream reader instead of reading the stream itself.
     """
     settings = app[SETTINGS]
     assert settings.redis_url is not None
-    watch = connect(settings.redis_url, socket_timeout=15.0)
+    watch = None if follow else connect(settings.redis_url, socket_timeout=15.0)
     deliverer = Deliverer(
         app[STORE],
-        Store(watch, settings),
+        app[STORE] if watch is None else Store(watch, settings),
         app[ENTITLEMENTS],
         settings,
         app[TALLY],
@@ -244,4 +245,5 @@ async def _deliverer_ctx(app: web.Application, *, follow: bool) -> AsyncIterator
     supervisor.start("webhooks", deliverer.run)
     yield
     await supervisor.stop("webhooks")
-    await watch.aclose()
+    if watch is not None:
+        await watch.aclose()
