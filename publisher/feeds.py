@@ -79,9 +79,10 @@ async def atom_feed(request: web.Request) -> web.Response:
         return web.Response(status=304, headers=headers)
     agency = request.app[SETTINGS].agency
     items = [orjson.loads(e.json) for e in entries]
-    # Atom's published is when the story first ran: version 1's time, where kept.
+    # Atom's published is when the story first ran: version 1's time, where kept
+    # and within the reader's grant (else this version's, as when it is trimmed).
     later = [i["guid"] for i in items if i.get("version", 1) > 1]
-    firsts = await request.app[STORE].first_published(later)
+    firsts = await request.app[STORE].first_published(later, sees=grant.sees)
     for item in items:
         item["first_published"] = firsts.get(item["guid"], item["published_at"])
     feed = _feed(request, query, agency, items)

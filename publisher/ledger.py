@@ -35,9 +35,10 @@ def record(request: web.Request, grant: Grant, channel: str, entries: Sequence[E
     """A reader with a named token was answered ``entries`` by ``channel``: record it.
 
     Versions of a withdrawn story go out as stubs (their content removed), so
-    of such a story only its withdrawal is recorded.
+    of such a story only its withdrawal is recorded. A ``HEAD`` is answered
+    without its body: nothing was delivered, nothing is recorded.
     """
-    if grant.name is None or not entries:
+    if grant.name is None or not entries or request.method == "HEAD":
         return
     withdrawn = {e.guid for e in entries if e.withdrawal}
     if withdrawn:

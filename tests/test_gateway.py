@@ -1134,17 +1134,6 @@ async def test_sse_refuses_bad_requests_with_json_errors(
         assert status == 400 and body["error"]["code"] == code, query
 
 
-async def test_sse_too_many_tags_is_an_error_event_then_the_end(
-    server: Server, http: aiohttp.ClientSession
-) -> None:
-    tags = ",".join(f"t{i}" for i in range(101))
-    async with sse(http, f"{server.base}/v1/sse?tags={tags}") as events:
-        head, data = await events.event()
-        assert head == "event: error"
-        assert orjson.loads(data.removeprefix("data: "))["code"] == "too_many_tags"
-        assert await asyncio.wait_for(events.resp.content.read(), WAIT) == b""  # ended
-
-
 @pytest.mark.parametrize("value", ["²", "9" * 5000, "-1", "x"])
 async def test_query_string_backfill_that_is_not_a_number_is_a_clear_error(
     server: Server, http: aiohttp.ClientSession, value: str

@@ -13,7 +13,8 @@ from aiohttp import web
 from multidict import MultiDict
 
 from wire.core import frames
-from wire.core.errors import ClientError
+from wire.core.errors import ClientError, TooManyTags
+from wire.core.ids import parse_cursor
 from wire.core.protocol import Subscribe, error_message
 from wire.gateway import handover
 from wire.gateway.handshake import admit, subscribe_from
@@ -23,6 +24,12 @@ from wire.web.http import error_response
 
 #: How long a browser waits before reconnecting, sent first on every stream.
 RETRY = frames.http_chunk(b"retry: 1000\n\n")
+#: An event stream's response headers (``X-Accel-Buffering``: nginx must not buffer it).
+HEADERS = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
 
 
 async def sse_handler(request: web.Request) -> web.StreamResponse:
@@ -31,15 +38,18 @@ async def sse_handler(request: web.Request) -> web.StreamResponse:
         grant = admit(request)
         cmd = _sse_subscribe(request)
         grant.check_subscription(cmd.tags)
+        # Refused before the stream starts: a stream that could only end would
+        # have an EventSource reconnect every second, forever.
+        max_tags = request.app[SETTINGS].max_tags
+        if len(cmd.tags) > max_tags:
+            raise TooManyTags(f"at most {max_tags} tags per connection", field="tags")
     except ClientError as err:
         return error_response(err.status, err.as_dict())
-    resp = web.StreamResponse(
-        headers={
-            "Content-Type": "text/event-stream",
-            "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no",
-        }
-    )
+    if request.method == "HEAD":
+        # The headers a GET would get, and no stream: a HEAD response has no
+        # body, and events written after it would corrupt the connection.
+        return web.Response(headers=HEADERS)
+    resp = web.StreamResponse(headers=HEADERS)
     resp.enable_chunked_encoding()
     await resp.prepare(request)
     conn = handover.sse(request, resp, grant, request.app[SETTINGS].send_buffer)
@@ -75,4 +85,11 @@ def _sse_subscribe(request: web.Request) -> Subscribe:
     if resume:
         q.popall("since", None)
         q.popall("backfill", None)
-    return subscribe_from(q, q.get("tags", "*"), resume or q.get("since"))
+        # Checked here so that a bad one is named as what the client sent.
+        parse_cursor(resume, field="Last-Event-ID")
+    # An empty ``tags=`` is the default, everything (as on GET /v1/items): a
+    # stream's subscription is fixed, and one to nothing would never send a thing.
+    tags = q.get("tags", "")
+    return subscribe_from(
+        q, tags if tags.replace(",", "").strip() else "*", resume or q.get("since")
+    )

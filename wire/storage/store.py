@@ -403,9 +403,15 @@ class Store:
             entries = [e if e.withdrawal else _stub(e) for e in entries]
         return entries
 
-    async def first_published(self, guids: Iterable[str]) -> dict[str, str]:
+    async def first_published(
+        self, guids: Iterable[str], sees: Callable[[Iterable[str]], bool] | None = None
+    ) -> dict[str, str]:
         """``published_at`` of version 1 of each story, by guid, where still kept
-        (two round trips for any number of stories; Atom's ``published``)."""
+        (two round trips for any number of stories; Atom's ``published``).
+
+        With ``sees`` (a reader's grant), only where version 1's tags pass it:
+        a version outside the grant tells that reader nothing, not even its time.
+        """
         wanted = sorted(set(guids))
         if not wanted:
             return {}
@@ -425,7 +431,8 @@ class Store:
             if row:
                 entry = _entries(row)[0]
                 at = orjson.loads(entry.json).get("published_at")
-                if isinstance(at, str) and not entry.withdrawal:
+                visible = sees is None or sees(entry.tags)
+                if isinstance(at, str) and not entry.withdrawal and visible:
                     found[guid] = at
         return found
 

@@ -41,7 +41,7 @@ from wire.web.http import (
     json_response,
     request_log,
 )
-from wire.web.listen import AcceptErrors, ConnectionCap, http_connection_limit
+from wire.web.listen import AcceptErrors, ConnectionCap, http_connection_limit, refusal
 from wire.web.metrics import setup_metrics
 from wire.web.pages import setup_pages
 from wire.web.webhooks import setup_webhooks
@@ -157,6 +157,7 @@ async def serve(
         runner.server,
         http_connection_limit(settings.max_http_connections),
         streams=(lambda: len(hub.conns)) if hub is not None else (lambda: 0),
+        answer=refusal(settings.allowed_origins),
     )
     listener = await loop.create_server(
         cap, settings.host, settings.port, reuse_port=reuse_port, backlog=4096

@@ -21,11 +21,13 @@ import errno
 import logging
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, cast
 
 import orjson
 from aiohttp import web
+
+from wire.web.cors import EXPOSE_HEADERS
 
 log = logging.getLogger("wire.web.listen")
 
@@ -65,17 +67,38 @@ REFUSAL = (
     + b"\r\n\r\n"
     + _BODY
 )
+#: The same 503 readable by a page on any origin (see :func:`refusal`).
+REFUSAL_ANY_ORIGIN = REFUSAL.replace(
+    b"Retry-After: 1\r\n",
+    b"Retry-After: 1\r\nAccess-Control-Allow-Origin: *\r\n"
+    b"Access-Control-Expose-Headers: " + EXPOSE_HEADERS.encode() + b"\r\n",
+)
+
+
+def refusal(allowed_origins: Collection[str]) -> bytes:
+    """The 503 a connection over the cap gets, before its request is read.
+
+    While no origin is listed (``WIRE_ALLOWED_ORIGINS`` unset) it carries
+    ``Access-Control-Allow-Origin: *``, as every read's answer does, so that a
+    dashboard on another origin can read the error and its ``Retry-After``
+    instead of seeing a network failure. Once origins are listed the origin
+    would have to be echoed, and the request is never read: no CORS headers.
+    """
+    return REFUSAL if allowed_origins else REFUSAL_ANY_ORIGIN
 
 
 class _Refused(asyncio.Protocol):
     """A connection over the cap: a 503, then closed, nothing read."""
+
+    def __init__(self, answer: bytes = REFUSAL) -> None:
+        self.answer = answer
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A TCP transport, though uvloop's does not derive from asyncio's
         # classes (an isinstance check here failed, and uvloop then closed the
         # connection without the 503).
         stream = cast(asyncio.Transport, transport)
-        stream.write(REFUSAL)
+        stream.write(self.answer)
         stream.close()
 
 
@@ -114,17 +137,25 @@ class ConnectionCap:
     subscribers, which count against their own cap instead.
     """
 
-    def __init__(self, server: web.Server, limit: int, streams: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        server: web.Server,
+        limit: int,
+        streams: Callable[[], int],
+        answer: bytes = REFUSAL,
+    ) -> None:
         self.server = server
         self.limit = limit
         self.streams = streams
+        #: What a connection over the cap is answered (see :func:`refusal`).
+        self.answer = answer
         self.open = 0
         self.refused = 0
 
     def __call__(self) -> asyncio.Protocol:
         if self.open - self.streams() >= self.limit:
             self.refused += 1
-            return _Refused()
+            return _Refused(self.answer)
         self.open += 1
         return _Counted(self.server(), self)
 
