@@ -47,6 +47,8 @@ log = logging.getLogger("wire.delivery")
 
 #: How long a waiting task sleeps at most before looking at the stream again.
 WAIT = 5.0
+#: The largest answer body (bytes, as sent) read to keep the connection for reuse.
+DRAIN = 64 * 1024
 
 
 class LeaseLost(Exception):
@@ -251,7 +253,9 @@ class Deliverer:
         resolver = PublicResolver(self.settings.webhook_allow_private)
         timeout = aiohttp.ClientTimeout(total=self.settings.webhook_timeout)
         connector = aiohttp.TCPConnector(resolver=resolver, limit=1)
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
+        async with aiohttp.ClientSession(
+            connector=connector, timeout=timeout, auto_decompress=False
+        ) as http:
             while True:
                 cursor = await self._catch_up(webhook, wanted, grant, cursor, http)
                 self.lag[webhook_id] = 0.0
@@ -360,10 +364,24 @@ class Deliverer:
     async def _post(
         http: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str]
     ) -> tuple[int, str]:
-        """(HTTP status, error text); status 0 when no answer came."""
+        """(HTTP status, error text); status 0 when no answer came.
+
+        The status line decides: the answer's body is only drained when it is
+        small and of a declared length (so the connection can be reused), never
+        inflated (the session does not decompress) and never waited on past
+        the timeout. A receiver's huge, endless or gzip-bomb body costs nothing
+        and turns no 2xx into a failure (and so into a duplicate delivery).
+        """
         try:
             async with http.post(url, data=body, headers=headers, allow_redirects=False) as resp:
-                await resp.read()
-                return resp.status, "" if resp.status < 300 else f"HTTP {resp.status}"
-        except (aiohttp.ClientError, TimeoutError, OSError) as err:
+                status = resp.status
+                size = resp.content_length
+                # A body left unread costs only the connection: it is closed, not reused.
+                if size is not None and size <= DRAIN:
+                    with contextlib.suppress(aiohttp.ClientError, TimeoutError, OSError):
+                        await resp.read()
+                return status, "" if status < 300 else f"HTTP {status}"
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as err:
+            # ValueError: a URL stored before its checks were tightened (a host
+            # the IDNA codec refuses): a failure to record, not a crash loop.
             return 0, f"{type(err).__name__}: {err}"[:500]

@@ -26,7 +26,15 @@ def check_url(url: object, allow_private: bool) -> str:
     """``url`` if it is an http(s) URL a webhook may have; else ValidationError."""
     if not isinstance(url, str) or not url or len(url) > MAX_URL:
         raise ValidationError("url must be an https URL", field="url")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        # A port out of range or not a number is a ValueError only once asked for.
+        parts.port  # noqa: B018
+    except ValueError:
+        raise ValidationError(
+            "url must be an https URL (a bracketed IPv6 host, a port from 0 to 65535)",
+            field="url",
+        ) from None
     schemes = ("https", "http") if allow_private else ("https",)
     if parts.scheme not in schemes or not parts.hostname:
         raise ValidationError(
@@ -37,11 +45,30 @@ def check_url(url: object, allow_private: bool) -> str:
     return url
 
 
+#: IPv6 prefixes whose last 32 bits are an IPv4 address the packet goes to:
+#: NAT64's well-known prefix (RFC 6052) and IPv4-compatible addresses (``::a.b.c.d``).
+_EMBEDDING = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("::/96"))
+#: NAT64 prefixes for local use (RFC 8215): translated to whatever the site routes.
+_LOCAL_NAT64 = ipaddress.IPv6Network("64:ff9b:1::/48")
+
+
 def public(address: str) -> bool:
-    """True for an address on the public internet (not private, loopback, link-local...)."""
+    """True for an address on the public internet (not private, loopback, link-local...).
+
+    An IPv6 address that carries an IPv4 one (IPv4-mapped, NAT64, 6to4,
+    IPv4-compatible) is judged by that IPv4 address: ``64:ff9b::a9fe:a9fe``
+    reaches 169.254.169.254 through a NAT64 gateway.
+    """
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in _LOCAL_NAT64:
+            return False
+        embedded = ip.ipv4_mapped or ip.sixtofour
+        if embedded is None and any(ip in net for net in _EMBEDDING):
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is not None:
+            ip = embedded
     return ip.is_global and not ip.is_multicast
 
 
@@ -96,5 +123,11 @@ async def check_host(url: str, allow_private: bool) -> None:
     assert host is not None
     try:
         await PublicResolver(allow_private).resolve(host, 0, socket.AF_UNSPEC)
+    except UnicodeError:
+        # Not a name DNS can carry (an empty label, a label over 63 characters):
+        # the IDNA codec refuses it before any lookup.
+        raise ValidationError(
+            "url is not deliverable: its host is not a valid DNS name", field="url"
+        ) from None
     except OSError as err:
         raise ValidationError(f"url is not deliverable: {err}", field="url") from None

@@ -82,20 +82,26 @@ async def _fields(request: web.Request, data: dict[str, Any]) -> dict[str, str]:
         raise ValidationError(
             f"description must be text up to {MAX_DESCRIPTION}", field="description"
         )
-    partner = data.get("partner") or ""
-    if partner:
+    # Only a missing, null or empty partner means none: false, 0 or [] is a
+    # mistake, not a webhook that may receive everything.
+    partner = data.get("partner")
+    if partner is None or partner == "":
+        partner = ""
+    else:
         grant = request.app[ENTITLEMENTS].by_name(partner) if isinstance(partner, str) else None
         if grant is None:
             raise ValidationError("partner must name an entitlements entry", field="partner")
         grant.narrow(frozenset(tags))  # Forbidden (403) for tags outside the grant
     store = request.app[STORE]
     since = data.get("since")
-    if since is None:
-        cursor = await store.last_key()
-    elif isinstance(since, str):
-        cursor = parse_cursor(since, field="since")
-    else:
+    if since is not None and not isinstance(since, str):
         raise ValidationError("since must be a stream id", field="since")
+    cursor = await store.last_key()
+    if since is not None:
+        # As on the sockets: a since at or beyond the newest entry replays
+        # nothing and what is published next follows (never skipped until
+        # the clock passes a mistyped id or another wire's).
+        cursor = min(cursor, parse_cursor(since, field="since"))
     return {
         "url": url,
         "tags": " ".join(tags),
