@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
 
-from wire.core.errors import ValidationError
+from wire.core.errors import ValidationError, quoted
 
 MAX_URL = 2_000
 
@@ -109,7 +109,7 @@ class PublicResolver(AbstractResolver):
             if refused:
                 # errno and text: aiohttp reports an OSError by its strerror.
                 raise OSError(
-                    errno.EACCES, f"{host} resolves to a non-public address ({refused[0]})"
+                    errno.EACCES, f"{quoted(host)} resolves to a non-public address ({refused[0]})"
                 )
         return found
 
