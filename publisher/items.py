@@ -198,11 +198,11 @@ def query_languages(request: web.Request) -> frozenset[str]:
     return frozenset(normalize_language(t, "lang") for t in raw)
 
 
-def query_limit(request: web.Request) -> int:
-    """``?limit=N``, 1-500, default 50."""
+def query_limit(request: web.Request, default: int = DEFAULT_LIMIT) -> int:
+    """``?limit=N``, 1-500, ``default`` (50) without one."""
     raw = request.query.get("limit")
     if raw is None:
-        return DEFAULT_LIMIT
+        return default
     # str.isdigit() is not enough: it accepts "²" (which int() rejects, a 500)
     # and thousands of digits (which int() refuses to convert).
     if not _LIMIT.fullmatch(raw) or not 1 <= int(raw) <= MAX_LIMIT:
@@ -273,8 +273,10 @@ async def get_item(request: web.Request) -> web.Response:
         raise Gone(f"item {raw} belongs to a withdrawn story; see /v1/stories/{entry.guid}")
     if as_ninjs:
         item = orjson.loads(entry.json)
-        story = [] if item.get("version") == 1 else grant.visible(await store.story(entry.guid))
-        first = ninjs.first_created([item, *(orjson.loads(v.json) for v in story)])
+        # Of the rest of the story only version 1's time is needed: read just it.
+        first = ninjs.first_created([item])
+        if item.get("version") != 1:
+            first = (await store.first_published([entry.guid], grant.sees)).get(entry.guid)
         record(request, grant, HISTORY, [entry])
         return ninjs_response(ninjs.to_ninjs(item, first))
     record(request, grant, HISTORY, [entry])

@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable, Iterable
+
 import orjson
 from aiohttp import web
 
 from publisher.access import require_editor, require_reader
-from publisher.items import ninjs_response, read_json
+from publisher.items import ninjs_response, query_limit, read_json
 from publisher.ledger import delivered_to, record
 from wire.core import ninjs
 from wire.core.entry import Entry
 from wire.core.errors import NotFound, ValidationError, quoted
 from wire.core.items import check_text
 from wire.core.ledger import HISTORY
+from wire.storage.story_pages import StoryPage
 from wire.web.appkeys import STORE
 from wire.web.http import raw_json
 
 MAX_REASON = 1_000
+#: Versions one story read answers at most (``?limit``), and by default.
+STORY_LIMIT = 100
+#: The greatest ``?before`` taken: far above any story's version count.
+MAX_BEFORE = 999_999_999
+_BEFORE = re.compile(r"[0-9]{1,9}")
 
 
 def setup_stories(app: web.Application) -> None:
@@ -27,21 +36,29 @@ def setup_stories(app: web.Application) -> None:
 
 async def get_story(request: web.Request) -> web.Response:
     """``{"story": {"guid", "translation_of"?, "current", "versions": [oldest first],
-    "translations": [{"guid", "language", "version"}]}}``, the versions and the
-    translations within the reader's grant only."""
+    "older"?, "translations": [{"guid", "language", "version"}]}}``: the newest
+    ``limit`` versions below ``before`` (about ANSWER_BYTES of them at most), the
+    versions and translations within the reader's grant only."""
     grant = require_reader(request)
     as_ninjs = ninjs.wants_ninjs(request.query)
+    limit = query_limit(request, STORY_LIMIT)
+    before = query_before(request)
     guid = request.match_info["guid"]
     store = request.app[STORE]
+    page = await store.story_page(guid, limit, before)
     # Only the versions within the grant (a withdrawal with only granted tags);
     # a story with none is answered exactly like a missing one.
-    versions = grant.visible(await store.story(guid))
-    if not versions:
+    found = await store.story_current(page, grant.sees)
+    current = grant.view(found) if found is not None else None
+    if current is None:
         raise NotFound(f"no story with guid {quoted(guid)}")
-    record(request, grant, HISTORY, versions)
-    if as_ninjs:  # the current version as ninjs, every version in "wire:versions"
-        return ninjs_response(ninjs.story_to_ninjs([orjson.loads(v.json) for v in versions]))
-    current = versions[-1]
+    versions = grant.visible(page.versions)
+    # What is answered: the page, and the current version when it is not on it
+    # (of a withdrawn story, that is the withdrawal: record() keeps only it).
+    shown = versions if any(v.id == current.id for v in versions) else [*versions, current]
+    record(request, grant, HISTORY, shown)
+    if as_ninjs:
+        return await _story_ninjs(request, page, current, versions, grant.sees)
     original = None if current.withdrawal else orjson.loads(current.json).get("translation_of")
     translations = [_translation(e) for e in grant.visible(await store.translations(guid))]
     # The guid goes through the JSON encoder like every other value: it comes
@@ -54,11 +71,46 @@ async def get_story(request: web.Request) -> web.Response:
         + current.json
         + b',"versions":['
         + b",".join(v.json for v in versions)
-        + b'],"translations":'
+        + b"]"
+        + (b',"older":%d' % page.older if page.older is not None else b"")
+        + b',"translations":'
         + orjson.dumps(translations)
         + b"}}"
     )
     return raw_json(body)
+
+
+def query_before(request: web.Request) -> int | None:
+    """``?before=N``: read the versions numbered below N (2 to MAX_BEFORE)."""
+    raw = request.query.get("before")
+    if raw is None:
+        return None
+    # A regex first: int() accepts "²", " 7" and "1_0", and thousands of digits
+    # cost it time; versions never come near ten digits.
+    if not _BEFORE.fullmatch(raw) or not 2 <= int(raw) <= MAX_BEFORE:
+        raise ValidationError(
+            f"before must be a version number from 2 to {MAX_BEFORE} (a story read's older)",
+            field="before",
+        )
+    return int(raw)
+
+
+async def _story_ninjs(
+    request: web.Request,
+    page: StoryPage,
+    current: Entry,
+    versions: list[Entry],
+    sees: Callable[[Iterable[str]], bool],
+) -> web.Response:
+    """The story read as ninjs: ``current`` with the page in ``wire:versions``."""
+    items = [orjson.loads(v.json) for v in versions]
+    first = ninjs.first_created(items)
+    if first is None and page.older is not None:  # version 1 is older: read just it
+        first = (await request.app[STORE].first_published([page.guid], sees)).get(page.guid)
+    doc = ninjs.story_to_ninjs(orjson.loads(current.json), items, first)
+    if page.older is not None:
+        doc[ninjs.OLDER] = page.older
+    return ninjs_response(doc)
 
 
 def _translation(entry: Entry) -> dict[str, object]:

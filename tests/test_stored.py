@@ -117,7 +117,7 @@ async def test_a_withdrawal_is_what_the_pure_layout_says(store: Store) -> None:
     item = orjson.loads(withdrawn.json)
     assert item["tags"] == sorted(tags) and item["reason"] == reason
     # A stub keeps who, when and which version, nothing of the content.
-    versions = await store.story("g-1")
+    versions = (await store.story_page("g-1", 100)).versions
     assert orjson.loads(versions[0].json) == {
         "id": versions[0].id,
         "guid": "g-1",

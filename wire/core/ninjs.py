@@ -13,7 +13,8 @@ See ``docs/ninjs.md`` for the mapping table. In short:
 * the mark is a ``genres`` member ``{"name": mark, "uri": "wire:mark:<mark>"}``
   (the IPTC schema is closed, so the wire adds no property of its own to an
   item; ``wire:mark`` is still read on input). ``GET /v1/stories/<guid>`` in
-  ninjs adds ``wire:versions``. The stream id is ``altIds`` role ``wire:id``.
+  ninjs adds ``wire:versions`` (a page of them) and ``wire:older``. The
+  stream id is ``altIds`` role ``wire:id``.
 * the newsroom fields (byline, language, subjects, pictures...) and ``extra``
   are mapped by :mod:`wire.core.ninjs_content`.
 * tags are ``subjects`` ``{"name": tag, "uri": "wire:tag:<tag>"}`` (the tag
@@ -49,10 +50,13 @@ HASHED_PREFIX = "urn:wire:ninjs:"
 TAG_PREFIX = "wire:tag:"
 MARK = "wire:mark"
 VERSIONS = "wire:versions"
+#: A story read's older versions: read them with ``?before=`` this number.
+OLDER = "wire:older"
 ID_ROLE = "wire:id"
 SUB_ROLES = ("subhead", "sub", "subheadline", "subtitle")
-#: Extension properties accepted on input (``wire:versions`` is read-only, ignored).
-_EXTENSIONS_IN = (MARK, VERSIONS)
+#: Extension properties accepted on input (``wire:versions`` and ``wire:older``
+#: are read-only, ignored).
+_EXTENSIONS_IN = (MARK, VERSIONS, OLDER)
 _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:\S+")
 _URI_SAFE = "!#$%&'()*+,-./:;=?@[]_~"  # RFC 3986 reserved and unreserved, and %
 _PLAIN = ("", "text/plain")
@@ -196,11 +200,12 @@ def _content(doc: dict[str, Any], item: Mapping[str, Any]) -> None:
         doc["uri"] = kept
 
 
-def story_to_ninjs(versions: list[Mapping[str, Any]]) -> dict[str, Any]:
-    """A story: its current version as ninjs, with every version in ``wire:versions``."""
-    first = first_created(versions)
-    docs = [to_ninjs(v, first) for v in versions]
-    return {**docs[-1], VERSIONS: docs}
+def story_to_ninjs(
+    current: Mapping[str, Any], versions: list[Mapping[str, Any]], first: str | None
+) -> dict[str, Any]:
+    """A story read: its ``current`` version as ninjs, with the page of ``versions``
+    read in ``wire:versions``, each created ``first`` (version 1's time, if kept)."""
+    return {**to_ninjs(current, first), VERSIONS: [to_ninjs(v, first) for v in versions]}
 
 
 def from_ninjs(doc: object) -> dict[str, Any]:

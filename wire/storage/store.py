@@ -40,9 +40,10 @@ from wire.core.items import Submission
 from wire.core.resume import Window
 from wire.core.stored import Layout, published_now, with_id
 from wire.runtime.settings import Settings
-from wire.storage import keys, scripts
+from wire.storage import keys, scripts, story_pages
 from wire.storage.coalescer import Coalescer
 from wire.storage.pipeline import run_scripts
+from wire.storage.story_pages import StoryPage
 
 PAGE = 1000  # entries per XRANGE while scanning history
 #: Bytes of stored item JSON one history page reads from Redis (the entry that
@@ -389,19 +390,39 @@ class Store:
         status, entry_id, json = self._answer(result, acked)
         return Written(entry_id, with_id(entry_id, json), status == "new")
 
-    async def story(self, guid: str) -> list[Entry]:
-        """Every kept version of a story (withdrawn content redacted), oldest first."""
-        ids = await self.redis.lrange(keys.story_ids(guid), 0, -1)
-        if not ids:
-            return []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for eid in ids:
-                pipe.xrange(keys.STREAM, eid, eid, count=1)
-            rows = await pipe.execute()
-        entries = [_entries(r)[0] for r in rows if r]
-        if any(e.withdrawal for e in entries):
-            entries = [e if e.withdrawal else _stub(e) for e in entries]
-        return entries
+    async def story_page(self, guid: str, limit: int, before: int | None = None) -> StoryPage:
+        """The newest ``limit`` versions of a story numbered below ``before`` (from the
+        newest when None), about ANSWER_BYTES of them at most (at least one), oldest
+        first; a withdrawn story's as stubs (see :mod:`wire.storage.story_pages`)."""
+        return await story_pages.read_page(self.redis, guid, limit, before, ANSWER_BYTES)
+
+    async def story_current(self, page: StoryPage, sees: story_pages.Sees) -> Entry | None:
+        """The newest kept version of ``page``'s story whose tags pass ``sees``.
+
+        Searched newest first within the scan budget (entries and SCAN_BYTES,
+        what the page itself read counted), so that a story read is bounded
+        however many versions lie outside a reader's grant; None when none is
+        found there, which the reader is answered like a missing story. The
+        story's tag union (``keys.story_tags``) could say "none" sooner, but it
+        cannot name the version (a matching one may be long trimmed), and it
+        grows with every version's tags, so reading it whole is unbounded too.
+        """
+        if page.top != page.newest:  # an older page: search from the newest
+            return await story_pages.newest_seen(
+                self.redis, page.guid, page.newest + 1, sees, self._budget, SCAN_BYTES
+            )
+        for entry in reversed(page.versions):
+            if sees(entry.tags):
+                return entry
+        # Nothing older (the page reached version 1 or what retention kept), or
+        # a withdrawal not seen: it carries every version's tags.
+        if page.older is None or page.withdrawn:
+            return None
+        spent = sum(len(e.json) for e in page.versions)
+        left = self._budget - (page.top - page.older + 1)
+        return await story_pages.newest_seen(
+            self.redis, page.guid, page.older, sees, left, SCAN_BYTES - spent
+        )
 
     async def first_published(
         self, guids: Iterable[str], sees: Callable[[Iterable[str]], bool] | None = None
@@ -821,11 +842,6 @@ async def _first(pages: AsyncIterator[tuple[list[Entry], StreamKey | None]], lim
                 return Scan(found, entry.key if more else None)
     # Out of budget (going_on set) or at the stream's end (None).
     return Scan(found, going_on)
-
-
-def _stub(entry: Entry) -> Entry:
-    """A withdrawn version with its content removed (see :func:`stored.stub`)."""
-    return Entry(entry.id, entry.tags, entry.urgency, entry.guid, stored.stub(entry.json))
 
 
 def _entries(rows: Any) -> list[Entry]:
