@@ -45,6 +45,8 @@ async def get_story(request: web.Request) -> web.Response:
     before = query_before(request)
     guid = request.match_info["guid"]
     store = request.app[STORE]
+    if grant.tags is not None and not await store.story_maybe_seen(guid, grant.sees):
+        raise NotFound(f"no story with guid {quoted(guid)}")
     page = await store.story_page(guid, limit, before)
     # Only the versions within the grant (a withdrawal with only granted tags);
     # a story with none is answered exactly like a missing one.

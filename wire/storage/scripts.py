@@ -464,6 +464,39 @@ end
 return {out, 0, trim}
 """
 
+# KEYS: 1 stream
+# ARGV: 1 byte budget, 2... stream ids, in the order to read them
+# The entries of some of a story's ids (wire.storage.story_pages), each as
+# XRANGE answers it (empty: retention removed it), ending after the one whose
+# JSON brings the total to the budget, or at the first removed one. A round
+# sized from the small entries seen so far thus never sends the hundreds of
+# big ones that follow them: what leaves Redis stays within the budget.
+ENTRIES = r"""
+local budget, bytes, out = tonumber(ARGV[1]), 0, {}
+for i = 2, #ARGV do
+  local rows = redis.call('XRANGE', KEYS[1], ARGV[i], ARGV[i], 'COUNT', 1)
+  out[#out + 1] = rows
+  if #rows == 0 then return out end
+  local fields = rows[1][2]
+  for j = 1, #fields, 2 do
+    if fields[j] == 'j' then bytes = bytes + #fields[j + 1] end
+  end
+  if bytes >= budget then return out end
+end
+return out
+"""
+
+# KEYS: 1 a story's ids list, 2 stream
+# ARGV: 1 an index of the list
+# 1 when the entry that id names is kept, else 0 (or no such index): whether
+# a story page has older versions to go on to (wire.storage.story_pages),
+# without sending the entry (up to 400 KB) to find out.
+KEPT = r"""
+local id = redis.call('LINDEX', KEYS[1], ARGV[1])
+if not id then return 0 end
+return #redis.call('XRANGE', KEYS[2], id, id, 'COUNT', 1)
+"""
+
 # KEYS: the ledger hash of every story the lines name (variable: see LedgerArgs)
 # ARGV: 1 story_ttl, 2 lines
 # One flush of the delivery ledger (wire.storage.ledger). Each line is

@@ -46,6 +46,9 @@ from wire.storage.pipeline import run_scripts
 from wire.storage.story_pages import StoryPage
 
 PAGE = 1000  # entries per XRANGE while scanning history
+#: The most tags of a story's union read to tell a limited reader "none of
+#: its versions is yours" without reading one (Store.story_maybe_seen).
+MAX_STORY_TAGS = 1000
 #: Bytes of stored item JSON one history page reads from Redis (the entry that
 #: reaches it is the page's last): items can be 400 KB each, and a page bounded
 #: by count alone was 400 MB, in Redis's reply buffer and in this process.
@@ -396,6 +399,25 @@ class Store:
         first; a withdrawn story's as stubs (see :mod:`wire.storage.story_pages`)."""
         return await story_pages.read_page(self.redis, guid, limit, before, ANSWER_BYTES)
 
+    async def story_maybe_seen(self, guid: str, sees: story_pages.Sees) -> bool:
+        """False when no version of the story can pass ``sees``: none of the tags
+        its versions ever had (``keys.story_tags``) does.
+
+        Asked for a limited reader before any version is read, so that a story
+        wholly outside its grant costs what a missing one does (one round trip,
+        no versions read) and its reads' timing cannot tell that it exists. A
+        union of more than :data:`MAX_STORY_TAGS` tags is not read (it grows
+        with every version's tags): True, and the bounded search decides.
+        """
+        union = keys.story_tags(guid)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.scard(union)
+            pipe.srandmember(union, MAX_STORY_TAGS + 1)
+            size, tags = await pipe.execute()
+        if size > MAX_STORY_TAGS:
+            return True
+        return bool(tags) and sees(t.decode() for t in tags)
+
     async def story_current(self, page: StoryPage, sees: story_pages.Sees) -> Entry | None:
         """The newest kept version of ``page``'s story whose tags pass ``sees``.
 
@@ -403,15 +425,16 @@ class Store:
         what the page itself read counted), so that a story read is bounded
         however many versions lie outside a reader's grant; None when none is
         found there, which the reader is answered like a missing story. The
-        story's tag union (``keys.story_tags``) could say "none" sooner, but it
-        cannot name the version (a matching one may be long trimmed), and it
-        grows with every version's tags, so reading it whole is unbounded too.
+        story's tag union cannot name the version (a matching one may be long
+        trimmed); it only says "none" sooner (:meth:`story_maybe_seen`).
         """
         if page.top != page.newest:  # an older page: search from the newest
             return await story_pages.newest_seen(
                 self.redis, page.guid, page.newest + 1, sees, self._budget, SCAN_BYTES
             )
-        for entry in reversed(page.versions):
+        # Only as many of the page's versions as the search may read: a bigger
+        # page (limit above the scan budget) must not widen it.
+        for entry in page.versions[::-1][: self._budget]:
             if sees(entry.tags):
                 return entry
         # Nothing older (the page reached version 1 or what retention kept), or

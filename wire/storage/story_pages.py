@@ -3,7 +3,7 @@
 A story's ids list (:func:`keys.story_ids`) gains one id per version and is
 never trimmed, so a live blog may hold thousands: a read takes a window of it
 (LRANGE with bounds, never ``0 -1``) and reads that window's entries newest
-first, in pipelined rounds that stop at a byte budget.
+first, in rounds of a script (``scripts.ENTRIES``) that stops at a byte budget.
 
 Version n is the list's n-th id (index n - 1). Every script that RPUSHes an
 id (``append``, which publish and embargo release share, and the withdrawal)
@@ -27,7 +27,7 @@ import redis.asyncio as aioredis
 
 from wire.core import stored
 from wire.core.entry import Entry
-from wire.storage import keys
+from wire.storage import keys, scripts
 
 #: Entries the first round of a read fetches, before their size is known:
 #: a typical story's whole page in one round trip, and at the largest item
@@ -88,35 +88,50 @@ async def read_page(
             return StoryPage(guid, found[::-1], None, newest, top, bool(withdrawn))
         found.append(stub(entry) if withdrawn and not entry.withdrawal else entry)
     oldest = top - read + 1
-    older = oldest if oldest > 1 else None
+    # Retention may have removed every older version: then there is no older.
+    older = oldest if oldest > 1 and await kept(redis, guid, oldest - 1) else None
     return StoryPage(guid, found[::-1], older, newest, top, bool(withdrawn))
 
 
-async def read_entries(
-    redis: aioredis.Redis, ids: Sequence[bytes], budget: int
-) -> AsyncIterator[Entry | None]:
-    """The entries of ``ids`` in that order (None for one retention removed), ending
-    after the one whose JSON brings the total to ``budget`` bytes.
+async def kept(redis: aioredis.Redis, guid: str, version: int) -> bool:
+    """Whether version ``version`` of ``guid`` is still kept (one round trip, and
+    not the entry itself)."""
+    script = redis.register_script(scripts.KEPT)
+    found: Any = await script(keys=[keys.story_ids(guid), keys.STREAM], args=[version - 1])
+    return bool(found)
 
-    A round trip fetches as many as the budget has room for at the sizes seen
-    so far (as ``scripts.RANGE`` does): one pipeline of XRANGEs for a page of
-    small versions, a few for big ones, never hundreds of 400 KB versions to
-    answer ten of them.
+
+async def read_entries(
+    redis: aioredis.Redis, ids: Sequence[bytes], budget: int, first: int = FIRST_ROUND
+) -> AsyncIterator[Entry | None]:
+    """The entries of ``ids`` in that order (None for one retention removed, and
+    nothing after it), ending after the one whose JSON brings the total to
+    ``budget`` bytes.
+
+    A round trip asks for as many as the budget has room for at the sizes seen
+    so far (``first`` to start with), as ``scripts.RANGE`` does, and the script
+    (``scripts.ENTRIES``) stops at the budget itself: a page of small versions
+    is one round trip, and small versions above hundreds of 400 KB ones never
+    fetch those to answer ten of them.
     """
+    script = redis.register_script(scripts.ENTRIES)
     done = size = 0
     while done < len(ids):
-        room = FIRST_ROUND if not size else (budget - size) * done // size
+        room = first if not size else (budget - size) * done // size
         chunk = ids[done : done + max(1, room)]
-        async with redis.pipeline(transaction=False) as pipe:
-            for eid in chunk:
-                pipe.xrange(keys.STREAM, eid, eid, count=1)
-            rows: list[Any] = await pipe.execute()
+        rows: list[Any] = await script(keys=[keys.STREAM], args=[budget - size, *chunk])
         for row in rows:
-            entry = Entry.from_fields(*row[0]) if row else None
+            if not row:  # removed by retention, and so is every id before it
+                yield None
+                return
+            eid, fields = row[0]
+            entry = Entry.from_fields(eid, dict(zip(fields[::2], fields[1::2], strict=True)))
             yield entry
-            size += len(entry.json) if entry is not None else 0
+            size += len(entry.json)
             if size >= budget:
                 return
+        if len(rows) < len(chunk):  # the script stopped at the budget
+            return
         done += len(chunk)
 
 
@@ -130,7 +145,8 @@ async def newest_seen(
     while top >= 1 and entries > 0 and budget > 0:
         n = min(SEARCH_WINDOW, entries, top)
         window: Any = await redis.lrange(keys.story_ids(guid), top - n, top - 1)
-        async for entry in read_entries(redis, window[::-1], budget):
+        # One entry first: the newest is the one wanted for most readers.
+        async for entry in read_entries(redis, window[::-1], budget, first=1):
             if entry is None:  # retention removed it and everything older
                 return None
             if sees(entry.tags):
