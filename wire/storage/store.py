@@ -241,6 +241,7 @@ class Store:
         self._cancel = redis.register_script(scripts.CANCEL_EMBARGO)
         self._release = redis.register_script(scripts.RELEASE)
         self._range = redis.register_script(scripts.RANGE)
+        self._stories = story_pages.StoryReader(redis)
         self._single = Coalescer(redis, settings.replica_acks)
 
     async def publish(
@@ -397,7 +398,7 @@ class Store:
         """The newest ``limit`` versions of a story numbered below ``before`` (from the
         newest when None), about ANSWER_BYTES of them at most (at least one), oldest
         first; a withdrawn story's as stubs (see :mod:`wire.storage.story_pages`)."""
-        return await story_pages.read_page(self.redis, guid, limit, before, ANSWER_BYTES)
+        return await self._stories.read_page(guid, limit, before, ANSWER_BYTES)
 
     async def story_maybe_seen(self, guid: str, sees: story_pages.Sees) -> bool:
         """False when no version of the story can pass ``sees``: none of the tags
@@ -429,8 +430,8 @@ class Store:
         trimmed); it only says "none" sooner (:meth:`story_maybe_seen`).
         """
         if page.top != page.newest:  # an older page: search from the newest
-            return await story_pages.newest_seen(
-                self.redis, page.guid, page.newest + 1, sees, self._budget, SCAN_BYTES
+            return await self._stories.newest_seen(
+                page.guid, page.newest + 1, sees, self._budget, SCAN_BYTES
             )
         # Only as many of the page's versions as the search may read: a bigger
         # page (limit above the scan budget) must not widen it.
@@ -443,8 +444,8 @@ class Store:
             return None
         spent = sum(len(e.json) for e in page.versions)
         left = self._budget - (page.top - page.older + 1)
-        return await story_pages.newest_seen(
-            self.redis, page.guid, page.older, sees, left, SCAN_BYTES - spent
+        return await self._stories.newest_seen(
+            page.guid, page.older, sees, left, SCAN_BYTES - spent
         )
 
     async def first_published(
