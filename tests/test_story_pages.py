@@ -282,3 +282,24 @@ async def test_a_ninjs_document_carrying_wire_older_is_still_accepted(
         http, server.base, doc, headers={"Content-Type": "application/vnd.iptc.ninjs+json"}
     )
     assert status == 201, body
+
+
+async def test_a_story_lists_at_most_200_translations(
+    server: Server, http: aiohttp.ClientSession
+) -> None:
+    """The translations of a story are a set editors grow: a read lists a bounded
+    number of them, each once, ordered by guid."""
+    await publish(http, server.base, "Quake", ["world"], guid="quake")
+    batch = [
+        {"title": f"Quake {n}", "tags": ["world"], "guid": f"quake-{n:03d}",
+         "language": "fr", "translation_of": "quake"}
+        for n in range(205)
+    ]  # fmt: skip
+    headers = {**AUTH, "Content-Type": "application/json"}
+    async with http.post(
+        f"{server.base}/v1/items", data=orjson.dumps(batch), headers=headers
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+    listed = [t["guid"] for t in (await page(http, server, "quake"))["translations"]]
+    assert len(listed) == 200 == len(set(listed))
+    assert listed == sorted(listed) and set(listed) <= {b["guid"] for b in batch}

@@ -49,6 +49,8 @@ PAGE = 1000  # entries per XRANGE while scanning history
 #: The most tags of a story's union read to tell a limited reader "none of
 #: its versions is yours" without reading one (Store.story_maybe_seen).
 MAX_STORY_TAGS = 1000
+#: Translations a story read lists at most (Store.translations).
+MAX_TRANSLATIONS = 200
 #: Bytes of stored item JSON one history page reads from Redis (the entry that
 #: reaches it is the page's last): items can be 400 KB each, and a page bounded
 #: by count alone was 400 MB, in Redis's reply buffer and in this process.
@@ -483,8 +485,12 @@ class Store:
 
     async def translations(self, guid: str) -> list[Entry]:
         """The current version of each story that translates ``guid``, by guid;
-        withdrawn translations (and those retention forgot) left out."""
-        members: Any = await self.redis.smembers(keys.translations(guid))
+        withdrawn translations (and those retention forgot) left out.
+
+        At most :data:`MAX_TRANSLATIONS` of them (a story has a few, one per
+        language; the set is the editors' to grow, and a read stays bounded).
+        """
+        members: Any = await self.redis.srandmember(keys.translations(guid), MAX_TRANSLATIONS)
         guids = sorted(m.decode() for m in members)
         if not guids:
             return []
