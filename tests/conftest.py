@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.support import EDITOR_TOKEN, RedisServer, free_port
+from tests.support import EDITOR_TOKEN, RedisServer, free_port, sport_partner
 from wire.runtime.settings import Settings
 from wire.web.app import create_app
 
@@ -110,3 +110,9 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 @pytest.fixture
 def tmp_dir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+@pytest.fixture
+def partner_file(tmp_path: Path) -> Path:
+    """Entitlements with the sport-only token ``partner`` (see support.sport_partner)."""
+    return sport_partner(tmp_path)

@@ -34,6 +34,14 @@ T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def sport_partner(tmp_path: Path) -> Path:
+    """An entitlements file: the token ``partner`` (named "Sport partner") sees
+    only items tagged ``sport`` (and below it)."""
+    path = tmp_path / "entitlements.toml"
+    path.write_text('[[token]]\ntoken = "partner"\nname = "Sport partner"\ntags = ["sport"]\n')
+    return path
+
+
 def free_port() -> int:
     """A TCP port that nothing listens on right now."""
     with socket.socket() as s:
@@ -338,16 +346,24 @@ async def chromium() -> AsyncIterator[Browser]:
             await browser.close()
 
 
-async def sse_items(resp: aiohttp.ClientResponse, count: int) -> list[dict[str, Any]]:
-    """The next ``count`` item events of an SSE stream."""
-    got: list[dict[str, Any]] = []
+async def sse_events(resp: aiohttp.ClientResponse, count: int) -> list[tuple[str, Any]]:
+    """The next ``count`` events of an SSE stream: (event name, decoded data)."""
+    got: list[tuple[str, Any]] = []
     event = ""
     while len(got) < count:
         line = (await asyncio.wait_for(resp.content.readline(), 5)).decode().rstrip("\n")
         if line.startswith("event: "):
             event = line[7:]
-        elif line.startswith("data: ") and event == "item":
-            got.append(orjson.loads(line[6:]))
+        elif line.startswith("data: "):
+            got.append((event, orjson.loads(line[6:])))
+    return got
+
+
+async def sse_items(resp: aiohttp.ClientResponse, count: int) -> list[dict[str, Any]]:
+    """The next ``count`` item events of an SSE stream (other events skipped)."""
+    got: list[dict[str, Any]] = []
+    while len(got) < count:
+        got += [data for name, data in await sse_events(resp, 1) if name == "item"]
     return got
 
 
@@ -372,7 +388,7 @@ class Receiver:
     def ok_ids(self) -> list[str]:
         return [h["webhook-id"] for h, _ in self.ok()]
 
-    async def handle(self, request: web.Request) -> web.Response:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         status = self.answer(len(self.requests))
         headers = {k.lower(): v for k, v in request.headers.items()}
@@ -385,7 +401,8 @@ class Receiver:
     async def start(self) -> Receiver:
         app = web.Application()
         app.router.add_post("/hook", self.handle)
-        self.runner = web.AppRunner(app)
+        # A handler still writing (an endless answer) is not waited for.
+        self.runner = web.AppRunner(app, shutdown_timeout=0.5)
         await self.runner.setup()
         await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
         return self

@@ -18,7 +18,7 @@ from multidict import CIMultiDict
 from playwright.async_api import expect
 
 from tests.conftest import Server, ServerFactory
-from tests.support import EDITOR_TOKEN, chromium, publish
+from tests.support import EDITOR_TOKEN, chromium, publish, sport_partner
 
 AUTH = {"Authorization": f"Bearer {EDITOR_TOKEN}"}
 
@@ -143,8 +143,7 @@ async def test_a_withdrawn_story_is_absent(server: Server, http: aiohttp.ClientS
 
 @pytest.fixture
 async def limited(make_server: ServerFactory, tmp_path: Path) -> Server:
-    path = tmp_path / "entitlements.toml"
-    path.write_text('[[token]]\ntoken = "partner"\nname = "Sport partner"\ntags = ["sport"]\n')
+    path = sport_partner(tmp_path)
     return await make_server(entitlements=path, subscriber_tokens=("staff",))
 
 

@@ -35,13 +35,6 @@ SECRET = "politics/secret-deal"
 
 
 @pytest.fixture
-def partner_file(tmp_path: Path) -> Path:
-    path = tmp_path / "entitlements.toml"
-    path.write_text('[[token]]\ntoken = "partner"\nname = "Sport partner"\ntags = ["sport"]\n')
-    return path
-
-
-@pytest.fixture
 async def limited(make_server: ServerFactory, partner_file: Path) -> Server:
     """A wire with a sport-only partner token and an unlimited staff token."""
     return await make_server(entitlements=partner_file, subscriber_tokens=("staff",))

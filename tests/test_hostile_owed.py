@@ -31,7 +31,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from tests.conftest import Server, ServerFactory
-from tests.support import EDITOR_TOKEN, Receiver, RedisServer, publish, wait_for
+from tests.support import EDITOR_TOKEN, Receiver, RedisServer, publish, sport_partner, wait_for
 from tests.test_fanout import FakeTransport, received
 from wire.core.entitlements import Grant
 from wire.core.entry import Entry, language_keys
@@ -81,8 +81,7 @@ SCHEDULE: list[tuple[tuple[str, ...], str]] = [
 
 @pytest.fixture
 def partner_file(tmp_path: Path) -> Path:
-    path = tmp_path / "entitlements.toml"
-    path.write_text('[[token]]\ntoken = "partner"\nname = "Sport partner"\ntags = ["sport"]\n')
+    path = sport_partner(tmp_path)
     return path
 
 

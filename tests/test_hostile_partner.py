@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import redis
 from aiohttp import web
 
 from tests.conftest import Server, ServerFactory
-from tests.support import WireProcess, free_port, get_json, publish, wait_for
+from tests.support import Receiver, WireProcess, free_port, get_json, publish, wait_for
 from wire.storage import keys
 
 ADMIN = "admin-token-for-tests"
@@ -35,9 +36,7 @@ def admin() -> dict[str, str]:
     return {"Authorization": f"Bearer {ADMIN}"}
 
 
-async def create(
-    http: aiohttp.ClientSession, server: Server, **body: Any
-) -> tuple[int, Any]:
+async def create(http: aiohttp.ClientSession, server: Server, **body: Any) -> tuple[int, Any]:
     async with http.post(server.base + "/v1/webhooks", json=body, headers=admin()) as resp:
         return resp.status, await resp.json(content_type=None)
 
@@ -49,23 +48,16 @@ async def state(http: aiohttp.ClientSession, server: Server, webhook_id: str) ->
     return found
 
 
-class StreamingReceiver:
+@dataclass
+class StreamingReceiver(Receiver):
     """A webhook endpoint whose 2xx answer carries a body chosen by the test."""
 
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.requests: list[bytes] = []
-        self.headers: dict[str, str] = {}
-        self.chunks: list[bytes] = []
-        self.endless = False
-        self.runner: web.AppRunner | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
+    headers: dict[str, str] = field(default_factory=dict)
+    chunks: list[bytes] = field(default_factory=list)
+    endless: bool = False
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        self.requests.append(await request.read())
+        self.requests.append(({}, await request.read()))
         resp = web.StreamResponse(status=200, headers=self.headers)
         await resp.prepare(request)
         try:
@@ -78,18 +70,6 @@ class StreamingReceiver:
         except (ConnectionError, RuntimeError):
             pass  # the deliverer hung up: what a well-behaved one does
         return resp
-
-    async def start(self) -> StreamingReceiver:
-        app = web.Application()
-        app.router.add_post("/hook", self.handle)
-        self.runner = web.AppRunner(app, shutdown_timeout=0.5)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
-        return self
-
-    async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -269,6 +249,6 @@ async def test_a_since_beyond_the_newest_item_still_gets_the_items_that_follow(
             await asyncio.sleep(0.05)
             shown = await state(http, server, webhook_id)
         assert shown["cursor"] == after["id"]
-        assert [orjson.loads(b)["item"]["id"] for b in receiver.requests] == [after["id"]]
+        assert [orjson.loads(b)["item"]["id"] for _, b in receiver.requests] == [after["id"]]
     finally:
         await receiver.stop()

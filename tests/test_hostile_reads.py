@@ -16,22 +16,22 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
 import pytest
 
 from tests.conftest import Server, ServerFactory
-from tests.support import EDITOR_TOKEN, WireProcess, free_port, get_json, publish, wait_for
+from tests.support import (
+    EDITOR_TOKEN,
+    WireProcess,
+    free_port,
+    get_json,
+    publish,
+    sse_events,
+    wait_for,
+)
 
 ATOM = "{http://www.w3.org/2005/Atom}"
 PARTNER = {"Authorization": "Bearer partner"}
 STAFF = {"Authorization": "Bearer staff"}
-
-
-@pytest.fixture
-def partner_file(tmp_path: Path) -> Path:
-    path = tmp_path / "entitlements.toml"
-    path.write_text('[[token]]\ntoken = "partner"\nname = "Sport partner"\ntags = ["sport"]\n')
-    return path
 
 
 @pytest.fixture
@@ -55,19 +55,6 @@ async def atom_published(
         e.findtext(f"{ATOM}id", ""): e.findtext(f"{ATOM}published", "")
         for e in feed.iter(f"{ATOM}entry")
     }
-
-
-async def sse_events(resp: aiohttp.ClientResponse, count: int) -> list[tuple[str, Any]]:
-    """The next ``count`` events of an SSE stream: (event name, decoded data)."""
-    got: list[tuple[str, Any]] = []
-    event = ""
-    while len(got) < count:
-        line = (await asyncio.wait_for(resp.content.readline(), 5)).decode().rstrip("\n")
-        if line.startswith("event: "):
-            event = line[7:]
-        elif line.startswith("data: "):
-            got.append((event, orjson.loads(line[6:])))
-    return got
 
 
 # ---- the Atom feed's <published> of a story whose first version is outside the grant --

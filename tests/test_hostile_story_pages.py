@@ -14,7 +14,7 @@ import orjson
 import redis
 
 from tests.conftest import Server, ServerFactory
-from tests.support import EDITOR_TOKEN, publish
+from tests.support import EDITOR_TOKEN, publish, sport_partner
 from wire.storage.store import ANSWER_BYTES
 
 AUTH = {"Authorization": f"Bearer {EDITOR_TOKEN}"}
@@ -67,26 +67,6 @@ async def test_a_page_of_small_versions_above_big_ones_reads_about_the_budget_fr
     assert read_bytes < ANSWER_BYTES + 3 * size, read_bytes
 
 
-async def test_whether_a_limited_reader_sees_a_story_does_not_depend_on_limit(
-    make_server: ServerFactory, tmp_path: Path, http: aiohttp.ClientSession
-) -> None:
-    path = tmp_path / "entitlements.toml"
-    path.write_text('[[token]]\ntoken = "partner"\ntags = ["sport"]\n')
-    wire = await make_server(entitlements=path, subscriber_tokens=("staff",), scan_budget=3)
-    await publish(http, wire.base, "Sport", ["sport"], guid="far")
-    for n in range(5):
-        await publish(http, wire.base, f"World {n}", ["world"], guid="far")
-    # Version 1 lies five versions behind the newest, beyond a search of three:
-    # the story is 404 for the partner on every page, as documented...
-    for query in ("far?limit=3", "far?before=2", "far?before=3&limit=1"):
-        status, _ = await read(http, wire, query, PARTNER)
-        assert status == 404, query
-    # ...whatever limit it asks for: a bigger page must not widen the search.
-    for query in ("far?limit=6", "far?limit=500", "far?before=7&limit=6"):
-        status, raw = await read(http, wire, query, PARTNER)
-        assert status == 404 and b"Sport" not in raw, query
-
-
 async def test_an_older_page_of_big_versions_reads_only_the_page_and_the_current_one(
     make_server: ServerFactory, http: aiohttp.ClientSession
 ) -> None:
@@ -112,8 +92,7 @@ def xranges(server: Server) -> int:
 async def test_a_story_wholly_outside_the_grant_costs_what_a_missing_one_does(
     make_server: ServerFactory, tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
-    path = tmp_path / "entitlements.toml"
-    path.write_text('[[token]]\ntoken = "partner"\ntags = ["sport"]\n')
+    path = sport_partner(tmp_path)
     wire = await make_server(entitlements=path, subscriber_tokens=("staff",), gateway=False)
     batch = [{"title": f"Deal {n}", "tags": ["politics"], "guid": "deal"} for n in range(1000)]
     async with http.post(

@@ -19,7 +19,7 @@ import pytest
 
 from publisher.longpoll import WATCHER
 from tests.conftest import Server, ServerFactory
-from tests.support import batch_ids, get_json, publish, wait_for
+from tests.support import batch_ids, get_json, publish, sport_partner, wait_for
 from tests.test_ninjs import run_export
 from wire.core.ids import parse_id
 from wire.web.appkeys import ARRIVALS
@@ -163,8 +163,7 @@ async def test_a_publisher_only_process_waits_on_its_own_watcher(
 async def test_the_grant_applies_to_a_waiting_read(
     make_server: ServerFactory, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
-    path = tmp_path / "entitlements.toml"
-    path.write_text('[[token]]\ntoken = "partner"\nname = "Sport partner"\ntags = ["sport"]\n')
+    path = sport_partner(tmp_path)
     server = await make_server(entitlements=path, subscriber_tokens=("staff",))
     arrivals = server.app[ARRIVALS]
     start = (await publish(http, server.base, "start", ["politics"]))["id"]

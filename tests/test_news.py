@@ -15,7 +15,7 @@ import pytest
 import websockets
 
 from tests.conftest import Server, ServerFactory
-from tests.support import EDITOR_TOKEN, WireProcess, free_port, get_json, item, post
+from tests.support import EDITOR_TOKEN, WireProcess, free_port, get_json, item, post, sport_partner
 
 AUTH = {"Authorization": f"Bearer {EDITOR_TOKEN}"}
 
@@ -229,8 +229,7 @@ async def test_embargo_released_exactly_once_across_kill_9(
 
 @pytest.fixture
 def partner_file(tmp_path: Path) -> Path:
-    path = tmp_path / "entitlements.toml"
-    path.write_text('[[token]]\ntoken = "partner"\nname = "Sport partner"\ntags = ["sport"]\n')
+    path = sport_partner(tmp_path)
     return path
 
 

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import Server, ServerFactory
-from tests.support import EDITOR_TOKEN, get_json, item, post, publish
+from tests.support import EDITOR_TOKEN, get_json, item, post, publish, sport_partner
 from wire.storage import keys
 from wire.storage.store import Store
 from wire.web.appkeys import STORE
@@ -127,8 +127,7 @@ async def test_an_embargoed_translation_is_linked_on_release(
 @pytest.fixture
 async def limited(make_server: ServerFactory, tmp_path: Path) -> Server:
     """A wire with a sport-only partner token."""
-    path = tmp_path / "entitlements.toml"
-    path.write_text('[[token]]\ntoken = "partner"\nname = "Sport partner"\ntags = ["sport"]\n')
+    path = sport_partner(tmp_path)
     return await make_server(entitlements=path, subscriber_tokens=("staff",))
 
 

@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from tests.conftest import Server, ServerFactory
-from tests.support import EDITOR_TOKEN, eventually, get_json, post, publish
+from tests.support import EDITOR_TOKEN, eventually, get_json, post, publish, sport_partner
 from tests.test_ninjs import assert_valid
 from wire.storage.store import ANSWER_BYTES
 
@@ -30,8 +30,7 @@ BIG = "\U0001d11e" * 99_000
 @pytest.fixture
 async def limited(make_server: ServerFactory, tmp_path: Path) -> Server:
     """A wire with a named sport-only partner token and an unlimited staff token."""
-    path = tmp_path / "entitlements.toml"
-    path.write_text('[[token]]\ntoken = "partner"\nname = "Sport partner"\ntags = ["sport"]\n')
+    path = sport_partner(tmp_path)
     return await make_server(
         entitlements=path, subscriber_tokens=("staff",), admin_tokens=(ADMIN,), ledger_flush=0.05
     )
@@ -200,15 +199,18 @@ async def test_a_story_the_reader_may_not_see_is_404_like_a_missing_one_on_every
 async def test_a_reader_whose_versions_lie_beyond_the_scan_budget_gets_404(
     make_server: ServerFactory, tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
-    path = tmp_path / "entitlements.toml"
-    path.write_text('[[token]]\ntoken = "partner"\ntags = ["sport"]\n')
+    path = sport_partner(tmp_path)
     wire = await make_server(entitlements=path, subscriber_tokens=("staff",), scan_budget=3)
     await publish(http, wire.base, "Sport", ["sport"], guid="far")
     for n in range(5):
         await publish(http, wire.base, f"World {n}", ["world"], guid="far")
     # Version 1 is five versions behind the newest: outside a search of three
-    # (which counts the versions a first page read).
-    for query in ("far?limit=3", "far?before=2", "far?limit=1", "far?before=3&format=ninjs"):
+    # (which counts the versions a first page read), whatever the page's size:
+    # a bigger page must not widen the search.
+    for query in (
+        "far?limit=3", "far?before=2", "far?limit=1", "far?before=3&format=ninjs",
+        "far?limit=6", "far?limit=500", "far?before=7&limit=6",
+    ):  # fmt: skip
         status, raw = await read(http, wire, query, PARTNER)
         assert status == 404 and b"Sport" not in raw, query
     await publish(http, wire.base, "Sport again", ["sport"], guid="far")
