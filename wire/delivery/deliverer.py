@@ -47,6 +47,9 @@ log = logging.getLogger("wire.delivery")
 
 #: How long a waiting task sleeps at most before looking at the stream again.
 WAIT = 5.0
+#: Added to the POST timeout for how long a checked lease lasts (the moments
+#: between the check's answer and the POST's start, and clock drift).
+COVER_MARGIN_MS = 1000
 #: The largest answer body (bytes, as sent) read to keep the connection for reuse.
 DRAIN = 64 * 1024
 
@@ -99,7 +102,10 @@ class Deliverer:
         self.arrivals = arrivals
         #: A client of its own for the blocking XREAD (its socket timeout is longer).
         self.watch_store = watch_store
-        self.registry = Registry(store.redis)
+        # A lease checked before a POST lasts until that POST has timed out: a
+        # holder cut off from Redis mid-POST is never overlapped by its successor.
+        cover_ms = int(settings.webhook_timeout * 1000) + COVER_MARGIN_MS
+        self.registry = Registry(store.redis, cover_ms)
         self.entitlements = entitlements
         self.settings = settings
         self.token = secrets.token_hex(16)

@@ -57,7 +57,10 @@ if redis.call('HGET', KEYS[1], 'status') ~= 'active' then
   redis.call('DEL', KEYS[2])
   return 0
 end
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
+-- Never shortened: a check may have made it cover a POST under way.
+if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[2]) then
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+end
 return 1
 """
 
@@ -67,7 +70,7 @@ return 1
 """
 
 #: ARGV: lease token, new cursor, delivered increment, last_status ('' keeps it),
-#: '1' to mark history_truncated. Moves the cursor forward only. Answers the
+#: '1' to mark history_truncated, cover (ms, see _CHECK). Moves the cursor forward only. Answers the
 #: secret (false when the lease is lost): the deliverer's check before its next POST.
 _ADVANCE = """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return false end
@@ -79,12 +82,27 @@ if ARGV[3] ~= '0' then
 end
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'last_status', ARGV[4]) end
 if ARGV[5] == '1' then redis.call('HSET', KEYS[1], 'history_truncated', '1') end
+-- A POST follows this answer and may last the whole timeout (ARGV: cover, ms):
+-- the lease outlives it, so no other deliverer's POST can overlap it, even
+-- when a Redis outage stops the renewals meanwhile.
+local cover = tonumber(ARGV[6])
+if cover > 0 and redis.call('PTTL', KEYS[2]) < cover then
+  redis.call('PEXPIRE', KEYS[2], cover)
+end
 return redis.call('HGET', KEYS[1], 'secret')
 """
 
-#: ARGV: lease token. The secret while the lease is ours (false when lost).
+#: ARGV: lease token, cover (ms). The secret while the lease is ours (false when
+#: lost), the lease made to last at least ``cover`` (the POST that follows).
 _CHECK = """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return false end
+-- A POST follows this answer and may last the whole timeout (ARGV: cover, ms):
+-- the lease outlives it, so no other deliverer's POST can overlap it, even
+-- when a Redis outage stops the renewals meanwhile.
+local cover = tonumber(ARGV[2])
+if cover > 0 and redis.call('PTTL', KEYS[2]) < cover then
+  redis.call('PEXPIRE', KEYS[2], cover)
+end
 return redis.call('HGET', KEYS[1], 'secret')
 """
 
@@ -178,8 +196,11 @@ class Webhook:
 class Registry:
     """The webhooks of one wire, in its Redis."""
 
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(self, redis: aioredis.Redis, cover_ms: int = 0) -> None:
+        """``cover_ms``: how long a lease must last after each check (a deliverer's
+        POST timeout and a margin; 0 for readers that never POST)."""
         self.redis = redis
+        self.cover_ms = cover_ms
         self._create = redis.register_script(_CREATE)
         self._control = redis.register_script(_CONTROL)
         self._acquire = redis.register_script(_ACQUIRE)
@@ -253,6 +274,7 @@ class Registry:
         args: list[str | int] = [
             token, format_id(cursor), delivered,
             "" if last_status is None else str(last_status), "1" if truncated else "",
+            self.cover_ms,
         ]
         return _text(await self._advance(keys=k, args=args))
 
@@ -264,7 +286,7 @@ class Registry:
         rotation applies to the very next POST.
         """
         k = [keys.webhook(webhook_id), keys.webhook_lease(webhook_id)]
-        return _text(await self._check(keys=k, args=[token]))
+        return _text(await self._check(keys=k, args=[token, self.cover_ms]))
 
     async def failed(
         self, webhook_id: str, token: str, now: float, status: int, error: str,
