@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,7 +21,11 @@ from hypothesis import strategies as st
 from publisher.embargo import release_due
 from tests.conftest import Server, ServerFactory
 from tests.support import EDITOR_TOKEN, get_json, item, post
+from wire.core.entitlements import Entitlements
+from wire.core.entry import Entry
 from wire.core.items import parse_submission
+from wire.delivery.deliverer import Deliverer
+from wire.runtime.arrivals import Arrivals
 from wire.runtime.settings import Settings
 from wire.runtime.supervisor import SUPERVISOR, Supervisor
 from wire.storage import keys
@@ -403,3 +407,27 @@ async def test_readyz_reports_each_background_task(server: Server, http: Http) -
     await wait_until(down, "/readyz to report the failed task")
     await supervisor.stop("probe")
     await wait_until(ready, "/readyz to be ready once the task is gone")
+
+
+class BrokenArrivals(Arrivals[Entry]):
+    """A stream reader's batches whose waiting fails: a bug on the watcher's path."""
+
+    def next_batch(self) -> asyncio.Future[Sequence[Entry]]:
+        raise RuntimeError("watcher bug")
+
+
+async def test_a_deliverer_whose_watcher_fails_ends_for_its_supervisor_to_restart(
+    redis_url: str,
+) -> None:
+    """Its watcher wakes the deliveries; stopped, they would poll every few seconds
+    while /readyz said all is well. The deliverer ends instead, with the failure,
+    so that its supervisor restarts it and reports it down meanwhile."""
+    redis = connect(redis_url)
+    settings = Settings(redis_url=redis_url, webhook_lease=0.3)
+    store = Store(redis, settings)
+    deliverer = Deliverer(store, store, Entitlements(), settings, arrivals=BrokenArrivals(1))
+    try:
+        with pytest.raises(RuntimeError, match="watcher bug"):
+            await asyncio.wait_for(deliverer.run(), 10)
+    finally:
+        await redis.aclose()

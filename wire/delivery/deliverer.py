@@ -133,6 +133,12 @@ class Deliverer:
             while True:
                 if _cancelled():
                     raise asyncio.CancelledError
+                if watcher.done():
+                    # A bug ended it (it never returns): delivery would fall back
+                    # to polling unseen. Ending here, the deliverer's supervisor
+                    # restarts all of it and /readyz shows it meanwhile.
+                    watcher.result()
+                    raise RuntimeError("the webhook watcher ended")
                 try:
                     await self._round()
                 except Exception as err:
