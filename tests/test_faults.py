@@ -41,7 +41,14 @@ import websockets
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 import subscriber
-from tests.support import EDITOR_TOKEN, RedisServer, WireProcess, free_port, wait_for
+from tests.support import (
+    EDITOR_TOKEN,
+    Background,
+    RedisServer,
+    WireProcess,
+    free_port,
+    wait_for,
+)
 from wire.core.ids import parse_id
 from wire.core.tags import matches
 
@@ -265,7 +272,7 @@ class Posters:
         return sorted((a.id for a in self.acked.values()), key=sort_key)
 
 
-class Sub:
+class Sub(Background):
     """A subscriber that reconnects and resumes with ``since``, recording every frame.
 
     It walks its list of gateways: after a lost connection it tries the next
@@ -283,15 +290,11 @@ class Sub:
         self.closes: list[int | None] = []
         self.connects = 0
         self.subscribed = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
 
     @property
     def last(self) -> str:
         return self.ids[-1] if self.ids else self.since
 
-    def start(self) -> Sub:
-        self.task = asyncio.create_task(self.run())
-        return self
 
     async def run(self) -> None:
         while True:
@@ -323,12 +326,6 @@ class Sub:
             self.subscribed.set()
         elif kind == "error":
             self.errors.append(msg)
-
-    async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
 
 
 class LibraryFeed:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.support import (
     EDITOR_TOKEN,
+    Background,
     Receiver,
     RedisServer,
     WireProcess,
@@ -38,7 +38,7 @@ def sort_key(item_id: str) -> tuple[int, int]:
     return int(ms), int(seq)
 
 
-class WsClient:
+class WsClient(Background):
     """A WebSocket subscriber that resumes with ``since`` (its last id) after every drop."""
 
     def __init__(self, url: Callable[[], str], tags: str = "*") -> None:
@@ -47,11 +47,7 @@ class WsClient:
         self.ids: list[str] = []
         self.connects = 0
         self.subscribed = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
 
-    def start(self) -> WsClient:
-        self.task = asyncio.create_task(self.run())
-        return self
 
     async def run(self) -> None:
         while True:
@@ -71,14 +67,8 @@ class WsClient:
                 pass
             await asyncio.sleep(0.05)
 
-    async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
 
-
-class SseClient:
+class SseClient(Background):
     """An SSE reader that reconnects with Last-Event-ID after every drop."""
 
     def __init__(self, http: aiohttp.ClientSession, url: Callable[[], str]) -> None:
@@ -86,11 +76,7 @@ class SseClient:
         self.url = url
         self.ids: list[str] = []
         self.connects = 0
-        self.task: asyncio.Task[None] | None = None
 
-    def start(self) -> SseClient:
-        self.task = asyncio.create_task(self.run())
-        return self
 
     async def run(self) -> None:
         while True:
@@ -114,12 +100,6 @@ class SseClient:
             except (aiohttp.ClientError, OSError, TimeoutError):
                 pass
             await asyncio.sleep(0.05)
-
-    async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
 
 
 @pytest.fixture

@@ -69,10 +69,22 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
 """
 
+#: Pasted at the top of the scripts whose answer is the check before a POST.
+#: That POST may last the whole timeout (``cover``, ms): the lease outlives it,
+#: so no other deliverer's POST of the same item can overlap it, even when a
+#: Redis outage stops the renewals meanwhile.
+_COVER = """
+local function cover(lease, ms)
+  ms = tonumber(ms)
+  if ms > 0 and redis.call('PTTL', lease) < ms then redis.call('PEXPIRE', lease, ms) end
+end
+"""
+
 #: ARGV: lease token, new cursor, delivered increment, last_status ('' keeps it),
-#: '1' to mark history_truncated, cover (ms, see _CHECK). Moves the cursor forward only. Answers the
-#: secret (false when the lease is lost): the deliverer's check before its next POST.
-_ADVANCE = """
+#: '1' to mark history_truncated, cover (ms, see _COVER). Moves the cursor
+#: forward only. Answers the secret (false when the lease is lost): the
+#: deliverer's check before its next POST.
+_ADVANCE = _COVER + """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return false end
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 redis.call('HSET', KEYS[1], 'cursor', ARGV[2])
@@ -82,27 +94,15 @@ if ARGV[3] ~= '0' then
 end
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'last_status', ARGV[4]) end
 if ARGV[5] == '1' then redis.call('HSET', KEYS[1], 'history_truncated', '1') end
--- A POST follows this answer and may last the whole timeout (ARGV: cover, ms):
--- the lease outlives it, so no other deliverer's POST can overlap it, even
--- when a Redis outage stops the renewals meanwhile.
-local cover = tonumber(ARGV[6])
-if cover > 0 and redis.call('PTTL', KEYS[2]) < cover then
-  redis.call('PEXPIRE', KEYS[2], cover)
-end
+cover(KEYS[2], ARGV[6])
 return redis.call('HGET', KEYS[1], 'secret')
 """
 
 #: ARGV: lease token, cover (ms). The secret while the lease is ours (false when
 #: lost), the lease made to last at least ``cover`` (the POST that follows).
-_CHECK = """
+_CHECK = _COVER + """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return false end
--- A POST follows this answer and may last the whole timeout (ARGV: cover, ms):
--- the lease outlives it, so no other deliverer's POST can overlap it, even
--- when a Redis outage stops the renewals meanwhile.
-local cover = tonumber(ARGV[2])
-if cover > 0 and redis.call('PTTL', KEYS[2]) < cover then
-  redis.call('PEXPIRE', KEYS[2], cover)
-end
+cover(KEYS[2], ARGV[2])
 return redis.call('HGET', KEYS[1], 'secret')
 """
 
