@@ -62,7 +62,9 @@ async def get_story(request: web.Request) -> web.Response:
     if as_ninjs:
         return await _story_ninjs(request, page, current, versions, grant.sees)
     original = None if current.withdrawal else orjson.loads(current.json).get("translation_of")
-    translations = [_translation(e) for e in grant.visible(await store.translations(guid))]
+    # A limited reader is told each translation's newest version it may read.
+    sees = grant.sees if grant.tags is not None else None
+    translations = [_translation(e) for e in grant.visible(await store.translations(guid, sees))]
     # The guid goes through the JSON encoder like every other value: it comes
     # from the URL, and only today's guid rules keep it free of quotes.
     body = (

@@ -305,3 +305,26 @@ async def test_a_story_lists_at_most_200_translations(
     listed = [t["guid"] for t in (await page(http, server, "quake"))["translations"]]
     assert len(listed) == 200 == len(set(listed))
     assert listed == sorted(listed) and set(listed) <= {b["guid"] for b in batch}
+
+
+async def test_a_translation_is_listed_at_the_newest_version_the_reader_may_read(
+    limited: Server, http: aiohttp.ClientSession
+) -> None:
+    """A read of the original names each translation as a read of that story
+    would: its newest version within the reader's grant, not its newest of all."""
+    await publish(http, limited.base, "Match", ["sport"], guid="orig")
+    fr = {"guid": "fr", "translation_of": "orig", "language": "fr"}
+    first = await publish(http, limited.base, "Match (fr)", ["sport"], **fr)
+    await publish(http, limited.base, "Politique", ["politics"], **fr)
+    assert (await page(http, limited, "fr", PARTNER))["current"] == first
+    listed = (await page(http, limited, "orig", PARTNER))["translations"]
+    assert listed == [{"guid": "fr", "language": "fr", "version": 1}]
+    # The unlimited reader is told the newest version, as before.
+    listed = (await page(http, limited, "orig", STAFF))["translations"]
+    assert listed == [{"guid": "fr", "language": "fr", "version": 2}]
+    # A translation with no version the partner may read is not mentioned.
+    await publish(http, limited.base, "Politica", ["politics"], guid="it", language="it",
+                  translation_of="orig")  # fmt: skip
+    assert [t["guid"] for t in (await page(http, limited, "orig", PARTNER))["translations"]] == [
+        "fr"
+    ]

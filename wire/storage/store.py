@@ -483,12 +483,15 @@ class Store:
                     found[guid] = at
         return found
 
-    async def translations(self, guid: str) -> list[Entry]:
+    async def translations(self, guid: str, sees: story_pages.Sees | None = None) -> list[Entry]:
         """The current version of each story that translates ``guid``, by guid;
         withdrawn translations (and those retention forgot) left out.
 
         At most :data:`MAX_TRANSLATIONS` of them (a story has a few, one per
         language; the set is the editors' to grow, and a read stays bounded).
+        With ``sees`` (a limited reader's grant), each one's newest version the
+        reader may see, as a read of that story names it ``current``; those
+        with none left out (see :meth:`_newest_seen_of`).
         """
         members: Any = await self.redis.srandmember(keys.translations(guid), MAX_TRANSLATIONS)
         guids = sorted(m.decode() for m in members)
@@ -507,7 +510,23 @@ class Store:
             for eid in current:
                 pipe.xrange(keys.STREAM, eid, eid, count=1)
             rows = await pipe.execute()
-        return [_entries(r)[0] for r in rows if r]
+        entries = [_entries(r)[0] for r in rows if r]
+        return entries if sees is None else await self._newest_seen_of(entries, sees)
+
+    async def _newest_seen_of(self, entries: list[Entry], sees: story_pages.Sees) -> list[Entry]:
+        """Each story's newest version ``sees`` passes, searched back from its
+        current one (``entries``) within one scan budget shared by them all; the
+        stories with none found there left out."""
+        hidden = [e for e in entries if not sees(e.tags)]
+        found: dict[str, Entry] = {}
+        for entry in hidden:
+            version = int(orjson.loads(entry.json)["version"])
+            seen = await self._stories.newest_seen(
+                entry.guid, version, sees, self._budget // len(hidden), SCAN_BYTES // len(hidden)
+            )
+            if seen is not None:
+                found[entry.guid] = seen
+        return [found.get(e.guid, e) for e in entries if sees(e.tags) or e.guid in found]
 
     async def redact(self, entries: list[Entry]) -> list[Entry]:
         """Drop versions of withdrawn stories (their withdrawals stay)."""
