@@ -122,6 +122,27 @@ async def test_a_partner_that_is_not_a_name_is_refused_not_taken_for_no_partner(
     assert status == 200 and answer["webhooks"] == []
 
 
+async def test_a_webhooks_filter_is_bounded_like_a_subscriptions(
+    make_server: ServerFactory, http: aiohttp.ClientSession
+) -> None:
+    """Thousands of tags or languages on one webhook would be matched against
+    every item the deliverer reads: refused, as on a WebSocket, naming the field."""
+    server = await make_server(**FAST, max_tags=5)
+    url = "http://127.0.0.1:9/hook"
+    many = [f"topic-{n}" for n in range(6)]
+    status, answer = await create(http, server, url=url, tags=many)
+    assert status == 400 and answer["error"]["code"] == "too_many_tags", answer
+    assert answer["error"]["field"] == "tags", answer
+    languages = ["en", "fr", "de", "it", "es", "pt"]
+    status, answer = await create(http, server, url=url, tags=["*"], languages=languages)
+    assert status == 400 and answer["error"]["field"] == "languages", answer
+    # At the limit both are fine; duplicates count once.
+    status, answer = await create(http, server, url=url, tags=[*many[:5], "TOPIC-0"])
+    assert status == 201, answer
+    status, answer = await create(http, server, url=url, tags=["*"], languages=languages[:5])
+    assert status == 201, answer
+
+
 # --- what a receiver answers ----------------------------------------------------------
 
 

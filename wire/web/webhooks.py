@@ -18,7 +18,7 @@ from prometheus_client.registry import Collector
 
 from publisher.access import require_admin
 from publisher.items import read_json
-from wire.core.errors import NotFound, ValidationError, quoted
+from wire.core.errors import NotFound, TooManyTags, ValidationError, quoted
 from wire.core.ids import format_id, parse_cursor
 from wire.core.language import normalize_language
 from wire.core.tags import normalize_tags
@@ -75,7 +75,14 @@ async def _fields(request: web.Request, data: dict[str, Any]) -> dict[str, str]:
     tags = normalize_tags(_strings(data, "tags"), allow_wildcard=True)
     if not tags:
         raise ValidationError('tags must name at least one tag (or "*")', field="tags")
+    # As on a WebSocket or SSE subscription: a webhook's filter is bounded too.
+    if len(tags) > settings.max_tags:
+        raise TooManyTags(f"at most {settings.max_tags} tags per webhook", field="tags")
     raw_languages = _strings(data, "languages") if data.get("languages") is not None else []
+    if len(raw_languages) > settings.max_tags:
+        raise ValidationError(
+            f"at most {settings.max_tags} languages per webhook", field="languages"
+        )
     languages = [normalize_language(v, "languages") for v in raw_languages]
     description = data.get("description") or ""
     if not isinstance(description, str) or len(description) > MAX_DESCRIPTION:
