@@ -9,7 +9,7 @@ small ``*_message`` functions so their shape lives in one place.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,6 +133,13 @@ def _tag_list(msg: dict[str, Any]) -> tuple[str, ...]:
     return normalize_tags(raw, allow_wildcard=True)
 
 
+
+def check_tag_count(tags: Collection[str], max_tags: int, per: str = "connection") -> None:
+    """TooManyTags past ``max_tags`` distinct tags: the one rule for a WebSocket's
+    subscription, an event stream's and a webhook's filter."""
+    if len(tags) > max_tags:
+        raise TooManyTags(f"at most {max_tags} tags per {per}", field="tags")
+
 @dataclass(slots=True)
 class Subscription:
     """A connection's tag set, its language filter and the limits on changing them."""
@@ -160,8 +167,7 @@ class Subscription:
         """The tag set after adding ``tags`` (and ``languages``, when given, replacing
         the language filter); raises TooManyTags and changes nothing."""
         new = self.tags | frozenset(tags)
-        if len(new) > self.max_tags:
-            raise TooManyTags(f"at most {self.max_tags} tags per connection", field="tags")
+        check_tag_count(new, self.max_tags)
         self.tags = new
         if languages is not None:
             self.languages = frozenset(languages)

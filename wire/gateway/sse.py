@@ -13,9 +13,9 @@ from aiohttp import web
 from multidict import MultiDict
 
 from wire.core import frames
-from wire.core.errors import ClientError, TooManyTags
+from wire.core.errors import ClientError
 from wire.core.ids import parse_cursor
-from wire.core.protocol import Subscribe, error_message
+from wire.core.protocol import Subscribe, check_tag_count, error_message
 from wire.gateway import handover
 from wire.gateway.handshake import admit, subscribe_from
 from wire.gateway.session import Session
@@ -40,9 +40,7 @@ async def sse_handler(request: web.Request) -> web.StreamResponse:
         grant.check_subscription(cmd.tags)
         # Refused before the stream starts: a stream that could only end would
         # have an EventSource reconnect every second, forever.
-        max_tags = request.app[SETTINGS].max_tags
-        if len(cmd.tags) > max_tags:
-            raise TooManyTags(f"at most {max_tags} tags per connection", field="tags")
+        check_tag_count(frozenset(cmd.tags), request.app[SETTINGS].max_tags)
     except ClientError as err:
         return error_response(err.status, err.as_dict())
     if request.method == "HEAD":

@@ -18,9 +18,10 @@ from prometheus_client.registry import Collector
 
 from publisher.access import require_admin
 from publisher.items import read_json
-from wire.core.errors import NotFound, TooManyTags, ValidationError, quoted
+from wire.core.errors import NotFound, ValidationError, quoted
 from wire.core.ids import format_id, parse_cursor
 from wire.core.language import normalize_language
+from wire.core.protocol import check_tag_count
 from wire.core.tags import normalize_tags
 from wire.delivery import signing
 from wire.delivery.deliverer import Deliverer, webhook_grant
@@ -76,8 +77,7 @@ async def _fields(request: web.Request, data: dict[str, Any]) -> dict[str, str]:
     if not tags:
         raise ValidationError('tags must name at least one tag (or "*")', field="tags")
     # As on a WebSocket or SSE subscription: a webhook's filter is bounded too.
-    if len(tags) > settings.max_tags:
-        raise TooManyTags(f"at most {settings.max_tags} tags per webhook", field="tags")
+    check_tag_count(tags, settings.max_tags, "webhook")
     raw_languages = _strings(data, "languages") if data.get("languages") is not None else []
     if len(raw_languages) > settings.max_tags:
         raise ValidationError(
