@@ -25,9 +25,8 @@ import orjson
 from aiohttp import web
 
 from publisher.access import require_reader
-from publisher.items import query_languages, query_tags
+from publisher.items import query_languages, query_number, query_tags
 from publisher.ledger import record
-from wire.core.errors import ValidationError
 from wire.core.ledger import FEED
 from wire.core.tokens import bearer
 from wire.web.appkeys import SETTINGS, STORE
@@ -38,7 +37,6 @@ MAX_LIMIT = 200
 DEFAULT_LIMIT = 50
 #: How long a shared cache may keep a public feed (seconds).
 MAX_AGE = 30
-_LIMIT = re.compile(r"[0-9]{1,3}")
 #: Characters XML 1.0 cannot carry even escaped; item text rules forbid them,
 #: but a feed must stay well-formed whatever it is given.
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
@@ -51,12 +49,8 @@ def setup_feeds(app: web.Application) -> None:
 
 def feed_limit(request: web.Request) -> int:
     """``?limit=N``, 1-200, default 50."""
-    raw = request.query.get("limit")
-    if raw is None:
-        return DEFAULT_LIMIT
-    if not _LIMIT.fullmatch(raw) or not 1 <= int(raw) <= MAX_LIMIT:
-        raise ValidationError(f"limit must be an integer from 1 to {MAX_LIMIT}", field="limit")
-    return int(raw)
+    limit = query_number(request, "limit", 1, MAX_LIMIT, "an integer")
+    return DEFAULT_LIMIT if limit is None else limit
 
 
 async def atom_feed(request: web.Request) -> web.Response:

@@ -53,7 +53,8 @@ MAX_BODY = 1024 * 1024
 MAX_LIMIT = 500
 DEFAULT_LIMIT = 50
 JSON_TYPES = ("application/json",)
-_LIMIT = re.compile(r"[0-9]{1,4}")
+#: A query number: a few ASCII digits (no sign, space or "_"; never thousands).
+_DIGITS = re.compile(r"[0-9]{1,9}")
 
 
 def setup_items(app: web.Application) -> None:
@@ -200,13 +201,20 @@ def query_languages(request: web.Request) -> frozenset[str]:
 
 def query_limit(request: web.Request, default: int = DEFAULT_LIMIT) -> int:
     """``?limit=N``, 1-500, ``default`` (50) without one."""
-    raw = request.query.get("limit")
+    limit = query_number(request, "limit", 1, MAX_LIMIT, "an integer")
+    return default if limit is None else limit
+
+
+def query_number(request: web.Request, name: str, low: int, high: int, what: str) -> int | None:
+    """``?<name>=N``, from ``low`` to ``high`` (None when absent); ``what`` names
+    the kind of number in the 400 a bad one gets."""
+    raw = request.query.get(name)
     if raw is None:
-        return default
+        return None
     # str.isdigit() is not enough: it accepts "²" (which int() rejects, a 500)
     # and thousands of digits (which int() refuses to convert).
-    if not _LIMIT.fullmatch(raw) or not 1 <= int(raw) <= MAX_LIMIT:
-        raise ValidationError(f"limit must be an integer from 1 to {MAX_LIMIT}", field="limit")
+    if not _DIGITS.fullmatch(raw) or not low <= int(raw) <= high:
+        raise ValidationError(f"{name} must be {what} from {low} to {high}", field=name)
     return int(raw)
 
 
