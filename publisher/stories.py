@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Iterable
-
 import orjson
 from aiohttp import web
 
 from publisher.access import require_editor, require_reader
-from publisher.items import ninjs_response, query_limit, read_json
+from publisher.items import ninjs_response, query_limit, query_number, read_json
 from publisher.ledger import delivered_to, record
 from wire.core import ninjs
+from wire.core.entitlements import Sees
 from wire.core.entry import Entry
 from wire.core.errors import NotFound, ValidationError, quoted
 from wire.core.items import check_text
@@ -25,7 +23,6 @@ MAX_REASON = 1_000
 STORY_LIMIT = 100
 #: The greatest ``?before`` taken: far above any story's version count.
 MAX_BEFORE = 999_999_999
-_BEFORE = re.compile(r"[0-9]{1,9}")
 
 
 def setup_stories(app: web.Application) -> None:
@@ -86,17 +83,9 @@ async def get_story(request: web.Request) -> web.Response:
 
 def query_before(request: web.Request) -> int | None:
     """``?before=N``: read the versions numbered below N (2 to MAX_BEFORE)."""
-    raw = request.query.get("before")
-    if raw is None:
-        return None
-    # A regex first: int() accepts "²", " 7" and "1_0", and thousands of digits
-    # cost it time; versions never come near ten digits.
-    if not _BEFORE.fullmatch(raw) or not 2 <= int(raw) <= MAX_BEFORE:
-        raise ValidationError(
-            f"before must be a version number from 2 to {MAX_BEFORE} (a story read's older)",
-            field="before",
-        )
-    return int(raw)
+    return query_number(
+        request, "before", 2, MAX_BEFORE, "a version number (a story read's older)"
+    )
 
 
 async def _story_ninjs(
@@ -104,7 +93,7 @@ async def _story_ninjs(
     page: StoryPage,
     current: Entry,
     versions: list[Entry],
-    sees: Callable[[Iterable[str]], bool],
+    sees: Sees,
 ) -> web.Response:
     """The story read as ninjs: ``current`` with the page in ``wire:versions``."""
     items = [orjson.loads(v.json) for v in versions]

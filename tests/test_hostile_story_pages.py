@@ -47,6 +47,17 @@ def sent_by_redis(server: Server) -> int:
     return int(info(server, "stats")["total_net_output_bytes"])
 
 
+async def measured_read(
+    http: aiohttp.ClientSession, server: Server, query: str
+) -> tuple[dict[str, Any], int, int]:
+    """A 200 story read: its story, the answer's length, and the bytes Redis sent."""
+    start = sent_by_redis(server)
+    status, raw = await read(http, server, query)
+    read_bytes = sent_by_redis(server) - start
+    assert status == 200, raw[:300]
+    return orjson.loads(raw)["story"], len(raw), read_bytes
+
+
 async def test_a_page_of_small_versions_above_big_ones_reads_about_the_budget_from_redis(
     make_server: ServerFactory, http: aiohttp.ClientSession
 ) -> None:
@@ -56,13 +67,9 @@ async def test_a_page_of_small_versions_above_big_ones_reads_about_the_budget_fr
     size = len(orjson.dumps(big[0]))
     for n in range(8):  # the newest versions are tiny: the first round sees only them
         await publish(http, server.base, f"Tiny {n}", guid="m")
-    start = sent_by_redis(server)
-    status, raw = await read(http, server, "m?limit=500")
-    read_bytes = sent_by_redis(server) - start
-    assert status == 200
-    story = orjson.loads(raw)["story"]
+    story, answered, read_bytes = await measured_read(http, server, "m?limit=500")
     # The page stops at about ANSWER_BYTES (the tiny ones and ten or so big ones)...
-    assert len(raw) < ANSWER_BYTES + 2 * size and story["older"] > 1
+    assert answered < ANSWER_BYTES + 2 * size and story["older"] > 1
     # ...and so must what the read fetched: not all 30 big versions (12 MB).
     assert read_bytes < ANSWER_BYTES + 3 * size, read_bytes
 
@@ -73,11 +80,7 @@ async def test_an_older_page_of_big_versions_reads_only_the_page_and_the_current
     server = await make_server(gateway=False)
     sent = [await publish(http, server.base, f"Big {n}", body=BIG, guid="o") for n in range(12)]
     size = len(orjson.dumps(sent[0]))
-    start = sent_by_redis(server)
-    status, raw = await read(http, server, "o?before=3&limit=1")
-    read_bytes = sent_by_redis(server) - start
-    assert status == 200
-    story = orjson.loads(raw)["story"]
+    story, _, read_bytes = await measured_read(http, server, "o?before=3&limit=1")
     assert [v["version"] for v in story["versions"]] == [2] and story["current"] == sent[-1]
     # Version 2 and the newest version are answered: fetching eight of the
     # newest (3 MB) to find the one current version is not bounded by the page.

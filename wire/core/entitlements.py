@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hmac
 import tomllib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +29,9 @@ from wire.core.entry import Entry
 from wire.core.errors import Forbidden, Unauthorized, ValidationError
 from wire.core.tags import WILDCARD, normalize_tags
 from wire.core.tokens import matching
+
+#: Whether a reader may see an item with these tags (a grant's :meth:`Grant.sees`).
+Sees = Callable[[Iterable[str]], bool]
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 
 from wire.core import stored
+from wire.core.entitlements import Sees
 from wire.core.entry import Entry
 from wire.core.errors import (
     IdempotencyKeyReused,
@@ -402,7 +403,7 @@ class Store:
         first; a withdrawn story's as stubs (see :mod:`wire.storage.story_pages`)."""
         return await self._stories.read_page(guid, limit, before, ANSWER_BYTES)
 
-    async def story_maybe_seen(self, guid: str, sees: story_pages.Sees) -> bool:
+    async def story_maybe_seen(self, guid: str, sees: Sees) -> bool:
         """False when no version of the story can pass ``sees``: none of the tags
         its versions ever had (``keys.story_tags``) does.
 
@@ -421,7 +422,7 @@ class Store:
             return True
         return bool(tags) and sees(t.decode() for t in tags)
 
-    async def story_current(self, page: StoryPage, sees: story_pages.Sees) -> Entry | None:
+    async def story_current(self, page: StoryPage, sees: Sees) -> Entry | None:
         """The newest kept version of ``page``'s story whose tags pass ``sees``.
 
         Searched newest first within the scan budget (entries and SCAN_BYTES,
@@ -451,7 +452,7 @@ class Store:
         )
 
     async def first_published(
-        self, guids: Iterable[str], sees: Callable[[Iterable[str]], bool] | None = None
+        self, guids: Iterable[str], sees: Sees | None = None
     ) -> dict[str, str]:
         """``published_at`` of version 1 of each story, by guid, where still kept
         (two round trips for any number of stories; Atom's ``published``).
@@ -483,7 +484,7 @@ class Store:
                     found[guid] = at
         return found
 
-    async def translations(self, guid: str, sees: story_pages.Sees | None = None) -> list[Entry]:
+    async def translations(self, guid: str, sees: Sees | None = None) -> list[Entry]:
         """The current version of each story that translates ``guid``, by guid;
         withdrawn translations (and those retention forgot) left out.
 
@@ -513,7 +514,7 @@ class Store:
         entries = [_entries(r)[0] for r in rows if r]
         return entries if sees is None else await self._newest_seen_of(entries, sees)
 
-    async def _newest_seen_of(self, entries: list[Entry], sees: story_pages.Sees) -> list[Entry]:
+    async def _newest_seen_of(self, entries: list[Entry], sees: Sees) -> list[Entry]:
         """Each story's newest version ``sees`` passes, searched back from its
         current one (``entries``) within one scan budget shared by them all; the
         stories with none found there left out."""

@@ -19,13 +19,14 @@ a removed entry, so does every id before it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from wire.core import stored
+from wire.core.entitlements import Sees
 from wire.core.entry import Entry
 from wire.storage import keys, scripts
 
@@ -36,8 +37,6 @@ FIRST_ROUND = 8
 #: Ids one LRANGE of the search for a reader's current version takes.
 SEARCH_WINDOW = 500
 
-#: Whether a reader may see a version with these tags (a grant's ``sees``).
-Sees = Callable[[Iterable[str]], bool]
 
 
 @dataclass(frozen=True, slots=True)
