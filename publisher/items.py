@@ -46,7 +46,7 @@ from wire.core.resume import Window
 from wire.core.tags import WILDCARD, normalize_tags
 from wire.storage.store import Filter, body_hash
 from wire.web.appkeys import SETTINGS, STORE
-from wire.web.http import raw_json, send_continue
+from wire.web.http import check_encoding, raw_json, send_continue
 from wire.web.metrics import METRICS
 
 MAX_BODY = 1024 * 1024
@@ -80,6 +80,7 @@ async def read_body(request: web.Request, types: tuple[str, ...]) -> bytes:
         raise UnsupportedMediaType(
             f"Content-Type must be {' or '.join(types)}, got {quoted(request.content_type)}"
         )
+    check_encoding(request)
     batch = request.content_type == NDJSON
     limit = MAX_BATCH_BODY if batch else MAX_BODY
     if request.content_length is not None and request.content_length > limit:

@@ -362,6 +362,33 @@ async def test_private_targets_are_refused_without_the_setting(
     assert public("8.8.8.8") and public("2001:4860:4860::8888")
 
 
+async def test_the_registry_holds_at_most_max_webhooks_even_under_concurrent_creates(
+    make_server: ServerFactory, http: aiohttp.ClientSession, receiver: Receiver
+) -> None:
+    """Twenty admins create at once against a cap of 5: five get 201, the rest a
+    409 naming the cap; the listing shows exactly the five; deleting one frees
+    a place."""
+    server = await make_server(**FAST, max_webhooks=5)
+    answers = await asyncio.gather(
+        *(create(http, server, url=receiver.url, tags=[f"t{n}"]) for n in range(20))
+    )
+    made = sorted(body["webhook"]["id"] for status, body in answers if status == 201)
+    refused = [body["error"] for status, body in answers if status != 201]
+    assert len(made) == 5 and len(refused) == 15
+    assert {(e["code"], e["message"]) for e in refused} == {
+        ("too_many_webhooks", "this wire holds at most 5 webhooks; delete one first")
+    }
+    assert all(status in (201, 409) for status, _ in answers)
+    status, listing = await get_json(http, server.base + "/v1/webhooks", headers=admin())
+    assert status == 200 and sorted(w["id"] for w in listing["webhooks"]) == made
+    async with http.delete(f"{server.base}/v1/webhooks/{made[0]}", headers=admin()) as resp:
+        assert resp.status == 200
+    status, body = await create(http, server, url=receiver.url, tags=["again"])
+    assert status == 201, body
+    status, body = await create(http, server, url=receiver.url, tags=["one-too-many"])
+    assert status == 409 and body["error"]["code"] == "too_many_webhooks"
+
+
 async def test_admin_routes_need_an_admin_token_and_admin_is_not_editor(
     make_server: ServerFactory, http: aiohttp.ClientSession, receiver: Receiver
 ) -> None:

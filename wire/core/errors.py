@@ -136,6 +136,26 @@ class UnsupportedMediaType(ClientError):
     status = 415
 
 
+class UnsupportedEncoding(ClientError):
+    """A body in a content coding wire does not read (RFC 9110 8.4.1: 415)."""
+
+    code = "unsupported_encoding"
+    status = 415
+
+
+class MalformedRequest(ClientError):
+    """Bytes the HTTP parser refused: no route or handler ever saw them."""
+
+    code = "malformed_request"
+
+
+class TooManyWebhooks(ClientError):
+    """The registry holds ``WIRE_MAX_WEBHOOKS`` already."""
+
+    code = "too_many_webhooks"
+    status = 409
+
+
 class IdempotencyKeyReused(ClientError):
     code = "idempotency_key_reused"
     status = 422

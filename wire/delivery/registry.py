@@ -20,9 +20,12 @@ import redis.asyncio as aioredis
 from wire.core.ids import StreamKey, format_id, parse_id
 from wire.storage import keys
 
+# ARGV: the new id, the most webhooks allowed, then the hash's field/value pairs.
+# 0: the id is taken (draw another); -1: the registry is full.
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+if redis.call('SCARD', KEYS[2]) >= tonumber(ARGV[2]) then return -1 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 redis.call('SADD', KEYS[2], ARGV[1])
 return 1
 """
@@ -210,14 +213,17 @@ class Registry:
         self._check = redis.register_script(_CHECK)
         self._failed = redis.register_script(_FAILED)
 
-    async def create(self, fields: dict[str, str]) -> str:
-        """Store a new webhook (fields as the hash holds them); return its new id."""
+    async def create(self, fields: dict[str, str], most: int) -> str | None:
+        """Store a new webhook (fields as the hash holds them); return its new id,
+        or None when ``most`` webhooks are already registered (nothing written)."""
         while True:
             webhook_id = secrets.token_hex(16)
-            args: list[str] = [webhook_id]
+            args: list[str | int] = [webhook_id, most]
             for k, v in fields.items():
                 args += [k, v]
             made = await self._create(keys=[keys.webhook(webhook_id), keys.WEBHOOKS], args=args)
+            if made == -1:
+                return None
             if made:
                 return webhook_id
 
@@ -225,6 +231,15 @@ class Registry:
         """Every webhook id."""
         members: Any = await self.redis.smembers(keys.WEBHOOKS)
         return sorted(m.decode() for m in members)
+
+    async def all(self) -> list[Webhook]:
+        """Every webhook, read in one round trip (one deleted meanwhile is left out)."""
+        found = await self.ids()
+        pipe = self.redis.pipeline(transaction=False)
+        for webhook_id in found:
+            pipe.hgetall(keys.webhook(webhook_id))
+        hashes: list[Any] = await pipe.execute() if found else []
+        return [Webhook.from_hash(i, h) for i, h in zip(found, hashes, strict=True) if h]
 
     async def get(self, webhook_id: str) -> Webhook | None:
         """One webhook, or None."""

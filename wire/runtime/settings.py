@@ -109,6 +109,9 @@ class Settings:
     webhook_disable_after: float = 24 * 3600.0
     #: Seconds a deliverer's lease on a webhook lasts unless renewed.
     webhook_lease: float = 10.0
+    #: Webhooks one wire holds at most: each is a delivery task in every
+    #: deliverer, and ``GET /v1/webhooks`` answers them all at once.
+    max_webhooks: int = 1_000
     #: Run a webhook deliverer inside publisher processes (``wire run`` too).
     deliver_webhooks: bool = True
     #: Long-polling reads (``GET /v1/items?wait=``) one process holds at once;

@@ -9,6 +9,7 @@ import os
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -44,6 +45,7 @@ from wire.web.http import (
 from wire.web.listen import AcceptErrors, ConnectionCap, http_connection_limit, refusal
 from wire.web.metrics import setup_metrics
 from wire.web.pages import setup_pages
+from wire.web.parser_errors import JSONErrorsProtocol
 from wire.web.webhooks import setup_webhooks
 
 log = logging.getLogger("wire")
@@ -137,15 +139,14 @@ async def serve(
     stop: asyncio.Event | None = None,
 ) -> None:
     """Run ``app`` until SIGINT/SIGTERM (or ``stop`` is set), then shut down gracefully."""
-    runner = web.AppRunner(
-        app,
-        handler_cancellation=True,
-        shutdown_timeout=5.0,
-        access_log=None,
+    # Each connection's protocol (made below, not by aiohttp) takes these too.
+    handler_args: dict[str, Any] = {
+        "access_log": None,
         # aiohttp's default (3630 s) lets a client that never finishes its
         # headers hold a connection for an hour; streams are not affected.
-        keepalive_timeout=settings.idle_timeout,
-    )
+        "keepalive_timeout": settings.idle_timeout,
+    }
+    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=5.0, **handler_args)
     await runner.setup()
     loop = asyncio.get_running_loop()
     # Accept errors (out of descriptors) are logged once per interval, not
@@ -153,8 +154,9 @@ async def serve(
     loop.set_exception_handler(AcceptErrors())
     hub = app.get(HUB)
     assert runner.server is not None
+    server = runner.server
     cap = ConnectionCap(
-        runner.server,
+        lambda: JSONErrorsProtocol(server, loop=loop, **handler_args),
         http_connection_limit(settings.max_http_connections),
         streams=(lambda: len(hub.conns)) if hub is not None else (lambda: 0),
         answer=refusal(settings.allowed_origins),

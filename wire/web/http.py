@@ -19,6 +19,7 @@ from wire.core.errors import (
     NotFound,
     PayloadTooLarge,
     ServiceUnavailable,
+    UnsupportedEncoding,
     quoted,
 )
 
@@ -129,6 +130,21 @@ def _http_error(request: web.Request, exc: web.HTTPException) -> web.StreamRespo
 
 
 # -- request bodies: "100 Continue" only when wanted, never drained at a cost ------
+
+#: The content codings a request body may come in: what aiohttp inflates
+#: without optional packages. (It passes any other coding through as if it
+#: were ``identity``, so each is refused before the body is read.)
+ENCODINGS = frozenset({"", "identity", "gzip", "deflate"})
+ENCODINGS_MESSAGE = "Content-Encoding must be identity, gzip or deflate"
+
+
+def check_encoding(request: web.Request) -> None:
+    """Refuse a body in a content coding wire does not read: 415, before reading it."""
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in ENCODINGS:
+        raise UnsupportedEncoding(
+            f"{ENCODINGS_MESSAGE}, got {quoted(encoding)}", field="Content-Encoding"
+        )
 
 
 async def defer_continue(request: web.Request) -> web.StreamResponse | None:

@@ -25,7 +25,6 @@ from collections.abc import Callable, Collection
 from typing import Any, cast
 
 import orjson
-from aiohttp import web
 
 from wire.web.cors import EXPOSE_HEADERS
 
@@ -139,12 +138,13 @@ class ConnectionCap:
 
     def __init__(
         self,
-        server: web.Server,
+        protocol: Callable[[], asyncio.Protocol],
         limit: int,
         streams: Callable[[], int],
         answer: bytes = REFUSAL,
     ) -> None:
-        self.server = server
+        #: Makes aiohttp's protocol for one connection.
+        self.protocol = protocol
         self.limit = limit
         self.streams = streams
         #: What a connection over the cap is answered (see :func:`refusal`).
@@ -157,7 +157,7 @@ class ConnectionCap:
             self.refused += 1
             return _Refused(self.answer)
         self.open += 1
-        return _Counted(self.server(), self)
+        return _Counted(self.protocol(), self)
 
 
 ACCEPT_MESSAGE = "socket.accept() out of system resource"

@@ -18,7 +18,7 @@ from prometheus_client.registry import Collector
 
 from publisher.access import require_admin
 from publisher.items import read_json
-from wire.core.errors import NotFound, ValidationError, quoted
+from wire.core.errors import NotFound, TooManyWebhooks, ValidationError, quoted
 from wire.core.ids import format_id, parse_cursor
 from wire.core.language import normalize_language
 from wire.core.protocol import check_tag_count
@@ -131,7 +131,11 @@ async def create_webhook(request: web.Request) -> web.Response:
     fields = await _fields(request, data)
     fields["secret"] = signing.new_secret()
     registry = _registry(request)
-    webhook = await registry.get(await registry.create(fields))
+    most = request.app[SETTINGS].max_webhooks
+    created = await registry.create(fields, most)
+    if created is None:
+        raise TooManyWebhooks(f"this wire holds at most {most:,} webhooks; delete one first")
+    webhook = await registry.get(created)
     assert webhook is not None
     return json_response({"webhook": {**webhook.public(), "secret": fields["secret"]}}, 201)
 
@@ -146,9 +150,8 @@ async def _found(request: web.Request) -> Webhook:
 async def list_webhooks(request: web.Request) -> web.Response:
     """Every webhook (without secrets)."""
     require_admin(request)
-    registry = _registry(request)
-    found = [await registry.get(i) for i in await registry.ids()]
-    return json_response({"webhooks": [w.public() for w in found if w is not None]})
+    found = await _registry(request).all()
+    return json_response({"webhooks": [w.public() for w in found]})
 
 
 async def get_webhook(request: web.Request) -> web.Response:
