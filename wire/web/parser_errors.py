@@ -15,6 +15,7 @@ parser cannot tell where the next request would start.
 from __future__ import annotations
 
 import logging
+from http import HTTPStatus
 
 from aiohttp import web
 from aiohttp.http_exceptions import ContentEncodingError
@@ -46,8 +47,11 @@ class JSONErrorsProtocol(RequestHandler):
             # Part of a response is out: no answer can follow it (aiohttp's rule).
             raise ConnectionError("a response was already started; cannot answer an error")
         if status >= 500:
+            # aiohttp's own failures (an exception past every middleware: a bug;
+            # 504 for a TimeoutError), with their status, without internals.
             log.error("error handling a request from %s", request.remote, exc_info=exc)
-            response = error_response(500, {"code": "internal_error", "message": "internal error"})
+            phrase = HTTPStatus(status).phrase.lower()
+            response = error_response(status, {"code": "internal_error", "message": phrase})
         else:
             error = refused(exc, message)
             # Not the parser's message: it quotes the request line, whose
