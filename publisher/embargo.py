@@ -19,12 +19,12 @@ import orjson
 from aiohttp import web
 
 from publisher.access import require_editor
-from wire.core.errors import NotFound, quoted
+from wire.core.errors import NotFound, ServiceUnavailable, quoted
 from wire.core.items import Submission
 from wire.runtime.supervisor import SUPERVISOR
 from wire.storage.store import RELEASE_BATCH, Store
 from wire.web.appkeys import SETTINGS, STORE
-from wire.web.http import REDIS_DOWN, json_response, raw_json
+from wire.web.http import json_response, raw_json, redis_unavailable
 
 log = logging.getLogger("wire.embargo")
 
@@ -98,12 +98,15 @@ async def _release_forever(store: Store, interval: float) -> None:
             raise asyncio.CancelledError
         try:
             await release_due(store)
-        except REDIS_DOWN as err:
-            log.warning("embargo releaser: redis unavailable (%s)", err)
-        except Exception:
-            # Whatever went wrong with this round, the next one must come:
-            # every later embargo depends on this loop.
-            log.exception("embargo releaser: release failed; trying again")
+        except Exception as err:
+            if isinstance(err, ServiceUnavailable) or redis_unavailable(err):
+                # Unreachable, or refusing writes (out of memory, a read-only
+                # replica): a warning, not a traceback every poll.
+                log.warning("embargo releaser: redis unavailable (%s)", err)
+            else:
+                # Whatever went wrong with this round, the next one must come:
+                # every later embargo depends on this loop.
+                log.exception("embargo releaser: release failed; trying again")
         await asyncio.sleep(interval)
 
 

@@ -36,7 +36,7 @@ from wire.runtime.arrivals import Arrivals
 from wire.runtime.supervisor import SUPERVISOR, Supervisor
 from wire.storage.store import Filter, Scan, Store, connect
 from wire.web.appkeys import ARRIVALS, SETTINGS, STORE
-from wire.web.http import REDIS_DOWN
+from wire.web.http import redis_unavailable
 
 log = logging.getLogger("wire.publisher.longpoll")
 
@@ -197,7 +197,9 @@ class Watcher:
                     self.position = await self.store.last_key()
                 entries = await self.store.read_new(self.position, count=self.batch, block_ms=5000)
                 delay = 0.05
-            except REDIS_DOWN as err:
+            except Exception as err:
+                if not redis_unavailable(err):  # a bug: the supervisor restarts the task
+                    raise
                 if task is not None and task.cancelling():
                     raise asyncio.CancelledError from err
                 log.warning("long-poll watcher: redis unavailable (%s); retrying", err)

@@ -27,7 +27,7 @@ from wire.runtime.settings import Settings
 from wire.runtime.supervisor import SUPERVISOR
 from wire.storage.store import Store, connect
 from wire.web.appkeys import ARRIVALS, RIGHT_OF_WAY, SETTINGS, TALLY
-from wire.web.http import REDIS_DOWN
+from wire.web.http import REDIS_DOWN, redis_unavailable
 
 log = logging.getLogger("wire.gateway.reader")
 
@@ -108,25 +108,26 @@ class Reader:
                     self.ready = True
                 await self.step(gather)
                 delay = 0.05
-            except REDIS_DOWN as err:
+            except Exception as err:
                 self.write_owed_now()
+                self.errors += 1
+                if not redis_unavailable(err):
+                    # A bug must not silently end delivery for the whole process.
+                    # A batch the hub took is not read again (the position is
+                    # past it; a connection whose write raised was closed, to
+                    # resume with ``since``: see Hub._drop); anything else is
+                    # retried, and each connection's last_key keeps an item
+                    # from going out twice.
+                    log.exception("stream reader: unexpected error; retrying")
+                    await asyncio.sleep(1.0)
+                    continue
+                # Unreachable, or up and refusing (BUSY, LOADING): not ready.
                 if task is not None and task.cancelling():
                     raise asyncio.CancelledError from err
                 self.ready = False
-                self.errors += 1
                 log.warning("stream reader: redis unavailable (%s); retrying in %.2fs", err, delay)
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 2.0)
-            except Exception:
-                # A bug must not silently end delivery for the whole process.
-                # A batch the hub took is not read again (the position is past
-                # it; a connection whose write raised was closed, to resume with
-                # ``since``: see Hub._drop); anything else is retried, and each
-                # connection's last_key keeps an item from going out twice.
-                self.write_owed_now()
-                self.errors += 1
-                log.exception("stream reader: unexpected error; retrying")
-                await asyncio.sleep(1.0)
 
     def write_owed_now(self) -> None:
         """Reading failed: write what was already taken (it is in memory) and rest.

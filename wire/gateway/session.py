@@ -49,7 +49,7 @@ from wire.gateway.conn import Conn
 from wire.gateway.reader import HUB
 from wire.gateway.replay import History, merge, raise_if_cancelled
 from wire.web.appkeys import SETTINGS, STORE
-from wire.web.http import REDIS_DOWN
+from wire.web.http import redis_unavailable
 
 log = logging.getLogger("wire.gateway.session")
 
@@ -243,15 +243,15 @@ class Session:
                 if dropped is None:
                     break
                 self.owed = [Since(dropped, self.conn.keys)]
-        except REDIS_DOWN:
-            # A cancel (a new subscribe took over) can come out of redis-py
-            # as a ConnectionError: that is no reason to close.
-            raise_if_cancelled()
-            # Going live now would skip the history we could not read; the
-            # client resumes with since and loses nothing.
-            self.hub.close(self.conn, CloseCode.TRY_AGAIN_LATER, "history unavailable, retry")
-            return
-        except Exception:
+        except Exception as err:
+            if redis_unavailable(err):  # unreachable, or up and refusing (BUSY)
+                # A cancel (a new subscribe took over) can come out of redis-py
+                # as a ConnectionError: that is no reason to close.
+                raise_if_cancelled()
+                # Going live now would skip the history we could not read; the
+                # client resumes with since and loses nothing.
+                self.hub.close(self.conn, CloseCode.TRY_AGAIN_LATER, "history unavailable, retry")
+                return
             # Left as it is the connection would hold live items until 4008.
             log.exception("catch-up failed")
             self.hub.close(self.conn, CloseCode.INTERNAL_ERROR, "internal error")

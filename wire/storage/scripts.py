@@ -486,6 +486,25 @@ end
 return out
 """
 
+# KEYS: 1 a story's ids list, 2 its hash
+# ARGV: 1, 2 the LRANGE bounds of the window
+# A story page's count, state and window of ids, read together (one atomic
+# read; wire.storage.story_pages). A script and not MULTI: Redis (7.0 on)
+# refuses every command queued in a MULTI once maxmemory is reached, reads
+# too, and a script that only reads still runs then.
+STORY_WINDOW = r"""
+return {redis.call('LLEN', KEYS[1]), redis.call('HEXISTS', KEYS[2], 'withdrawn'),
+        redis.call('LRANGE', KEYS[1], ARGV[1], ARGV[2])}
+"""
+
+# KEYS: 1 a story's tag union
+# ARGV: 1 how many members to read at most
+# The union's size and up to that many of its tags, read together (see
+# STORY_WINDOW for why a script).
+STORY_TAGS = r"""
+return {redis.call('SCARD', KEYS[1]), redis.call('SRANDMEMBER', KEYS[1], ARGV[1])}
+"""
+
 # KEYS: 1 a story's ids list, 2 stream
 # ARGV: 1 an index of the list
 # 1 when the entry that id names is kept, else 0 (or no such index): whether

@@ -244,6 +244,7 @@ class Store:
         self._cancel = redis.register_script(scripts.CANCEL_EMBARGO)
         self._release = redis.register_script(scripts.RELEASE)
         self._range = redis.register_script(scripts.RANGE)
+        self._tags = redis.register_script(scripts.STORY_TAGS)
         self._stories = story_pages.StoryReader(redis)
         self._single = Coalescer(redis, settings.replica_acks)
 
@@ -413,11 +414,8 @@ class Store:
         union of more than :data:`MAX_STORY_TAGS` tags is not read (it grows
         with every version's tags): True, and the bounded search decides.
         """
-        union = keys.story_tags(guid)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.scard(union)
-            pipe.srandmember(union, MAX_STORY_TAGS + 1)
-            size, tags = await pipe.execute()
+        found: Any = await self._tags(keys=[keys.story_tags(guid)], args=[MAX_STORY_TAGS + 1])
+        size, tags = found
         if size > MAX_STORY_TAGS:
             return True
         return bool(tags) and sees(t.decode() for t in tags)

@@ -68,6 +68,7 @@ class StoryReader:
         self.redis = redis
         self._entries = redis.register_script(scripts.ENTRIES)
         self._kept = redis.register_script(scripts.KEPT)
+        self._window = redis.register_script(scripts.STORY_WINDOW)
 
     async def read_page(self, guid: str, limit: int, before: int | None, budget: int) -> StoryPage:
         """The newest ``limit`` versions of ``guid`` numbered below ``before`` (from the
@@ -75,12 +76,9 @@ class StoryReader:
         version that reaches it, so a page holds at least one version."""
         ids_key = keys.story_ids(guid)
         start, stop = (-limit, -1) if before is None else (max(0, before - 1 - limit), before - 2)
-        # One transaction: the count, the state and the window agree with each other.
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.llen(ids_key)
-            pipe.hexists(keys.story(guid), "withdrawn")
-            pipe.lrange(ids_key, start, stop)
-            newest, withdrawn, window = await pipe.execute()
+        # One script: the count, the state and the window agree with each other.
+        head: Any = await self._window(keys=[ids_key, keys.story(guid)], args=[start, stop])
+        newest, withdrawn, window = head
         if before is not None and before > newest + 1:
             # Past the newest version: that window is empty; the first page is meant.
             return await self.read_page(guid, limit, None, budget)

@@ -36,10 +36,10 @@ from wire.web.appkeys import (
 )
 from wire.web.cors import add_cors_headers, preflight
 from wire.web.http import (
-    REDIS_DOWN,
     close_unread_body,
     defer_continue_everywhere,
     json_response,
+    redis_unavailable,
     request_log,
 )
 from wire.web.listen import AcceptErrors, ConnectionCap, http_connection_limit, refusal
@@ -116,7 +116,9 @@ async def readyz(request: web.Request) -> web.Response:
     checks: dict[str, bool] = {}
     try:
         checks["redis"] = await request.app[STORE].ping()
-    except REDIS_DOWN:
+    except Exception as err:  # unreachable, or up and refusing (BUSY)
+        if not redis_unavailable(err):
+            raise
         checks["redis"] = False
     reader = request.app.get(READER)
     if reader is not None:

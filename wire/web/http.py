@@ -11,6 +11,13 @@ from collections.abc import Awaitable, Callable
 import orjson
 from aiohttp import web
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import (
+    MasterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from wire.core.errors import (
@@ -27,6 +34,30 @@ log = logging.getLogger("wire.web.http")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError)
+#: Error replies of a Redis that is up but serves no such command for now: out
+#: of memory under ``noeviction``, a read-only replica (a failover demoted the
+#: node), a replica cut off from its primary, a slot being moved. (LOADING is
+#: a ConnectionError to redis-py, so in REDIS_DOWN already.)
+REDIS_REFUSALS = (OutOfMemoryError, ReadOnlyError, MasterDownError, TryAgainError)
+#: Those redis-py has no class for: the message keeps the code. BUSY: a script
+#: or function ran past ``busy-reply-threshold``; NOREPLICAS: fewer replicas
+#: than ``min-replicas-to-write``.
+_REFUSAL_CODES = frozenset({"BUSY", "NOREPLICAS"})
+
+
+def redis_unavailable(exc: BaseException) -> bool:
+    """Redis cannot be reached, or answered that it cannot serve now: a 503, retry.
+
+    Any other error reply (WRONGTYPE, a script's own error) is a bug or damaged
+    data, not a condition to wait out.
+    """
+    if isinstance(exc, REDIS_DOWN + REDIS_REFUSALS):
+        return True
+    if not isinstance(exc, ResponseError):
+        return False
+    # A pipeline's error says which command failed, then Redis's own message.
+    message = str(exc).rpartition("caused error: ")[2]
+    return message.partition(" ")[0] in _REFUSAL_CODES
 
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -104,7 +135,7 @@ def error_answer(request: web.Request, exc: Exception) -> web.StreamResponse:
         return error_response(exc.status, exc.as_dict())
     if isinstance(exc, ServiceUnavailable):
         return error_response(503, exc.as_dict())
-    if isinstance(exc, REDIS_DOWN):
+    if redis_unavailable(exc):
         log.warning("redis unavailable: %s", exc)
         return error_response(503, ServiceUnavailable("redis is unavailable, retry").as_dict())
     if isinstance(exc, web.HTTPException):
