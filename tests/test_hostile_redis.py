@@ -227,3 +227,101 @@ async def test_a_busy_script_elsewhere_is_503_everywhere_then_everything_recover
                         status, body = await post(http, base, item("After"))
                         assert status == 201, body
         assert got == ["Before 0", "Before 1", "Before 2", "After"]
+
+
+class Address:
+    """One TCP address in front of Redis, as a managed Redis's endpoint is: each
+    new connection goes to the node ``target`` names now; open ones stay put."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.server: asyncio.Server | None = None
+        self.port = 0
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> Address:
+        self.server = await asyncio.start_server(self._join, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def _join(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+        except OSError:
+            writer.close()
+            return
+        self.writers += [writer, up_writer]
+        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for writer in self.writers:
+            writer.close()
+
+
+async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(OSError):
+        while data := await src.read(65536):
+            dst.write(data)
+            await dst.drain()
+    dst.close()
+
+
+def in_sync(replica: RedisServer) -> bool:
+    with replica.client() as r:
+        return bool(r.info("replication").get("master_link_status") == "up")
+
+
+async def test_a_failover_behind_one_address_is_followed_once_the_old_primary_refuses(
+    own_redis: RedisServer, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """The primary is demoted and its replica promoted behind the same address: the
+    connections wire holds still reach the old node, now read-only. Each write
+    refused READONLY is a 503, and then wire must reconnect (reaching the new
+    primary): the editor's retry, with its key, is stored once, on the new primary."""
+    # Full syncs at once, not after Redis's 5 s wait for more replicas.
+    quick = ("--repl-diskless-sync-delay", "0")
+    with own_redis.client() as r:
+        r.config_set("repl-diskless-sync-delay", 0)
+    replica = RedisServer(
+        tmp_path / "replica", extra=("--replicaof", "127.0.0.1", str(own_redis.port), *quick)
+    ).start()
+    address = await Address(own_redis.port).start()
+    try:
+        await wait_for(lambda: in_sync(replica), "the replica to sync")
+        async with server_factory(address.url) as make:
+            wire = await make(**SETTINGS)
+            # Several writes at once: the pool holds several connections to the primary.
+            warm = await asyncio.gather(*(post(http, wire.base, item(f"W{n}")) for n in range(8)))
+            assert {s for s, _ in warm} == {201}, warm
+            # The failover: the replica promoted, the old primary made its replica,
+            # new connections to the address reach the new primary.
+            with replica.client() as r:
+                r.execute_command("REPLICAOF", "NO", "ONE")
+            with own_redis.client() as r:
+                r.execute_command("REPLICAOF", "127.0.0.1", str(replica.port))
+            address.target = replica.port
+            await wait_for(lambda: in_sync(own_redis), "the old primary to follow the new one")
+            key = {"Idempotency-Key": "after-failover"}
+            answers: list[int] = []
+
+            async def attempt() -> tuple[int, Any]:
+                answer = await post(http, wire.base, item("After"), headers=key)
+                answers.append(answer[0])
+                return answer
+
+            await eventually(
+                attempt, lambda a: a[0] in (200, 201), "a write to reach the new primary", 10
+            )
+            assert set(answers) <= {503, 200, 201} and answers.count(201) == 1, answers
+            with replica.client() as r:
+                titles = [f[b"j"] for _, f in r.xrange(keys.STREAM)]
+            assert sum(b'"title":"After"' in t for t in titles) == 1
+    finally:
+        await address.stop()
+        replica.stop()

@@ -23,6 +23,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
+from redis.exceptions import ReadOnlyError
 
 from wire.core import stored
 from wire.core.entitlements import Sees
@@ -223,7 +224,41 @@ def connect(url: str, *, socket_timeout: float | None = 5.0) -> aioredis.Redis:
         health_check_interval=30,
         retry=no_retry,
     )
+    pool.connection_class = _following_failovers(pool.connection_class)
     return aioredis.Redis.from_pool(pool)
+
+
+def _following_failovers(base: type[Any]) -> type[Any]:
+    """``base`` (TCP, TLS or Unix socket connection) that reconnects once its node
+    answered READONLY.
+
+    Behind one address (a managed Redis's endpoint, a DNS name, a proxy) a
+    failover moves the address to the new primary, but an open connection
+    stays with the old one, now a read-only replica: every write on it would
+    be refused for as long as it lives. The refused reply is still answered
+    (503, nothing written); the connection is closed before its next command,
+    which reconnects through the address. (Sentinel URLs do this in redis-py.)
+    A pipeline's remaining replies are read first, so each call keeps its own.
+    """
+
+    class Following(base):  # type: ignore[misc]
+        demoted = False
+
+        async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return await super().read_response(*args, **kwargs)
+            except ReadOnlyError:
+                self.demoted = True
+                raise
+
+        async def send_packed_command(self, *args: Any, **kwargs: Any) -> None:
+            if self.demoted:
+                self.demoted = False
+                await self.disconnect()
+            await super().send_packed_command(*args, **kwargs)
+
+    Following.__name__ = Following.__qualname__ = f"Following{base.__name__}"
+    return Following
 
 
 def body_hash(data: object) -> str:

@@ -41,8 +41,9 @@ REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutE
 REDIS_REFUSALS = (OutOfMemoryError, ReadOnlyError, MasterDownError, TryAgainError)
 #: Those redis-py has no class for: the message keeps the code. BUSY: a script
 #: or function ran past ``busy-reply-threshold``; NOREPLICAS: fewer replicas
-#: than ``min-replicas-to-write``.
-_REFUSAL_CODES = frozenset({"BUSY", "NOREPLICAS"})
+#: than ``min-replicas-to-write``; UNBLOCKED: a blocking read (the stream
+#: reader's XREAD) ended by the primary's demotion to a replica.
+_REFUSAL_CODES = frozenset({"BUSY", "NOREPLICAS", "UNBLOCKED"})
 
 
 def redis_unavailable(exc: BaseException) -> bool:
