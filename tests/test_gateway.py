@@ -39,6 +39,7 @@ from tests.support import (
     parse_frames,
     post,
     publish,
+    sse_events,
     wait_for,
 )
 from wire.gateway.reader import HUB
@@ -1119,6 +1120,20 @@ async def test_sse_backfill_and_defaults_to_everything(
         assert head == "event: subscribed"
         assert orjson.loads(data.removeprefix("data: "))["tags"] == ["*"]
         assert await events.items_until("n4") == items[-2:]
+
+
+async def test_sse_ends_cleanly_with_the_reason_when_the_server_closes_it(
+    make_server: ServerFactory, http: aiohttp.ClientSession
+) -> None:
+    """A shutdown ends the event stream as a complete chunked body (not cut off:
+    aiohttp's client would raise ClientPayloadError, curl exits 18), its last
+    line a comment with the close code and reason."""
+    server = await make_server()
+    async with http.get(server.base + "/v1/sse?tags=world") as resp:
+        assert (await sse_events(resp, 1))[0][0] == "subscribed"
+        await server.stop()
+        rest = await asyncio.wait_for(resp.content.read(), 10)
+    assert rest.decode().splitlines()[-2:] == [": closed 1001 server shutting down", ""]
 
 
 async def test_sse_refuses_bad_requests_with_json_errors(

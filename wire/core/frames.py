@@ -99,6 +99,18 @@ def http_chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
+#: The chunk that ends a chunked HTTP body.
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+def sse_end(code: int, reason: str) -> bytes:
+    """The end of an event stream the server closes: a comment naming why (the
+    WebSocket close code and reason; ``EventSource`` ignores comments), then
+    the last chunk, so that the response ends cleanly instead of being cut
+    off (``curl -N`` reports a cut-off chunked body as an error)."""
+    return http_chunk(b": closed %d %s\n\n" % (code, reason.encode())) + LAST_CHUNK
+
+
 def sse_event(event: str, data: bytes, event_id: str | None = None) -> bytes:
     """One Server-Sent Event; ``data`` must be one line (compact JSON is)."""
     head = b"id: %s\n" % event_id.encode() if event_id is not None else b""

@@ -582,8 +582,9 @@ class Hub:
         if code == CloseCode.SLOW_CONSUMER:
             self.slow_closes += 1
         transport = conn.transport
-        if not conn.sse and not transport.is_closing():
-            transport.write(frames.ws_close(code, reason))
+        if not transport.is_closing():
+            end = frames.sse_end if conn.sse else frames.ws_close
+            transport.write(end(code, reason))
         transport.close()
         # close() waits for the buffer to drain; a client that never reads would
         # hold it forever, so it gets a few seconds to read its close frame.
