@@ -179,8 +179,8 @@ class Feed:
         # A cursor file that holds an id is newer news than the ``since`` argument.
         self._start((cursor.load() if cursor is not None else None) or since)
         self._uncommitted: str | None = None
-        self._early: deque[Event] = deque()
-        #: Messages received and not yet handled: a batched frame holds several.
+        #: Messages received and not yet handled: a batched frame holds several,
+        #: and items that came before a connection's answer wait here too.
         self._lines: deque[bytes] = deque()
         self._ws: ClientConnection | None = None
         self._connected_at = 0.0
@@ -244,8 +244,6 @@ class Feed:
     async def __anext__(self) -> Event:
         self._commit()
         while not self._closed:
-            if self._early:
-                return self._yield(self._early.popleft())
             if self._lines:
                 # One message at a time, as if each had a frame of its own: the
                 # checks in _accept see the cursor of everything yielded before.
@@ -328,12 +326,19 @@ class Feed:
         return ws
 
     async def _await_answer(self, ws: ClientConnection, first: Op) -> None:
-        """Read until the server answered the subscribe sent on connecting."""
+        """Read until the server answered the subscribe sent on connecting.
+
+        Items that come first (not from this server, but never drop one) wait
+        in ``_lines`` and are checked against the cursor only when their turn
+        comes: a connection that dropped before answering and the next one may
+        both send them, and the second copy must meet the cursor the first moved.
+        """
         while self._ops and self._ops[0] is first:
             for message in (await ws.recv(decode=False)).split(b"\n"):
-                event = self._receive(message)
-                if event is not None:  # not from this server, but never drop an item
-                    self._early.append(event)
+                if _is_item(message):
+                    self._lines.append(message)
+                else:
+                    self._receive(message)
 
     async def _handshake(self) -> ClientConnection:
         headers = {"Authorization": f"Bearer {self._token}"} if self._token else None
@@ -444,6 +449,14 @@ class Feed:
         if self._cursor is not None and self._uncommitted is not None:
             self._cursor.save(self._uncommitted)
         self._uncommitted = None
+
+
+def _is_item(raw: bytes) -> bool:
+    """Whether a message is an item (left for _receive to judge, bad JSON included)."""
+    with contextlib.suppress(orjson.JSONDecodeError):
+        msg = orjson.loads(raw)
+        return isinstance(msg, dict) and msg.get("type") == "item"
+    return False
 
 
 def _refusal(err: InvalidStatus) -> RefusedError | None:
