@@ -465,3 +465,37 @@ async def replaying_conn(conns: Any) -> Any:
     await wait_for(lambda: any(c.holding is not None for c in conns), "the catch-up to start")
     [conn] = [c for c in conns if c.holding is not None]
     return conn
+
+
+def item_message(item_id: str, *, ahead: bool = False, **fields: Any) -> str:
+    """A gateway's ``{"type": "item"}`` message for a minimal item with ``item_id``,
+    as a test's fake gateway sends it (``fields`` override the item's own)."""
+    body = {
+        "id": item_id,
+        "guid": item_id,
+        "version": 1,
+        "title": item_id,
+        "tags": ["world"],
+        "published_at": "2024-06-01T10:00:00.000Z",
+        **fields,
+    }
+    message: dict[str, Any] = {"type": "item", "item": body}
+    if ahead:
+        message["ahead"] = True
+    return orjson.dumps(message).decode()
+
+
+def run_measured(
+    args: list[str], env: dict[str, str], workdir: Path, stdin: bytes = b""
+) -> tuple[int, str, str, int]:
+    """Run a command to completion (blocking: call it through ``asyncio.to_thread``);
+    its exit code, stdout, stderr and peak resident memory in bytes (``wait4``,
+    this child's own, whatever other children the test has)."""
+    out_path, err_path, in_path = workdir / "out", workdir / "err", workdir / "in"
+    in_path.write_bytes(stdin)
+    with out_path.open("wb") as out, err_path.open("wb") as err, in_path.open("rb") as inp:
+        proc = subprocess.Popen(args, stdin=inp, stdout=out, stderr=err, env=env, cwd=ROOT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+    text = out_path.read_text(errors="replace"), err_path.read_text(errors="replace")
+    return proc.returncode, *text, usage.ru_maxrss * 1024

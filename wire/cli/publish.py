@@ -4,14 +4,16 @@ batches of up to 1,000, safe to run again."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
+import shutil
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO, cast
 
 import orjson
 
@@ -190,15 +192,22 @@ def line_key(path: str, lineno: int, line: bytes) -> str:
 BATCH_ITEMS = 1000
 BATCH_BYTES = 8 << 20
 MAX_LINE = 1 << 20
+#: A JSON array is parsed whole, so it is refused beyond this (JSONL streams).
+MAX_ARRAY = 64 << 20
+BOM = b"\xef\xbb\xbf"
 
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One item of the file: where it is (line or element number), its JSON text, its key."""
+    """One item of the file: where it is (line or element number), its JSON text, its key.
+
+    An item over MAX_LINE is ``oversize``: its text is not kept (it is never sent).
+    """
 
     number: int
     raw: bytes
     key: str
+    oversize: bool = False
 
     def line(self) -> bytes:
         """The ndjson line to send: the item with its ``idempotency_key`` added.
@@ -215,27 +224,82 @@ class Entry:
         return orjson.dumps({**data, "idempotency_key": self.key})
 
 
-def read_source(path: str) -> bytes:
-    """The file's bytes (stdin for ``-``), without a UTF-8 BOM some editors write."""
-    data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
-    return data.removeprefix(b"\xef\xbb\xbf")
+def entry(path: str, number: int, raw: bytes) -> Entry:
+    """The entry for one line or element; an oversize one keeps neither text nor key."""
+    if len(raw) > MAX_LINE:
+        return Entry(number, b"", "", oversize=True)
+    return Entry(number, raw, line_key(path, number, raw))
 
 
-def read_entries(path: str) -> tuple[list[Entry], str]:
-    """The file's items and what numbers them (``line``, or ``item`` in a JSON array).
+@contextlib.contextmanager
+def open_source(path: str) -> Iterator[BinaryIO]:
+    """The file, or stdin (``-``) copied to a temporary file: seekable either way, so
+    it can be looked at before it is read, without holding it in memory."""
+    if path != "-":
+        with open(path, "rb") as f:
+            yield f
+        return
+    with tempfile.SpooledTemporaryFile(max_size=BATCH_BYTES) as spool:
+        shutil.copyfileobj(sys.stdin.buffer, spool)
+        spool.seek(0)
+        yield cast(BinaryIO, spool)
 
-    Raises ValueError for a file that starts like a JSON array and is not one.
+
+def read_lines(source: BinaryIO) -> Iterator[tuple[int, bytes]]:
+    """(line number, text) of each non-blank line, read a line at a time; lines end
+    with LF or CRLF. A line over MAX_LINE is skipped through, not held: it comes
+    as MAX_LINE + 1 bytes of itself, enough for the caller to see it is too long."""
+    number = 0
+    while line := source.readline(MAX_LINE + 3):
+        number += 1
+        if not line.endswith(b"\n") and len(line) == MAX_LINE + 3:
+            while (rest := source.readline(1 << 16)) and not rest.endswith(b"\n"):
+                pass  # the rest of a line too long to send
+            line = line[: MAX_LINE + 1]
+        line = line.removesuffix(b"\n").removesuffix(b"\r")
+        if number == 1:
+            line = line.removeprefix(BOM)
+        if line.strip():
+            yield number, line
+
+
+def is_array(source: BinaryIO) -> bool:
+    """Whether the file starts (after a BOM and whitespace) with ``[``; leaves it at its start."""
+    head = source.read(len(BOM)).removeprefix(BOM)
+    while head.isspace() or not head:
+        more = source.read(1 << 16)
+        if not more:
+            break
+        head = more.lstrip()
+    source.seek(0)
+    return head.lstrip()[:1] == b"["
+
+
+def read_entries(source: BinaryIO, path: str) -> tuple[Iterable[Entry], str]:
+    """The file's items, as they are read, and what numbers them (``line``, or
+    ``item`` in a JSON array).
+
+    Raises ValueError for a file that starts like a JSON array and is not one,
+    or one over MAX_ARRAY.
     """
-    data = read_source(path)
-    if data.lstrip()[:1] != b"[":
-        lines = [(n, line) for n, line in enumerate(data.splitlines(), 1) if line.strip()]
-        return [Entry(n, line, line_key(path, n, line)) for n, line in lines], "line"
+    if not is_array(source):
+        return (entry(path, n, line) for n, line in read_lines(source)), "line"
+    data = source.read(MAX_ARRAY + 1)
+    if len(data) > MAX_ARRAY:
+        raise ValueError(f"a JSON array over {MAX_ARRAY >> 20} MiB: send it as JSONL")
     try:
-        elements = orjson.loads(data)
+        elements = orjson.loads(data.removeprefix(BOM))
     except orjson.JSONDecodeError as err:
         raise ValueError(f"not a JSON array: {err.msg}") from None
     raws = [(n, orjson.dumps(e)) for n, e in enumerate(elements, 1)]
-    return [Entry(n, raw, line_key(path, n, raw)) for n, raw in raws], "item"
+    return [entry(path, n, raw) for n, raw in raws], "item"
+
+
+def count_entries(source: BinaryIO) -> int:
+    """How many items a JSONL file holds (a pass of its own); leaves it at its start."""
+    count = sum(1 for _ in read_lines(source))
+    source.seek(0)
+    return count
 
 
 class Abort(Exception):
@@ -266,17 +330,31 @@ class BatchResult:
 
 
 def publish_file(api: Api, path: str) -> int:
-    """Publish a JSONL file or a JSON array in batches; report invalid items and a summary."""
+    """Publish a JSONL file or a JSON array in batches; report invalid items and a summary.
+
+    A JSONL file is read as it is sent, a batch at a time, so a file of any
+    size costs the memory of about one batch.
+    """
     try:
-        entries, unit = read_entries(path)
+        with open_source(path) as source:
+            entries, unit = read_entries(source, path)
+            return _publish_entries(api, entries, BatchResult(unit=unit), _progress(source, unit))
     except OSError as err:
         print(f"wire publish: cannot read {path}: {err.strerror or err}", file=sys.stderr)
         return 2
     except ValueError as err:
         print(f"wire publish: {path}: {err}", file=sys.stderr)
         return 2
-    result = BatchResult(unit=unit)
-    bar = Progress(len(entries), sys.stderr)
+
+
+def _progress(source: BinaryIO, unit: str) -> Progress:
+    """A progress bar on a terminal, which needs the item count (a pass over the file)."""
+    if not sys.stderr.isatty() or unit != "line":
+        return Progress(0, sys.stderr)
+    return Progress(count_entries(source), sys.stderr)
+
+
+def _publish_entries(api: Api, entries: Iterable[Entry], result: BatchResult, bar: Progress) -> int:
     try:
         for chunk in batches(entries):
             for entry, (status, answer) in zip(chunk, _post_batch(api, chunk), strict=True):
@@ -285,10 +363,10 @@ def publish_file(api: Api, path: str) -> int:
     except Abort as stop:
         bar.finish()
         print(f"wire publish: {stop}", file=sys.stderr)
-        print(f"wire publish: stopped after {result.summary(len(entries))}", file=sys.stderr)
+        print(f"wire publish: stopped after {result.summary(result.done)}", file=sys.stderr)
         return stop.code
     bar.finish()
-    print(f"wire publish: {result.summary(len(entries))}", file=sys.stderr)
+    print(f"wire publish: {result.summary(result.done)}", file=sys.stderr)
     return 1 if result.invalid else 0
 
 
@@ -305,7 +383,7 @@ def _count(
         bar.say(f"wire publish: {result.unit} {entry.number}: {describe_error(status, answer)}")
 
 
-def batches(entries: list[Entry]) -> Iterator[list[Entry]]:
+def batches(entries: Iterable[Entry]) -> Iterator[list[Entry]]:
     """Consecutive runs of at most BATCH_ITEMS items and about BATCH_BYTES bytes."""
     chunk: list[Entry] = []
     size = 0
@@ -328,7 +406,7 @@ def _post_batch(api: Api, chunk: list[Entry]) -> list[tuple[int, dict[str, Any]]
     outcomes: dict[int, tuple[int, dict[str, Any]]] = {}
     too_long = {"error": {"code": "payload_too_large", "message": f"over {MAX_LINE:,} bytes"}}
     for i, entry in enumerate(chunk):
-        if len(entry.raw) > MAX_LINE:
+        if entry.oversize:
             outcomes[i] = (413, too_long)
     todo = [i for i in range(len(chunk)) if i not in outcomes]
     delays = iter(RETRY_DELAYS)
