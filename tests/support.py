@@ -13,6 +13,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -486,16 +487,22 @@ def item_message(item_id: str, *, ahead: bool = False, **fields: Any) -> str:
 
 
 def run_measured(
-    args: list[str], env: dict[str, str], workdir: Path, stdin: bytes = b""
+    args: list[str], env: dict[str, str], workdir: Path, stdin: bytes = b"", within: float = 30
 ) -> tuple[int, str, str, int]:
     """Run a command to completion (blocking: call it through ``asyncio.to_thread``);
     its exit code, stdout, stderr and peak resident memory in bytes (``wait4``,
-    this child's own, whatever other children the test has)."""
+    this child's own, whatever other children the test has). A command still
+    running after ``within`` seconds is killed (exit code -9): a hang fails, fast."""
     out_path, err_path, in_path = workdir / "out", workdir / "err", workdir / "in"
     in_path.write_bytes(stdin)
     with out_path.open("wb") as out, err_path.open("wb") as err, in_path.open("rb") as inp:
         proc = subprocess.Popen(args, stdin=inp, stdout=out, stderr=err, env=env, cwd=ROOT)
-        _, status, usage = os.wait4(proc.pid, 0)
+        timer = threading.Timer(within, proc.kill)
+        timer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            timer.cancel()
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
     text = out_path.read_text(errors="replace"), err_path.read_text(errors="replace")
     return proc.returncode, *text, usage.ru_maxrss * 1024

@@ -10,12 +10,18 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import aiohttp
+import orjson
+import pytest
+from aiohttp import web
 
 from tests.conftest import Server
-from tests.support import EDITOR_TOKEN, get_json, run_measured
+from tests.support import EDITOR_TOKEN, free_port, get_json, run_measured
 
 MIB = 1 << 20
 
@@ -94,6 +100,91 @@ async def test_publish_file_refuses_a_json_array_too_large_to_parse(
             f.write(b'{"title": "%s", "tags": ["world"]},' % (b"t" * 65_000))
         f.write(b'{"title": "last", "tags": ["world"]}]')
     args = [sys.executable, "-m", "wire", "publish", "--file", str(path)]
-    code, _, err, peak = await asyncio.to_thread(run_measured, args, wire_env(server.base), tmp_path)
+    env = wire_env(server.base)
+    code, _, err, _ = await asyncio.to_thread(run_measured, args, env, tmp_path)
     assert code == 2, err
     assert "a JSON array over 64 MiB: send it as JSONL" in err
+
+
+# -- wire export --------------------------------------------------------------------
+
+
+async def run_export(base: str, tmp: Path, *args: str) -> tuple[int, str, str]:
+    argv = [sys.executable, "-m", "wire", "export", *args]
+    code, out, err, _ = await asyncio.to_thread(run_measured, argv, wire_env(base), tmp, b"", 10)
+    return code, out, err
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--url", "notaurl"], "--url: not an http(s) URL"),
+        (["--url", "ftp://example.com"], "--url: not an http(s) URL"),
+        (["--url", "http://[::1"], "--url: not an http(s) URL"),
+        (["--after", "yesterday"], "--after: not a stream id"),
+        (["--after", "1-2-3"], "--after: not a stream id"),
+    ],
+)
+async def test_export_bad_arguments_are_usage_errors_before_any_request(
+    server: Server, tmp_path: Path, args: list[str], says: str
+) -> None:
+    code, out, err = await run_export(server.base, tmp_path, *args)
+    assert (code, out) == (2, ""), err
+    assert says in err and "usage: wire export" in err
+    assert "Traceback" not in err
+
+
+@asynccontextmanager
+async def fake_items_api(pages: Callable[[str], web.StreamResponse]) -> AsyncIterator[str]:
+    """A misbehaving ``GET /v1/items`` on a real port: ``pages(after)`` answers."""
+    app = web.Application()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return pages(request.query["after"])
+
+    app.router.add_get("/v1/items", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+def stored(item_id: str) -> dict[str, Any]:
+    return {"id": item_id, "guid": item_id, "version": 1, "title": item_id, "tags": ["world"]}
+
+
+async def test_export_stops_with_an_error_when_the_cursor_does_not_advance(tmp_path: Path) -> None:
+    """A server that answers every page with the same ``next`` (and the same items)
+    would make the export loop forever, writing the items again each time."""
+    requests: list[str] = []
+
+    def page(after: str) -> web.StreamResponse:
+        requests.append(after)
+        return web.json_response({"items": [stored("5-0")], "next": "5-0"})
+
+    async with fake_items_api(page) as base:
+        code, out, err = await run_export(base, tmp_path)
+    assert code == 1, err
+    assert [orjson.loads(line)["id"] for line in out.splitlines()] == ["5-0"]
+    assert "next cursor 5-0 does not advance past 5-0" in err
+    assert len(requests) == 2
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [b"<html>oops</html>", b'{"items": "none"}', b"[]", b'{"items": [], "next": "soon"}'],
+)
+async def test_export_says_what_is_wrong_with_an_answer_that_is_not_a_page(
+    tmp_path: Path, answer: bytes
+) -> None:
+    def page(after: str) -> web.StreamResponse:
+        return web.Response(body=answer, content_type="application/json")
+
+    async with fake_items_api(page) as base:
+        code, out, err = await run_export(base, tmp_path)
+    assert (code, out) == (1, ""), err
+    assert "not a page of items" in err and "Traceback" not in err

@@ -497,6 +497,6 @@ async def test_wire_export_writes_valid_ninjs_lines(
     _, listing = await get_json(http, f"{server.base}/v1/items?tags=sport&after=0")
     assert code == 0 and docs == listing["items"] and len(docs) == 3
     code, docs, err = await run_export(server.base, "--after", "yesterday")
-    assert code == 1 and docs == [] and "(after)" in err
+    assert code == 2 and docs == [] and "--after: not a stream id" in err  # before any request
     code, _, err = await run_export("http://127.0.0.1:9", "--format", "ninjs")
     assert code == 3 and "cannot reach" in err

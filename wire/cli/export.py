@@ -11,6 +11,8 @@ after ``--after`` (before the export got there) is named on stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import http.client
 import os
 import sys
 import urllib.error
@@ -23,7 +25,8 @@ import orjson
 
 from wire.cli.client import add_url_flag, answer_of, describe_error
 from wire.core import ninjs
-from wire.core.ids import ZERO, parse_id
+from wire.core.errors import ValidationError
+from wire.core.ids import ZERO, StreamKey, parse_id
 from wire.core.protocol import TRUNCATED
 
 MAX_PAGE = 500  # the API's largest ?limit
@@ -44,12 +47,34 @@ def add_command(sub: Any) -> None:
     exp.add_argument("--format", choices=("json", "ninjs"), default="json")
     exp.add_argument("--tags", help="comma-separated tags (default: every item)")
     exp.add_argument("--lang", help="comma-separated language tags, e.g. en,ru (default: all)")
-    exp.add_argument("--after", default="0", metavar="ID", help="start after this stream id")
+    exp.add_argument(
+        "--after", default="0", type=_stream_id, metavar="ID", help="start after this stream id"
+    )
     exp.add_argument("--limit", type=_positive, metavar="N", help="stop after N documents")
     exp.add_argument(
         "--page-size", type=_page_size, default=MAX_PAGE, metavar="N", help="items per request"
     )
-    exp.set_defaults(handler=export_command)
+    exp.set_defaults(handler=export_command, usage=exp.error)
+
+
+def _stream_id(raw: str) -> str:
+    """``--after``: checked here, so a typo is a usage error and not a server's 400."""
+    try:
+        parse_id(raw)
+    except ValidationError:
+        raise argparse.ArgumentTypeError(f"not a stream id like 1717236000000-0: {raw!r}") from None
+    return raw
+
+
+def _http_url(raw: str) -> str | None:
+    """Why ``raw`` is no base URL to export from, or None when it is one."""
+    try:
+        parts = urllib.parse.urlsplit(raw)
+    except ValueError as err:
+        return f"not an http(s) URL: {raw!r} ({err})"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"not an http(s) URL: {raw!r}"
+    return None
 
 
 def _positive(raw: str) -> int:
@@ -86,11 +111,40 @@ def fetch_page(
         req.add_header("Authorization", f"Bearer {token}")
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
-            answer = orjson.loads(resp.read())
-            items: list[dict[str, Any]] = answer["items"]
-            return items, answer.get("next"), answer.get(TRUNCATED, [])
+            return _page(resp.read())
     except urllib.error.HTTPError as err:
         raise ExportError(_describe(err.code, err.read())) from None
+
+
+def _page(
+    body: bytes,
+) -> tuple[list[dict[str, Any]], str | None, list[dict[str, str]]]:
+    """A 200 answer's items, ``next`` and gaps; ExportError when it is not such a page
+    (a proxy's HTML, another service on the port), rather than a traceback."""
+    with contextlib.suppress(orjson.JSONDecodeError):
+        answer = orjson.loads(body)
+        if isinstance(answer, dict) and _is_page(answer):
+            return answer["items"], answer.get("next"), answer.get(TRUNCATED) or []
+    raise ExportError(f"the answer is not a page of items: {body[:80]!r}")
+
+
+def _is_page(answer: dict[str, Any]) -> bool:
+    items, going_on, gaps = answer.get("items"), answer.get("next"), answer.get(TRUNCATED)
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        return False
+    if going_on is not None and (not isinstance(going_on, str) or _key(going_on) is None):
+        return False
+    return gaps is None or isinstance(gaps, list)
+
+
+def _key(raw: object) -> StreamKey | None:
+    """The stream id ``raw`` names, or None when it names none."""
+    if not isinstance(raw, str):
+        return None
+    try:
+        return parse_id(raw)
+    except ValidationError:
+        return None
 
 
 def _describe(status: int, body: bytes) -> str:
@@ -118,13 +172,34 @@ def items(
         )
         for gap in gaps:
             on_gap(gap)
-        yield from page
-        sent += len(page)
+        fresh = _fresh(page, after)[:want]
+        yield from fresh
+        sent += len(fresh)
         # A page can be short (or empty) before the end: a read scans a
         # bounded number of entries; only a missing cursor means the end.
         if going_on is None:
             return
-        after = going_on
+        after = _advanced(after, going_on)
+
+
+def _fresh(page: list[dict[str, Any]], after: str) -> list[dict[str, Any]]:
+    """The page's items past ``after``, each past the one before: a server that
+    repeats an item, or steps back, never gets it written twice."""
+    last, fresh = parse_id(after), []
+    for item in page:
+        key = _key(item.get("id"))
+        if key is not None and key > last:
+            fresh.append(item)
+            last = key
+    return fresh
+
+
+def _advanced(after: str, going_on: str) -> str:
+    """The next page's cursor; ExportError unless it is past this one (a server
+    answering the same ``next`` again would make the export loop forever)."""
+    if parse_id(going_on) <= parse_id(after):
+        raise ExportError(f"the server's next cursor {going_on} does not advance past {after}")
+    return going_on
 
 
 class NinjsWriter:
@@ -172,12 +247,17 @@ def _warn_gap(gap: dict[str, str]) -> None:
 
 
 def export_command(args: argparse.Namespace) -> int:
+    """Exit 0, 1 when the server refused (or answered nonsense), 2 for bad
+    arguments, 3 when it cannot be reached."""
+    wrong = _http_url(args.url)
+    if wrong is not None:
+        args.usage(f"--url: {wrong}")
     try:
         export(args, sys.stdout.buffer)
     except ExportError as err:
         print(f"wire export: {err}", file=sys.stderr)
         return 1
-    except (urllib.error.URLError, OSError) as err:
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
         if isinstance(err, BrokenPipeError):  # `wire export | head`: not an error
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0
