@@ -188,3 +188,19 @@ async def test_export_says_what_is_wrong_with_an_answer_that_is_not_a_page(
         code, out, err = await run_export(base, tmp_path)
     assert (code, out) == (1, ""), err
     assert "not a page of items" in err and "Traceback" not in err
+
+
+# -- wire tail ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tags", [",", " , ", ""])
+async def test_tail_without_a_tag_is_a_usage_error_not_a_silent_feed(
+    server: Server, tmp_path: Path, tags: str
+) -> None:
+    """``--tags ,`` used to subscribe to nothing and wait forever, printing nothing."""
+    argv = [sys.executable, "-m", "wire", "tail", "--tags", tags]
+    code, out, err, _ = await asyncio.to_thread(
+        run_measured, argv, wire_env(server.base), tmp_path, b"", 10
+    )
+    assert (code, out) == (2, ""), err
+    assert "--tags: give at least one tag" in err and "usage: wire tail" in err

@@ -36,12 +36,15 @@ def add_command(sub: Any) -> None:
     tail.add_argument("--since", metavar="ID", help="start after this item id (replays history)")
     tail.add_argument("--json", action="store_true", help="one JSON object per line, for jq")
     tail.add_argument("--token", help="subscriber token (default: $WIRE_SUBSCRIBER_TOKEN)")
-    tail.set_defaults(handler=tail_command)
+    tail.set_defaults(handler=tail_command, usage=tail.error)
 
 
 def tail_command(args: argparse.Namespace) -> int:
-    """Run until Ctrl-C (exit 130), a refusal (1) or a closed stdout (0)."""
+    """Run until Ctrl-C (exit 130), a refusal (1) or a closed stdout (0); 2 for bad
+    arguments. A tail of no tag would print nothing, ever: that is a usage error."""
     tags = [t for t in args.tags.split(",") if t.strip()]
+    if not tags:
+        args.usage("--tags: give at least one tag (* for everything)")
     languages = [t.strip() for t in (args.lang or "").split(",") if t.strip()]
     token = args.token or os.environ.get("WIRE_SUBSCRIBER_TOKEN") or None
     printer = Printer(sys.stdout, as_json=args.json, color=wants_color(sys.stdout))
