@@ -260,7 +260,7 @@ class Feed:
                 if not self._closed:
                     await self._lost(closed)
                 continue
-            self._lines.extend(raw.split(b"\n"))
+            self._lines.extend(_messages(raw))
         raise StopAsyncIteration
 
     async def subscribe(self, tags: Iterable[str]) -> None:
@@ -334,7 +334,7 @@ class Feed:
         both send them, and the second copy must meet the cursor the first moved.
         """
         while self._ops and self._ops[0] is first:
-            for message in (await ws.recv(decode=False)).split(b"\n"):
+            for message in _messages(await ws.recv(decode=False)):
                 if _is_item(message):
                     self._lines.append(message)
                 else:
@@ -449,6 +449,12 @@ class Feed:
         if self._cursor is not None and self._uncommitted is not None:
             self._cursor.save(self._uncommitted)
         self._uncommitted = None
+
+
+def _messages(frame: bytes) -> list[bytes]:
+    """A frame's messages: its lines, without blank ones (a trailing newline, the
+    ndjson habit, is framing and not a message that fails to parse)."""
+    return [line for line in frame.split(b"\n") if line.strip()]
 
 
 def _is_item(raw: bytes) -> bool:

@@ -11,6 +11,7 @@ import asyncio
 from typing import Any
 
 import orjson
+import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
 import subscriber
@@ -52,3 +53,29 @@ async def test_items_sent_before_the_answer_twice_across_a_reconnect_are_yielded
         url = f"ws://127.0.0.1:{port}/v1/ws"
         async with subscriber.connect(url, ["world"], **FAST) as feed:
             assert await ids_until(feed, "3-0") == ["1-0", "2-0", "3-0"]
+
+
+async def test_blank_lines_in_a_frame_are_skipped_and_bad_json_is_a_protocol_error() -> None:
+    """A trailing newline (the ndjson habit) or an empty line in a batched frame is
+    framing, not a message; a frame that is not JSON raises ProtocolError, and an
+    application that reads on gets the rest, once each."""
+
+    async def handler(ws: ServerConnection) -> None:
+        await ws.recv()
+        await ws.send(SUBSCRIBED)
+        await ws.send(item_message("1-0") + "\n")
+        await ws.send(item_message("2-0") + "\n\n" + item_message("3-0") + "\r\n")
+        await ws.send("{not json")
+        await ws.send(item_message("3-0") + "\n" + item_message("4-0"))
+        await ws.wait_closed()
+
+    got: list[str] = []
+    async with serve(handler, "127.0.0.1", 0) as peer:
+        port = peer.sockets[0].getsockname()[1]
+        url = f"ws://127.0.0.1:{port}/v1/ws"
+        async with subscriber.connect(url, ["world"], **FAST) as feed:
+            got += await ids_until(feed, "3-0")
+            with pytest.raises(subscriber.ProtocolError, match="invalid JSON"):
+                await anext(feed)
+            got += await ids_until(feed, "4-0")
+    assert got == ["1-0", "2-0", "3-0", "4-0"]
