@@ -42,6 +42,9 @@ Op = tuple[Change, frozenset[str]]
 #: or overloaded (5xx, 429), a close for any reason.
 RETRYABLE = (OSError, TimeoutError, EOFError, InvalidHandshake, ConnectionClosed)
 MAX_MESSAGE = 4 * 1024 * 1024
+#: Urgent items received ahead of their turn that the library remembers (to
+#: yield each once when its in-order copy comes).
+MAX_AHEAD = 10_000
 STABLE_AFTER = 10.0  # seconds
 
 
@@ -289,7 +292,7 @@ class Feed:
             try:
                 ws = await self._establish()
             except RETRYABLE as err:
-                await self._pause(None, _describe(err))
+                await self._pause(None, _describe(err), at_least=_retry_after(err))
                 continue
             self._connected_at = time.monotonic()
             return ws
@@ -369,9 +372,12 @@ class Feed:
         else:
             await self._pause(rcvd.code, rcvd.reason)
 
-    async def _pause(self, code: int | None, reason: str) -> None:
-        """Tell the application, then wait before the next attempt (unless closed)."""
-        delay = self._backoff.next()
+    async def _pause(self, code: int | None, reason: str, *, at_least: float = 0.0) -> None:
+        """Tell the application, then wait before the next attempt (unless closed).
+
+        ``at_least``: what a refusal's ``Retry-After`` asked for (within ``max_delay``).
+        """
+        delay = max(self._backoff.next(), min(at_least, self._backoff.max_delay))
         self._notify(Disconnected(code, reason, delay))
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(delay):
@@ -406,6 +412,13 @@ class Feed:
         if ahead:
             # A flash sent before earlier items still on their way: show it,
             # but do not move the resume cursor past the items it overtook.
+            if len(self._ahead) >= MAX_AHEAD:
+                # Each is remembered until its in-order copy comes; a gateway
+                # sends that copy within its buffer, so this many means a
+                # server that never will.
+                raise ProtocolError(
+                    f"the server sent more than {MAX_AHEAD:,} items ahead of their turn"
+                )
             self._ahead.add(event.id)
         # Items of an unsubscribed tag that were already on the way, and
         # (from a server that does not filter languages) other languages.
@@ -463,6 +476,15 @@ def _is_item(raw: bytes) -> bool:
         msg = orjson.loads(raw)
         return isinstance(msg, dict) and msg.get("type") == "item"
     return False
+
+
+def _retry_after(err: BaseException) -> float:
+    """Seconds a refused handshake's ``Retry-After`` asks for (0 without one, or
+    for the HTTP-date form: the backoff decides then)."""
+    if not isinstance(err, InvalidStatus):
+        return 0.0
+    value = err.response.headers.get("Retry-After", "").strip()
+    return float(value) if value.isdigit() else 0.0
 
 
 def _refusal(err: InvalidStatus) -> RefusedError | None:
