@@ -313,11 +313,11 @@ async def test_close_sends_the_code_and_reason() -> None:
     assert t.read() == []
 
 
-async def test_sse_close_writes_no_websocket_frame() -> None:
+async def test_sse_close_ends_the_chunked_body_and_writes_no_websocket_frame() -> None:
     hub = Hub()
     conn, t = conn_for(hub, "*", sse=True)
     hub.close(conn, CloseCode.SLOW_CONSUMER, "slow consumer")
-    assert t.unread == b"" and t.closing
+    assert t.unread == b"1d\r\n: closed 4008 slow consumer\n\n\r\n0\r\n\r\n" and t.closing
 
 
 # --- replay buffering ---------------------------------------------------------------
