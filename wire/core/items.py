@@ -53,6 +53,10 @@ MAX_COPYRIGHT = 500
 MAX_USAGE_TERMS = 500
 #: Serialized size (UTF-8 bytes of compact JSON) of ``extra``.
 MAX_EXTRA = 16 * 1024
+#: How deeply ``extra`` may nest arrays and objects. orjson writes at most 254
+#: levels, and a story read in ninjs puts an item's extra three levels down:
+#: 300 levels fit in 16 KiB, and such an item could never be stored or read.
+MAX_EXTRA_DEPTH = 64
 TYPES = ("text", "advisory")
 #: The mark of a correction that names none (a re-publish defaults to "Updated").
 CORRECTED = "Corrected"
@@ -316,6 +320,11 @@ def _extra(value: object) -> str | None:
             )
     if not value:
         return None
+    if _depth(value) > MAX_EXTRA_DEPTH:
+        raise ValidationError(
+            f"extra is nested deeper than {MAX_EXTRA_DEPTH} levels of arrays and objects",
+            field="extra",
+        )
     try:
         text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     except (ValueError, TypeError, RecursionError):
@@ -323,3 +332,19 @@ def _extra(value: object) -> str | None:
     if len(text.encode()) > MAX_EXTRA:
         raise ValidationError(f"extra is larger than {MAX_EXTRA:,} bytes of JSON", field="extra")
     return text
+
+
+def _depth(value: object) -> int:
+    """How many levels of arrays and objects ``value`` nests (a scalar: 0).
+
+    Without recursion: the body may nest 1,024 levels (orjson's limit on input).
+    """
+    deepest, todo = 0, [(value, 0)]
+    while todo:
+        node, depth = todo.pop()
+        if isinstance(node, dict):
+            node = list(node.values())
+        if isinstance(node, list):
+            deepest = max(deepest, depth + 1)
+            todo.extend((child, depth + 1) for child in node)
+    return deepest
