@@ -11,10 +11,12 @@ import aiohttp
 import pytest
 
 from tests.conftest import Server
-from tests.support import post
-from tests.test_ninjs import NINJS
+from tests.support import item, post, publish
+from tests.test_ninjs import NINJS, assert_valid, get_ninjs, post_ninjs
 from tests.test_stories_content import server_redis
 from wire.storage import keys
+
+DOC = {"headlines": [{"role": "main", "value": "Quake"}], "subjects": [{"name": "world"}]}
 
 
 def nested(levels: int) -> str:
@@ -58,3 +60,46 @@ async def test_a_deeply_nested_extra_is_a_400_not_a_500(
         headers={"Content-Type": content_type},
     )  # fmt: skip
     assert status in (201, 202), answer
+
+
+@pytest.mark.parametrize("name", ["firstCreated", "embargoedUntil", "headlines", "wire:versions"])
+async def test_extra_may_not_pose_as_what_the_wire_sets(
+    server: Server, http: aiohttp.ClientSession, name: str
+) -> None:
+    """``extra`` is what ninjs ingest does not model: a property the wire writes
+    itself (or a wire: one) there would come out in ninjs as the wire's word
+    (a firstCreated of 1999 on a story trimmed of version 1)."""
+    status, answer = await post(http, server.base, item(extra={name: "1999-01-01T00:00:00Z"}))
+    assert status == 400, answer
+    assert answer["error"]["field"] == "extra" and name in answer["error"]["message"]
+    nothing_written(server)
+
+
+async def test_a_story_read_in_ninjs_posted_back_leaves_no_wire_property(
+    server: Server, http: aiohttp.ClientSession
+) -> None:
+    """docs/ninjs.md: ``wire:versions`` and ``wire:older`` are read and ignored, so
+    the wire's own output can be posted back; wire:older must not end up in
+    extra (and then on every read of the item)."""
+    for n in range(3):
+        await publish(http, server.base, f"Take {n}", guid="loop")
+    _, _, doc = await get_ninjs(http, f"{server.base}/v1/stories/loop?format=ninjs&limit=1")
+    assert doc["wire:older"] == 3
+    status, answer = await post_ninjs(http, server.base, doc)
+    assert status == 201, answer
+    assert answer["item"]["version"] == 4 and "extra" not in answer["item"]
+    url = f"{server.base}/v1/items/{answer['item']['id']}?format=ninjs"
+    _, _, back = await get_ninjs(http, url)
+    assert not [k for k in back if k.startswith("wire:")]
+    assert_valid(back)
+
+
+async def test_ninjs_property_names_the_wire_cannot_keep_are_dropped(
+    server: Server, http: aiohttp.ClientSession
+) -> None:
+    """docs/ninjs.md: a property name that is not 1-100 letters, digits and
+    ``. _ : -`` is dropped (``$schema`` and ``@context`` are common), not a 400."""
+    doc = {**DOC, "$schema": "https://iptc.org/x.json", "@context": {}, "profile": "p"}
+    status, answer = await post_ninjs(http, server.base, doc)
+    assert status == 201, answer
+    assert answer["item"]["extra"] == {"profile": "p"}

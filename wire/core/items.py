@@ -31,6 +31,7 @@ from wire.core.content import (
 from wire.core.errors import ValidationError, quoted
 from wire.core.language import DEFAULT_LANGUAGE, normalize_language
 from wire.core.links import MAX_URL, check_url
+from wire.core.ninjs_content import RESERVED, extra_name_ok
 from wire.core.stored import iso as iso  # re-exported: callers know the time format here
 from wire.core.stored import published_now as published_now  # re-exported too
 from wire.core.tags import normalize_tags
@@ -76,7 +77,6 @@ MAX_EMBARGO_DAYS = 366
 MAX_KEY = 255
 _GUID = re.compile(r"[A-Za-z0-9._~:@+=-]{1,200}")
 _SLUGLINE = re.compile(r"[^\W_]+(?:-+[^\W_]+)*")
-_EXTRA_KEY = re.compile(r"[A-Za-z][A-Za-z0-9._:-]{0,99}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,9 +313,15 @@ def _extra(value: object) -> str | None:
     if not isinstance(value, dict):
         raise ValidationError("extra must be a JSON object", field="extra")
     for key in value:
-        if not _EXTRA_KEY.fullmatch(key):
+        if not extra_name_ok(key):
             raise ValidationError(
                 f"extra has a property name {quoted(key[:80])} that is not a ninjs-style name",
+                field="extra",
+            )
+        if key in RESERVED or key.startswith("wire:"):
+            # It would go out in ninjs as the wire's own word (see RESERVED).
+            raise ValidationError(
+                f"extra may not hold {quoted(key)}: the wire sets that ninjs property itself",
                 field="extra",
             )
     if not value:

@@ -12,6 +12,7 @@ document that the wire does not model are kept verbatim in the item's
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote
@@ -32,15 +33,28 @@ MAPPED = frozenset(
         "embargoedUntil", "urgency", "headlines", "bodies", "subjects", "edNote",
         "language", "by", "slugline", "located", "descriptions", "copyrightNotice",
         "usageTerms", "people", "places", "organisations", "wire:mark", "wire:versions",
-        "renditions",
+        "wire:older", "renditions",
     }
 )  # fmt: skip
+#: Names ``extra`` may not hold (in the JSON API either): the properties the
+#: wire writes itself, which an ingested document's extra never has. There
+#: they would go out in ninjs as the wire's word (a firstCreated of the
+#: editor's choosing). ``uri`` and ``type`` are kept there by ingest itself.
+RESERVED = MAPPED - {"uri", "type"}
+#: A property name ``extra`` keeps: ninjs-style, 1-100 characters.
+_EXTRA_NAME = re.compile(r"[A-Za-z][A-Za-z0-9._:-]{0,99}")
 #: Array properties the wire writes some members of: the members it does not
 #: model are kept in ``extra`` under the same name and appended on output.
 SHARED = ("associations", "genres", "altIds")
 SUMMARY_ROLES = ("summary", None, "text", "description", "abstract")
 _URI_SAFE = "!#$%&'()*+,-./:;=?@[]_~"
 _PLAIN = ("", "text/plain")
+
+
+def extra_name_ok(name: object) -> bool:
+    """True for a name ``extra`` may keep: 1-100 letters, digits and ``. _ : -``,
+    starting with a letter (not ``$schema`` or ``@context``)."""
+    return isinstance(name, str) and _EXTRA_NAME.fullmatch(name) is not None
 
 
 def genre_uri(mark: str) -> str:
@@ -173,7 +187,10 @@ def content_from_ninjs(doc: Mapping[str, Any], guid_for: Callable[[str], str]) -
     member the model has no room for (a ``composite`` association, a
     rendition with no ``href``) goes to ``extra``.
     """
-    extra: dict[str, Any] = {k: v for k, v in doc.items() if k not in MAPPED and k not in SHARED}
+    # A name extra cannot keep (``$schema``) is dropped, as docs/ninjs.md says.
+    extra: dict[str, Any] = {
+        k: v for k, v in doc.items() if k not in MAPPED and k not in SHARED and extra_name_ok(k)
+    }
     genres = [g for g in _list(doc.get("genres")) if isinstance(g, dict)]
     wire_genres = {g.get("uri") for g in genres}
     data: dict[str, Any] = {
