@@ -6,12 +6,13 @@ Redis, checking that a refused request wrote nothing.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import aiohttp
 import pytest
 
 from tests.conftest import Server
-from tests.support import item, post, publish
+from tests.support import get_json, item, post, publish
 from tests.test_ninjs import NINJS, assert_valid, get_ninjs, post_ninjs
 from tests.test_stories_content import server_redis
 from wire.storage import keys
@@ -103,3 +104,41 @@ async def test_ninjs_property_names_the_wire_cannot_keep_are_dropped(
     status, answer = await post_ninjs(http, server.base, doc)
     assert status == 201, answer
     assert answer["item"]["extra"] == {"profile": "p"}
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("associations", {"type": "picture", "uri": "https://img.example.com/1"}),
+        ("people", "Jane Doe"),
+        ("places", {"name": "Tokyo"}),
+        ("organisations", "IPTC"),
+        ("descriptions", "A summary"),
+        ("genres", "news"),
+        ("altIds", 7),
+    ],
+)
+async def test_ninjs_arrays_of_the_wrong_type_are_refused_not_dropped(
+    server: Server, http: aiohttp.ClientSession, name: str, value: object
+) -> None:
+    """A property the wire reads that is not an array was silently dropped (201,
+    the people or the summary lost): it is a 400 naming it, nothing written."""
+    status, answer = await post_ninjs(http, server.base, {**DOC, name: value})
+    assert status == 400, answer
+    assert answer["error"]["code"] == "invalid_field" and answer["error"]["field"] == name
+    nothing_written(server)
+    status, _ = await post_ninjs(http, server.base, {**DOC, name: None})
+    assert status == 201
+
+
+async def test_ninjs_description_values_must_be_text(
+    server: Server, http: aiohttp.ClientSession
+) -> None:
+    """A summary whose value is not a string was dropped without a word."""
+    doc: dict[str, Any] = {**DOC, "descriptions": [{"role": "summary", "value": 5}]}
+    status, answer = await post_ninjs(http, server.base, doc)
+    assert status == 400, answer
+    assert answer["error"]["field"] == "descriptions"
+    nothing_written(server)
+    _, found = await get_json(http, f"{server.base}/v1/items")
+    assert found == {"items": []}

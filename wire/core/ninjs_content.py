@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import quote
 
 from wire.core.content import ASSOCIATION_TYPES
+from wire.core.errors import ValidationError
 
 MEDTOP_URI = "http://cv.iptc.org/newscodes/mediatopic/"
 MEDTOP = "medtop:"
@@ -47,6 +48,9 @@ _EXTRA_NAME = re.compile(r"[A-Za-z][A-Za-z0-9._:-]{0,99}")
 #: model are kept in ``extra`` under the same name and appended on output.
 SHARED = ("associations", "genres", "altIds")
 SUMMARY_ROLES = ("summary", None, "text", "description", "abstract")
+#: The top-level arrays ingest reads members of (headlines, bodies, subjects
+#: and renditions are checked in wire.core.ninjs).
+ARRAYS = ("genres", "altIds", "associations", "descriptions", "people", "places", "organisations")
 _URI_SAFE = "!#$%&'()*+,-./:;=?@[]_~"
 _PLAIN = ("", "text/plain")
 
@@ -191,7 +195,8 @@ def content_from_ninjs(doc: Mapping[str, Any], guid_for: Callable[[str], str]) -
     extra: dict[str, Any] = {
         k: v for k, v in doc.items() if k not in MAPPED and k not in SHARED and extra_name_ok(k)
     }
-    genres = [g for g in _list(doc.get("genres")) if isinstance(g, dict)]
+    arrays = {name: _array(doc, name) for name in ARRAYS}
+    genres = [g for g in arrays["genres"] if isinstance(g, dict)]
     wire_genres = {g.get("uri") for g in genres}
     data: dict[str, Any] = {
         "language": doc.get("language"),
@@ -199,21 +204,21 @@ def content_from_ninjs(doc: Mapping[str, Any], guid_for: Callable[[str], str]) -
         "byline": doc.get("by"),
         "slugline": doc.get("slugline"),
         "located": doc.get("located"),
-        "summary": _summary(doc.get("descriptions")),
+        "summary": _summary(_descriptions(arrays["descriptions"])),
         "ednote": doc.get("edNote"),
         "copyright": doc.get("copyrightNotice"),
         "usage_terms": doc.get("usageTerms"),
         "correction": True if CORRECTION_GENRE in wire_genres else None,
         "subjects": _subjects(doc.get("subjects")) or None,
-        "people": _people(doc.get("people")),
-        "places": _people(doc.get("places")),
-        "organisations": _people(doc.get("organisations")),
+        "people": _people(arrays["people"]),
+        "places": _people(arrays["places"]),
+        "organisations": _people(arrays["organisations"]),
     }
     if isinstance(doc.get("type"), str) and doc["type"] != "text":
         extra["type"] = doc["type"]
     _keep(extra, "genres", [g for g in genres if not _is_wire(g.get("uri"))])
-    _keep(extra, "altIds", [a for a in _list(doc.get("altIds")) if not _wire_id(a)])
-    associations, kept = _associations(doc.get("associations"))
+    _keep(extra, "altIds", [a for a in arrays["altIds"] if not _wire_id(a)])
+    associations, kept = _associations(arrays["associations"])
     translation = [a for a in kept if isinstance(a, dict) and a.get("rel") == TRANSLATION_REL]
     if translation and isinstance(translation[0].get("uri"), str):
         data["translation_of"] = guid_for(translation[0]["uri"])
@@ -222,6 +227,30 @@ def content_from_ninjs(doc: Mapping[str, Any], guid_for: Callable[[str], str]) -
     _keep(extra, "associations", kept)
     data["extra"] = extra or None
     return {k: v for k, v in data.items() if v is not None}
+
+
+def _array(doc: Mapping[str, Any], name: str) -> list[Any]:
+    """A top-level array the wire reads: absent or null is empty, another type a 400.
+
+    Dropped silently, a ``"people": "Jane Doe"`` was a 201 that lost the people.
+    """
+    value = doc.get(name)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ValidationError(f"{name} must be an array", field=name)
+    return value
+
+
+def _descriptions(members: list[Any]) -> list[Any]:
+    """``descriptions``, whose members' role, value and contentType are strings
+    (as for headlines and bodies): a summary of another type is a 400, not lost."""
+    for m in members:
+        for key in ("role", "value", "contentType"):
+            if isinstance(m, dict) and m.get(key) is not None and not isinstance(m[key], str):
+                message = f"descriptions[].{key} must be a string"
+                raise ValidationError(message, field="descriptions")
+    return members
 
 
 def _list(value: object) -> list[Any]:
