@@ -14,6 +14,7 @@ from wire.core.entry import Entry
 from wire.core.errors import NotFound, ValidationError, quoted
 from wire.core.items import check_text
 from wire.core.ledger import HISTORY
+from wire.storage.store import Written
 from wire.storage.story_pages import StoryPage
 from wire.web.appkeys import STORE
 from wire.web.http import raw_json
@@ -106,6 +107,22 @@ async def _story_ninjs(
     return ninjs_response(doc)
 
 
+async def _withdraw(request: web.Request, guid: str, reason: str) -> Written:
+    """The withdrawal of ``guid``; a 404 for a story whose only version is under
+    embargo says so: the item would otherwise go out at its time while the
+    editor believes there was nothing to kill."""
+    store = request.app[STORE]
+    try:
+        return await store.withdraw(guid, reason)
+    except NotFound:
+        if not await store.embargo_pending(guid):
+            raise
+    raise NotFound(
+        f"no story with guid {quoted(guid)} was published yet, but an embargoed item of it"
+        " is pending: cancel it with DELETE /v1/embargoes/<guid>"
+    )
+
+
 def _translation(entry: Entry) -> dict[str, object]:
     """How a story read names one translation: its guid, language and current version."""
     item = orjson.loads(entry.json)
@@ -123,7 +140,7 @@ async def withdraw_story(request: web.Request) -> web.Response:
     reason = check_text(data.get("reason"), "reason", MAX_REASON, required=True, multiline=False)
     assert reason is not None  # required=True
     guid = request.match_info["guid"]
-    published = await request.app[STORE].withdraw(guid, reason)
+    published = await _withdraw(request, guid, reason)
     # Who received the story (the ledger): this process's records are flushed
     # first; other processes' arrive within their flush interval.
     partners = await delivered_to(request, guid)

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import Server
-from tests.support import get_json, item, post, publish
+from tests.support import EDITOR_TOKEN, get_json, item, post, publish
 from tests.test_ninjs import NINJS, assert_valid, get_ninjs, post_ninjs
 from tests.test_stories_content import server_redis
 from wire.storage import keys
@@ -142,3 +142,28 @@ async def test_ninjs_description_values_must_be_text(
     nothing_written(server)
     _, found = await get_json(http, f"{server.base}/v1/items")
     assert found == {"items": []}
+
+
+async def test_withdrawing_a_story_that_is_only_embargoed_says_how_to_stop_it(
+    server: Server, http: aiohttp.ClientSession
+) -> None:
+    """An editor killing a story whose only version is still under embargo got
+    ``404 no such story``, and the item then went out at its time. The 404
+    stays (nothing was published to withdraw) but names the pending item and
+    how to cancel it; nothing is written or cancelled by it."""
+    held = await publish(http, server.base, "Held back", guid="held", embargo_until=later())
+    assert held["pubstatus"] == "withheld"
+    auth = {"Authorization": f"Bearer {EDITOR_TOKEN}"}
+    url = f"{server.base}/v1/stories/held/withdraw"
+    async with http.post(url, json={"reason": "Legal"}, headers=auth) as resp:
+        assert resp.status == 404
+        error = (await resp.json())["error"]
+    assert error["code"] == "not_found" and "DELETE /v1/embargoes/<guid>" in error["message"]
+    _, pending = await get_json(http, f"{server.base}/v1/embargoes", headers=auth)
+    assert [p["guid"] for p in pending["embargoes"]] == ["held"]
+    assert server_redis(server).xlen(keys.STREAM) == 0
+    # A guid with nothing at all is the plain 404.
+    async with http.post(f"{server.base}/v1/stories/none/withdraw", json={"reason": "x"},
+                         headers=auth) as resp:  # fmt: skip
+        assert resp.status == 404
+        assert "embargo" not in (await resp.json())["error"]["message"]

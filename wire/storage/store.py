@@ -633,6 +633,10 @@ class Store:
             found = await pipe.execute()
         return [f for f in found if f is not None]
 
+    async def embargo_pending(self, guid: str) -> bool:
+        """True when an embargoed item of ``guid`` waits for its time."""
+        return await self.redis.zscore(keys.EMBARGOES, keys.embargo(guid)) is not None
+
     async def cancel_embargo(self, guid: str) -> bool:
         """Cancel a pending embargoed item; False when there was none."""
         names, args = scripts.CancelArgs(schedule=keys.EMBARGOES, item=keys.embargo(guid)).lists()
