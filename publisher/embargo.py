@@ -78,6 +78,8 @@ async def release_due(store: Store, batch: int = RELEASE_BATCH) -> int:
                 log.info("embargo released", extra={"guid": guid, "id": detail})
             elif status == "withdrawn":
                 log.warning("embargo dropped: story %r was withdrawn while it was pending", guid)
+            elif status == "original_withdrawn":
+                log.warning("embargo dropped: the story %r translates was withdrawn", guid)
             elif status == "conflict":
                 log.error("embargo of %r held back: redis key %r has a foreign type", guid, detail)
             else:

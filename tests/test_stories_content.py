@@ -213,3 +213,40 @@ def server_redis(server: Server) -> Any:
 
     assert server.settings.redis_url is not None
     return redis.Redis.from_url(server.settings.redis_url)
+
+
+async def test_a_translation_of_a_withdrawn_story_is_refused_and_never_released(
+    server: Server, http: aiohttp.ClientSession
+) -> None:
+    """A kill is not undone by a translation: a translation of a withdrawn story
+    is 409 story_withdrawn naming translation_of (alone, embargoed or in a batch;
+    nothing written); one embargoed before the kill is dropped at its release."""
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    await publish(http, server.base, "Quake", ["world"], guid="k-en")
+    held = item("Séisme", guid="k-fr", language="fr", translation_of="k-en", embargo_until=later)
+    status, answer = await post(http, server.base, held)
+    assert status == 202, answer
+    status, _ = await post_withdraw(http, server, "k-en")
+    assert status == 200
+    for body in (
+        item("Beben", guid="k-de", language="de", translation_of="k-en"),
+        item("Beben", guid="k-de", language="de", translation_of="k-en", embargo_until=later),
+    ):
+        status, answer = await post(http, server.base, body)
+        assert status == 409, answer
+        assert answer["error"]["code"] == "story_withdrawn"
+        assert answer["error"]["field"] == "translation_of"
+    status, answer = await post(
+        http, server.base, [item("Terremoto", guid="k-es", language="es", translation_of="k-en")]
+    )
+    assert status == 200 and answer["results"][0]["error"]["code"] == "story_withdrawn"
+    # A forward link (an original that does not exist yet) is still fine.
+    status, answer = await post(http, server.base, item("Sismo", guid="k-pt", translation_of="k-x"))
+    assert status == 201, answer
+    store: Store = server.app[STORE]
+    soon = int((datetime.now(UTC) + timedelta(hours=2)).timestamp() * 1000)
+    assert await store.release_embargoes(soon) == [("original_withdrawn", "k-fr", "")]
+    for guid in ("k-fr", "k-de", "k-es"):
+        status, _ = await get_json(http, f"{server.base}/v1/stories/{guid}")
+        assert status == 404, guid
+    assert not server_redis(server).exists(keys.translations("k-en"))

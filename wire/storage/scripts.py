@@ -83,6 +83,16 @@ local function uncorrectable(story, correction)
   return nil
 end
 
+-- {'original_withdrawn'} when a translation's original (its story hash, ''
+-- for none) was withdrawn: a kill is not undone by a translation of it. Call
+-- only once conflict() has passed original as a hash.
+local function killed(original)
+  if original ~= '' and redis.call('HEXISTS', original, 'withdrawn') == 1 then
+    return {'original_withdrawn'}
+  end
+  return nil
+end
+
 -- Record that the story guid translates the one whose set of translations is
 -- key ('' for none); call only once conflict() has passed key as a set. The
 -- original need not exist yet (a forward link, see docs/protocol.md).
@@ -147,7 +157,7 @@ _READERS: dict[type[ScriptArgs], Callable[[ScriptArgs], tuple[Any, ...]]] = {}
 class PublishArgs(ScriptArgs):
     """:data:`PUBLISH`: append a version; idempotent per key and body."""
 
-    N_KEYS: ClassVar[int] = 6
+    N_KEYS: ClassVar[int] = 7
     stream: str
     story: str
     story_tags: str
@@ -156,6 +166,8 @@ class PublishArgs(ScriptArgs):
     idempotency: str
     #: The set of translations of the story this one translates, or "".
     translations: str
+    #: The story hash of the story this one translates, or "".
+    original: str
     guid: str
     head: bytes
     mark: bytes
@@ -179,7 +191,7 @@ PUBLISH = (
     _LIB
     + r"""
 -- KEYS: 1 stream, 2 story, 3 story_tags, 4 story_ids, 5 idempotency (or ''),
---       6 translations (or '')
+--       6 translations (or ''), 7 original (or '')
 -- ARGV: 1 guid, 2 head, 3 mark, 4 rest, 5 tags, 6 urgency, 7 mark_key, 8 no_mark,
 --       9 updated, 10 stamp, 11 maxlen, 12 minid, 13 story_ttl, 14 digest,
 --       15 idempotency_ttl, 16 correction
@@ -187,9 +199,9 @@ local found = recorded(KEYS[5], ARGV[14], ARGV[15], true)
 if found then return found end
 local no = refused(KEYS[1], KEYS[2], KEYS[3], KEYS[4])
 if no then return no end
-local bad = conflict({KEYS[6], 'set'})
+local bad = conflict({KEYS[6], 'set', KEYS[7], 'hash'})
 if bad then return {'conflict', bad} end
-no = uncorrectable(KEYS[2], ARGV[16])
+no = uncorrectable(KEYS[2], ARGV[16]) or killed(KEYS[7])
 if no then return no end
 local id, json = append(KEYS[1], KEYS[2], KEYS[3], KEYS[4],
   {guid = ARGV[1], head = ARGV[2], mark = ARGV[3], rest = ARGV[4], tags = ARGV[5],
@@ -264,7 +276,7 @@ return {'new', id, json}
 class EmbargoArgs(ScriptArgs):
     """:data:`EMBARGO`: schedule an item's release (replacing a pending one)."""
 
-    N_KEYS: ClassVar[int] = 7
+    N_KEYS: ClassVar[int] = 8
     schedule: str
     item: str
     story: str
@@ -273,6 +285,8 @@ class EmbargoArgs(ScriptArgs):
     idempotency: str
     #: As in :class:`PublishArgs` (the link is recorded on release).
     translations: str
+    #: As in :class:`PublishArgs` (checked again on release).
+    original: str
     due_ms: int
     #: The pending item's JSON (wire.core.stored.pending).
     pending: bytes
@@ -289,27 +303,28 @@ class EmbargoArgs(ScriptArgs):
 
 # The item hash keeps what RELEASE needs, story keys included: Lua cannot
 # compute a key (no SHA-256), so keys are only ever built in wire/storage/keys.py.
-# Its fields (g h m r t u ks kt ki, and kx: the translations set to join, or
-# '') outlive an upgrade: keep their meaning (an item scheduled before kx
-# existed has none).
+# Its fields (g h m r t u ks kt ki, kx: the translations set to join, or '',
+# and ko: the original's story hash, or '') outlive an upgrade: keep their
+# meaning (an item scheduled before kx or ko existed has none).
 EMBARGO = (
     _LIB
     + r"""
 -- KEYS: 1 schedule, 2 item, 3 story, 4 story_tags, 5 story_ids, 6 idempotency (or ''),
---       7 translations (or '')
+--       7 translations (or ''), 8 original (or '')
 -- ARGV: 1 due_ms, 2 pending, 3 guid, 4 head, 5 mark, 6 rest, 7 tags, 8 urgency,
 --       9 digest, 10 idempotency_ttl, 11 correction
 local found = recorded(KEYS[6], ARGV[9], ARGV[10], false)
 if found then return found end
-local bad = conflict({KEYS[1], 'zset', KEYS[2], 'hash', KEYS[3], 'hash', KEYS[7], 'set'})
+local bad = conflict({KEYS[1], 'zset', KEYS[2], 'hash', KEYS[3], 'hash', KEYS[7], 'set',
+                      KEYS[8], 'hash'})
 if bad then return {'conflict', bad} end
 if redis.call('HEXISTS', KEYS[3], 'withdrawn') == 1 then return {'withdrawn'} end
-local no = uncorrectable(KEYS[3], ARGV[11])
+local no = uncorrectable(KEYS[3], ARGV[11]) or killed(KEYS[8])
 if no then return no end
 redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[2], 'p', ARGV[2], 'g', ARGV[3], 'h', ARGV[4], 'm', ARGV[5],
            'r', ARGV[6], 't', ARGV[7], 'u', ARGV[8], 'ks', KEYS[3], 'kt', KEYS[4], 'ki', KEYS[5],
-           'kx', KEYS[7])
+           'kx', KEYS[7], 'ko', KEYS[8])
 redis.call('ZADD', KEYS[1], ARGV[1], KEYS[2])
 if KEYS[6] ~= '' then
   redis.call('SET', KEYS[6], ARGV[9] .. '\n\n' .. ARGV[2], 'EX', ARGV[10])
@@ -372,7 +387,7 @@ RELEASE = (
 local function release(key, L, r)
   local f = {}
   if not conflict({key, 'hash'}) then
-    f = redis.call('HMGET', key, 'g', 'h', 'm', 'r', 't', 'u', 'ks', 'kt', 'ki', 'kx')
+    f = redis.call('HMGET', key, 'g', 'h', 'm', 'r', 't', 'u', 'ks', 'kt', 'ki', 'kx', 'ko')
   end
   for i = 1, 9 do
     if not f[i] then
@@ -380,17 +395,18 @@ local function release(key, L, r)
       return {'orphan', key, ''}
     end
   end
-  local kx = f[10] or ''
+  local kx, ko = f[10] or '', f[11] or ''
   local no = refused(KEYS[1], f[7], f[8], f[9])
-  local bad = conflict({kx, 'set'})
+  local bad = conflict({kx, 'set', ko, 'hash'})
   if bad and not no then no = {'conflict', bad} end
   if no and no[1] == 'conflict' then
     redis.call('ZADD', KEYS[2], ARGV[1] + ARGV[10], key)
     return {'conflict', f[1], no[2]}
   end
+  no = no or killed(ko)
   redis.call('ZREM', KEYS[2], key)
   redis.call('DEL', key)
-  if no then return {'withdrawn', f[1], ''} end
+  if no then return {no[1], f[1], ''} end
   local id = append(KEYS[1], f[7], f[8], f[9],
     {guid = f[1], head = f[2], mark = f[3], rest = f[4], tags = f[5], urgency = f[6]},
     L, r)

@@ -306,6 +306,7 @@ class Store:
             story_ids=keys.story_ids(sub.guid),
             idempotency=keys.idempotency(key) if key else "",
             translations=keys.translations(sub.translation_of) if sub.translation_of else "",
+            original=keys.story(sub.translation_of) if sub.translation_of else "",
             guid=sub.guid,
             head=item.head,
             mark=item.mark,
@@ -400,6 +401,11 @@ class Store:
             )
         if status == "withdrawn":
             raise StoryWithdrawn("this story was withdrawn; publish it under a new guid")
+        if status == "original_withdrawn":
+            raise StoryWithdrawn(
+                "the story this translates was withdrawn: its translation is not published",
+                field="translation_of",
+            )
         if status == "unknown":
             raise NotFound("no such story")
         if status == "invalid":
@@ -609,6 +615,7 @@ class Store:
             story_ids=keys.story_ids(sub.guid),
             idempotency=keys.idempotency(key) if key else "",
             translations=keys.translations(original) if original else "",
+            original=keys.story(original) if original else "",
             due_ms=int(sub.embargo_until.timestamp() * 1000),
             pending=pending,
             guid=sub.guid,
