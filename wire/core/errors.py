@@ -121,6 +121,19 @@ class UnsupportedWebSocketVersion(ClientError):
     status = 426
 
 
+class UnsupportedHTTPVersion(ClientError):
+    """An event stream asked for over HTTP/1.0, which cannot frame an endless body.
+
+    The stream is chunked (the hub writes whole chunks), and HTTP/1.0 has no
+    chunked encoding; an HTTP/1.0 proxy would pass the chunk sizes on as
+    data. 505 is HTTP's answer for a version the server will not use
+    (RFC 9110 15.6.6).
+    """
+
+    code = "http_version_not_supported"
+    status = 505
+
+
 class PayloadTooLarge(ClientError):
     code = "payload_too_large"
     status = 413

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from multidict import MultiDict
 
 from wire.core import frames
-from wire.core.errors import ClientError
+from wire.core.errors import ClientError, UnsupportedHTTPVersion
 from wire.core.ids import parse_cursor
 from wire.core.protocol import Subscribe, check_tag_count, error_message
 from wire.gateway import handover
@@ -35,6 +35,7 @@ HEADERS = {
 async def sse_handler(request: web.Request) -> web.StreamResponse:
     """``GET /v1/sse?tags=a,b&lang=en``: Server-Sent Events with Last-Event-ID resume."""
     try:
+        _check_version(request)
         grant = admit(request)
         cmd = _sse_subscribe(request)
         grant.check_subscription(cmd.tags)
@@ -68,6 +69,19 @@ async def sse_handler(request: web.Request) -> web.StreamResponse:
     finally:
         session.end()
     return resp
+
+
+def _check_version(request: web.Request) -> None:
+    """Refuse a stream over HTTP/1.0: it has no chunked encoding to frame one.
+
+    aiohttp raises a RuntimeError (a 500) when a chunked response is prepared
+    for HTTP/1.0. A HEAD has no body, so it is answered as usual.
+    """
+    if request.version < HttpVersion11 and request.method != "HEAD":
+        raise UnsupportedHTTPVersion(
+            "the event stream needs HTTP/1.1 (chunked transfer encoding); behind a proxy, "
+            "have it speak HTTP/1.1 to the wire (nginx: proxy_http_version 1.1)"
+        )
 
 
 def _sse_subscribe(request: web.Request) -> Subscribe:
