@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 
+import aiohttp
 import orjson
 
 from tests.conftest import ServerFactory
-from tests.support import wait_for
+from tests.support import chromium, publish, sse_events, wait_for
 from wire.gateway.reader import HUB
 
 WAIT = 15.0
@@ -71,3 +72,52 @@ async def test_an_http_1_0_event_stream_request_is_a_clear_error_not_a_500(
     finally:
         writer.close()
     await wait_for(lambda: not server.app[HUB].conns, "the stream to end")
+
+
+# ---- an EventSource at the connection cap ---------------------------------------
+
+OPEN_SOURCE = """() => {
+  window.seen = [];
+  window.source = new EventSource("/v1/sse?tags=world");
+  source.onerror = () => seen.push("error " + source.readyState);
+  source.addEventListener("subscribed", () => seen.push("subscribed"));
+  source.addEventListener("item", (e) => seen.push("item " + e.lastEventId));
+}"""
+
+
+async def test_an_event_source_refused_at_the_connection_cap_comes_back_once_there_is_room(
+    make_server: ServerFactory, http: aiohttp.ClientSession
+) -> None:
+    """A browser never retries a non-200 answer: the 503 at ``WIRE_MAX_CONNECTIONS``
+    stopped a dashboard's feed for good (``readyState`` 2), though the gateway
+    only needed it to come back later. An ``EventSource`` (``Accept:
+    text/event-stream``) now gets a stream that says why and ends, with a
+    longer ``retry:``; other clients still get the JSON 503."""
+    server = await make_server(max_connections=1)
+    async with chromium() as browser:
+        page = await browser.new_page()
+        await page.goto(server.base + "/healthz")
+        async with http.get(server.base + "/v1/sse?tags=sport") as held:
+            assert held.status == 200
+            await sse_events(held, 1)  # subscribed: the one place is taken
+            await page.evaluate(OPEN_SOURCE)
+            await page.wait_for_function("window.seen.length > 0", timeout=WAIT * 1000)
+            assert await page.evaluate("window.seen") == ["error 0"]  # to be retried
+            async with http.get(
+                server.base + "/v1/sse", headers={"Accept": "text/event-stream"}
+            ) as refused:
+                assert refused.status == 200
+                assert refused.headers["Content-Type"] == "text/event-stream"
+                text = (await asyncio.wait_for(refused.read(), WAIT)).decode()
+            assert text.startswith("retry: ") and ": closed 1013 " in text, text
+            async with http.get(server.base + "/v1/sse") as plain:
+                assert plain.status == 503  # no Accept: the JSON refusal, as before
+        await wait_for(lambda: not server.app[HUB].conns, "the held stream to end")
+        await page.wait_for_function(
+            "window.seen.includes('subscribed')", timeout=WAIT * 1000
+        )
+        item = (await publish(http, server.base, "Back", ["world"]))["id"]
+        await page.wait_for_function(
+            f"window.seen.includes('item {item}')", timeout=WAIT * 1000
+        )
+        assert await page.evaluate("window.source.readyState") == 1

@@ -13,7 +13,8 @@ from aiohttp import HttpVersion11, web
 from multidict import MultiDict
 
 from wire.core import frames
-from wire.core.errors import ClientError, UnsupportedHTTPVersion
+from wire.core.closecodes import CloseCode
+from wire.core.errors import ClientError, TooManyConnections, UnsupportedHTTPVersion
 from wire.core.ids import parse_cursor
 from wire.core.protocol import Subscribe, check_tag_count, error_message
 from wire.gateway import handover
@@ -30,6 +31,9 @@ HEADERS = {
     "Cache-Control": "no-cache",
     "X-Accel-Buffering": "no",
 }
+#: How long (ms) an EventSource turned away at the connection cap waits to try again.
+FULL_RETRY_MS = 5000
+FULL_REASON = "too many connections, retry"
 
 
 async def sse_handler(request: web.Request) -> web.StreamResponse:
@@ -42,6 +46,10 @@ async def sse_handler(request: web.Request) -> web.StreamResponse:
         # Refused before the stream starts: a stream that could only end would
         # have an EventSource reconnect every second, forever.
         check_tag_count(frozenset(cmd.tags), request.app[SETTINGS].max_tags)
+    except TooManyConnections as err:
+        if _wants_stream(request):
+            return await _come_back_later(request)
+        return error_response(err.status, err.as_dict())
     except ClientError as err:
         return error_response(err.status, err.as_dict())
     if request.method == "HEAD":
@@ -68,6 +76,29 @@ async def sse_handler(request: web.Request) -> web.StreamResponse:
         session.reply(error_message(err))
     finally:
         session.end()
+    return resp
+
+
+def _wants_stream(request: web.Request) -> bool:
+    """A GET that accepts an event stream: what every ``EventSource`` sends."""
+    return request.method == "GET" and "text/event-stream" in request.headers.get("Accept", "")
+
+
+async def _come_back_later(request: web.Request) -> web.StreamResponse:
+    """The connection cap's refusal for an ``EventSource``: a stream that says why and ends.
+
+    A browser's ``EventSource`` never retries a non-200 answer, so the 503
+    that other clients get would end its feed for good, though the gateway
+    only needs it to come back later. This stream reconnects it in
+    ``FULL_RETRY_MS`` (with its ``Last-Event-ID``: nothing is lost), as a
+    WebSocket client reconnects after a 1013.
+    """
+    resp = web.StreamResponse(headers=HEADERS)
+    resp.enable_chunked_encoding()
+    await resp.prepare(request)
+    why = frames.sse_comment(f"closed {CloseCode.TRY_AGAIN_LATER:d} {FULL_REASON}")
+    await resp.write(b"retry: %d\n\n" % FULL_RETRY_MS + why)
+    await resp.write_eof()
     return resp
 
 
