@@ -833,11 +833,11 @@ class Counting:
             request += b"Content-Length: %d\r\n\r\n%s" % (len(GOOD), GOOD)
             await self.raw_case(f"coding {coding!r}", request, (415, "unsupported_encoding"))
         for name, headers, want in (
-            ("ws without upgrade", b"", (400, "http_error")),
+            ("ws without upgrade", b"", (400, "invalid_field")),
             (
                 "ws upgrade without key",
                 b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n",
-                (400, "http_error"),
+                (400, "invalid_field"),
             ),
             (
                 "ws bad version",  # RFC 6455 4.2.2: 426 naming version 13

@@ -121,3 +121,46 @@ async def test_an_event_source_refused_at_the_connection_cap_comes_back_once_the
             f"window.seen.includes('item {item}')", timeout=WAIT * 1000
         )
         assert await page.evaluate("window.source.readyState") == 1
+
+
+# ---- requests to /v1/ws that are not WebSocket handshakes ---------------------------
+
+KEY = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+VERSION = "Sec-WebSocket-Version: 13\r\n"
+UPGRADE = "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+
+
+async def test_a_request_that_is_no_websocket_handshake_is_told_which_header_is_wrong(
+    make_server: ServerFactory,
+) -> None:
+    """aiohttp answered every one of these ``400 {"code": "http_error", "message":
+    "Bad Request"}``: a code the protocol does not list, naming nothing. A
+    browser tab opened on the URL, a proxy that drops ``Connection: Upgrade``,
+    a hand-written client with a bad key: each is now told what to send."""
+    server = await make_server()
+    cases = {
+        "Upgrade": "",  # a plain GET, as a browser tab or curl sends
+        "Connection": "Upgrade: websocket\r\n" + VERSION + KEY,  # a proxy dropped it
+        "Sec-WebSocket-Key": UPGRADE + VERSION,
+    }
+    bad_keys = ["Sec-WebSocket-Key: abc\r\n", "Sec-WebSocket-Key: !!!!\r\n"]
+    requests = [(field, extra) for field, extra in cases.items()]
+    requests += [("Sec-WebSocket-Key", UPGRADE + VERSION + key) for key in bad_keys]
+    # Connection given twice: its values are one list, and Upgrade is among them.
+    requests.append(("Sec-WebSocket-Key", "Connection: keep-alive\r\n" + UPGRADE + VERSION))
+    for field, extra in requests:
+        raw = f"GET /v1/ws?tags=world HTTP/1.1\r\nHost: wire\r\n{extra}\r\n".encode()
+        head, body = await exchange(server.settings.port, raw)
+        assert status_of(head) == 400, (field, head)
+        error = orjson.loads(body)["error"]
+        assert error["code"] == "invalid_field" and error["field"] == field, error
+        assert "RFC 6455" in error["message"], error
+    # A real handshake still upgrades.
+    raw = f"GET /v1/ws?tags=world HTTP/1.1\r\nHost: wire\r\n{UPGRADE}{VERSION}{KEY}\r\n".encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.settings.port)
+    try:
+        writer.write(raw)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
+        assert status_of(head) == 101, head
+    finally:
+        writer.close()

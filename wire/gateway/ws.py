@@ -28,6 +28,7 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
         return wrong_version
     try:
         grant = admit(request)
+        wsedge.check_handshake(request)
         batch = _query_batch(request)
         initial = _query_subscribe(request)
         if initial is not None:

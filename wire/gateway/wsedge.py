@@ -9,6 +9,8 @@ keeps that lenient by default), and takes close code 1006 and any code of
 - :func:`refuse_version` answers a handshake for another version with
   ``426 Upgrade Required`` and ``Sec-WebSocket-Version: 13`` (RFC 6455 4.2.2),
   before any upgrade;
+- :func:`check_handshake` names the header that makes a request no
+  handshake at all, where aiohttp answers a bare ``400 Bad Request``;
 - :class:`GuardedResponse` puts a :class:`FrameGuard` in front of aiohttp's
   frame parser. It reads only frame headers (and the two code bytes of a
   close frame) and closes the connection with 1002 and a reason through the
@@ -20,13 +22,15 @@ keeps that lenient by default), and takes close code 1006 and any code of
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Literal, Protocol
 
 from aiohttp import hdrs, web
 from aiohttp.http_websocket import WebSocketWriter
 
 from wire.core.closecodes import CloseCode, sendable
-from wire.core.errors import UnsupportedWebSocketVersion
+from wire.core.errors import UnsupportedWebSocketVersion, ValidationError
 from wire.core.frames import OP_CLOSE
 from wire.gateway.hub import Conn, Hub
 from wire.web.http import error_response
@@ -62,6 +66,42 @@ def refuse_version(request: web.Request) -> web.Response | None:
     response.headers[hdrs.SEC_WEBSOCKET_VERSION] = VERSION
     response.headers[hdrs.UPGRADE] = "websocket"
     return response
+
+
+def check_handshake(request: web.Request) -> None:
+    """Raise a 400 naming the header that makes ``request`` no WebSocket handshake.
+
+    The same checks as aiohttp's ``prepare()`` (RFC 6455 4.2.1), made first
+    so that the answer says what to send: a browser tab opened on the URL, a
+    proxy that drops ``Connection: Upgrade``, a client with a bad key.
+    """
+    headers = request.headers
+    if headers.get(hdrs.UPGRADE, "").lower().strip() != "websocket":
+        raise ValidationError(
+            "GET /v1/ws is a WebSocket endpoint: send Upgrade: websocket and "
+            "Connection: Upgrade (RFC 6455 4.1); /v1/sse serves the same feed over plain HTTP",
+            field=hdrs.UPGRADE,
+        )
+    connection = ",".join(headers.getall(hdrs.CONNECTION, ()))
+    tokens = {t.strip().lower() for t in connection.split(",")}
+    if "upgrade" not in tokens:
+        raise ValidationError(
+            "Connection must include Upgrade (RFC 6455 4.1); a proxy in between must "
+            "pass Upgrade and Connection on",
+            field=hdrs.CONNECTION,
+        )
+    if not _good_key(headers.get(hdrs.SEC_WEBSOCKET_KEY, "")):
+        raise ValidationError(
+            "Sec-WebSocket-Key must be 16 random bytes in base64 (RFC 6455 4.1)",
+            field=hdrs.SEC_WEBSOCKET_KEY,
+        )
+
+
+def _good_key(key: str) -> bool:
+    try:
+        return len(base64.b64decode(key, validate=True)) == 16
+    except (binascii.Error, ValueError):
+        return False
 
 
 def _frame_at(data: bytes, pos: int) -> tuple[int, int] | str | None:
