@@ -108,7 +108,7 @@ def sse_end(code: int, reason: str) -> bytes:
     WebSocket close code and reason; ``EventSource`` ignores comments), then
     the last chunk, so that the response ends cleanly instead of being cut
     off (``curl -N`` reports a cut-off chunked body as an error)."""
-    return http_chunk(b": closed %d %s\n\n" % (code, reason.encode())) + LAST_CHUNK
+    return http_chunk(sse_closed(code, reason)) + LAST_CHUNK
 
 
 def sse_event(event: str, data: bytes, event_id: str | None = None) -> bytes:
@@ -120,3 +120,9 @@ def sse_event(event: str, data: bytes, event_id: str | None = None) -> bytes:
 def sse_comment(text: str) -> bytes:
     """A comment line, used as a keep-alive that EventSource ignores."""
     return b": %s\n\n" % text.encode()
+
+
+def sse_closed(code: int, reason: str) -> bytes:
+    """The comment that says why an event stream ends: the WebSocket close code
+    and reason a WebSocket client would get."""
+    return sse_comment(f"closed {code:d} {reason}")

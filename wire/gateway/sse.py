@@ -96,7 +96,7 @@ async def _come_back_later(request: web.Request) -> web.StreamResponse:
     resp = web.StreamResponse(headers=HEADERS)
     resp.enable_chunked_encoding()
     await resp.prepare(request)
-    why = frames.sse_comment(f"closed {CloseCode.TRY_AGAIN_LATER:d} {FULL_REASON}")
+    why = frames.sse_closed(CloseCode.TRY_AGAIN_LATER, FULL_REASON)
     await resp.write(b"retry: %d\n\n" % FULL_RETRY_MS + why)
     await resp.write_eof()
     return resp
