@@ -322,6 +322,9 @@ async def test_a_plain_subscribe_during_a_catch_up_gets_none_of_its_tags_earlier
     hub = server.app[HUB]
     async with stalled(server, http, "?tags=news&since=0") as (history, ws, conn):
         early = await batch_ids(http, server.base, "Early sport", 5, "sport")
+        # Dispatched before the subscribe: else they would come after it, and
+        # rightly go out with the sport subscription.
+        await wait_for(lambda: hub.position >= parse_id(early[-1]), "the early items dispatched")
         live: list[str] = []
         if overflow == "before":
             live = await publish_many(http, server.base, "Live", LIVE)
