@@ -12,9 +12,11 @@ A limited token may subscribe only to its tags and tags below them (never
 within them. Tokens from ``WIRE_SUBSCRIBER_TOKENS`` are not limited; one
 written ``name:token`` is named (the delivery ledger records what ``name``
 received), one without a ``:`` stays anonymous. A token that itself contains
-``:`` must therefore be written ``name:token``.
+``:`` must therefore be written ``name:token``. A token in the file is
+limited even when it is listed unlimited too (there, or as an editor's).
 
-An entry's ``name`` names its partner in the delivery ledger too.
+An entry's ``name`` names its partner in the delivery ledger too. A file that
+is given closes the wire (reads need a token) even when it has no entry yet.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wire.core.entry import Entry
-from wire.core.errors import Forbidden, Unauthorized, ValidationError
+from wire.core.errors import Forbidden, InvalidTag, Unauthorized, ValidationError
 from wire.core.tags import WILDCARD, normalize_tags
 from wire.core.tokens import matching
 
@@ -101,9 +103,16 @@ class Entitlements:
     grants: tuple[tuple[str, Grant], ...] = ()
     #: The grants of entries that have a ``name`` (webhooks name their partner).
     names: tuple[tuple[str, Grant], ...] = ()
+    #: An entitlements file was given (loaded), even one with no entry yet.
+    given: bool = False
 
     def __bool__(self) -> bool:
-        return bool(self.grants)
+        """True when reads need a token: a file was given, whatever it holds.
+
+        A file with no entry yet (partners to come, or a ``[[tokens]]`` typo)
+        must not leave the wire public, which the operator asked to close.
+        """
+        return self.given or bool(self.grants)
 
     def grant_for(self, token: str) -> Grant | None:
         """The grant of ``token``, or None when it is not a limited token.
@@ -123,22 +132,50 @@ class Entitlements:
 
 
 def load(path: Path) -> Entitlements:
-    """Read an entitlements file; raise ValidationError with a clear message."""
+    """Read an entitlements file; raise ValidationError naming the file and entry.
+
+    What could grant other than it seems is refused, never guessed at: a
+    top-level key other than ``token`` (a typo would leave every partner out),
+    ``[token]`` for ``[[token]]``, a bad tag (``*`` included), a token listed
+    twice (the last entry would win), or one name with two different grants
+    (a webhook's ``partner`` would take the first). Messages never repeat a token.
+    """
     try:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as err:
         raise ValidationError(f"cannot read entitlements file {path}: {err}") from None
-    grants, names = [], []
-    for i, entry in enumerate(data.get("token", [])):
-        token, tags = entry.get("token"), entry.get("tags")
-        if not isinstance(token, str) or not token or not isinstance(tags, list) or not tags:
-            raise ValidationError(f"{path}: token #{i + 1} needs 'token' and a non-empty 'tags'")
-        name = entry.get("name") if isinstance(entry.get("name"), str) else None
-        grant = Grant(frozenset(normalize_tags(tags)), name or None)
+    unknown = sorted(set(data) - {"token"})
+    if unknown:
+        raise ValidationError(f"{path}: unknown key {unknown[0]!r}; each partner is a [[token]]")
+    entries = data.get("token", [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ValidationError(f"{path}: each partner is a [[token]] table (note the double [[ ]])")
+    grants: list[tuple[str, Grant]] = []
+    names: dict[str, Grant] = {}
+    for i, entry in enumerate(entries, 1):
+        token, grant = _entry(f"{path}: token #{i}", entry)
+        if any(token == known for known, _ in grants):
+            raise ValidationError(f"{path}: token #{i} repeats the token of an earlier entry")
+        if grant.name and names.setdefault(grant.name, grant) != grant:
+            raise ValidationError(
+                f"{path}: token #{i} names a partner listed earlier with other tags"
+            )
         grants.append((token, grant))
-        if name:
-            names.append((name, grant))
-    return Entitlements(tuple(grants), tuple(names))
+    return Entitlements(tuple(grants), tuple(names.items()), given=True)
+
+
+def _entry(where: str, entry: dict[str, object]) -> tuple[str, Grant]:
+    """One ``[[token]]`` entry's token and grant (``where`` names it in errors)."""
+    token, tags, name = entry.get("token"), entry.get("tags"), entry.get("name")
+    if not isinstance(token, str) or not token or not isinstance(tags, list) or not tags:
+        raise ValidationError(f"{where} needs 'token' and a non-empty 'tags'")
+    if name is not None and not isinstance(name, str):
+        raise ValidationError(f"{where}: 'name' must be a string")
+    try:
+        granted = frozenset(normalize_tags(tags))
+    except InvalidTag as err:
+        raise ValidationError(f"{where}: {err} (a grant is tags, never '*')") from None
+    return token, Grant(granted, name or None)
 
 
 def reader_grant(
@@ -147,7 +184,8 @@ def reader_grant(
     entitlements: Entitlements,
     also: Iterable[str] = (),
 ) -> Grant:
-    """Who is reading: everything for an unlimited token (or a public wire), else a grant.
+    """Who is reading: everything for an unlimited token (or a public wire), else a grant
+(a token in the entitlements file has its grant, wherever else it is listed).
 
     The wire is public only while neither subscriber tokens nor entitlements
     are configured; ``also`` are further unlimited tokens (editors may read).
@@ -160,14 +198,16 @@ def reader_grant(
     named = [(None, t) for t in also] + named
     if presented is None:
         raise Unauthorized("a subscriber token is required (Authorization: Bearer <token>)")
+    # The file's grant wins: a partner limited there but still listed unlimited
+    # (an old WIRE_SUBSCRIBER_TOKENS entry, an editor token) must not read all.
+    limited = entitlements.grant_for(presented)
     found = matching(presented, [t for _, t in named])
+    if limited is not None:
+        return limited
     if found is not None:
         name = named[found][0]
         return EVERYTHING if name is None else Grant(None, name)
-    grant = entitlements.grant_for(presented)
-    if grant is None:
-        raise Unauthorized("the subscriber token is not valid")
-    return grant
+    raise Unauthorized("the subscriber token is not valid")
 
 
 def named_token(configured: str) -> tuple[str | None, str]:

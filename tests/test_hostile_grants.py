@@ -1,0 +1,99 @@
+"""Hostile pass on entitlements: the grant holds whatever the configuration says.
+
+A token limited by the entitlements file stays limited when it is also listed
+unlimited; an entitlements file that is given closes the wire even when it
+names no token yet; a file that does not say what it seems to is refused at
+load, naming the entry, instead of granting something else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.conftest import ServerFactory
+from tests.support import EDITOR_TOKEN, get_json, item, post
+from wire.core.entitlements import load, reader_grant
+from wire.core.errors import ValidationError
+
+PARTNER = {"Authorization": "Bearer partner"}
+
+
+async def test_a_token_in_the_entitlements_file_stays_limited_when_also_listed_unlimited(
+    make_server: ServerFactory, partner_file: Path, http: aiohttp.ClientSession
+) -> None:
+    # An operator who limits a partner but forgets its old unlimited entry.
+    wire = await make_server(entitlements=partner_file, subscriber_tokens=("Old:partner",))
+    _, secret = await post(http, wire.base, item("Secret", ["politics"], body="HIDDEN"))
+    _, sport = await post(http, wire.base, item("Goal", ["sport"]))
+    status, body = await get_json(http, f"{wire.base}/v1/items", headers=PARTNER)
+    assert status == 200 and [i["id"] for i in body["items"]] == [sport["item"]["id"]]
+    status, _ = await get_json(
+        http, f"{wire.base}/v1/items/{secret['item']['id']}", headers=PARTNER
+    )
+    assert status == 404
+    async with http.get(f"{wire.base}/v1/sse?tags=*", headers=PARTNER) as resp:
+        assert resp.status == 403
+    # The same for an editor token listed in the file (the grant wins for reads).
+    ents = load(partner_file)
+    grant = reader_grant("partner", (), ents, also=("partner", EDITOR_TOKEN))
+    assert grant.tags == frozenset({"sport"})
+    assert reader_grant(EDITOR_TOKEN, (), ents, also=(EDITOR_TOKEN,)).tags is None
+
+
+async def test_an_entitlements_file_with_no_token_yet_still_closes_the_wire(
+    make_server: ServerFactory, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    path = tmp_path / "partners.toml"
+    path.write_text("# partners go here\n")
+    wire = await make_server(entitlements=path)
+    await post(http, wire.base, item("Secret", ["politics"]))
+    for url in ("/v1/items", "/v1/feed.atom", "/v1/sse?tags=*"):
+        async with http.get(wire.base + url) as resp:
+            assert resp.status == 401, url
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ('[[tokens]]\ntoken = "p"\ntags = ["sport"]\n', "'tokens'"),
+        ('[token]\ntoken = "p"\ntags = ["sport"]\n', "[[token]]"),
+        ('[[token]]\ntoken = "p"\ntags = ["*"]\n', "token #1"),
+        ('[[token]]\ntoken = "p"\ntags = ["sport", 5]\n', "token #1"),
+        (
+            '[[token]]\ntoken = "p"\ntags = ["sport"]\n[[token]]\ntoken = "p"\ntags = ["news"]\n',
+            "token #2",
+        ),
+        (
+            '[[token]]\ntoken = "p"\nname = "A"\ntags = ["sport"]\n'
+            '[[token]]\ntoken = "q"\nname = "A"\ntags = ["news"]\n',
+            "token #2",
+        ),
+    ],
+)
+def test_an_entitlements_file_that_says_something_else_is_refused_naming_the_entry(
+    tmp_path: Path, text: str, says: str
+) -> None:
+    path = tmp_path / "partners.toml"
+    path.write_text(text)
+    with pytest.raises(ValidationError) as err:
+        load(path)
+    assert str(path) in str(err.value) and says in str(err.value)
+    # The refusal never repeats a token.
+    assert '"p"' not in str(err.value) and "'p'" not in str(err.value)
+
+
+def test_two_tokens_of_one_partner_with_the_same_tags_are_a_rotation_not_an_error(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "partners.toml"
+    path.write_text(
+        '[[token]]\ntoken = "old"\nname = "A"\ntags = ["sport"]\n'
+        '[[token]]\ntoken = "new"\nname = "A"\ntags = ["Sport"]\n'
+    )
+    ents = load(path)
+    grant = ents.by_name("A")
+    assert grant is not None and grant.tags == frozenset({"sport"})
+    assert ents.grant_for("old") == ents.grant_for("new") == grant
