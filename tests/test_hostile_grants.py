@@ -97,3 +97,30 @@ def test_two_tokens_of_one_partner_with_the_same_tags_are_a_rotation_not_an_erro
     grant = ents.by_name("A")
     assert grant is not None and grant.tags == frozenset({"sport"})
     assert ents.grant_for("old") == ents.grant_for("new") == grant
+
+
+async def test_a_webhook_whose_tags_left_its_partners_grant_is_shown_with_no_lag_not_403(
+    make_server: ServerFactory, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """The partner's entry is edited (and the wire restarted) so that an existing
+    webhook's tags are outside it: the admin still reads the webhook, with the
+    ``lag`` of a webhook whose partner is gone, and nothing is delivered."""
+    path = tmp_path / "partners.toml"
+    path.write_text('[[token]]\ntoken = "p"\nname = "A"\ntags = ["sport"]\n')
+    admin = {"Authorization": "Bearer adm"}
+    first = await make_server(entitlements=path, admin_tokens=("adm",), webhook_allow_private=True)
+    async with http.post(
+        first.base + "/v1/webhooks",
+        json={"url": "http://127.0.0.1:9/hook", "tags": ["sport/football"], "partner": "A"},
+        headers=admin,
+    ) as resp:
+        assert resp.status == 201
+        made = (await resp.json())["webhook"]
+    await first.stop()
+    path.write_text('[[token]]\ntoken = "p"\nname = "A"\ntags = ["news"]\n')
+    wire = await make_server(entitlements=path, admin_tokens=("adm",), webhook_allow_private=True)
+    status, body = await get_json(http, f"{wire.base}/v1/webhooks/{made['id']}", headers=admin)
+    assert status == 200, body
+    assert body["webhook"]["lag"] is None and body["webhook"]["lag_exact"] is False
+    status, body = await get_json(http, f"{wire.base}/v1/webhooks", headers=admin)
+    assert status == 200 and [w["id"] for w in body["webhooks"]] == [made["id"]]

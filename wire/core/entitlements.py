@@ -83,6 +83,10 @@ class Grant:
             return list(entries)
         return [v for v in map(self.view, entries) if v is not None]
 
+    def admits(self, keys: frozenset[str]) -> bool:
+        """True when :meth:`narrow` takes ``keys`` (it raises Forbidden otherwise)."""
+        return self.tags is None or WILDCARD in keys or all(self.covers(k) for k in keys)
+
     def narrow(self, keys: frozenset[str]) -> frozenset[str]:
         """A read filter within the grant: ``*`` becomes the granted tags."""
         if self.tags is None:

@@ -32,7 +32,6 @@ import aiohttp
 from wire.core import frames
 from wire.core.entitlements import EVERYTHING, Entitlements, Grant
 from wire.core.entry import Entry
-from wire.core.errors import Forbidden
 from wire.core.ids import StreamKey
 from wire.core.ledger import WEBHOOK, Tally
 from wire.delivery import signing
@@ -71,10 +70,14 @@ def backoff(attempt: int, first: float, largest: float) -> float:
 
 
 def webhook_grant(webhook: Webhook, entitlements: Entitlements) -> Grant | None:
-    """What the webhook may receive: its partner's grant (None: the partner is gone)."""
+    """What the webhook may receive: its partner's grant; None when the partner is
+    gone, or its entry (edited since the webhook was made) no longer covers the
+    webhook's tags. Such a webhook receives nothing and its ``lag`` is None; it
+    must not make the admins' reads of it a 403 naming its tags."""
     if not webhook.partner:
         return EVERYTHING
-    return entitlements.by_name(webhook.partner)
+    grant = entitlements.by_name(webhook.partner)
+    return grant if grant is not None and grant.admits(frozenset(webhook.tags)) else None
 
 
 def partner_of(webhook: Webhook) -> str:
@@ -254,13 +257,12 @@ class Deliverer:
         grant = webhook_grant(webhook, self.entitlements)
         if grant is None:
             log.error(
-                "webhook %s: partner %r has no entitlements entry", webhook_id, webhook.partner
+                "webhook %s: partner %r has no entitlements entry covering its tags",
+                webhook_id,
+                webhook.partner,
             )
             raise LeaseLost
-        try:
-            wanted = Filter(grant.narrow(frozenset(webhook.tags)), frozenset(webhook.languages))
-        except Forbidden:
-            raise LeaseLost from None
+        wanted = Filter(grant.narrow(frozenset(webhook.tags)), frozenset(webhook.languages))
         cursor = await self._start_cursor(webhook)
         resolver = PublicResolver(self.settings.webhook_allow_private)
         timeout = aiohttp.ClientTimeout(total=self.settings.webhook_timeout)
