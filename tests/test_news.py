@@ -15,7 +15,7 @@ import pytest
 import websockets
 
 from tests.conftest import Server, ServerFactory
-from tests.support import EDITOR_TOKEN, WireProcess, free_port, get_json, item, post, sport_partner
+from tests.support import EDITOR_TOKEN, WireProcess, free_port, get_json, item, post
 
 AUTH = {"Authorization": f"Bearer {EDITOR_TOKEN}"}
 
@@ -225,12 +225,6 @@ async def test_embargo_released_exactly_once_across_kill_9(
     finally:
         for p in pubs:
             p.kill()
-
-
-@pytest.fixture
-def partner_file(tmp_path: Path) -> Path:
-    path = sport_partner(tmp_path)
-    return path
 
 
 async def test_partner_token_never_sees_a_forbidden_item(

@@ -33,7 +33,7 @@ from subscriber import (
     Withdrawal,
 )
 from tests.conftest import Server, ServerFactory
-from tests.support import publish
+from tests.support import item_message, publish
 from wire.gateway.reader import HUB
 from wire.storage import keys
 
@@ -294,9 +294,7 @@ async def test_client_guard_drops_repeats_and_resumes_after_the_last_yielded() -
     subscribes: list[dict[str, Any]] = []
 
     def entry(item_id: str, **extra: Any) -> str:
-        body = {"id": item_id, "guid": "g", "version": 1, "title": item_id, "tags": ["world"]}
-        body["published_at"] = "2024-06-01T10:00:00.000Z"
-        return orjson.dumps({"type": "item", "item": {**body, **extra}}).decode()
+        return item_message(item_id, guid="g", **extra)  # one story: its kill names it
 
     async def handler(ws: ServerConnection) -> None:
         subscribes.append(orjson.loads(await ws.recv()))
@@ -329,20 +327,6 @@ async def test_a_flash_sent_ahead_is_shown_once_and_does_not_move_the_cursor() -
     """Urgent items may overtake queued ones (``"ahead": true``); resume stays gapless."""
     subscribes: list[dict[str, Any]] = []
 
-    def entry(item_id: str, ahead: bool = False) -> str:
-        body = {
-            "id": item_id,
-            "guid": item_id,
-            "version": 1,
-            "title": item_id,
-            "tags": ["world"],
-            "published_at": "2024-06-01T10:00:00.000Z",
-        }
-        message: dict[str, Any] = {"type": "item", "item": body}
-        if ahead:
-            message["ahead"] = True
-        return orjson.dumps(message).decode()
-
     async def handler(ws: ServerConnection) -> None:
         subscribes.append(orjson.loads(await ws.recv()))
         await ws.send(
@@ -350,12 +334,12 @@ async def test_a_flash_sent_ahead_is_shown_once_and_does_not_move_the_cursor() -
         )
         if len(subscribes) == 1:
             # 1 arrives, then flash 5 overtakes 2..4, then the line drops.
-            for msg in (entry("1-0"), entry("5-0", ahead=True), entry("2-0")):
+            for msg in (item_message("1-0"), item_message("5-0", ahead=True), item_message("2-0")):
                 await ws.send(msg)
             await ws.close(1001, "going away")
             return
         for item_id in ("3-0", "4-0", "5-0", "6-0"):  # the replay includes 5 in order
-            await ws.send(entry(item_id))
+            await ws.send(item_message(item_id))
         await ws.wait_closed()
 
     async with serve(handler, "127.0.0.1", 0) as peer:
