@@ -2,11 +2,20 @@
 
 Hypothesis drives random sequences of publishes, new versions, withdrawals,
 embargoes (accept, cancel, release), idempotent retries (same body, other
-body) and hostile guids through the real HTTP API of one in-process wire
+body), corrections (of existing and missing stories), translations (of
+existing, missing, pending and withdrawn stories), batches (a JSON array
+mixing all of these with invalid items and per-item keys, maybe sent twice)
+and hostile guids through the real HTTP API of one in-process wire
 (publisher and gateway) on a real Redis. After every step the editor and two
 partners with different grants read history (newest first, and paged
-forward), stories and items by id, and each has a live WebSocket whose
-messages must be exactly what the model says it should have received.
+forward), stories (with their translations) and items by id, and each has a
+live WebSocket whose messages must be exactly what the model says it should
+have received.
+
+Every publish, single or one slot of a batch, is answered as
+``Model.outcome`` says (in the order the wire checks: input, key, withdrawn
+story, correction of nothing, translation of a withdrawn story): a new
+version, a pending embargo, a repeat of the key's first answer, or a refusal.
 
 The model (``Model`` and the functions under "What each reader must see") is
 the specification; it is meant to be read. Where the required behaviour
@@ -48,7 +57,7 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -68,6 +77,8 @@ from wire.storage.store import Store
 from wire.web.appkeys import STORE
 
 T = TypeVar("T")
+#: A batch element: the item (or not an object) and its idempotency key.
+Slot = tuple[Any, str | None]
 
 EXAMPLES = int(os.environ.get("WIRE_MODEL_EXAMPLES", "0") or 0)
 MODEL_SETTINGS = settings(
@@ -92,7 +103,8 @@ CANCEL_AFTER_WITHDRAW_STATUSES = frozenset({200, 404})
 def facts(item: dict[str, Any]) -> dict[str, Any]:
     """The robust facts of an item as the wire shows it (compared with the model).
 
-    Tags are compared as a set (sorted); a title only where content is shown.
+    Tags are compared as a set (sorted); the content (title, mark, language,
+    translation_of) only where it is shown.
     """
     shown = {
         "id": item.get("id"),
@@ -102,23 +114,56 @@ def facts(item: dict[str, Any]) -> dict[str, Any]:
         "tags": sorted(item.get("tags") or []),
     }
     if item.get("pubstatus") in ("usable", "withheld"):
-        shown["title"] = item.get("title")
+        for name in ("title", "mark", "language", "translation_of"):
+            shown[name] = item.get(name)
     return shown
 
 
 # ---------------------------------------------------------------------------
 # The model: what the wire holds.
 
+DEFAULT_LANGUAGE = "en"  # the server's WIRE_DEFAULT_LANGUAGE
+CORRECTED, UPDATED = "Corrected", "Updated"
+
+
+@dataclass(frozen=True)
+class Content:
+    """What an editor's item says that the model follows.
+
+    ``mark`` is as sent, with a correction's default: ``Corrected``.
+    """
+
+    title: str
+    tags: tuple[str, ...]
+    mark: str | None = None
+    language: str = DEFAULT_LANGUAGE
+    translation_of: str | None = None
+
+    @classmethod
+    def of(cls, body: dict[str, Any]) -> Content:
+        return cls(
+            body["title"],
+            tuple(body["tags"]),
+            CORRECTED if body.get("correction") else None,
+            body.get("language", DEFAULT_LANGUAGE),
+            body.get("translation_of"),
+        )
+
 
 @dataclass
 class Version:
-    """One published version of a story."""
+    """One published version of a story; ``mark`` as stored (``Updated`` by default
+    from version 2 on)."""
 
     id: str
     guid: str
     version: int
-    title: str
-    tags: tuple[str, ...]
+    content: Content
+    mark: str | None
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        return self.content.tags
 
 
 @dataclass
@@ -136,9 +181,28 @@ class Pending:
     """An accepted embargoed item, not yet released."""
 
     guid: str
-    title: str
-    tags: tuple[str, ...]
+    content: Content
     body: dict[str, Any]
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        return self.content.tags
+
+
+@dataclass(frozen=True)
+class Repeat:
+    """An idempotent repeat: the first answer under the key, nothing stored."""
+
+    answer: Version | Pending
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """An error answer; ``field`` is compared only when the model names one."""
+
+    status: int
+    code: str
+    field: str | None = None
 
 
 @dataclass
@@ -150,16 +214,37 @@ class IdemRecord:
 
 
 ModelEntry = Version | Withdrawal
+#: What one publish (single, or one slot of a batch) answers.
+Outcome = Version | Pending | Repeat | Refusal
+
+TAG = re.compile(r"[a-z]+(/[a-z]+)*")  # enough for the tags the test sends
+
+
+def input_error(body: Any) -> Refusal | None:
+    """The 400 of an item the validator refuses, for the few rules the test breaks."""
+    if not isinstance(body, dict):
+        return Refusal(400, "invalid_field")
+    if not str(body.get("title") or "").strip():
+        return Refusal(400, "invalid_field", "title")
+    if not all(TAG.fullmatch(t) for t in body["tags"]):
+        return Refusal(400, "invalid_tag", "tags")
+    if body.get("correction") not in (None, True, False):
+        return Refusal(400, "invalid_field", "correction")
+    if "translation_of" in body and body["translation_of"] == body.get("guid"):
+        return Refusal(400, "invalid_field", "translation_of")
+    return None
 
 
 @dataclass
 class Model:
-    """The wire as a list of entries in stream order plus pending embargoes and keys."""
+    """The wire as a list of entries in stream order plus pending embargoes, keys
+    and translation links (original guid: the guids that translate it)."""
 
     stream: list[ModelEntry] = field(default_factory=list)
     withdrawn: dict[str, Withdrawal] = field(default_factory=dict)
     pending: dict[str, Pending] = field(default_factory=dict)
     idem: dict[str, IdemRecord] = field(default_factory=dict)
+    links: dict[str, set[str]] = field(default_factory=dict)
 
     def story(self, guid: str) -> list[ModelEntry]:
         return [e for e in self.stream if e.guid == guid]
@@ -167,30 +252,58 @@ class Model:
     def guids(self) -> list[str]:
         return sorted({e.guid for e in self.stream})
 
-    def next_version(self, guid: str, title: str, tags: tuple[str, ...]) -> Version:
+    def outcome(self, body: Any, key: str | None) -> Outcome:
+        """What publishing ``body`` under ``key`` answers, checked in the wire's order:
+        input, key, withdrawn story, correction of nothing, translation of a kill."""
+        refused = input_error(body)
+        if refused is not None:
+            return refused
+        if key is not None and key in self.idem:
+            record = self.idem[key]
+            if record.body != body:
+                return Refusal(422, "idempotency_key_reused")
+            return Repeat(record.answer)
+        guid, content = body["guid"], Content.of(body)
+        if guid in self.withdrawn:
+            return Refusal(409, "story_withdrawn")
+        if body.get("correction") and not self.story(guid):
+            return Refusal(400, "invalid_field", "correction")
+        if content.translation_of in self.withdrawn:
+            return Refusal(409, "story_withdrawn", "translation_of")
+        if "embargo_until" in body:
+            return Pending(guid, content, body)
+        return self.next_version(guid, content)
+
+    def commit(self, outcome: Outcome, body: Any, key: str | None) -> None:
+        """Record a stored version or an accepted embargo (and what its key answers)."""
+        if isinstance(outcome, Version):
+            self.append(outcome)
+        elif isinstance(outcome, Pending):
+            self.pending[outcome.guid] = outcome
+        else:
+            return
+        if key is not None:
+            self.idem[key] = IdemRecord(body, outcome)
+
+    def append(self, version: Version) -> None:
+        self.stream.append(version)
+        if version.content.translation_of is not None:
+            self.links.setdefault(version.content.translation_of, set()).add(version.guid)
+
+    def next_version(self, guid: str, content: Content) -> Version:
         """The version a publish of ``guid`` stores now (its id is the server's)."""
-        return Version("?", guid, len(self.story(guid)) + 1, title, tags)
+        number = len(self.story(guid)) + 1
+        mark = content.mark or (UPDATED if number > 1 else None)
+        return Version("?", guid, number, content, mark)
+
+    def doomed(self, pending: Pending) -> bool:
+        """A pending item its release will drop: its story, or its original, was killed."""
+        return pending.guid in self.withdrawn or pending.content.translation_of in self.withdrawn
 
     def withdrawal(self, guid: str) -> Withdrawal:
         story = self.story(guid)
         union = sorted({t for e in story for t in e.tags})
         return Withdrawal("?", guid, len(story) + 1, tuple(union))
-
-    def retriable_keys(self) -> list[str]:
-        """Keys whose same-body repeat has one required answer.
-
-        An embargo key is retried only while its pending item is still the
-        one pending (not released, cancelled, replaced or withdrawn since).
-        """
-        return sorted(
-            k
-            for k, rec in self.idem.items()
-            if isinstance(rec.answer, Version)
-            or (
-                self.pending.get(rec.answer.guid) is rec.answer
-                and rec.answer.guid not in self.withdrawn
-            )
-        )
 
 
 # ---------------------------------------------------------------------------
@@ -245,21 +358,31 @@ def view(reader: Reader, entry: ModelEntry, *, stub: bool = False) -> dict[str, 
         return {**_ids(entry), "pubstatus": "canceled", "tags": tags}
     if stub:
         return {**_ids(entry), "pubstatus": "canceled", "tags": sorted(entry.tags)}
-    return {**_ids(entry), "pubstatus": "usable", "tags": sorted(entry.tags), "title": entry.title}
+    return {**_ids(entry), "pubstatus": "usable", **_content(entry.content, entry.mark)}
 
 
 def _ids(entry: ModelEntry) -> dict[str, Any]:
     return {"id": entry.id, "guid": entry.guid, "version": entry.version}
 
 
+def _content(content: Content, mark: str | None) -> dict[str, Any]:
+    return {
+        "tags": sorted(content.tags),
+        "title": content.title,
+        "mark": mark,
+        "language": content.language,
+        "translation_of": content.translation_of,
+    }
+
+
 def pending_view(p: Pending) -> dict[str, Any]:
+    """A pending item: its mark as sent (no ``Updated`` before its version is known)."""
     return {
         "id": None,
         "guid": p.guid,
         "version": None,
         "pubstatus": "withheld",
-        "tags": sorted(p.tags),
-        "title": p.title,
+        **_content(p.content, p.content.mark),
     }
 
 
@@ -287,13 +410,41 @@ def item_answer(model: Model, reader: Reader, entry: ModelEntry) -> tuple[int, A
 
 
 def story_answer(model: Model, reader: Reader, guid: str) -> tuple[int, Any]:
-    """``GET /v1/stories/<guid>``: only the versions inside the grant; none is 404."""
+    """``GET /v1/stories/<guid>``: only the versions inside the grant; none is 404.
+
+    ``current`` is the newest of them; its ``translation_of`` (none once
+    withdrawn) is the story's. ``translations`` as :func:`translations` says.
+    """
     seen = [e for e in model.story(guid) if reader.sees(e.tags)]
     if not seen:
         return 404, None
     stub = guid in model.withdrawn
     versions = [view(reader, e, stub=stub) for e in seen]
-    return 200, {"guid": guid, "current": versions[-1], "versions": versions}
+    story = {
+        "guid": guid,
+        "current": versions[-1],
+        "versions": versions,
+        "translations": translations(model, reader, guid),
+    }
+    current = seen[-1]
+    if isinstance(current, Version) and current.content.translation_of is not None:
+        story["translation_of"] = current.content.translation_of
+    return 200, story
+
+
+def translations(model: Model, reader: Reader, guid: str) -> list[dict[str, Any]]:
+    """The stories linked as translations of ``guid`` (by any of their versions,
+    a forward link included), by guid: not withdrawn ones, and for each its
+    newest version within the reader's grant (none: not mentioned)."""
+    listed = []
+    for other in sorted(model.links.get(guid, ())):
+        seen = [e for e in model.story(other) if isinstance(e, Version) and reader.sees(e.tags)]
+        if other not in model.withdrawn and seen:
+            newest = seen[-1]
+            listed.append(
+                {"guid": other, "language": newest.content.language, "version": newest.version}
+            )
+    return listed
 
 
 # ---------------------------------------------------------------------------
@@ -330,6 +481,16 @@ bad_guids = st.one_of(
 )
 tag_lists = st.lists(st.sampled_from(TAGS), min_size=1, max_size=3, unique=True).map(tuple)
 titles = st.sampled_from(TITLES)
+languages = st.sampled_from(["fr", "de", "ja", "pt-BR", DEFAULT_LANGUAGE])
+#: Ways to spoil an item, each refused as ``input_error`` says.
+SPOILERS: list[dict[str, Any]] = [
+    {"title": "   "},
+    {"tags": ["world", "a.b"]},
+    {"correction": "yes"},
+    {"translation_of": None},  # the item's own guid: filled in when spoiling
+]
+#: Not an Idempotency-Key (a space): a batch element's own 400.
+BAD_KEY = "not a key"
 
 
 # ---------------------------------------------------------------------------
@@ -519,24 +680,29 @@ class WireMachine(RuleBasedStateMachine):
         self.ok = False  # until this step's checks pass
         return self.h.run(self.h.request(method, url, EDITOR, body, **hdrs))
 
-    def body(self, guid: str, title: str, tags: tuple[str, ...], embargo: bool) -> dict[str, Any]:
+    def body(
+        self, guid: str, title: str, tags: tuple[str, ...], embargo: bool, **extra: Any
+    ) -> dict[str, Any]:
+        """An item; ``extra`` adds fields (``translation_of``, ``language``, ``correction``)."""
         body: dict[str, Any] = {
             "title": f"{title} #{self.next()}",
             "tags": list(tags),
             "guid": guid,
+            **extra,
         }
         if embargo:  # a day ahead: only the release rule makes it due
             moment = datetime.now(UTC) + timedelta(days=1, seconds=self.counter)
             body["embargo_until"] = moment.isoformat(timespec="milliseconds")
         return body
 
+    def key(self, keyed: bool) -> str | None:
+        return f"k{self.next()}" if keyed else None
+
     # --- editor actions --------------------------------------------------------
 
     @rule(guid=guids, title=titles, tags=tag_lists, keyed=st.booleans())
     def publish(self, guid: str, title: str, tags: tuple[str, ...], keyed: bool) -> None:
-        self.send(
-            self.body(guid, title, tags, embargo=False), f"k{self.counter}" if keyed else None
-        )
+        self.send(self.body(guid, title, tags, embargo=False), self.key(keyed))
 
     @precondition(lambda self: self.model.stream)
     @rule(data=st.data(), title=titles, tags=tag_lists)
@@ -548,49 +714,160 @@ class WireMachine(RuleBasedStateMachine):
     def embargo(
         self, data: st.DataObject, fresh: str, title: str, tags: tuple[str, ...], keyed: bool
     ) -> None:
-        known = self.model.guids() + sorted(self.model.pending)
-        guid = data.draw(st.sampled_from([fresh, *known]), label="guid")
-        self.send(self.body(guid, title, tags, embargo=True), f"k{self.counter}" if keyed else None)
+        guid = data.draw(st.sampled_from([fresh, *self.known()]), label="guid")
+        self.send(self.body(guid, title, tags, embargo=True), self.key(keyed))
+
+    @rule(
+        data=st.data(),
+        fresh=guids,
+        other=guids,
+        title=titles,
+        tags=tag_lists,
+        language=languages,
+        embargo=st.booleans(),
+    )
+    def translate(
+        self,
+        data: st.DataObject,
+        fresh: str,
+        other: str,
+        title: str,
+        tags: tuple[str, ...],
+        language: str,
+        embargo: bool,
+    ) -> None:
+        """A translation of a missing (forward link), existing, pending or withdrawn story."""
+        original = data.draw(st.sampled_from([other, *self.known()]), label="original")
+        guid = data.draw(st.sampled_from([fresh, *self.model.guids()]), label="guid")
+        extra = {"translation_of": original, "language": language}
+        self.send(self.body(guid, title, tags, embargo, **extra), None)
+
+    @rule(data=st.data(), other=guids, title=titles, tags=tag_lists, embargo=st.booleans())
+    def correct(
+        self, data: st.DataObject, other: str, title: str, tags: tuple[str, ...], embargo: bool
+    ) -> None:
+        """A correction of an existing story, or of one that is missing or only pending (400)."""
+        guid = data.draw(st.sampled_from([other, *self.known()]), label="guid")
+        self.send(self.body(guid, title, tags, embargo, correction=True), None)
+
+    def known(self) -> list[str]:
+        """Every guid the wire knows: published (withdrawn too) or pending."""
+        return sorted({*self.model.guids(), *self.model.pending})
 
     def send(self, body: dict[str, Any], key: str | None) -> None:
         """POST /v1/items and check the answer against the model; then update it."""
         hdrs = {"Idempotency-Key": key} if key else {}
         status, answer = self.call("POST", "/v1/items", body, **hdrs)
-        guid, tags = body["guid"], tuple(body["tags"])
-        self.touched.add(guid)
-        if guid in self.model.withdrawn:
-            assert (status, _code(answer)) == (409, "story_withdrawn"), (status, answer)
-            return
-        if "embargo_until" in body:
-            pending = Pending(guid, body["title"], tags, body)
-            assert status == 202, (status, answer)
-            assert facts(answer["item"]) == pending_view(pending)
-            self.model.pending[guid] = pending
-            answer_of_key: Version | Pending = pending
-        else:
-            version = self.model.next_version(guid, body["title"], tags)
-            assert status == 201, (status, answer)
-            version.id = answer["item"]["id"]
-            assert facts(answer["item"]) == view(EDITOR, version)
-            self.model.stream.append(version)
-            answer_of_key = version
-        if key:
-            self.model.idem[key] = IdemRecord(body, answer_of_key)
+        self.settle(body, key, status, answer)
 
-    @precondition(lambda self: self.model.retriable_keys())
+    def settle(self, body: Any, key: str | None, status: int, answer: dict[str, Any]) -> None:
+        """One publish's answer (single, or a batch slot) against the model; then record it."""
+        want = self.model.outcome(body, key)
+        event(f"publish: {_label(want, body)}")  # see --hypothesis-show-statistics
+        got: dict[str, Any] = answer.get("item") or {}
+        if isinstance(want, Refusal):
+            error = answer.get("error") or {}
+            assert (status, error.get("code")) == (want.status, want.code), (status, answer, body)
+            if want.field is not None:
+                assert error.get("field") == want.field, (answer, body)
+        elif isinstance(want, Repeat) and isinstance(want.answer, Version):
+            assert status == 200, (status, answer)
+            assert facts(got) == view(EDITOR, want.answer)
+        elif isinstance(want, Repeat) and isinstance(want.answer, Pending):
+            assert status in EMBARGO_RETRY_STATUSES, (status, answer)
+            assert facts(got) == pending_view(want.answer)
+            assert got["embargo_until"] is not None
+        elif isinstance(want, Pending):
+            assert status == 202, (status, answer)
+            assert facts(got) == pending_view(want)
+        else:
+            assert isinstance(want, Version) and status == 201, (status, answer)
+            want.id = got["id"]
+            assert facts(got) == view(EDITOR, want)
+        self.model.commit(want, body, key)
+        if isinstance(body, dict):
+            self.touched.add(body["guid"])
+
+    @rule(data=st.data(), size=st.integers(2, 5), again=st.booleans())
+    def batch(self, data: st.DataObject, size: int, again: bool) -> None:
+        """A JSON array batch mixing every kind of item, each answered in its slot;
+        maybe the very same batch again (its keyed items answer their first items)."""
+        slots: list[Slot] = []
+        for _ in range(size):
+            slots.append(self.slot(data, slots))
+        self.send_batch(slots)
+        if again:
+            self.send_batch(slots)
+
+    def slot(self, data: st.DataObject, before: list[Slot]) -> Slot:
+        """One batch element (an item and its key), of a kind hypothesis picks."""
+        earlier = [b["guid"] for b, _ in before if isinstance(b, dict)]
+        known = sorted({*self.known(), *earlier})
+        kinds = ["new", "invalid", "embargo", "translation", "correction", "not an object"]
+        kinds += ["version", "bad key"] if known else []
+        kinds += ["withdrawn"] if self.model.withdrawn else []
+        kinds += ["repeat"] if before else []
+        kind = data.draw(st.sampled_from(kinds), label="kind")
+        if kind == "repeat":  # an earlier element again, same key: its answer again
+            repeat: Slot = data.draw(st.sampled_from(before), label="repeat")
+            return repeat
+        if kind == "not an object":
+            return "not an item", None
+        fresh = data.draw(guids, label="fresh")
+        title = data.draw(titles, label="title")
+        tags = data.draw(tag_lists, label="tags")
+        key = self.key(data.draw(st.booleans(), label="keyed"))
+        pick = {
+            "new": [fresh],
+            "version": known,
+            "withdrawn": sorted(self.model.withdrawn),
+            "embargo": [fresh, *known],
+            "translation": [fresh, *known],
+            "correction": [fresh, *known],
+        }.get(kind, [fresh, *known])
+        guid = data.draw(st.sampled_from(pick), label="guid")
+        extra: dict[str, Any] = {}
+        if kind == "translation":
+            original = data.draw(st.sampled_from([fresh + "o", *known]), label="original")
+            extra = {"translation_of": original, "language": data.draw(languages)}
+        elif kind == "correction":
+            extra = {"correction": True}
+        embargo = kind == "embargo" or (
+            kind in ("translation", "correction") and data.draw(st.booleans(), label="embargo")
+        )
+        body = self.body(guid, title, tags, embargo, **extra)
+        if kind == "invalid":
+            spoiler = data.draw(st.sampled_from(SPOILERS), label="spoiler")
+            body.update({k: guid if v is None else v for k, v in spoiler.items()})
+        if kind == "bad key":
+            key = BAD_KEY
+        return body, key
+
+    def send_batch(self, slots: list[Slot]) -> None:
+        elements = [
+            {**body, "idempotency_key": key} if key is not None else body for body, key in slots
+        ]
+        status, answer = self.call("POST", "/v1/items", elements)
+        assert status == 200, (status, answer)
+        results = answer["results"]
+        assert len(results) == len(slots), answer
+        for (body, key), result in zip(slots, results, strict=True):
+            if key == BAD_KEY:  # refused before the item is looked at
+                error = result.get("error") or {}
+                shown = (result["status"], error.get("code"), error.get("field"))
+                assert shown == (400, "invalid_field", "idempotency_key"), result
+                continue
+            self.settle(body, key, result["status"], result)
+        stamps = {r["item"]["published_at"] for r in results if r["status"] == 201}
+        assert len(stamps) <= 1, f"one published_at per batch: {stamps}"
+
+    @precondition(lambda self: self.model.idem)
     @rule(data=st.data())
     def retry_same_body(self, data: st.DataObject) -> None:
-        """The same key and body again: the first answer, nothing new stored."""
-        key = data.draw(st.sampled_from(self.model.retriable_keys()), label="key")
-        record = self.model.idem[key]
-        status, answer = self.call("POST", "/v1/items", record.body, **{"Idempotency-Key": key})
-        if isinstance(record.answer, Version):
-            assert status == 200, (status, answer)
-            assert facts(answer["item"]) == view(EDITOR, record.answer)
-        else:
-            assert status in EMBARGO_RETRY_STATUSES, (status, answer)
-            assert facts(answer["item"]) == pending_view(record.answer)
-            assert answer["item"]["embargo_until"] is not None
+        """The same key and body again: the first answer, nothing new stored (an
+        embargo's first pending item even if since replaced, cancelled or released)."""
+        key = data.draw(st.sampled_from(sorted(self.model.idem)), label="key")
+        self.send(self.model.idem[key].body, key)
 
     @precondition(lambda self: self.model.idem)
     @rule(data=st.data())
@@ -626,7 +903,7 @@ class WireMachine(RuleBasedStateMachine):
         guid = data.draw(st.sampled_from([other, *sorted(self.model.pending)]), label="guid")
         status, answer = self.call("DELETE", path("v1", "embargoes", guid))
         pending = self.model.pending.pop(guid, None)
-        if pending is not None and guid in self.model.withdrawn:
+        if pending is not None and self.model.doomed(pending):
             assert status in CANCEL_AFTER_WITHDRAW_STATUSES, (status, answer)
         elif pending is not None:
             assert (status, answer) == (200, {"cancelled": guid})
@@ -636,24 +913,26 @@ class WireMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.model.pending)
     @rule(data=st.data())
     def release(self, data: st.DataObject) -> None:
-        """Make a pending item due; the server's releaser publishes it (once)."""
+        """Make a pending item due; the server's releaser publishes it (once), or
+        drops it when its story or the story it translates was withdrawn since."""
         guid = data.draw(st.sampled_from(sorted(self.model.pending)), label="guid")
         pending = self.model.pending.pop(guid)
         self.touched.add(guid)
         self.ok = False
         before = len(self.h.run(self.h.entries()))
         moved = self.h.redis.zadd(keys.EMBARGOES, {keys.embargo(guid): 1}, xx=True, ch=True)
-        assert moved or guid in self.model.withdrawn, f"{guid!r} is not in the schedule"
+        assert moved or self.model.doomed(pending), f"{guid!r} is not in the schedule"
         self.h.run(self.h.released(guid))
         new = self.h.run(self.h.entries())[before:]
-        if guid in self.model.withdrawn:
-            assert new == [], f"released under a withdrawn guid: {new}"
+        event(f"release: {'dropped' if self.model.doomed(pending) else 'published'}")
+        if self.model.doomed(pending):
+            assert new == [], f"released, but its story or original was withdrawn: {new}"
             return
-        version = self.model.next_version(guid, pending.title, pending.tags)
+        version = self.model.next_version(guid, pending.content)
         assert len(new) == 1, f"one release, got {new}"
         version.id = new[0].id
         assert facts(orjson.loads(new[0].json)) == view(EDITOR, version)
-        self.model.stream.append(version)
+        self.model.append(version)
 
     @rule(guid=bad_guids, tags=tag_lists)
     def hostile_guid(self, guid: str, tags: tuple[str, ...]) -> None:
@@ -677,6 +956,8 @@ class WireMachine(RuleBasedStateMachine):
         if not self.feeds:
             return  # before the example's Redis is fresh
         self.ok = False
+        # A story read of an original lists its translations: it changes with them.
+        self.touched |= {g for g, linked in self.model.links.items() if linked & self.touched}
         for reader in READERS:
             self.check_history(reader)
             for guid in sorted(self.touched):
@@ -718,7 +999,11 @@ class WireMachine(RuleBasedStateMachine):
                 "guid": story["guid"],
                 "current": facts(story["current"]),
                 "versions": [facts(v) for v in story["versions"]],
+                "translations": story["translations"],
             }
+            if "translation_of" in story:
+                shown["translation_of"] = story["translation_of"]
+            event(f"story read: {len(want['translations'])} translation(s) listed")
             assert shown == want, (reader.name, guid)
         for entry in self.model.story(guid):
             self.check_item(reader, entry)
@@ -747,20 +1032,19 @@ class WireMachine(RuleBasedStateMachine):
     def check_embargoes(self) -> None:
         status, got = self.get(EDITOR, "/v1/embargoes")
         assert status == 200, got
+        doomed = {g for g, p in self.model.pending.items() if self.model.doomed(p)}
         shown = {
-            p["guid"]: facts(p) for p in got["embargoes"] if p["guid"] not in self.model.withdrawn
+            p["guid"]: facts(p)
+            for p in got["embargoes"]
+            if p["guid"] not in doomed | set(self.model.withdrawn)
         }
-        want = {
-            g: pending_view(p)
-            for g, p in self.model.pending.items()
-            if g not in self.model.withdrawn
-        }
+        want = {g: pending_view(p) for g, p in self.model.pending.items() if g not in doomed}
         assert shown == want
 
     def final_check(self) -> None:
         """Every story and item for every reader, and no late extra live message."""
         for reader in READERS:
-            for guid in self.model.guids():
+            for guid in sorted({*self.model.guids(), *self.model.links}):
                 self.check_story(reader, guid)
         marker = "model-end-marker"
         self.touched.add(marker)
@@ -770,6 +1054,18 @@ class WireMachine(RuleBasedStateMachine):
 
     def get(self, reader: Reader, url: str) -> tuple[int, Any]:
         return self.h.run(self.h.request("GET", url, reader))
+
+
+def _label(want: Outcome, body: Any) -> str:
+    """What kind of publish an outcome is, for hypothesis' statistics."""
+    if isinstance(want, Refusal):
+        return f"refused {want.status} {want.code} {want.field or ''}".rstrip()
+    kind = type(want).__name__.lower()
+    if isinstance(body, dict) and body.get("translation_of"):
+        kind += " translation"
+    if isinstance(body, dict) and body.get("correction"):
+        kind += " correction"
+    return kind
 
 
 def _code(answer: Any) -> str | None:
