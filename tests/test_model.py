@@ -606,6 +606,17 @@ class Harness:
         assert resp.status < 500, f"{method} {path} as {reader and reader.name}: {answer}"
         return resp.status, answer
 
+    async def ndjson(self, elements: list[Any]) -> tuple[int, list[Any]]:
+        """A batch as ``application/x-ndjson`` (a blank line among them), as the
+        editor: the status and the result lines."""
+        lines = [orjson.dumps(e) for e in elements]
+        data = b"\n".join([*lines[:1], b"", *lines[1:]]) + b"\n"
+        headers = dict(EDITOR.auth, **{"Content-Type": "application/x-ndjson"})
+        async with self.http.post(self.server.base + "/v1/items", data=data, headers=headers) as r:
+            text = await r.read()
+        assert r.status < 500, text
+        return r.status, [orjson.loads(line) for line in text.splitlines() if line.strip()]
+
     async def feed(self, reader: Reader) -> Feed:
         ws = await self.http.ws_connect(
             f"{self.server.ws}?tags={reader.subscription}", headers=reader.auth
@@ -788,16 +799,16 @@ class WireMachine(RuleBasedStateMachine):
         if isinstance(body, dict):
             self.touched.add(body["guid"])
 
-    @rule(data=st.data(), size=st.integers(2, 5), again=st.booleans())
-    def batch(self, data: st.DataObject, size: int, again: bool) -> None:
-        """A JSON array batch mixing every kind of item, each answered in its slot;
-        maybe the very same batch again (its keyed items answer their first items)."""
+    @rule(data=st.data(), size=st.integers(2, 5), again=st.booleans(), ndjson=st.booleans())
+    def batch(self, data: st.DataObject, size: int, again: bool, ndjson: bool) -> None:
+        """A batch (JSON array or ndjson) mixing every kind of item, each answered in
+        its slot; maybe the very same batch again (keyed items answer their first)."""
         slots: list[Slot] = []
         for _ in range(size):
             slots.append(self.slot(data, slots))
-        self.send_batch(slots)
+        self.send_batch(slots, ndjson)
         if again:
-            self.send_batch(slots)
+            self.send_batch(slots, ndjson)
 
     def slot(self, data: st.DataObject, before: list[Slot]) -> Slot:
         """One batch element (an item and its key), of a kind hypothesis picks."""
@@ -806,7 +817,9 @@ class WireMachine(RuleBasedStateMachine):
         kinds = ["new", "invalid", "embargo", "translation", "correction", "not an object"]
         kinds += ["version", "bad key"] if known else []
         kinds += ["withdrawn"] if self.model.withdrawn else []
+        used = sorted({k for _, k in before if k not in (None, BAD_KEY)})
         kinds += ["repeat"] if before else []
+        kinds += ["other item, same key"] if used else []
         kind = data.draw(st.sampled_from(kinds), label="kind")
         if kind == "repeat":  # an earlier element again, same key: its answer again
             repeat: Slot = data.draw(st.sampled_from(before), label="repeat")
@@ -841,16 +854,22 @@ class WireMachine(RuleBasedStateMachine):
             body.update({k: guid if v is None else v for k, v in spoiler.items()})
         if kind == "bad key":
             key = BAD_KEY
+        if kind == "other item, same key":  # 422 if that item was stored, else new
+            key = data.draw(st.sampled_from(used), label="used key")
         return body, key
 
-    def send_batch(self, slots: list[Slot]) -> None:
+    def send_batch(self, slots: list[Slot], ndjson: bool) -> None:
         elements = [
             {**body, "idempotency_key": key} if key is not None else body for body, key in slots
         ]
-        status, answer = self.call("POST", "/v1/items", elements)
-        assert status == 200, (status, answer)
-        results = answer["results"]
-        assert len(results) == len(slots), answer
+        if ndjson:
+            self.ok = False
+            status, results = self.h.run(self.h.ndjson(elements))
+        else:
+            status, answer = self.call("POST", "/v1/items", elements)
+            results = answer.get("results")
+        assert status == 200, (status, results)
+        assert len(results) == len(slots), results
         for (body, key), result in zip(slots, results, strict=True):
             if key == BAD_KEY:  # refused before the item is looked at
                 error = result.get("error") or {}
