@@ -820,7 +820,11 @@ class WireMachine(RuleBasedStateMachine):
         used = sorted({k for _, k in before if k not in (None, BAD_KEY)})
         kinds += ["repeat"] if before else []
         kinds += ["other item, same key"] if used else []
+        kinds += ["earlier key"] if self.model.idem else []
         kind = data.draw(st.sampled_from(kinds), label="kind")
+        if kind == "earlier key":  # one namespace with the header: the first answer
+            first = data.draw(st.sampled_from(sorted(self.model.idem)), label="earlier key")
+            return self.model.idem[first].body, first
         if kind == "repeat":  # an earlier element again, same key: its answer again
             repeat: Slot = data.draw(st.sampled_from(before), label="repeat")
             return repeat
@@ -841,7 +845,7 @@ class WireMachine(RuleBasedStateMachine):
         guid = data.draw(st.sampled_from(pick), label="guid")
         extra: dict[str, Any] = {}
         if kind == "translation":
-            original = data.draw(st.sampled_from([fresh + "o", *known]), label="original")
+            original = data.draw(st.sampled_from([fresh[:199] + "o", *known]), label="original")
             extra = {"translation_of": original, "language": data.draw(languages)}
         elif kind == "correction":
             extra = {"correction": True}
