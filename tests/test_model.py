@@ -435,11 +435,12 @@ def story_answer(model: Model, reader: Reader, guid: str) -> tuple[int, Any]:
 def translations(model: Model, reader: Reader, guid: str) -> list[dict[str, Any]]:
     """The stories linked as translations of ``guid`` (by any of their versions,
     a forward link included), by guid: not withdrawn ones, and for each its
-    newest version within the reader's grant (none: not mentioned)."""
+    newest version within the reader's grant (none: not mentioned), as long as
+    that version still names ``guid`` as its original."""
     listed = []
     for other in sorted(model.links.get(guid, ())):
         seen = [e for e in model.story(other) if isinstance(e, Version) and reader.sees(e.tags)]
-        if other not in model.withdrawn and seen:
+        if other not in model.withdrawn and seen and seen[-1].content.translation_of == guid:
             newest = seen[-1]
             listed.append(
                 {"guid": other, "language": newest.content.language, "version": newest.version}

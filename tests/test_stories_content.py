@@ -250,3 +250,26 @@ async def test_a_translation_of_a_withdrawn_story_is_refused_and_never_released(
         status, _ = await get_json(http, f"{server.base}/v1/stories/{guid}")
         assert status == 404, guid
     assert not server_redis(server).exists(keys.translations("k-en"))
+
+
+async def test_a_story_that_stops_translating_an_original_is_no_longer_listed_under_it(
+    server: Server, http: aiohttp.ClientSession
+) -> None:
+    """Links only grow in Redis; the list follows each translation's current
+    version: one that now names another original, or none, is listed there only."""
+    await publish(http, server.base, "Quake", ["world"], guid="m-en")
+    await publish(http, server.base, "Earthquake", ["world"], guid="m-en2")
+    await publish(http, server.base, "Séisme", ["world"], guid="m-fr", language="fr",
+                  translation_of="m-en")  # fmt: skip
+    await publish(http, server.base, "Sismo", ["world"], guid="m-es", language="es",
+                  translation_of="m-en")  # fmt: skip
+    assert [t["guid"] for t in (await story(http, server, "m-en"))["translations"]] == [
+        "m-es",
+        "m-fr",
+    ]
+    await publish(http, server.base, "Séisme (2)", ["world"], guid="m-fr", language="fr",
+                  translation_of="m-en2")  # fmt: skip
+    await publish(http, server.base, "Sismo (2)", ["world"], guid="m-es", language="es")
+    assert (await story(http, server, "m-en"))["translations"] == []
+    moved = (await story(http, server, "m-en2"))["translations"]
+    assert moved == [{"guid": "m-fr", "language": "fr", "version": 2}]

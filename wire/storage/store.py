@@ -525,7 +525,8 @@ class Store:
 
     async def translations(self, guid: str, sees: Sees | None = None) -> list[Entry]:
         """The current version of each story that translates ``guid``, by guid;
-        withdrawn translations (and those retention forgot) left out.
+        withdrawn translations (and those retention forgot) left out, and those
+        whose current version names another original, or none.
 
         At most :data:`MAX_TRANSLATIONS` of them (a story has a few, one per
         language; the set is the editors' to grow, and a read stays bounded).
@@ -551,7 +552,11 @@ class Store:
                 pipe.xrange(keys.STREAM, eid, eid, count=1)
             rows = await pipe.execute()
         entries = [_entries(r)[0] for r in rows if r]
-        return entries if sees is None else await self._newest_seen_of(entries, sees)
+        if sees is not None:
+            entries = await self._newest_seen_of(entries, sees)
+        # The link set only grows: a story whose listed version names another
+        # original (or none) no longer translates this one.
+        return [e for e in entries if orjson.loads(e.json).get("translation_of") == guid]
 
     async def _newest_seen_of(self, entries: list[Entry], sees: Sees) -> list[Entry]:
         """Each story's newest version ``sees`` passes, searched back from its
