@@ -37,8 +37,9 @@ MAX_LIMIT = 200
 DEFAULT_LIMIT = 50
 #: How long a shared cache may keep a public feed (seconds).
 MAX_AGE = 30
-#: Characters XML 1.0 cannot carry even escaped; item text rules forbid them,
-#: but a feed must stay well-formed whatever it is given.
+#: Characters XML 1.0 cannot carry even escaped; item text and link rules
+#: forbid them (wire.core.text.NOT_XML), but a feed must stay well-formed
+#: whatever it is given (an item stored before that rule, a query's tags).
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
 

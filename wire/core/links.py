@@ -8,6 +8,7 @@ import unicodedata
 from urllib.parse import urlsplit
 
 from wire.core.errors import ValidationError, quoted
+from wire.core.text import NOT_XML
 
 MAX_URL = 2_048
 _ASCII_LABEL = re.compile(r"[A-Za-z0-9_-]{1,63}")
@@ -35,10 +36,12 @@ def check_url(value: object, name: str = "url") -> str | None:
     if not value:
         return None
     error = f"{name} must be an absolute http(s) link"
-    # Whitespace, controls (DEL and C1 too) and invisible format characters
-    # (bidi overrides can disguise where a link goes) must be percent-encoded.
+    # Whitespace, controls (DEL and C1 too), invisible format characters
+    # (bidi overrides can disguise where a link goes) and U+FFFE/U+FFFF (an
+    # Atom feed cannot carry them: its link would differ) must be percent-encoded.
     if len(value) > MAX_URL or any(
-        ch.isspace() or ch == "\\" or unicodedata.category(ch) in ("Cc", "Cf") for ch in value
+        ch.isspace() or ch == "\\" or ch in NOT_XML or unicodedata.category(ch) in ("Cc", "Cf")
+        for ch in value
     ):
         raise ValidationError(error + " (no spaces, controls or backslashes)", field=name)
     try:

@@ -17,6 +17,10 @@ BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u206
 #: Devanagari, Tibetan stacks) stay within it, "Zalgo" text does not.
 MAX_MARKS = 4
 _LINE_BREAKS = frozenset("\u2028\u2029")
+#: The two noncharacters XML 1.0 cannot carry, not even as a character
+#: reference: the Atom feed could only drop them while JSON, ninjs and SSE
+#: kept them, so the same item would read differently. Refused instead.
+NOT_XML = frozenset("\ufffe\uffff")
 
 
 def check_text(
@@ -33,8 +37,8 @@ def check_text(
     Returns the trimmed text, or None for an absent optional field; raises a
     ValidationError naming ``name``. The rules are in docs/protocol.md
     ("Text fields"): no control characters (a one-line field not even tab or
-    newline), no bidi controls unless ``bidi``, at most 4 combining marks on
-    one character.
+    newline), no U+FFFE or U+FFFF (XML cannot carry them), no bidi controls
+    unless ``bidi``, at most 4 combining marks on one character.
     """
     if value is None:
         if required:
@@ -64,6 +68,8 @@ def _check_characters(value: str, name: str, *, multiline: bool, bidi: bool) -> 
         category = unicodedata.category(ch)
         if ch not in allowed and (category == "Cc" or (not multiline and ch in _LINE_BREAKS)):
             raise ValidationError(f"{name} contains control character U+{ord(ch):04X}", field=name)
+        if ch in NOT_XML:
+            raise ValidationError(f"{name} contains noncharacter U+{ord(ch):04X}", field=name)
         if not bidi and ch in BIDI_CONTROLS:
             raise ValidationError(
                 f"{name} contains bidirectional control U+{ord(ch):04X}", field=name
