@@ -64,7 +64,7 @@ MAXIMAL: dict[str, Any] = {
         {"type": "video", "uri": "https://pics.example/2", "renditions": [
             {"name": "original", "href": "https://pics.example/2.mp4"}]},
     ],
-    "extra": {"genre": [{"code": "x"}]},
+    "extra": {"acme:genre": [{"code": "x"}]},
 }  # fmt: skip
 
 
@@ -98,7 +98,7 @@ def test_a_maximal_item_parses_into_typed_fields() -> None:
         alt="A street covered in rubble",
     )
     assert item.pictures == (picture,) and item.associations[1].type == "video"
-    assert item.extra == {"genre": [{"code": "x"}]}
+    assert item.extra == {"acme:genre": [{"code": "x"}]}
     assert not item.is_advisory
     hash(item)  # frozen all the way down
 

@@ -176,7 +176,7 @@ BAD: list[tuple[dict[str, Any], str, str]] = [
     ),
     ({"extra": [1]}, "extra", "object"),
     ({"extra": {"a b": 1}}, "extra", "property name"),
-    ({"extra": {"blob": "x" * 17_000}}, "extra", "16,384"),
+    ({"extra": {"acme:blob": "x" * 17_000}}, "extra", "16,384"),
 ]  # fmt: skip
 
 
@@ -194,7 +194,7 @@ def test_good_values_at_the_limits_are_accepted() -> None:
         subjects=[{"code": f"medtop:{n:08}"} for n in range(20)],
         people=[{"name": "P", "uri": "https://example.com/p"}] * 20,
         associations=[{**PICTURE, "renditions": PICTURE["renditions"] * 5}] * 10,
-        extra={"k": "x" * 16_000},
+        extra={"acme:k": "x" * 16_000},
     )
     assert len(sub.subjects) == 20 and len(sub.associations[9].renditions) == 10
     assert parse(slugline="Météo-Paris-2").slugline == "Météo-Paris-2"

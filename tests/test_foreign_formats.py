@@ -8,13 +8,16 @@ either the validator refuses it or every output carries it, unchanged.
 
 from __future__ import annotations
 
+import json
 import os
 import xml.dom.minidom
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import feedparser
 import pytest
+from jsonschema import Draft202012Validator
 
 from tests.conftest import Server
 from tests.support import item, post
@@ -55,3 +58,43 @@ async def test_a_character_xml_cannot_carry_is_refused_not_dropped_from_the_feed
         assert shown[field] == value, (field, shown[field])
     assert status == 400, body
     assert body["error"]["field"] == field
+
+
+SCHEMA = json.loads((Path(__file__).parent / "schemas" / "ninjs-3.x.json").read_text())
+NINJS = Draft202012Validator(SCHEMA, format_checker=Draft202012Validator.FORMAT_CHECKER)
+
+
+def ninjs_errors(doc: object) -> list[str]:
+    return [f"{list(e.absolute_path)}: {e.message}" for e in NINJS.iter_errors(doc)]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"foo": 1}, {"profile": 5}, {"eventDetails": "not an object"}, {"wire:x": 1}],
+    ids=["not-ninjs", "profile-not-string", "eventDetails-not-object", "wire-namespace"],
+)
+async def test_extra_that_ninjs_cannot_carry_is_refused(
+    server: Server, http: aiohttp.ClientSession, extra: dict[str, Any]
+) -> None:
+    """``extra`` goes out at the top level of ninjs: a name ninjs 3.x does not
+    have (and no ``prefix:name`` of another provider), or a ninjs property of
+    the wrong JSON type, made every ninjs read of the item schema-invalid."""
+    status, body = await post(http, server.base, item("T", [tag()], extra=extra))
+    if status == 201:
+        url = f"{server.base}/v1/items/{body['item']['id']}?format=ninjs"
+        async with http.get(url) as resp:
+            assert ninjs_errors(await resp.json()) == []
+    assert status == 400, body
+    assert body["error"]["field"] == "extra"
+
+
+async def test_extra_that_ninjs_can_carry_reads_as_valid_ninjs(
+    server: Server, http: aiohttp.ClientSession
+) -> None:
+    extra = {"profile": "p", "eventDetails": {"a": 1}, "acme:note": [1, {"x": None}]}
+    status, body = await post(http, server.base, item("T", [tag()], extra=extra))
+    assert status == 201, body
+    async with http.get(f"{server.base}/v1/items/{body['item']['id']}?format=ninjs") as resp:
+        doc = await resp.json(content_type=None)
+    assert ninjs_errors(doc) == []
+    assert {k: doc[k] for k in extra} == extra

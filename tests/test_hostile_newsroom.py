@@ -40,8 +40,8 @@ def nothing_written(server: Server) -> None:
 @pytest.mark.parametrize(
     ("content_type", "body"),
     [
-        ("application/json", '{"title":"T","tags":["w"],"extra":{"x":%s}}'),
-        ("application/json", '{"title":"T","tags":["w"],"embargo_until":"@","extra":{"x":%s}}'),
+        ("application/json", '{"title":"T","tags":["w"],"extra":{"a:x":%s}}'),
+        ("application/json", '{"title":"T","tags":["w"],"embargo_until":"@","extra":{"a:x":%s}}'),
         (NINJS, '{"headlines":[{"value":"T"}],"subjects":[{"name":"w"}],"acme:x":%s}'),
     ],
 )

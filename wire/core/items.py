@@ -31,7 +31,7 @@ from wire.core.content import (
 from wire.core.errors import ValidationError, quoted
 from wire.core.language import DEFAULT_LANGUAGE, normalize_language
 from wire.core.links import MAX_URL, check_url
-from wire.core.ninjs_content import RESERVED, extra_name_ok
+from wire.core.ninjs_content import RESERVED, extra_fits_ninjs, extra_name_ok
 from wire.core.stored import iso as iso  # re-exported: callers know the time format here
 from wire.core.stored import published_now as published_now  # re-exported too
 from wire.core.tags import normalize_tags
@@ -312,18 +312,8 @@ def _extra(value: object) -> str | None:
         return None
     if not isinstance(value, dict):
         raise ValidationError("extra must be a JSON object", field="extra")
-    for key in value:
-        if not extra_name_ok(key):
-            raise ValidationError(
-                f"extra has a property name {quoted(key[:80])} that is not a ninjs-style name",
-                field="extra",
-            )
-        if key in RESERVED or key.startswith("wire:"):
-            # It would go out in ninjs as the wire's own word (see RESERVED).
-            raise ValidationError(
-                f"extra may not hold {quoted(key)}: the wire sets that ninjs property itself",
-                field="extra",
-            )
+    for key, member in value.items():
+        _extra_member(key, member)
     if not value:
         return None
     if _depth(value) > MAX_EXTRA_DEPTH:
@@ -338,6 +328,27 @@ def _extra(value: object) -> str | None:
     if len(text.encode()) > MAX_EXTRA:
         raise ValidationError(f"extra is larger than {MAX_EXTRA:,} bytes of JSON", field="extra")
     return text
+
+
+def _extra_member(key: str, member: object) -> None:
+    """One property of ``extra``: it goes out at the top level of ninjs."""
+    if not extra_name_ok(key):
+        raise ValidationError(
+            f"extra has a property name {quoted(key[:80])} that is not a ninjs-style name",
+            field="extra",
+        )
+    if key in RESERVED or key.startswith("wire:"):
+        # It would go out in ninjs as the wire's own word (see RESERVED).
+        raise ValidationError(
+            f"extra may not hold {quoted(key)}: the wire sets that ninjs property itself",
+            field="extra",
+        )
+    if not extra_fits_ninjs(key, member):
+        raise ValidationError(
+            f"extra holds {quoted(key)}, which ninjs 3.x cannot carry: not a ninjs"
+            " property of that type, nor another provider's prefix:name",
+            field="extra",
+        )
 
 
 def _depth(value: object) -> int:

@@ -42,6 +42,19 @@ MAPPED = frozenset(
 #: they would go out in ninjs as the wire's word (a firstCreated of the
 #: editor's choosing). ``uri`` and ``type`` are kept there by ingest itself.
 RESERVED = MAPPED - {"uri", "type"}
+#: The JSON type of each ninjs 3.x top-level property the wire does not set
+#: itself: ``extra`` goes out at the top level of ninjs, so it may hold only
+#: these (of this type) or another provider's ``prefix:name``, else every
+#: ninjs read of the item would be invalid against the IPTC schema.
+NINJS_EXTRA_TYPES: dict[str, type] = {
+    "uri": str, "type": str, "representationType": str, "profile": str,
+    "contentCreated": str, "copyrightHolder": str, "title": str, "expires": str,
+    "events": list, "plannedCoverage": list, "objects": list, "infoSources": list,
+    "associations": list, "altIds": list, "trustIndicators": list, "genres": list,
+    "eventDetails": dict, "standard": dict, "rightsInfo": dict, "digitalSourceType": dict,
+}  # fmt: skip
+#: Another provider's extension property (the schema's patternProperties).
+_NAMESPACED = re.compile(r"(?!wire:)[A-Za-z][A-Za-z0-9._-]*:[A-Za-z][A-Za-z0-9._-]*")
 #: A property name ``extra`` keeps: ninjs-style, 1-100 characters.
 _EXTRA_NAME = re.compile(r"[A-Za-z][A-Za-z0-9._:-]{0,99}")
 #: Array properties the wire writes some members of: the members it does not
@@ -59,6 +72,15 @@ def extra_name_ok(name: object) -> bool:
     """True for a name ``extra`` may keep: 1-100 letters, digits and ``. _ : -``,
     starting with a letter (not ``$schema`` or ``@context``)."""
     return isinstance(name, str) and _EXTRA_NAME.fullmatch(name) is not None
+
+
+def extra_fits_ninjs(name: str, value: object) -> bool:
+    """True when ninjs 3.x can carry ``name: value`` at its top level: a
+    namespaced ``prefix:name`` (any JSON), or a ninjs property of its type."""
+    if _NAMESPACED.fullmatch(name):
+        return True
+    kind = NINJS_EXTRA_TYPES.get(name)
+    return kind is not None and isinstance(value, kind)
 
 
 def genre_uri(mark: str) -> str:
