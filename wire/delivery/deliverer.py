@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import logging
 import random
 import secrets
@@ -32,6 +33,7 @@ import aiohttp
 from wire.core import frames
 from wire.core.entitlements import EVERYTHING, Entitlements, Grant
 from wire.core.entry import Entry
+from wire.core.errors import quoted
 from wire.core.ids import StreamKey
 from wire.core.ledger import WEBHOOK, Tally
 from wire.delivery import signing
@@ -51,6 +53,8 @@ WAIT = 5.0
 COVER_MARGIN_MS = 1000
 #: The largest answer body (bytes, as sent) read to keep the connection for reuse.
 DRAIN = 64 * 1024
+#: The status that disables a webhook at once (the receiver is gone for good).
+GONE = 410
 
 
 class LeaseLost(Exception):
@@ -333,9 +337,9 @@ class Deliverer:
             headers = signing.headers(secret, entry.id, int(time.time()), body)
             refused = refusal(webhook.url, settings.webhook_allow_private)
             if refused is None:
-                status, error = await self._post(http, webhook.url, body, headers)
+                status, error, wait = await self._post(http, webhook.url, body, headers)
             else:
-                status, error = 0, "refused: " + refused
+                status, error, wait = 0, "refused: " + refused, 0.0
             if 200 <= status < 300:
                 following = await self.registry.advance(
                     webhook.id, self.token, entry.key, delivered=1, last_status=status
@@ -346,19 +350,27 @@ class Deliverer:
                 if self.tally is not None:
                     self.tally.add(partner_of(webhook), WEBHOOK, [entry])
                 return following
-            self.failures[webhook.id] = self.failures.get(webhook.id, 0) + 1
-            outcome = await self.registry.failed(
-                webhook.id, self.token, time.time(), status, error, settings.webhook_disable_after
-            )
-            if outcome != 1:
-                if outcome == 2:
-                    log.warning("webhook %s disabled after failing since long enough", webhook.id)
-                raise LeaseLost
-            await asyncio.sleep(
-                backoff(attempt, settings.webhook_backoff, settings.webhook_backoff_max)
-            )
+            await self._failed(webhook.id, status, error)
+            pause = backoff(attempt, settings.webhook_backoff, settings.webhook_backoff_max)
+            await asyncio.sleep(max(pause, min(wait, settings.webhook_backoff_max)))
             attempt += 1
             secret = None
+
+    async def _failed(self, webhook_id: str, status: int, error: str) -> None:
+        """Record a failed attempt; raise LeaseLost when delivery must stop.
+
+        A 410 Gone disables the webhook at once: Standard Webhooks has the
+        sender stop there, not retry for ``WIRE_WEBHOOK_DISABLE_AFTER``.
+        """
+        self.failures[webhook_id] = self.failures.get(webhook_id, 0) + 1
+        window = 0.0 if status == GONE else self.settings.webhook_disable_after
+        outcome = await self.registry.failed(
+            webhook_id, self.token, time.time(), status, error, window
+        )
+        if outcome != 1:
+            if outcome == 2:
+                log.warning("webhook %s disabled: %s", webhook_id, error)
+            raise LeaseLost
 
     async def _cleared(self, webhook_id: str, secret: str | None) -> str:
         """The secret to sign with, from a lease check with no await after it.
@@ -377,14 +389,17 @@ class Deliverer:
     @staticmethod
     async def _post(
         http: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str]
-    ) -> tuple[int, str]:
-        """(HTTP status, error text); status 0 when no answer came.
+    ) -> tuple[int, str, float]:
+        """(HTTP status, error text, seconds the receiver asked us to wait); status 0
+        when no answer came.
 
         The status line decides: the answer's body is only drained when it is
         small and of a declared length (so the connection can be reused), never
         inflated (the session does not decompress) and never waited on past
         the timeout. A receiver's huge, endless or gzip-bomb body costs nothing
         and turns no 2xx into a failure (and so into a duplicate delivery).
+        Redirects are not followed: their target never went through the URL
+        checks (:mod:`wire.delivery.urls`).
         """
         try:
             async with http.post(url, data=body, headers=headers, allow_redirects=False) as resp:
@@ -394,8 +409,40 @@ class Deliverer:
                 if size is not None and size <= DRAIN:
                     with contextlib.suppress(aiohttp.ClientError, TimeoutError, OSError):
                         await resp.read()
-                return status, "" if status < 300 else f"HTTP {status}"
+                return status, failure_text(resp), retry_after(resp.headers.get("Retry-After"))
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as err:
             # ValueError: a URL stored before its checks were tightened (a host
             # the IDNA codec refuses): a failure to record, not a crash loop.
-            return 0, f"{type(err).__name__}: {err}"[:500]
+            if isinstance(err, TimeoutError) and not str(err):
+                return 0, f"timed out: no answer within {http.timeout.total:g} s", 0.0
+            return 0, f"{type(err).__name__}: {err}"[:500], 0.0
+
+
+def failure_text(resp: aiohttp.ClientResponse) -> str:
+    """``last_error`` for an answer: empty for a 2xx, else what an admin needs."""
+    status = resp.status
+    if status < 300:
+        return ""
+    if status < 400:
+        where = resp.headers.get("Location")
+        to = f" to {quoted(where, 300)}" if where else ""
+        return f"HTTP {status}: a redirect{to}, not followed (change the webhook's url)"
+    if status == GONE:
+        return "HTTP 410: the receiver says the endpoint is gone; disabled (resume restarts it)"
+    asked = resp.headers.get("Retry-After")
+    return f"HTTP {status}" + (f" (Retry-After: {quoted(asked, 40)})" if asked else "")
+
+
+def retry_after(value: str | None) -> float:
+    """Seconds a ``Retry-After`` header (delay-seconds or an HTTP date) asks for; 0 if
+    none or unreadable. The caller caps it at ``WIRE_WEBHOOK_BACKOFF_MAX``."""
+    if not value:
+        return 0.0
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return 0.0
+    return max(0.0, when.timestamp() - time.time()) if when.tzinfo else 0.0

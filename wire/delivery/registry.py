@@ -93,7 +93,8 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 redis.call('HSET', KEYS[1], 'cursor', ARGV[2])
 if ARGV[3] ~= '0' then
   redis.call('HINCRBY', KEYS[1], 'delivered', ARGV[3])
-  redis.call('HDEL', KEYS[1], 'failing_since')
+  -- last_error is the last answer's text: a 2xx has none.
+  redis.call('HDEL', KEYS[1], 'failing_since', 'last_error')
 end
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'last_status', ARGV[4]) end
 if ARGV[5] == '1' then redis.call('HSET', KEYS[1], 'history_truncated', '1') end
