@@ -20,7 +20,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from tests.conftest import Server
-from tests.support import item, post
+from tests.support import chromium, item, post
 
 
 def tag() -> str:
@@ -98,3 +98,80 @@ async def test_extra_that_ninjs_can_carry_reads_as_valid_ninjs(
         doc = await resp.json(content_type=None)
     assert ninjs_errors(doc) == []
     assert {k: doc[k] for k in extra} == extra
+
+
+#: Item text with every character class an item may carry (titles are one
+#: line: no U+2028/U+2029 there; body and subtitle take newlines, tabs and line
+#: separators, body also bidi controls), markup that XML and SSE must escape or
+#: ignore, and text at the length limits. test_foreign_sse.py sends them too.
+HOSTILE_TITLES = [
+    'Ünïcödé — 日本語 — Straße — ΟΔΟΣ — हिन्दी — Tiếng Việt',
+    "עברית\u200f and العربية\u200e\u061c mixed, 🦄👩‍👩‍👧‍👦🇺🇦 \U0010fffd \ufdd0 \U0001fffe",
+    "\"quotes\" 'single' \\back\\slash\\ \\n \\u2028 </title> &amp; ]]> <![CDATA[ x ]]>",
+    "zero\u200bwidth\u200djoiner\ufeffbom\u00a0nbsp\u3000ideographic",
+    "data: forged\\nid: 1-0 event: item retry: 1 : comment",
+    "🦄" * 300,  # at the limit, astral: 1,200 UTF-8 bytes
+]
+HOSTILE_BODIES = [
+    "line one\nline two\n\ttabbed\u2028after LS\u2029after PS\n\nblank above",
+    "\u202eright-to-left override\u202c \u2067isolate\u2069 \u202aembed\u202c (body only)",
+    "id: 1-0\nevent: item\ndata: {\"forged\": true}\n\n: comment\nretry: 1",
+    "<entry><title>x</title></entry> & &amp; &#0; &#xFFFE; ]]> <?pi?> <!-- c -->",
+    "\\r is text, not a carriage return; \\\\ \\\" \"\"\"",
+    ("Lorem ipsum dolor 🦄 ש العربية \u2028" * 4000)[:99_999] + ".",  # at the limit
+]
+
+SUBTITLE = "two\nlines\u2028LS\u2029PS \"q\" \\ 🦄 עברית\u200f </summary>"
+BYLINE = "\"Ann\" O'Brien <ann@example.com> & Co — עברית\u200f 🦄"
+URL = "https://例え.jp/über/x?q=\"a\"&b=<c>'d'&amp;#frag🦄"
+
+
+def hostile_items(tag: str, word: str) -> list[dict[str, Any]]:
+    """One item per hostile title, each with a hostile body, subtitle, byline and link."""
+    more = {"subtitle": SUBTITLE, "byline": BYLINE, "url": URL}
+    return [
+        item(f"{word} {n} {title}"[:300], [tag], body=body, **more)
+        for n, (title, body) in enumerate(zip(HOSTILE_TITLES, HOSTILE_BODIES, strict=True))
+    ]
+
+
+READ_FEED = """async (url) => {
+  const text = await (await fetch(url)).text();
+  const doc = new DOMParser().parseFromString(text, "application/xml");
+  const errors = [...doc.getElementsByTagName("parsererror")].map((e) => e.textContent);
+  const ns = "http://www.w3.org/2005/Atom";
+  const read = (entry, name) => entry.getElementsByTagNameNS(ns, name)[0]?.textContent ?? null;
+  const entries = [...doc.getElementsByTagNameNS(ns, "entry")].map((entry) => ({
+    title: read(entry, "title"), summary: read(entry, "summary"), content: read(entry, "content"),
+    author: read(entry, "name"),
+    url: entry.getElementsByTagNameNS(ns, "link")[0]?.getAttribute("href") ?? null,
+  }));
+  return {errors, root: doc.documentElement.namespaceURI, entries};
+}"""
+
+
+async def test_chromium_parses_the_feed_and_reads_every_hostile_title_back(
+    server: Server, http: aiohttp.ClientSession
+) -> None:
+    """Chromium's XML parser (``DOMParser``, ``application/xml``), as a page or
+    extension would read the feed: well-formed, and every entry's text exact."""
+    t = tag()
+    sent = hostile_items(t, "Atom")
+    stored = []
+    for body in sent:
+        status, answer = await post(http, server.base, body)
+        assert status == 201, answer
+        stored.append(answer["item"])
+    fields = ("title", "subtitle", "body", "byline", "url")
+    assert [[s[f] for f in fields] for s in stored] == [[b[f] for f in fields] for b in sent]
+    async with chromium() as browser:
+        page = await browser.new_page()
+        await page.goto(server.base + "/healthz")
+        got = await page.evaluate(READ_FEED, f"/v1/feed.atom?tags={t}")
+    assert got["errors"] == [] and got["root"] == "http://www.w3.org/2005/Atom", got["errors"]
+    names = {"title": "title", "summary": "subtitle", "content": "body", "author": "byline"}
+    expected = [
+        {**{atom: s[field] for atom, field in names.items()}, "url": s["url"]}
+        for s in reversed(stored)  # newest first
+    ]
+    assert got["entries"] == expected
