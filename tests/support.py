@@ -6,6 +6,7 @@ import asyncio
 import base64
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -32,6 +33,43 @@ from playwright.async_api import Browser, async_playwright
 from wire.storage.embedded import BUNDLED, bundled_server
 
 EDITOR_TOKEN = "editor-token-for-tests"
+#: The admin token of webhook tests, and the settings that make delivery quick.
+ADMIN = "admin-token-for-tests"
+WEBHOOKS_FAST: dict[str, Any] = {
+    "admin_tokens": (ADMIN,),
+    "webhook_allow_private": True,
+    "webhook_backoff": 0.01,
+    "webhook_backoff_max": 0.05,
+    "webhook_lease": 1.0,
+}
+
+
+def admin(token: str = ADMIN) -> dict[str, str]:
+    """The Authorization header of an admin request."""
+    return {"Authorization": f"Bearer {token}"}
+
+
+def npm_package(base: Path, spec: str, module: str) -> Path:
+    """A directory whose node_modules holds ``spec`` (``ws@8``...), installed once
+    under ``base`` and kept between runs; the test skips without node, npm or the
+    registry. ``module`` is the directory name the package installs as."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        pytest.skip("node and npm are not installed")
+    cache = base / ("wire-node-" + re.sub(r"[^A-Za-z0-9]", "", spec))
+    if not (cache / "node_modules" / module / "package.json").exists():
+        work = Path(f"{cache}.{os.getpid()}")
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        args = ["install", "--no-save", "--no-audit", "--no-fund", "--prefix", str(work)]
+        done = subprocess.run([npm, *args, spec], capture_output=True, timeout=180, check=False)
+        if done.returncode != 0:
+            pytest.skip(f"npm could not install {spec}: {done.stderr.decode()[-300:]}")
+        try:
+            work.rename(cache)  # atomic: a concurrent run may have won, which is as good
+        except OSError:
+            shutil.rmtree(work, ignore_errors=True)
+    return cache
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
-import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -23,7 +21,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import ServerFactory
-from tests.support import item, post
+from tests.support import item, npm_package, post
 from tests.test_foreign_formats import hostile_items
 
 WAIT = 15.0
@@ -53,24 +51,7 @@ def node_eventsource(
 ) -> Path:
     """A directory whose node_modules holds ``eventsource``, installed once and kept."""
     package: str = request.param
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        pytest.skip("node and npm are not installed")
-    cache = tmp_path_factory.getbasetemp().parent / f"wire-node-{package.replace('@', '')}"
-    if not (cache / "node_modules" / "eventsource" / "package.json").exists():
-        work = Path(f"{cache}.{os.getpid()}")
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
-        args = ["install", "--no-save", "--no-audit", "--no-fund", "--prefix", str(work)]
-        done = subprocess.run(
-            [npm, *args, package], capture_output=True, timeout=180, check=False
-        )
-        if done.returncode != 0:
-            pytest.skip(f"npm could not install {package}: {done.stderr.decode()[-300:]}")
-        try:
-            work.rename(cache)  # atomic: a concurrent run may have won, which is as good
-        except OSError:
-            shutil.rmtree(work, ignore_errors=True)
+    cache = npm_package(tmp_path_factory.getbasetemp().parent, package, "eventsource")
     (cache / "client.cjs").write_text(NODE_CLIENT)
     return cache
 

@@ -15,10 +15,8 @@ import base64
 import itertools
 import json
 import os
-import shutil
 import socket
 import struct
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +27,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.conftest import Server
-from tests.support import post
+from tests.support import npm_package, post
 from wire.core.closecodes import sendable as sendable_close_code
 from wire.gateway.reader import HUB
 from wire.gateway.wsedge import SHORT_CLOSE, UNMASKED, FrameGuard
@@ -410,26 +408,7 @@ ws.on("error", (err) => { say({type: "failed", error: String(err)}); process.exi
 @pytest.fixture(scope="session")
 def node_ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A directory whose node_modules holds ``ws``, installed once and kept between runs."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        pytest.skip("node and npm are not installed")
-    cache = tmp_path_factory.getbasetemp().parent / "wire-node-ws8"
-    if not (cache / "node_modules" / "ws" / "package.json").exists():
-        work = Path(f"{cache}.{os.getpid()}")
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
-        done = subprocess.run(
-            [npm, "install", "--no-save", "--no-audit", "--no-fund", "--prefix", str(work), "ws@8"],
-            capture_output=True,
-            timeout=180,
-            check=False,
-        )
-        if done.returncode != 0:
-            pytest.skip(f"npm could not install ws: {done.stderr.decode()[-300:]}")
-        try:
-            work.rename(cache)  # atomic: a concurrent run may have won, which is as good
-        except OSError:
-            shutil.rmtree(work, ignore_errors=True)
+    cache = npm_package(tmp_path_factory.getbasetemp().parent, "ws@8", "ws")
     (cache / "client.js").write_text(NODE_CLIENT)
     return cache
 

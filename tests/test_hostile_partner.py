@@ -19,21 +19,20 @@ import redis
 from aiohttp import web
 
 from tests.conftest import Server, ServerFactory
-from tests.support import Receiver, WireProcess, free_port, get_json, publish, wait_for
+from tests.support import (
+    ADMIN,
+    WEBHOOKS_FAST,
+    Receiver,
+    WireProcess,
+    admin,
+    free_port,
+    get_json,
+    publish,
+    wait_for,
+)
 from wire.storage import keys
 
-ADMIN = "admin-token-for-tests"
-FAST: dict[str, Any] = {
-    "admin_tokens": (ADMIN,),
-    "webhook_allow_private": True,
-    "webhook_backoff": 0.01,
-    "webhook_backoff_max": 0.05,
-    "webhook_lease": 1.0,
-}
-
-
-def admin() -> dict[str, str]:
-    return {"Authorization": f"Bearer {ADMIN}"}
+FAST = WEBHOOKS_FAST
 
 
 async def create(http: aiohttp.ClientSession, server: Server, **body: Any) -> tuple[int, Any]:

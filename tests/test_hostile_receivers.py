@@ -21,21 +21,18 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import Server, ServerFactory
-from tests.support import Receiver, free_port, get_json, publish, wait_for
+from tests.support import (
+    WEBHOOKS_FAST,
+    Receiver,
+    admin,
+    free_port,
+    get_json,
+    publish,
+    wait_for,
+)
 from wire.web.webhooks import DELIVERER
 
-ADMIN = "admin-token-for-tests"
-FAST: dict[str, Any] = {
-    "admin_tokens": (ADMIN,),
-    "webhook_allow_private": True,
-    "webhook_backoff": 0.01,
-    "webhook_backoff_max": 0.05,
-    "webhook_lease": 1.0,
-}
-
-
-def admin() -> dict[str, str]:
-    return {"Authorization": f"Bearer {ADMIN}"}
+FAST = WEBHOOKS_FAST
 
 
 async def hook(http: aiohttp.ClientSession, server: Server, url: str) -> str:

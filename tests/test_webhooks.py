@@ -25,9 +25,12 @@ import pytest
 
 from tests.conftest import Server, ServerFactory
 from tests.support import (
+    ADMIN,
     EDITOR_TOKEN,
+    WEBHOOKS_FAST,
     Receiver,
     WireProcess,
+    admin,
     free_port,
     get_json,
     publish,
@@ -39,14 +42,7 @@ from wire.delivery.urls import public
 from wire.runtime.rightofway import RightOfWay
 from wire.web.webhooks import DELIVERER, make_deliverer
 
-ADMIN = "admin-token-for-tests"
-FAST = {
-    "admin_tokens": (ADMIN,),
-    "webhook_allow_private": True,
-    "webhook_backoff": 0.01,
-    "webhook_backoff_max": 0.05,
-    "webhook_lease": 1.0,
-}
+FAST = WEBHOOKS_FAST
 
 
 def verify(secret: str, headers: Any, body: bytes) -> None:
@@ -64,10 +60,6 @@ async def receiver() -> AsyncIterator[Receiver]:
     r = await Receiver().start()
     yield r
     await r.stop()
-
-
-def admin(token: str = ADMIN) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 async def create(

@@ -13,8 +13,6 @@ import asyncio
 import base64
 import json
 import os
-import shutil
-import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,16 +25,17 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import Server, ServerFactory
-from tests.support import EDITOR_TOKEN, Receiver, publish, wait_for
+from tests.support import (
+    EDITOR_TOKEN,
+    WEBHOOKS_FAST,
+    Receiver,
+    admin,
+    npm_package,
+    publish,
+    wait_for,
+)
 
-ADMIN = "admin-token-for-tests"
-FAST: dict[str, Any] = {
-    "admin_tokens": (ADMIN,),
-    "webhook_allow_private": True,
-    "webhook_backoff": 0.01,
-    "webhook_backoff_max": 0.05,
-    "webhook_lease": 1.0,
-}
+FAST = WEBHOOKS_FAST
 #: The only header names a delivery carries besides HTTP's own (compared case-blind).
 SIGNED = ("webhook-id", "webhook-timestamp", "webhook-signature")
 
@@ -67,24 +66,8 @@ def reference() -> Any:
 @pytest.fixture(scope="session")
 def node_verifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A directory holding npm's ``standardwebhooks`` and a verifying script."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        pytest.skip("node and npm are not installed")
-    cache = tmp_path_factory.getbasetemp().parent / "wire-node-standardwebhooks1"
-    if not (cache / "node_modules" / "standardwebhooks" / "package.json").exists():
-        work = Path(f"{cache}.{os.getpid()}")
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
-        args = ["install", "--no-save", "--no-audit", "--no-fund", "--prefix", str(work)]
-        done = subprocess.run(
-            [npm, *args, "standardwebhooks@1"], capture_output=True, timeout=180, check=False
-        )
-        if done.returncode != 0:
-            pytest.skip(f"npm could not install standardwebhooks: {done.stderr.decode()[-300:]}")
-        try:
-            work.rename(cache)  # atomic: a concurrent run may have won, which is as good
-        except OSError:
-            shutil.rmtree(work, ignore_errors=True)
+    base = tmp_path_factory.getbasetemp().parent
+    cache = npm_package(base, "standardwebhooks@1", "standardwebhooks")
     (cache / "verify.js").write_text(NODE_VERIFIER)
     return cache
 
@@ -123,10 +106,6 @@ async def receiver() -> AsyncIterator[RawReceiver]:
     await r.start()
     yield r
     await r.stop()
-
-
-def admin() -> dict[str, str]:
-    return {"Authorization": f"Bearer {ADMIN}"}
 
 
 async def hook(http: aiohttp.ClientSession, server: Server, url: str) -> dict[str, Any]:
