@@ -18,6 +18,7 @@ none.
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable
 
@@ -31,6 +32,8 @@ from wire.core.tags import match_keys
 #: Between a subscription key and a language in a language-filtered key
 #: (``world@en``): tags and language tags never contain it.
 LANG_SEP = "@"
+
+log = logging.getLogger("wire.core.entry")
 
 
 def language_keys(keys: frozenset[str], languages: frozenset[str]) -> frozenset[str]:
@@ -96,8 +99,32 @@ class Entry:
 
     @classmethod
     def from_fields(cls, entry_id: bytes | str, fields: dict[bytes, bytes]) -> Entry:
-        """Build from a raw stream entry (as redis-py returns it)."""
+        """Build from a raw stream entry (as redis-py returns it).
+
+        An entry no writer of wire makes (a field missing or unreadable: Redis
+        damaged, or written by hand) becomes a :meth:`damaged` placeholder and
+        is logged: raising here would stop every reader at it for good, the
+        gateway's stream reader, long polls and webhooks alike, since each
+        retries from just before it.
+        """
         eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+        try:
+            return cls._parse(eid, fields)
+        # ValueError: UnicodeDecodeError, JSONDecodeError; AttributeError: JSON not an object.
+        except (KeyError, ValueError, AttributeError) as err:
+            log.error("stream entry %s is damaged (%r); skipped", eid, err)
+            return cls.damaged(eid)
+
+    @classmethod
+    def damaged(cls, eid: str) -> Entry:
+        """A stand-in for an unreadable entry: it keeps the stream position
+        moving on and matches no subscription, filter or language."""
+        entry = cls(eid, (), 0, "", b'{"id":"' + eid.encode() + b'"}', language="")
+        entry._routes = entry._lang_routes = frozenset()
+        return entry
+
+    @classmethod
+    def _parse(cls, eid: str, fields: dict[bytes, bytes]) -> Entry:
         stored = fields[b"j"]
         withdrawal = fields.get(b"k") == b"w"
         raw = fields.get(b"l")

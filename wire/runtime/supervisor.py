@@ -66,16 +66,17 @@ class Supervisor:
         delay = first
         while True:
             started = time.monotonic()
+            current = asyncio.current_task()
             try:
                 await factory()
                 error = "returned"
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                current = asyncio.current_task()
+            except (asyncio.CancelledError, Exception) as exc:
                 if current is not None and current.cancelling():
-                    # A cancel turned into another error inside a library.
+                    # Stopped; or a cancel turned into another error inside a library.
                     raise asyncio.CancelledError from exc
+                # A CancelledError nobody sent this task (a cancelled future it
+                # awaited) is a failure too: re-raised, it ended supervision
+                # for good while status() still said running.
                 log.exception("background task %s failed", name)
                 error = f"failed: {exc!r}"
             # A task that ran well for a while starts over from the short wait.
