@@ -165,3 +165,22 @@ async def test_a_task_ended_by_a_stray_cancel_is_restarted_and_reported_down_mea
     finally:
         await supervisor.stop()
     assert supervisor.tasks == {}
+
+
+async def test_a_reader_of_everything_never_sees_the_damaged_entries(
+    server: Server, http: Http, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The stand-in matches no subscription, ``*`` included: an event stream and a
+    history read of everything go from the item before it to the item after."""
+    caplog.set_level(logging.WARNING)
+    t = tag()
+    await all_tasks_ready(http, server)
+    async with http.get(f"{server.base}/v1/sse") as resp:
+        assert resp.status == 200
+        before = await publish(http, server.base, "before", [t])
+        assert [i["id"] for i in await sse_items(resp, 1)] == [before["id"]]
+        add_damaged(server)
+        after = await publish(http, server.base, "after", [t])
+        assert [i["id"] for i in await sse_items(resp, 1)] == [after["id"]]
+    status, body = await get_json(http, f"{server.base}/v1/items", params={"after": before["id"]})
+    assert status == 200 and [i["id"] for i in body["items"]] == [after["id"]]
