@@ -1,4 +1,4 @@
-"""One damaged stream entry must not end or wedge any loop that reads the stream.
+"""One damaged stream entry, pending embargo or webhook must not end or wedge a loop.
 
 The damage is written into Redis directly (the one fair place to: no API
 writes it); everything else goes through the real interfaces. Each test then
@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -184,3 +186,134 @@ async def test_a_reader_of_everything_never_sees_the_damaged_entries(
         assert [i["id"] for i in await sse_items(resp, 1)] == [after["id"]]
     status, body = await get_json(http, f"{server.base}/v1/items", params={"after": before["id"]})
     assert status == 200 and [i["id"] for i in body["items"]] == [after["id"]]
+
+
+# --- damaged embargoes and webhooks --------------------------------------------------------
+
+#: Damaged copies of a pending item, by guid: each lacks a field, holds a bad
+#: one, or names a key of another type (the store's own keys, via wire.storage.keys).
+EMBARGO_DAMAGE: dict[str, dict[str, Any]] = {
+    "e-no-head": {"h": None},
+    "e-bad-urgency": {"u": "urgent"},
+    "e-ks-stream": {"ks": keys.STREAM},
+    "e-kt-zset": {"kt": keys.EMBARGOES},
+    "e-ki-zset": {"ki": keys.EMBARGOES},
+    "e-kx-zset": {"kx": keys.EMBARGOES},
+    "e-ko-zset": {"ko": keys.EMBARGOES},
+}
+
+
+def add_damaged_embargoes(server: Server, good: str) -> list[str]:
+    """Schedule damaged copies of the pending item of ``good`` at its due time, and
+    a member naming a key that is not a hash; answer what their log lines name."""
+    with sync_redis.Redis.from_url(server.settings.redis_url or "") as r:
+        fields: dict[Any, Any] = r.hgetall(keys.embargo(good))
+        due = r.zscore(keys.EMBARGOES, keys.embargo(good))
+        named = []
+        for guid, damage in EMBARGO_DAMAGE.items():
+            own = {
+                "g": guid, "ks": keys.story(guid), "kt": keys.story_tags(guid),
+                "ki": keys.story_ids(guid), "kx": "", "ko": "",
+            }
+            copy = {k.decode(): v for k, v in fields.items()} | own | damage
+            r.hset(keys.embargo(guid), mapping={k: v for k, v in copy.items() if v is not None})
+            r.zadd(keys.EMBARGOES, {keys.embargo(guid): due})
+            named.append(keys.embargo(guid) if {"h", "u"} & set(damage) else guid)
+        r.set(keys.embargo("e-string"), "not a hash")
+        r.zadd(keys.EMBARGOES, {keys.embargo("e-string"): due})
+        return [*named, keys.embargo("e-string")]
+
+
+async def test_a_due_embargo_is_released_past_damaged_ones_due_with_it(
+    server: Server, http: Http, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    t = tag()
+    await all_tasks_ready(http, server)
+    async with http.get(f"{server.base}/v1/sse", params={"tags": t}) as resp:
+        assert resp.status == 200
+        # The stream exists, so a damaged item naming it finds a stream, not nothing.
+        before = await publish(http, server.base, "before", [t])
+        assert [i["id"] for i in await sse_items(resp, 1)] == [before["id"]]
+        due = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+        await publish(http, server.base, "held", [t], guid="e-good", embargo_until=due)
+        named = add_damaged_embargoes(server, "e-good")
+        assert [i["guid"] for i in await sse_items(resp, 1)] == ["e-good"]
+    await wait_for(lambda: logged(caplog, named), "every damaged embargo to be logged", 5)
+    with sync_redis.Redis.from_url(server.settings.redis_url or "") as r:
+        released = [f[b"g"].decode() for _, f in r.xrange(keys.STREAM)]
+    assert released == [before["guid"], "e-good"]  # no damaged item made it into the stream
+    await all_tasks_ready(http, server)
+
+
+#: What damages each webhook hash (None: the field removed).
+WEBHOOK_DAMAGE: dict[str, dict[str, Any]] = {
+    "bad-cursor": {"cursor": "yesterday"},
+    "bad-url": {"url": "not a url"},
+    "no-secret": {"secret": None},
+    "bad-tags": {"tags": b"\xff\xfe"},
+}
+
+
+async def add_webhook(http: Http, server: Server, url: str, t: str) -> str:
+    async with http.post(
+        server.base + "/v1/webhooks", json={"url": url, "tags": [t]}, headers=admin()
+    ) as resp:
+        assert resp.status == 201, await resp.text()
+        webhook_id: str = (await resp.json())["webhook"]["id"]
+        return webhook_id
+
+
+async def control(http: Http, server: Server, webhook_id: str, op: str) -> None:
+    async with http.post(f"{server.base}/v1/webhooks/{webhook_id}/{op}", headers=admin()) as resp:
+        assert resp.status == 200, await resp.text()
+
+
+async def add_damaged_webhook(http: Http, server: Server, url: str, t: str, name: str) -> str:
+    """A webhook damaged while paused (so no deliverer holds what it read before)."""
+    webhook_id = await add_webhook(http, server, url, t)
+    await control(http, server, webhook_id, "pause")
+    with sync_redis.Redis.from_url(server.settings.redis_url or "") as r:
+        for field, value in WEBHOOK_DAMAGE[name].items():
+            if value is None:
+                r.hdel(keys.webhook(webhook_id), field)
+            else:
+                r.hset(keys.webhook(webhook_id), field, value)
+    await control(http, server, webhook_id, "resume")
+    return webhook_id
+
+
+async def test_a_webhook_is_delivered_next_to_damaged_ones_which_are_reported(
+    make_server: ServerFactory, http: Http, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    receiver = await Receiver().start()
+    try:
+        server = await make_server(**WEBHOOKS_FAST)
+        t = tag()
+        await add_webhook(http, server, receiver.url, t)
+        damaged = {
+            name: await add_damaged_webhook(http, server, receiver.url, t, name)
+            for name in WEBHOOK_DAMAGE
+        }
+        first = await publish(http, server.base, "first", [t])
+        await wait_for(lambda: len(receiver.ok()) >= 1, "the first delivery")
+        second = await publish(http, server.base, "second", [t])
+        await wait_for(lambda: len(receiver.ok()) >= 2, "the second delivery", 8)
+        assert receiver.ok_ids() == [first["id"], second["id"]]
+    finally:
+        await receiver.stop()
+    for name, webhook_id in damaged.items():
+        # Damaged: shown as such at once; a bad url: once its first attempt is refused.
+        url = f"{server.base}/v1/webhooks/{webhook_id}"
+        await eventually(
+            partial(get_json, http, url, headers=admin()),
+            lambda got: got[0] == 200
+            and (got[1]["webhook"]["status"] == "damaged" or bool(got[1]["webhook"]["last_error"])),
+            f"the {name} webhook to be reported",
+            within=5,
+        )
+    status, body = await get_json(http, server.base + "/v1/webhooks", headers=admin())
+    assert status == 200 and len(body["webhooks"]) == 1 + len(damaged), body
+    ready = await all_tasks_ready(http, server)
+    assert ready["checks"]["task:webhooks"] is True

@@ -11,14 +11,21 @@ has answered, at most the one POST already under way arrives.
 
 from __future__ import annotations
 
+import logging
 import secrets
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 
+from wire.core.errors import ValidationError
 from wire.core.ids import StreamKey, format_id, parse_id
 from wire.storage import keys
+
+log = logging.getLogger("wire.delivery.registry")
+
+#: The status of a webhook whose hash cannot be read (see :meth:`Webhook.damaged`).
+DAMAGED = "damaged"
 
 # ARGV: the new id, the most webhooks allowed, then the hash's field/value pairs.
 # 0: the id is taken (draw another); -1: the registry is full.
@@ -157,7 +164,31 @@ class Webhook:
 
     @classmethod
     def from_hash(cls, webhook_id: str, h: dict[bytes, bytes]) -> Webhook:
-        """Build from HGETALL's answer."""
+        """Build from HGETALL's answer; a hash no writer of wire makes (a field
+        missing or unreadable) gives a :meth:`damaged` stand-in, logged.
+
+        Raising here made every read of the webhook (its deliverer, GET, the
+        list of all webhooks, pause/resume's answer) a 500 or a 400 naming
+        "id", with nothing saying which webhook or what was wrong.
+        """
+        try:
+            return cls._parse(webhook_id, h)
+        # ValueError: UnicodeDecodeError, int()/float(); ValidationError: the cursor.
+        except (KeyError, ValueError, ValidationError) as err:
+            log.error("webhook %s is damaged (%r); not delivered", webhook_id, err)
+            return cls.damaged(webhook_id, f"damaged: {err!r}"[:500])
+
+    @classmethod
+    def damaged(cls, webhook_id: str, why: str) -> Webhook:
+        """A stand-in: status ``damaged`` (never delivered), ``last_error`` why."""
+        return cls(
+            id=webhook_id, url="", tags=(), languages=(), description="", partner="",
+            secret="", status=DAMAGED, cursor=(0, 0), delivered=0, last_status=None,
+            last_error=why, failing_since=None, history_truncated=False, created=0.0,
+        )
+
+    @classmethod
+    def _parse(cls, webhook_id: str, h: dict[bytes, bytes]) -> Webhook:
         s = {k.decode(): v.decode() for k, v in h.items()}
         return cls(
             id=webhook_id,

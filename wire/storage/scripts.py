@@ -377,7 +377,8 @@ class ReleaseArgs(ScriptArgs):
 # never both get one. Answers (status, guid, stream id or detail) per item:
 # 'new'; 'withdrawn' (dropped: its story was withdrawn while it was pending);
 # 'conflict' (a story key holds another type: retried later); 'orphan' (the
-# schedule named an item that is missing or damaged: unscheduled).
+# schedule named an item that is missing or damaged, a field missing or a
+# non-numeric urgency: unscheduled, never published).
 RELEASE = (
     _LIB
     + r"""
@@ -389,8 +390,9 @@ local function release(key, L, r)
   if not conflict({key, 'hash'}) then
     f = redis.call('HMGET', key, 'g', 'h', 'm', 'r', 't', 'u', 'ks', 'kt', 'ki', 'kx', 'ko')
   end
+  -- A non-numeric urgency ('u') would make an entry every reader skips as damaged.
   for i = 1, 9 do
-    if not f[i] then
+    if not f[i] or (i == 6 and not string.match(f[6], '^%d+$')) then
       redis.call('ZREM', KEYS[2], key)
       return {'orphan', key, ''}
     end

@@ -25,7 +25,7 @@ from wire.core.protocol import check_tag_count
 from wire.core.tags import normalize_tags
 from wire.delivery import signing
 from wire.delivery.deliverer import Deliverer, webhook_grant
-from wire.delivery.registry import Registry, Webhook
+from wire.delivery.registry import DAMAGED, Registry, Webhook
 from wire.delivery.urls import check_host, check_url
 from wire.runtime.supervisor import SUPERVISOR
 from wire.storage.store import Filter, Store, connect
@@ -167,7 +167,8 @@ async def _lag(request: web.Request, webhook: Webhook) -> dict[str, Any]:
     lower bound) or the partner's grant is gone (``lag`` None)."""
     store: Store = request.app[STORE]
     grant = webhook_grant(webhook, request.app[ENTITLEMENTS])
-    if grant is None:
+    # A damaged webhook has no filter or cursor to count by.
+    if grant is None or webhook.status == DAMAGED:
         return {"lag": None, "lag_exact": False}
     wanted = Filter(grant.narrow(frozenset(webhook.tags)), frozenset(webhook.languages))
     count, exact = 0, False
