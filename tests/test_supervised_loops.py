@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
@@ -72,16 +74,27 @@ def logged(caplog: pytest.LogCaptureFixture, ids: list[str]) -> bool:
     return all(i in text for i in ids)
 
 
+@asynccontextmanager
+async def watching(
+    http: Http, server: Server, t: str, *, everything: bool = False
+) -> AsyncIterator[tuple[aiohttp.ClientResponse, dict[str, Any]]]:
+    """An event stream on ``t`` (or on everything) that has received one item
+    tagged ``t``: the stream, and that item (the stream exists in Redis by then)."""
+    params = {} if everything else {"tags": t}
+    async with http.get(f"{server.base}/v1/sse", params=params) as resp:
+        assert resp.status == 200
+        before = await publish(http, server.base, "before", [t])
+        assert [i["id"] for i in await sse_items(resp, 1)] == [before["id"]]
+        yield resp, before
+
+
 async def test_the_gateway_reader_skips_a_damaged_entry_and_delivers_what_follows(
     server: Server, http: Http, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING)
     t = tag()
     await all_tasks_ready(http, server)
-    async with http.get(f"{server.base}/v1/sse", params={"tags": t}) as resp:
-        assert resp.status == 200
-        before = await publish(http, server.base, "before", [t])
-        assert [i["id"] for i in await sse_items(resp, 1)] == [before["id"]]
+    async with watching(http, server, t) as (resp, _):
         bad = add_damaged(server)
         after = await publish(http, server.base, "after", [t])
         assert [i["id"] for i in await sse_items(resp, 1)] == [after["id"]]
@@ -177,10 +190,7 @@ async def test_a_reader_of_everything_never_sees_the_damaged_entries(
     caplog.set_level(logging.WARNING)
     t = tag()
     await all_tasks_ready(http, server)
-    async with http.get(f"{server.base}/v1/sse") as resp:
-        assert resp.status == 200
-        before = await publish(http, server.base, "before", [t])
-        assert [i["id"] for i in await sse_items(resp, 1)] == [before["id"]]
+    async with watching(http, server, t, everything=True) as (resp, before):
         add_damaged(server)
         after = await publish(http, server.base, "after", [t])
         assert [i["id"] for i in await sse_items(resp, 1)] == [after["id"]]
@@ -230,11 +240,8 @@ async def test_a_due_embargo_is_released_past_damaged_ones_due_with_it(
     caplog.set_level(logging.INFO)
     t = tag()
     await all_tasks_ready(http, server)
-    async with http.get(f"{server.base}/v1/sse", params={"tags": t}) as resp:
-        assert resp.status == 200
-        # The stream exists, so a damaged item naming it finds a stream, not nothing.
-        before = await publish(http, server.base, "before", [t])
-        assert [i["id"] for i in await sse_items(resp, 1)] == [before["id"]]
+    # The stream exists, so a damaged item naming it finds a stream, not nothing.
+    async with watching(http, server, t) as (resp, before):
         due = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
         await publish(http, server.base, "held", [t], guid="e-good", embargo_until=due)
         named = add_damaged_embargoes(server, "e-good")
