@@ -139,10 +139,7 @@ async def test_a_webhook_is_delivered_past_a_damaged_entry(
     try:
         server = await make_server(**WEBHOOKS_FAST)
         t = tag()
-        async with http.post(
-            server.base + "/v1/webhooks", json={"url": receiver.url, "tags": [t]}, headers=admin()
-        ) as resp:
-            assert resp.status == 201, await resp.text()
+        await add_webhook(http, server, receiver.url, t)
         before = await publish(http, server.base, "before", [t])
         await wait_for(lambda: len(receiver.ok()) >= 1, "the first delivery")
         bad = add_damaged(server)
