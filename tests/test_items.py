@@ -27,6 +27,7 @@ from wire.core.tags import (
     normalize_tags,
     prefixes,
 )
+from wire.core.text import BIDI_CONTROLS, MAX_MARKS, NOT_XML, check_text
 
 
 def sub(**fields: Any) -> Submission:
@@ -138,6 +139,95 @@ def test_title_is_trimmed() -> None:
 @pytest.mark.parametrize("title", ["two\nlines", "tab\there", "bell\x07", "nul\x00"])
 def test_title_rejects_control_characters(title: str) -> None:
     rejects("title", title=title)
+
+
+def first_broken_rule(text: str, *, multiline: bool, bidi: bool) -> str | None:
+    """The text rules read one character at a time, as docs/protocol.md states them:
+    the message of the first one ``text`` breaks, or None."""
+    marks = 0
+    for ch in text:
+        category = unicodedata.category(ch)
+        if ch not in ("\n\t" if multiline else "") and (
+            category == "Cc" or (not multiline and ch in "\u2028\u2029")
+        ):
+            return f"contains control character U+{ord(ch):04X}"
+        if ch in NOT_XML:
+            return f"contains noncharacter U+{ord(ch):04X}"
+        if not bidi and ch in BIDI_CONTROLS:
+            return f"contains bidirectional control U+{ord(ch):04X}"
+        marks = marks + 1 if category in ("Mn", "Me") else 0
+        if marks > MAX_MARKS:
+            return f"stacks more than {MAX_MARKS} combining marks on one character"
+    return None
+
+
+#: Pieces of text every rule is about, among ordinary text of several scripts:
+#: single characters, and stacks of 1-7 combining marks.
+PIECES = st.one_of(
+    st.sampled_from(
+        list("\n\t\r\x00\x1b\x7f\x85\x9f\u2028\u2029\ufffe\uffff\u202e\u2066\u200f")
+        + ["a", "Z9 .", "éß", "жд", "中。", "«»—", "\u3000", "भ", "\u0651ع", "\U0001f600"] * 3
+    ),
+    st.lists(
+        st.sampled_from(list("\u0301\u0308\u20dd\u0488\u093f\u0942\u0f71\u302a\U000e0100")),
+        min_size=1,
+        max_size=MAX_MARKS + 3,
+    ).map("".join),
+)
+
+
+def assert_rules_as_per_character(text: str, multiline: bool, bidi: bool) -> None:
+    """check_text refuses ``text`` exactly when first_broken_rule does, with its message."""
+    stripped = text.strip()
+    expected = first_broken_rule(
+        stripped.replace("\r\n", "\n").replace("\r", "\n") if multiline else stripped,
+        multiline=multiline,
+        bidi=bidi,
+    )
+    try:
+        check_text(text, "f", 10_000, multiline=multiline, bidi=bidi)
+    except ValidationError as err:
+        assert (err.field, str(err)) == ("f", f"f {expected}")
+    else:
+        assert expected is None
+
+
+#: Each character at the edge of a rule, and stacks of 4 and 5 marks of each kind.
+EDGES = [
+    *"\x00\x08\t\n\x0b\x1f\x7f\x84\x85\x9f\xa0\u2027\u2028\u2029\u202a",
+    *"\ufffd\ufffe\uffff\u202e\u202f\u2065\u2066\u2069\u206a\u200f\u061c",
+    *(m * n for m in "\u0301\u20dd\u0488\u0f71\U000e0100" for n in (MAX_MARKS, MAX_MARKS + 1)),
+    "e\u0301\u0302\u0303\u0304\u0305\u0306",
+    "\u0301\u0302x\u0303\u0304\u0305\u0306",
+]
+
+
+@pytest.mark.parametrize("multiline", [False, True])
+@pytest.mark.parametrize("bidi", [False, True])
+@pytest.mark.parametrize("edge", EDGES, ids=[f"U+{ord(e[0]):04X}x{len(e)}" for e in EDGES])
+def test_text_rules_at_each_edge(edge: str, multiline: bool, bidi: bool) -> None:
+    """check_text looks at the text with regular expressions (issue 15): at the
+    edge of every rule it refuses what a scan character by character refuses."""
+    assert_rules_as_per_character(f"a{edge}b", multiline, bidi)
+
+
+@given(st.lists(PIECES, max_size=12).map("".join), st.booleans(), st.booleans())
+def test_text_rules_are_the_per_character_rules(text: str, multiline: bool, bidi: bool) -> None:
+    """...and on any mix of them, it names the same first broken rule."""
+    assert_rules_as_per_character(text, multiline, bidi)
+
+
+def test_combining_marks_are_never_word_characters() -> None:
+    """check_text looks for stacked marks only in runs of non-word characters:
+    no combining mark in this Python's Unicode database is one."""
+    word = re.compile(r"\w")
+    marks = [
+        chr(cp)
+        for cp in range(0x110000)
+        if unicodedata.category(chr(cp)) in ("Mn", "Me") and word.match(chr(cp))
+    ]
+    assert marks == []
+    assert sum(unicodedata.category(chr(cp)) in ("Mn", "Me") for cp in range(0x110000)) > 1_900
 
 
 # --- subtitle, body, mark -------------------------------------------------------
