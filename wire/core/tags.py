@@ -24,6 +24,8 @@ _WHITESPACE_RUN = re.compile(r"\s+")
 # decimal digits. Format characters (Cf: zero-width joiners, bidi controls) are
 # deliberately absent: they make two tags that look identical compare unequal.
 _ALLOWED_CATEGORIES = frozenset({"Lu", "Ll", "Lt", "Lm", "Lo", "Mn", "Mc", "Me", "Nd"})
+#: A tag of only these needs no look at each character's category (most do).
+_PLAIN = re.compile(r"[a-z0-9/-]+")
 
 
 def normalize_tag(raw: object) -> str:
@@ -44,7 +46,7 @@ def normalize_tag(raw: object) -> str:
         raise InvalidTag(f"tag {shown!r} is empty", field="tags")
     if len(tag) > MAX_TAG_LENGTH:
         raise InvalidTag(f"tag {shown!r} is longer than {MAX_TAG_LENGTH} characters", field="tags")
-    for ch in tag:
+    for ch in "" if _PLAIN.fullmatch(tag) else tag:
         if ch not in "-/" and unicodedata.category(ch) not in _ALLOWED_CATEGORIES:
             raise InvalidTag(
                 f"tag {shown!r} contains {ch!r} (U+{ord(ch):04X}); "
