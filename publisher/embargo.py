@@ -11,7 +11,11 @@ batch (atomically) or left it for the others.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import logging
+import math
+import re
 import time
 from collections.abc import AsyncIterator
 
@@ -19,10 +23,11 @@ import orjson
 from aiohttp import web
 
 from publisher.access import require_editor
-from wire.core.errors import NotFound, ServiceUnavailable, quoted
+from publisher.query import query_limit
+from wire.core.errors import NotFound, ServiceUnavailable, ValidationError, quoted
 from wire.core.items import Submission
 from wire.runtime.supervisor import SUPERVISOR
-from wire.storage.store import RELEASE_BATCH, Store
+from wire.storage.store import RELEASE_BATCH, EmbargoCursor, Store
 from wire.web.appkeys import SETTINGS, STORE
 from wire.web.http import json_response, raw_json, redis_unavailable
 
@@ -50,11 +55,42 @@ async def accept_embargoed(
     return raw_json(b'{"item":' + held.json + b"}", 202 if held.created else 200)
 
 
+#: ``?after=`` of a listing: the score (due ms) and the schedule member the
+#: last page ended with, base64url; opaque to clients, who only pass ``next`` on.
+_CURSOR = re.compile(r"([-+.0-9a-z]{1,40})~([A-Za-z0-9_-]{1,400})")
+
+
 async def list_embargoes(request: web.Request) -> web.Response:
-    """Pending embargoed items, soonest first (editor token)."""
+    """Pending embargoed items, soonest first, a page at a time (editor token).
+
+    ``?limit=`` (1-500, 50 by default) and ``?after=``, the ``next`` of the
+    page before: a page costs the same however many are pending.
+    """
     require_editor(request)
-    pending = await request.app[STORE].embargoes()
-    return raw_json(b'{"embargoes":[' + b",".join(pending) + b"]}")
+    raw = request.query.get("after")
+    after = None if raw is None else parse_embargo_cursor(raw)
+    pending, going_on = await request.app[STORE].embargoes(query_limit(request), after)
+    tail = b"" if going_on is None else b',"next":"%s"' % format_embargo_cursor(going_on)
+    return raw_json(b'{"embargoes":[' + b",".join(pending) + b"]" + tail + b"}")
+
+
+def format_embargo_cursor(cursor: EmbargoCursor) -> bytes:
+    """The ``next`` of a listing page."""
+    return cursor.score + b"~" + base64.urlsafe_b64encode(cursor.member).rstrip(b"=")
+
+
+def parse_embargo_cursor(raw: str) -> EmbargoCursor:
+    """A listing's ``?after=``, as :func:`format_embargo_cursor` wrote it; else 400."""
+    match = _CURSOR.fullmatch(raw)
+    try:
+        if match is None or math.isnan(float(match.group(1))):
+            raise ValueError
+        member = base64.urlsafe_b64decode(match.group(2) + "=" * (-len(match.group(2)) % 4))
+    except (ValueError, binascii.Error):
+        raise ValidationError(
+            "after must be the next of an earlier page of GET /v1/embargoes", field="after"
+        ) from None
+    return EmbargoCursor(match.group(1).encode(), member)
 
 
 async def cancel_embargo(request: web.Request) -> web.Response:

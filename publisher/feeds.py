@@ -25,8 +25,8 @@ import orjson
 from aiohttp import web
 
 from publisher.access import require_reader
-from publisher.items import query_languages, query_number, query_tags
 from publisher.ledger import record
+from publisher.query import query_languages, query_number, query_tags
 from wire.core.ledger import FEED
 from wire.core.tokens import bearer
 from wire.web.appkeys import SETTINGS, STORE

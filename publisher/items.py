@@ -8,7 +8,6 @@ nothing half-written.
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Awaitable
 
 import orjson
@@ -25,6 +24,7 @@ from publisher.batch import (
 from publisher.embargo import accept_embargoed
 from publisher.ledger import record
 from publisher.longpoll import poll_after, query_wait
+from publisher.query import query_languages, query_limit, query_tags
 from wire.core import ninjs
 from wire.core.errors import (
     Gone,
@@ -39,22 +39,16 @@ from wire.core.errors import (
 )
 from wire.core.ids import StreamKey, format_id, parse_cursor, parse_id
 from wire.core.items import MAX_KEY, idempotency_key_ok, parse_submission
-from wire.core.language import normalize_language
 from wire.core.ledger import HISTORY
 from wire.core.protocol import TRUNCATED, truncated_ranges
 from wire.core.resume import Window
-from wire.core.tags import WILDCARD, normalize_tags
 from wire.storage.store import Filter, body_hash
 from wire.web.appkeys import SETTINGS, STORE
 from wire.web.http import check_encoding, raw_json, send_continue
 from wire.web.metrics import METRICS
 
 MAX_BODY = 1024 * 1024
-MAX_LIMIT = 500
-DEFAULT_LIMIT = 50
 JSON_TYPES = ("application/json",)
-#: A query number: a few ASCII digits (no sign, space or "_"; never thousands).
-_DIGITS = re.compile(r"[0-9]{1,9}")
 
 
 def setup_items(app: web.Application) -> None:
@@ -186,37 +180,6 @@ def _no_batch_key(key: str | None) -> None:
             f"a batch takes each item's {KEY_FIELD}, not an Idempotency-Key header",
             field="Idempotency-Key",
         )
-
-
-def query_tags(request: web.Request) -> frozenset[str]:
-    """``?tags=a,b`` normalized; no tags means everything."""
-    raw = [t for t in request.query.get("tags", "").split(",") if t.strip()]
-    return frozenset(normalize_tags(raw, allow_wildcard=True)) if raw else frozenset({WILDCARD})
-
-
-def query_languages(request: web.Request) -> frozenset[str]:
-    """``?lang=en,ru`` in canonical case; none means every language."""
-    raw = [t for t in request.query.get("lang", "").split(",") if t.strip()]
-    return frozenset(normalize_language(t, "lang") for t in raw)
-
-
-def query_limit(request: web.Request, default: int = DEFAULT_LIMIT) -> int:
-    """``?limit=N``, 1-500, ``default`` (50) without one."""
-    limit = query_number(request, "limit", 1, MAX_LIMIT, "an integer")
-    return default if limit is None else limit
-
-
-def query_number(request: web.Request, name: str, low: int, high: int, what: str) -> int | None:
-    """``?<name>=N``, from ``low`` to ``high`` (None when absent); ``what`` names
-    the kind of number in the 400 a bad one gets."""
-    raw = request.query.get(name)
-    if raw is None:
-        return None
-    # str.isdigit() is not enough: it accepts "²" (which int() rejects, a 500)
-    # and thousands of digits (which int() refuses to convert).
-    if not _DIGITS.fullmatch(raw) or not low <= int(raw) <= high:
-        raise ValidationError(f"{name} must be {what} from {low} to {high}", field=name)
-    return int(raw)
 
 
 async def list_items(request: web.Request) -> web.Response:

@@ -6,8 +6,9 @@ import orjson
 from aiohttp import web
 
 from publisher.access import require_editor, require_reader
-from publisher.items import ninjs_response, query_limit, query_number, read_json
+from publisher.items import ninjs_response, read_json
 from publisher.ledger import delivered_to, record
+from publisher.query import query_limit, query_number
 from wire.core import ninjs
 from wire.core.entitlements import Sees
 from wire.core.entry import Entry

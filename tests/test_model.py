@@ -1054,7 +1054,7 @@ class WireMachine(RuleBasedStateMachine):
             assert shown == want, f"{reader.name}: live messages"
 
     def check_embargoes(self) -> None:
-        status, got = self.get(EDITOR, "/v1/embargoes")
+        status, got = self.get(EDITOR, "/v1/embargoes?limit=500")
         assert status == 200, got
         doomed = {g for g, p in self.model.pending.items() if self.model.doomed(p)}
         shown = {

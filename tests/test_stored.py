@@ -139,6 +139,7 @@ SCRIPTS = [
     Script("withdraw", scripts.WITHDRAW, scripts.WithdrawArgs),
     Script("embargo", scripts.EMBARGO, scripts.EmbargoArgs),
     Script("cancel", scripts.CANCEL_EMBARGO, scripts.CancelArgs),
+    Script("embargo page", scripts.EMBARGO_PAGE, scripts.EmbargoPageArgs),
     Script("release", scripts.RELEASE, scripts.ReleaseArgs),
 ]
 

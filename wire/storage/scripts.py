@@ -352,6 +352,71 @@ return 1
 
 
 @dataclass(frozen=True, slots=True)
+class EmbargoPageArgs(ScriptArgs):
+    """:data:`EMBARGO_PAGE`: one page of the schedule, soonest first."""
+
+    N_KEYS: ClassVar[int] = 1
+    schedule: str
+    #: The score (due ms, as Redis wrote it) and member the last page ended
+    #: with; "" and b"" for the first page.
+    after_score: bytes
+    after_member: bytes
+    limit: int
+
+
+# A page of the schedule in its own order (due time, then member bytes), after
+# a cursor: the member the last page ended with and its due time. If that
+# member has left the schedule meanwhile (released, cancelled), the page goes
+# on from where it stood, found by bisecting its due time's block: a page
+# costs O(log n + limit), however many are pending. Answers (member, due ms,
+# pending JSON or false) per member: false for one that is not a hash with a
+# 'p' field (damaged data is listed as nothing, not an error).
+EMBARGO_PAGE = r"""
+-- KEYS: 1 schedule
+-- ARGV: 1 after_score, 2 after_member, 3 limit
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'zset' then return {} end
+-- a > b, comparing bytes as the sorted set orders its members (Lua's own
+-- comparison follows the server's locale).
+local function beyond(a, b)
+  for i = 1, math.min(#a, #b) do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x > y end
+  end
+  return #a > #b
+end
+local start = 0
+if ARGV[1] ~= '' then
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[2])
+  if score and tonumber(score) == tonumber(ARGV[1]) then
+    start = redis.call('ZRANK', KEYS[1], ARGV[2]) + 1
+  else
+    local lo = redis.call('ZCOUNT', KEYS[1], '-inf', '(' .. ARGV[1])
+    local hi = redis.call('ZCOUNT', KEYS[1], '-inf', ARGV[1])
+    while lo < hi do
+      local mid = math.floor((lo + hi) / 2)
+      if beyond(redis.call('ZRANGE', KEYS[1], mid, mid)[1], ARGV[2]) then
+        hi = mid
+      else
+        lo = mid + 1
+      end
+    end
+    start = lo
+  end
+end
+local rows = redis.call('ZRANGE', KEYS[1], start, start + tonumber(ARGV[3]) - 1, 'WITHSCORES')
+local out = {}
+for i = 1, #rows, 2 do
+  local pending = false
+  if redis.call('TYPE', rows[i])['ok'] == 'hash' then
+    pending = redis.call('HGET', rows[i], 'p')
+  end
+  out[#out + 1] = {rows[i], rows[i + 1], pending}
+end
+return out
+"""
+
+
+@dataclass(frozen=True, slots=True)
 class ReleaseArgs(ScriptArgs):
     """:data:`RELEASE`: publish a batch of due embargoed items."""
 

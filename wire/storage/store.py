@@ -149,6 +149,14 @@ class Retention(NamedTuple):
     story_ttl: int
 
 
+class EmbargoCursor(NamedTuple):
+    """Where a listing of the embargo schedule goes on: after this member, whose
+    score (its due time in ms) is given as Redis wrote it, so it compares exactly."""
+
+    score: bytes
+    member: bytes
+
+
 def retention(settings: Settings) -> Retention:
     """Stream MAXLEN, stream MINID and the story keys' ttl (also the delivery ledger's)."""
     now_ms = int(time.time() * 1000)
@@ -277,6 +285,7 @@ class Store:
         self._withdraw = redis.register_script(scripts.WITHDRAW)
         self._embargo = redis.register_script(scripts.EMBARGO)
         self._cancel = redis.register_script(scripts.CANCEL_EMBARGO)
+        self._embargo_page = redis.register_script(scripts.EMBARGO_PAGE)
         self._release = redis.register_script(scripts.RELEASE)
         self._range = redis.register_script(scripts.RANGE)
         self._tags = redis.register_script(scripts.STORY_TAGS)
@@ -634,16 +643,20 @@ class Store:
             correction="1" if sub.correction else "0",
         )
 
-    async def embargoes(self) -> list[bytes]:
-        """Pending embargoed items (JSON), soonest first."""
-        members: Any = await self.redis.zrange(keys.EMBARGOES, 0, -1)
-        if not members:
-            return []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for member in members:
-                pipe.hget(member, "p")
-            found = await pipe.execute()
-        return [f for f in found if f is not None]
+    async def embargoes(
+        self, limit: int, after: EmbargoCursor | None = None
+    ) -> tuple[list[bytes], EmbargoCursor | None]:
+        """Up to ``limit`` pending embargoed items (JSON), soonest first, after
+        ``after``; and the cursor to go on from, or None at the end."""
+        score, member = after if after is not None else (b"", b"")
+        names, args = scripts.EmbargoPageArgs(
+            schedule=keys.EMBARGOES, after_score=score, after_member=member, limit=limit
+        ).lists()
+        rows: Any = await self._embargo_page(keys=names, args=args)
+        pending = [row[2] for row in rows if row[2]]
+        if len(rows) < limit:
+            return pending, None
+        return pending, EmbargoCursor(bytes(rows[-1][1]), bytes(rows[-1][0]))
 
     async def embargo_pending(self, guid: str) -> bool:
         """True when an embargoed item of ``guid`` waits for its time."""
