@@ -321,3 +321,46 @@ async def test_a_webhook_is_delivered_next_to_damaged_ones_which_are_reported(
     assert status == 200 and len(body["webhooks"]) == 1 + len(damaged), body
     ready = await all_tasks_ready(http, server)
     assert ready["checks"]["task:webhooks"] is True
+
+
+async def test_webhooks_are_delivered_whatever_order_a_non_hash_webhook_key_comes_in(
+    make_server: ServerFactory, http: Http
+) -> None:
+    """A webhook's key overwritten with a string (Redis data written by hand): the
+    deliverer's round took the webhooks in the set's order and stopped at it, so
+    every webhook after it waited forever. Several good webhooks, so that some
+    come after it."""
+    receivers = [await Receiver().start() for _ in range(4)]
+    try:
+        server = await make_server(**WEBHOOKS_FAST)
+        t = tag()
+        broken = await add_webhook(http, server, receivers[0].url, t)
+        await control(http, server, broken, "pause")
+        with sync_redis.Redis.from_url(server.settings.redis_url or "") as r:
+            r.delete(keys.webhook(broken))
+            r.set(keys.webhook(broken), "not a hash")
+        for receiver in receivers:
+            await add_webhook(http, server, receiver.url, t)
+        sent = await publish(http, server.base, "to every good webhook", [t])
+        for n, receiver in enumerate(receivers):
+            await wait_for(lambda r=receiver: len(r.ok()) >= 1, f"delivery to webhook {n}", 8)
+            assert receiver.ok_ids() == [sent["id"]]
+    finally:
+        for receiver in receivers:
+            await receiver.stop()
+    status, body = await get_json(http, server.base + "/v1/webhooks", headers=admin())
+    assert status == 200, body
+    shown = {w["id"]: w["status"] for w in body["webhooks"]}
+    assert shown[broken] == "damaged" and len(shown) == 1 + len(receivers)
+    url = f"{server.base}/v1/webhooks/{broken}"
+    status, body = await get_json(http, url, headers=admin())
+    assert (status, body["webhook"]["status"]) == (200, "damaged")
+    for op in ("pause", "resume", "rotate-secret"):
+        async with http.post(f"{url}/{op}", headers=admin()) as resp:
+            error = (await resp.json())["error"]
+            assert (resp.status, error["code"]) == (409, "webhook_damaged"), error
+            assert "delete it" in error["message"]
+    async with http.delete(url, headers=admin()) as resp:
+        assert resp.status == 200
+    status, body = await get_json(http, server.base + "/v1/webhooks", headers=admin())
+    assert broken not in {w["id"] for w in body["webhooks"]}

@@ -169,6 +169,13 @@ class TooManyWebhooks(ClientError):
     status = 409
 
 
+class WebhookDamaged(ClientError):
+    """A webhook whose key in Redis holds another type: it can only be deleted."""
+
+    code = "webhook_damaged"
+    status = 409
+
+
 class IdempotencyKeyReused(ClientError):
     code = "idempotency_key_reused"
     status = 422

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
-from wire.core.errors import ValidationError
+from wire.core.errors import ValidationError, WebhookDamaged
 from wire.core.ids import StreamKey, format_id, parse_id
 from wire.storage import keys
 
@@ -40,6 +41,8 @@ return 1
 _CONTROL = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local op = ARGV[1]
+-- A key of another type (written by hand) can only be deleted.
+if op ~= 'delete' and redis.call('TYPE', KEYS[1])['ok'] ~= 'hash' then return -1 end
 if op == 'delete' then
   redis.call('DEL', KEYS[1], KEYS[3])
   redis.call('SREM', KEYS[2], ARGV[2])
@@ -55,15 +58,24 @@ end
 return 1
 """
 
-_ACQUIRE = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'active' then return 0 end
+# A webhook key of another type is never delivered (nor an error: the round
+# that takes webhooks one after the other would stop at it every time).
+_ACTIVE = """
+local function active(webhook)
+  return redis.call('TYPE', webhook)['ok'] == 'hash'
+    and redis.call('HGET', webhook, 'status') == 'active'
+end
+"""
+
+_ACQUIRE = _ACTIVE + """
+if not active(KEYS[1]) then return 0 end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
 return 0
 """
 
-_RENEW = """
+_RENEW = _ACTIVE + """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
-if redis.call('HGET', KEYS[1], 'status') ~= 'active' then
+if not active(KEYS[1]) then
   redis.call('DEL', KEYS[2])
   return 0
 end
@@ -228,6 +240,14 @@ class Webhook:
         }
 
 
+def _webhook(webhook_id: str, h: dict[bytes, bytes] | ResponseError) -> Webhook:
+    """A webhook from its HGETALL (an error: its key holds another type)."""
+    if isinstance(h, ResponseError):
+        log.error("webhook %s is damaged (%s); not delivered", webhook_id, h)
+        return Webhook.damaged(webhook_id, "damaged: its key in Redis is not a hash")
+    return Webhook.from_hash(webhook_id, h)
+
+
 class Registry:
     """The webhooks of one wire, in its Redis."""
 
@@ -270,22 +290,32 @@ class Registry:
         pipe = self.redis.pipeline(transaction=False)
         for webhook_id in found:
             pipe.hgetall(keys.webhook(webhook_id))
-        hashes: list[Any] = await pipe.execute() if found else []
-        return [Webhook.from_hash(i, h) for i, h in zip(found, hashes, strict=True) if h]
+        hashes: list[Any] = await pipe.execute(raise_on_error=False) if found else []
+        return [_webhook(i, h) for i, h in zip(found, hashes, strict=True) if h]
 
     async def get(self, webhook_id: str) -> Webhook | None:
         """One webhook, or None."""
         if not valid_id(webhook_id):
             return None
-        h: Any = await self.redis.hgetall(keys.webhook(webhook_id))
-        return Webhook.from_hash(webhook_id, h) if h else None
+        try:
+            h: Any = await self.redis.hgetall(keys.webhook(webhook_id))
+        except ResponseError as err:
+            h = err
+        return _webhook(webhook_id, h) if h else None
 
     async def control(self, webhook_id: str, op: str, arg: str = "") -> bool:
-        """delete, pause, resume or rotate (arg: the new secret); False when unknown."""
+        """delete, pause, resume or rotate (arg: the new secret); False when unknown,
+        WebhookDamaged when its key holds another type (it can only be deleted)."""
         if not valid_id(webhook_id):
             return False
         k = [keys.webhook(webhook_id), keys.WEBHOOKS, keys.webhook_lease(webhook_id)]
-        return bool(await self._control(keys=k, args=[op, arg or webhook_id]))
+        done = await self._control(keys=k, args=[op, arg or webhook_id])
+        if done == -1:
+            raise WebhookDamaged(
+                f"webhook {webhook_id}'s data in Redis is damaged (its key is not a hash):"
+                " delete it and create it again"
+            )
+        return bool(done)
 
     async def acquire(self, webhook_id: str, token: str, lease_ms: int) -> bool:
         """Take the webhook's lease if it is active and nobody holds it."""
