@@ -17,6 +17,7 @@ from tests.conftest import ServerFactory
 from tests.support import EDITOR_TOKEN, get_json, item, post
 from wire.core.entitlements import load, reader_grant
 from wire.core.errors import ValidationError
+from wire.runtime.settings import Settings
 
 PARTNER = {"Authorization": "Bearer partner"}
 
@@ -71,6 +72,10 @@ async def test_an_entitlements_file_with_no_token_yet_still_closes_the_wire(
             '[[token]]\ntoken = "q"\nname = "A"\ntags = ["news"]\n',
             "token #2",
         ),
+        # A token no client could send (a bearer token is stripped, visible ASCII).
+        ('[[token]]\ntoken = " p "\ntags = ["sport"]\n', "no spaces"),
+        ('[[token]]\ntoken = "p\\tq"\ntags = ["sport"]\n', "no spaces"),
+        ('[[token]]\ntoken = "pé"\ntags = ["sport"]\n', "visible ASCII"),
     ],
 )
 def test_an_entitlements_file_that_says_something_else_is_refused_naming_the_entry(
@@ -124,3 +129,30 @@ async def test_a_webhook_whose_tags_left_its_partners_grant_is_shown_with_no_lag
     assert body["webhook"]["lag"] is None and body["webhook"]["lag_exact"] is False
     status, body = await get_json(http, f"{wire.base}/v1/webhooks", headers=admin)
     assert status == 200 and [w["id"] for w in body["webhooks"]] == [made["id"]]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("WIRE_EDITOR_TOKENS", "good,with space"),
+        ("WIRE_SUBSCRIBER_TOKENS", "name:to ken"),
+        ("WIRE_SUBSCRIBER_TOKENS", "name:"),
+        ("WIRE_ADMIN_TOKENS", "caf\u00e9"),
+        ("WIRE_METRICS_TOKEN", "a b"),
+    ],
+)
+def test_a_configured_token_no_client_could_send_is_refused_at_start(
+    variable: str, value: str
+) -> None:
+    """Every request with it would be a 401, and nothing would say why."""
+    with pytest.raises(SystemExit) as err:
+        Settings.from_env({variable: value})
+    assert variable in str(err.value) and value not in str(err.value)
+
+
+def test_configured_tokens_a_client_can_send_are_taken() -> None:
+    settings = Settings.from_env(
+        {"WIRE_SUBSCRIBER_TOKENS": "name:t:o:k, anon ", "WIRE_EDITOR_TOKENS": "e!~"}
+    )
+    assert settings.subscriber_tokens == ("name:t:o:k", "anon")
+    assert settings.editor_tokens == ("e!~",)

@@ -30,7 +30,7 @@ from pathlib import Path
 from wire.core.entry import Entry
 from wire.core.errors import Forbidden, InvalidTag, Unauthorized, ValidationError
 from wire.core.tags import WILDCARD, normalize_tags
-from wire.core.tokens import matching
+from wire.core.tokens import matching, usable
 
 #: Whether a reader may see an item with these tags (a grant's :meth:`Grant.sees`).
 Sees = Callable[[Iterable[str]], bool]
@@ -175,6 +175,10 @@ def _entry(where: str, entry: dict[str, object]) -> tuple[str, Grant]:
         raise ValidationError(f"{where} needs 'token' and a non-empty 'tags'")
     if name is not None and not isinstance(name, str):
         raise ValidationError(f"{where}: 'name' must be a string")
+    if not usable(token):
+        raise ValidationError(
+            f"{where}: a token is visible ASCII characters, no spaces (no client could send it)"
+        )
     try:
         granted = frozenset(normalize_tags(tags))
     except InvalidTag as err:

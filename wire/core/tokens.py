@@ -25,9 +25,18 @@ def bearer(headers: Mapping[str, str], query: Mapping[str, str] | None = None) -
 
 
 def _visible(token: str) -> str:
-    if not all(33 <= ord(ch) < 127 for ch in token):
+    if not usable(token):
         raise Unauthorized("the token is not valid (tokens are visible ASCII characters)")
     return token
+
+
+def usable(token: str) -> bool:
+    """Whether a client can present ``token``: 1 or more visible ASCII characters.
+
+    A configured token with a space or any other character could never match
+    what :func:`bearer` accepts, so configuration refuses it at start.
+    """
+    return bool(token) and all(33 <= ord(ch) < 127 for ch in token)
 
 
 def token_ok(presented: str | None, tokens: Iterable[str]) -> bool:

@@ -9,6 +9,8 @@ from pathlib import Path
 from types import UnionType
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
+from wire.core.tokens import usable
+
 
 def _convert(raw: str, kind: Any, name: str) -> Any:
     """``raw`` as the field's type (int, float, str, Path, tuple of str, or optional)."""
@@ -26,6 +28,25 @@ def _convert(raw: str, kind: Any, name: str) -> Any:
         return raw
     except ValueError:
         raise SystemExit(f"wire: {name}={raw!r} is not a valid {kind.__name__}") from None
+
+
+#: The settings that hold tokens (``name:token`` in the subscribers' list).
+_TOKEN_FIELDS = ("editor_tokens", "subscriber_tokens", "admin_tokens", "metrics_token")
+
+
+def _check_tokens(values: Mapping[str, Any]) -> None:
+    """Refuse at start a configured token no client could present (a space in it,
+    a character outside visible ASCII): it would fail every request, silently."""
+    for name in _TOKEN_FIELDS:
+        value = values.get(name)
+        for configured in (value,) if isinstance(value, str) else value or ():
+            named = name == "subscriber_tokens" and ":" in configured
+            token = configured.partition(":")[2] if named else configured
+            if not usable(token):
+                raise SystemExit(
+                    f"wire: WIRE_{name.upper()} holds a token with a character a client"
+                    " cannot send (tokens are visible ASCII, no spaces)"
+                )
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +168,7 @@ class Settings:
             if raw is not None and raw != "":
                 values[f.name] = _convert(raw, hints[f.name], "WIRE_" + f.name.upper())
         values.update({k: v for k, v in overrides.items() if v is not None})
+        _check_tokens(values)
         if "log_level" in values:
             values["log_level"] = str(values["log_level"]).upper()
         return cls(**values)
