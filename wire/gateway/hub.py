@@ -312,6 +312,9 @@ class Hub:
     def _route(self, entries: Sequence[Entry]) -> list[Conn]:
         """Each connection's share of ``entries`` into ``conn.out``: the touched connections.
 
+        Consecutive entries that go to the same connections (a burst on one
+        tag: the same index set) are routed as one run, a list extended once
+        per connection rather than an append per entry per connection.
         Replaying connections hold theirs instead (:mod:`wire.gateway.holding`);
         one past its cap with no overflow left to spend is closed.
         """
@@ -319,30 +322,47 @@ class Hub:
         overflowed: list[Conn] = []
         # Anonymous connections per index set, while some connections are named.
         counted: dict[int, int] = {}
+        run: list[Entry] = []
+        run_targets: AbstractSet[Conn] = _NOBODY
         for entry in entries:
             targets = self._targets(entry, counted)
-            for conn in targets:
-                # Holding is the replaying states' data: not None exactly
-                # when ``conn.state.replaying`` (a closed connection keeps its
-                # own but has left the index). Tested against None because
-                # CPython fuses that test and its jump: this runs per item per
-                # connection.
-                holding = conn.holding
-                if holding is not None:
+            if targets is not run_targets:
+                self._route_run(run, run_targets, touched, overflowed)
+                run, run_targets = [], targets
+            run.append(entry)
+        self._route_run(run, run_targets, touched, overflowed)
+        for conn in overflowed:
+            self.close(conn, CloseCode.SLOW_CONSUMER, "slow consumer")
+        return touched
+
+    def _route_run(
+        self,
+        run: list[Entry],
+        targets: AbstractSet[Conn],
+        touched: list[Conn],
+        overflowed: list[Conn],
+    ) -> None:
+        """Route ``run``, entries that all go to ``targets``, in order."""
+        for conn in targets:
+            # Holding is the replaying states' data: not None exactly
+            # when ``conn.state.replaying`` (a closed connection keeps its
+            # own but has left the index). Tested against None because
+            # CPython fuses that test and its jump: this runs per connection.
+            holding = conn.holding
+            if holding is not None:
+                for entry in run:
                     if not holding.add(entry, self.max_buffer):
                         # Closed after the loop: closing removes the connection
                         # from the index set that ``targets`` may be.
                         overflowed.append(conn)
-                    continue
-                out = conn.out
-                if out is None:
-                    conn.out = [entry]
-                    touched.append(conn)
-                else:
-                    out.append(entry)
-        for conn in overflowed:
-            self.close(conn, CloseCode.SLOW_CONSUMER, "slow consumer")
-        return touched
+                        break
+                continue
+            out = conn.out
+            if out is None:
+                conn.out = run.copy()
+                touched.append(conn)
+            else:
+                out.extend(run)
 
     def _targets(self, entry: Entry, counted: dict[int, int]) -> AbstractSet[Conn]:
         """The connections ``entry`` goes to; counted in the ledger (anonymous ones)."""
