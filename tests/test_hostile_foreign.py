@@ -9,12 +9,23 @@ an answer it can act on, never a 500 and never a feed that stops for good.
 from __future__ import annotations
 
 import asyncio
+import socket
+from collections.abc import AsyncIterator
 
 import aiohttp
 import orjson
+import pytest
 
 from tests.conftest import ServerFactory
-from tests.support import chromium, publish, sse_events, wait_for
+from tests.support import (
+    EDITOR_TOKEN,
+    WireProcess,
+    chromium,
+    free_port,
+    publish,
+    sse_events,
+    wait_for,
+)
 from wire.gateway.reader import HUB
 
 WAIT = 15.0
@@ -117,6 +128,95 @@ async def test_an_event_source_refused_at_the_connection_cap_comes_back_once_the
             "window.seen.includes('subscribed')", timeout=WAIT * 1000
         )
         item = (await publish(http, server.base, "Back", ["world"]))["id"]
+        await page.wait_for_function(
+            f"window.seen.includes('item {item}')", timeout=WAIT * 1000
+        )
+        assert await page.evaluate("window.source.readyState") == 1
+
+
+# ---- an EventSource at the plain HTTP connection cap ------------------------------
+
+CAP = 4
+EVENT_SOURCE = (
+    b"GET /v1/sse?tags=world HTTP/1.1\r\nHost: wire\r\nAccept: text/event-stream\r\n"
+    b"Cache-Control: no-cache\r\nOrigin: https://dash.example\r\n\r\n"
+)
+
+
+async def until_closed(port: int, request: bytes | None) -> bytes:
+    """Everything the server sends on a new connection (after ``request``) until it closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        if request is not None:
+            writer.write(request)
+        return await asyncio.wait_for(reader.read(), WAIT)
+    finally:
+        writer.close()
+
+
+@pytest.fixture
+async def capped(redis_url: str) -> AsyncIterator[tuple[WireProcess, list[socket.socket]]]:
+    """``wire run`` with a plain HTTP cap of CAP, and more idle connections than that."""
+    proc = WireProcess(
+        ["run", "--redis", redis_url],
+        {"WIRE_EDITOR_TOKENS": EDITOR_TOKEN, "WIRE_MAX_HTTP_CONNECTIONS": str(CAP)},
+        free_port(),
+    ).start()
+    try:
+        await proc.ready()
+        await asyncio.sleep(0)
+        idle = [socket.create_connection(("127.0.0.1", proc.port)) for _ in range(CAP + 2)]
+        try:
+            yield proc, idle
+        finally:
+            for s in idle:
+                s.close()
+    finally:
+        proc.kill()
+
+
+async def test_an_event_source_over_the_http_connection_cap_is_told_to_come_back(
+    capped: tuple[WireProcess, list[socket.socket]],
+) -> None:
+    """Past ``WIRE_MAX_HTTP_CONNECTIONS`` every connection got a 503 before its
+    request was read, and a browser's ``EventSource`` never retries a 503: a
+    dashboard's feed stopped for good. Its request head is now read (briefly):
+    an event stream asked for gets one that says to come back later, readable
+    from the dashboard's origin; everything else still gets the 503."""
+    proc, _ = capped
+    answer = await until_closed(proc.port, EVENT_SOURCE)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK"), answer
+    assert b"Content-Type: text/event-stream" in head
+    assert b"Access-Control-Allow-Origin: *" in head
+    assert b"retry: 5000\n\n" in body and b": closed 1013 too many connections" in body
+    assert body.endswith(b"\r\n0\r\n\r\n"), body  # a complete chunked body
+    plain = EVENT_SOURCE.replace(b"Accept: text/event-stream\r\n", b"")
+    for request in (plain, b"GET /healthz HTTP/1.1\r\nHost: wire\r\n\r\n", None):
+        refused = await until_closed(proc.port, request)
+        assert refused.startswith(b"HTTP/1.1 503 "), refused  # a silent client too
+        assert b'"too_many_connections"' in refused
+
+
+async def test_a_browser_event_source_over_the_http_connection_cap_comes_back(
+    capped: tuple[WireProcess, list[socket.socket]], http: aiohttp.ClientSession
+) -> None:
+    """The same, judged by Chromium: a dashboard on another origin (none of its
+    connections to the wire held open) whose ``EventSource`` meets the cap is
+    retried (``readyState`` 0, not 2) and reads the feed once there is room."""
+    proc, idle = capped
+    async with chromium() as browser:
+        page = await browser.new_page()
+        await page.set_content("<title>dashboard</title>")
+        await page.evaluate(OPEN_SOURCE.replace('"/v1/sse', f'"{proc.base}/v1/sse'))
+        await page.wait_for_function("window.seen.length > 0", timeout=WAIT * 1000)
+        assert await page.evaluate("window.seen") == ["error 0"]  # to be retried, not closed
+        for s in idle:
+            s.close()
+        await page.wait_for_function(
+            "window.seen.includes('subscribed')", timeout=WAIT * 1000
+        )
+        item = (await publish(http, proc.base, "Back", ["world"]))["id"]
         await page.wait_for_function(
             f"window.seen.includes('item {item}')", timeout=WAIT * 1000
         )

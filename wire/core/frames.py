@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 import orjson
 
+from wire.core.closecodes import CloseCode
+
 _LEN2 = struct.Struct("!BBH").pack
 _LEN3 = struct.Struct("!BBQ").pack
 OP_TEXT = 0x1
@@ -120,6 +122,19 @@ def sse_event(event: str, data: bytes, event_id: str | None = None) -> bytes:
 def sse_comment(text: str) -> bytes:
     """A comment line, used as a keep-alive that EventSource ignores."""
     return b": %s\n\n" % text.encode()
+
+
+#: How long (ms) an EventSource turned away at a connection cap waits to try again.
+FULL_RETRY_MS = 5000
+FULL_REASON = "too many connections, retry"
+
+
+def sse_come_back_later() -> bytes:
+    """What an ``EventSource`` turned away at a connection cap reads: to come
+    back in :data:`FULL_RETRY_MS` (with its ``Last-Event-ID``: nothing is
+    lost), and why. A browser never retries a non-200 answer, so the 503 other
+    clients get would end its feed for good."""
+    return b"retry: %d\n\n" % FULL_RETRY_MS + sse_closed(CloseCode.TRY_AGAIN_LATER, FULL_REASON)
 
 
 def sse_closed(code: int, reason: str) -> bytes:

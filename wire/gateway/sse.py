@@ -13,7 +13,6 @@ from aiohttp import HttpVersion11, web
 from multidict import MultiDict
 
 from wire.core import frames
-from wire.core.closecodes import CloseCode
 from wire.core.errors import ClientError, TooManyConnections, UnsupportedHTTPVersion
 from wire.core.ids import parse_cursor
 from wire.core.protocol import Subscribe, check_tag_count, error_message
@@ -31,9 +30,6 @@ HEADERS = {
     "Cache-Control": "no-cache",
     "X-Accel-Buffering": "no",
 }
-#: How long (ms) an EventSource turned away at the connection cap waits to try again.
-FULL_RETRY_MS = 5000
-FULL_REASON = "too many connections, retry"
 
 
 async def sse_handler(request: web.Request) -> web.StreamResponse:
@@ -91,13 +87,14 @@ async def _come_back_later(request: web.Request) -> web.StreamResponse:
     that other clients get would end its feed for good, though the gateway
     only needs it to come back later. This stream reconnects it in
     ``FULL_RETRY_MS`` (with its ``Last-Event-ID``: nothing is lost), as a
-    WebSocket client reconnects after a 1013.
+    WebSocket client reconnects after a 1013 (see
+    :func:`wire.core.frames.sse_come_back_later`; the plain HTTP cap answers
+    the same, see :mod:`wire.web.listen`).
     """
     resp = web.StreamResponse(headers=HEADERS)
     resp.enable_chunked_encoding()
     await resp.prepare(request)
-    why = frames.sse_closed(CloseCode.TRY_AGAIN_LATER, FULL_REASON)
-    await resp.write(b"retry: %d\n\n" % FULL_RETRY_MS + why)
+    await resp.write(frames.sse_come_back_later())
     await resp.write_eof()
     return resp
 

@@ -162,6 +162,7 @@ async def serve(
         http_connection_limit(settings.max_http_connections),
         streams=(lambda: len(hub.conns)) if hub is not None else (lambda: 0),
         answer=refusal(settings.allowed_origins),
+        origins=settings.allowed_origins,
     )
     listener = await loop.create_server(
         cap, settings.host, settings.port, reuse_port=reuse_port, backlog=4096

@@ -16,7 +16,7 @@ Bearer tokens are not cookies: no ``Access-Control-Allow-Credentials``.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Collection
 
 from aiohttp import web
 
@@ -40,12 +40,20 @@ def _is_read(method: str, path: str) -> bool:
 def allow_origin(request: web.Request, method: str) -> str | None:
     """The ``Access-Control-Allow-Origin`` value for ``method`` on this path, or None."""
     listed = request.app[SETTINGS].allowed_origins
-    if _is_read(method, request.path) and not listed:
-        return "*"
     origin = request.headers.get("Origin")
+    if _is_read(method, request.path):
+        return read_origin(origin, listed)
     if origin is not None and origin in listed and request.path.startswith("/v1/"):
         return origin
     return None
+
+
+def read_origin(origin: str | None, listed: Collection[str]) -> str | None:
+    """A read's ``Access-Control-Allow-Origin``: ``*`` while no origin is listed,
+    else the request's ``Origin`` when it is listed (None: no CORS headers)."""
+    if not listed:
+        return "*"
+    return origin if origin is not None and origin in listed else None
 
 
 async def add_cors_headers(request: web.Request, response: web.StreamResponse) -> None:

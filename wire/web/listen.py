@@ -6,7 +6,10 @@ or abandoned requests) are capped here, per process, at
 ``WIRE_MAX_HTTP_CONNECTIONS`` and never above what the open-files limit
 leaves room for: a connection beyond it is answered ``503`` and closed at
 once, so a flood of idle sockets cannot use up the descriptors that Redis,
-new subscribers and the log need.
+new subscribers and the log need. Only an ``EventSource`` is told otherwise:
+a browser never retries a 503, so its request head is read first (briefly,
+and for a few connections at a time) and an event stream asked for gets a
+stream that says to come back later, as at the stream cap.
 
 When descriptors run out anyway, asyncio logs "socket.accept() out of system
 resource" with a traceback once per connection waiting in the backlog (tens
@@ -26,7 +29,8 @@ from typing import Any, cast
 
 import orjson
 
-from wire.web.cors import EXPOSE_HEADERS
+from wire.core import frames
+from wire.web.cors import EXPOSE_HEADERS, read_origin
 
 log = logging.getLogger("wire.web.listen")
 
@@ -86,19 +90,62 @@ def refusal(allowed_origins: Collection[str]) -> bytes:
     return REFUSAL if allowed_origins else REFUSAL_ANY_ORIGIN
 
 
-class _Refused(asyncio.Protocol):
-    """A connection over the cap: a 503, then closed, nothing read."""
+#: A connection over the cap is read for at most this long, and this many
+#: bytes, to tell an ``EventSource`` from the rest; at most ``MAX_PEEKING`` at
+#: once (the others are answered at once), so a flood holds no more
+#: descriptors than that.
+PEEK_SECONDS = 0.5
+PEEK_BYTES = 8192
+MAX_PEEKING = 32
 
-    def __init__(self, answer: bytes = REFUSAL) -> None:
-        self.answer = answer
+
+class _Refused(asyncio.Protocol):
+    """A connection over the cap: its request head read briefly (see
+    :meth:`ConnectionCap.answer_for`), or not at all, then an answer, then closed."""
+
+    def __init__(self, cap: ConnectionCap, peek: bool) -> None:
+        self.cap = cap
+        self.peek = peek
+        self.head = b""
+        self.timer: asyncio.TimerHandle | None = None
+        self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A TCP transport, though uvloop's does not derive from asyncio's
         # classes (an isinstance check here failed, and uvloop then closed the
         # connection without the 503).
-        stream = cast(asyncio.Transport, transport)
-        stream.write(self.answer)
-        stream.close()
+        self.transport = cast(asyncio.Transport, transport)
+        if not self.peek:
+            self._answer()
+            return
+        self.cap.peeking += 1
+        self.timer = asyncio.get_running_loop().call_later(PEEK_SECONDS, self._answer)
+
+    def data_received(self, data: bytes) -> None:
+        self.head += data
+        if b"\r\n\r\n" in self.head or len(self.head) >= PEEK_BYTES:
+            self._answer()
+
+    def eof_received(self) -> bool:
+        self._answer()
+        return True  # the answer is written; _answer closed the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_peeking()
+        self.transport = None
+
+    def _answer(self) -> None:
+        transport, self.transport = self.transport, None
+        self._stop_peeking()
+        if transport is not None:
+            transport.write(self.cap.answer_for(self.head))
+            transport.close()
+
+    def _stop_peeking(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+            self.cap.peeking -= 1
 
 
 class _Counted(asyncio.Protocol):
@@ -142,6 +189,7 @@ class ConnectionCap:
         limit: int,
         streams: Callable[[], int],
         answer: bytes = REFUSAL,
+        origins: Collection[str] = (),
     ) -> None:
         #: Makes aiohttp's protocol for one connection.
         self.protocol = protocol
@@ -149,15 +197,54 @@ class ConnectionCap:
         self.streams = streams
         #: What a connection over the cap is answered (see :func:`refusal`).
         self.answer = answer
+        #: ``WIRE_ALLOWED_ORIGINS``: the CORS of the stream an EventSource gets.
+        self.origins = origins
         self.open = 0
         self.refused = 0
+        #: Refused connections whose request head is being read.
+        self.peeking = 0
 
     def __call__(self) -> asyncio.Protocol:
         if self.open - self.streams() >= self.limit:
             self.refused += 1
-            return _Refused(self.answer)
+            return _Refused(self, peek=self.peeking < MAX_PEEKING)
         self.open += 1
         return _Counted(self.protocol(), self)
+
+    def answer_for(self, head: bytes) -> bytes:
+        """A refused connection's answer: the 503, or for an ``EventSource``
+        (``GET /v1/sse`` accepting ``text/event-stream``) a stream that tells it
+        to come back later (:func:`wire.core.frames.sse_come_back_later`)."""
+        lines = head.split(b"\r\n")
+        target = lines[0].split(b" ")[1] if lines[0].count(b" ") == 2 else b""
+        if not lines[0].startswith(b"GET ") or target.split(b"?")[0] != b"/v1/sse":
+            return self.answer
+        fields = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            fields[name.strip().lower()] = value.strip()
+        if b"text/event-stream" not in fields.get(b"accept", b"").lower():
+            return self.answer
+        origin = fields.get(b"origin")
+        allow = read_origin(origin.decode("latin-1") if origin else None, self.origins)
+        return _come_back_stream(allow)
+
+
+def _come_back_stream(allow_origin: str | None) -> bytes:
+    """The whole answer of an EventSource refused at the cap (:meth:`ConnectionCap.answer_for`)."""
+    cors = b""
+    if allow_origin is not None:
+        cors = b"Access-Control-Allow-Origin: %s\r\n" % allow_origin.encode("latin-1")
+    if allow_origin != "*":
+        cors += b"Vary: Origin\r\n"
+    return (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+        b"Transfer-Encoding: chunked\r\nConnection: close\r\n"
+        + cors
+        + b"\r\n"
+        + frames.http_chunk(frames.sse_come_back_later())
+        + frames.LAST_CHUNK
+    )
 
 
 ACCEPT_MESSAGE = "socket.accept() out of system resource"
