@@ -223,6 +223,38 @@ async def test_a_browser_event_source_over_the_http_connection_cap_comes_back(
         assert await page.evaluate("window.source.readyState") == 1
 
 
+# ---- what the HTTP parser refuses, read from another origin ------------------------
+
+FETCH_TOO_LONG = """async (base) => {
+  try {
+    const r = await fetch(base + "/v1/items?tags=" + "a".repeat(10000));
+    return {status: r.status, code: (await r.json()).error.code};
+  } catch (e) { return "blocked: " + e; }
+}"""
+
+
+async def test_a_request_the_parser_refuses_is_an_error_a_dashboard_can_read(
+    redis_url: str,
+) -> None:
+    """A request line over 8 KiB (a dashboard building a long tag list) is refused
+    by aiohttp's parser before any route runs, and its JSON 400 had no CORS
+    headers: the page on another origin saw a network failure, not the error.
+    Judged by Chromium against ``wire run`` (whose connections use the JSON
+    errors protocol)."""
+    proc = WireProcess(
+        ["run", "--redis", redis_url], {"WIRE_EDITOR_TOKENS": EDITOR_TOKEN}, free_port()
+    ).start()
+    try:
+        await proc.ready()
+        async with chromium() as browser:
+            page = await browser.new_page()
+            await page.set_content("<title>dashboard</title>")
+            got = await page.evaluate(FETCH_TOO_LONG, proc.base)
+        assert got == {"status": 400, "code": "malformed_request"}, got
+    finally:
+        proc.kill()
+
+
 # ---- requests to /v1/ws that are not WebSocket handshakes ---------------------------
 
 KEY = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"

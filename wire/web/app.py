@@ -158,7 +158,9 @@ async def serve(
     assert runner.server is not None
     server = runner.server
     cap = ConnectionCap(
-        lambda: JSONErrorsProtocol(server, loop=loop, **handler_args),
+        lambda: JSONErrorsProtocol(
+            server, loop=loop, origins=settings.allowed_origins, **handler_args
+        ),
         http_connection_limit(settings.max_http_connections),
         streams=(lambda: len(hub.conns)) if hub is not None else (lambda: 0),
         answer=refusal(settings.allowed_origins),

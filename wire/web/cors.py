@@ -63,12 +63,16 @@ async def add_cors_headers(request: web.Request, response: web.StreamResponse) -
     method = request.method
     if method == "OPTIONS":  # a preflight: answered for the method it asks about
         method = request.headers.get("Access-Control-Request-Method", method)
-    value = allow_origin(request, method)
-    if value != "*":
+    set_cors_headers(response, allow_origin(request, method))
+
+
+def set_cors_headers(response: web.StreamResponse, allow: str | None) -> None:
+    """A response's CORS headers for ``Access-Control-Allow-Origin: allow`` (None: none)."""
+    if allow != "*":
         # The answer depends on Origin: shared caches must keep one per origin.
         response.headers.add("Vary", "Origin")
-    if value is not None:
-        response.headers["Access-Control-Allow-Origin"] = value
+    if allow is not None:
+        response.headers["Access-Control-Allow-Origin"] = allow
         response.headers["Access-Control-Expose-Headers"] = EXPOSE_HEADERS
 
 

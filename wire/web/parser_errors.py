@@ -8,14 +8,18 @@ text. A client of a JSON API should not need a second way to read errors,
 so each connection's protocol here is aiohttp's with that one method
 answering ``{"error": {"code", "message"}}`` instead: 415
 ``unsupported_encoding`` for a content coding, 400 ``malformed_request``
-for the rest. The connection is closed after it, as aiohttp does: the
-parser cannot tell where the next request would start.
+for the rest, with the CORS headers of a read (so that a dashboard on
+another origin reads the error, not a network failure). The connection is
+closed after it, as aiohttp does: the parser cannot tell where the next
+request would start.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from http import HTTPStatus
+from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import ContentEncodingError
@@ -23,6 +27,7 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from wire.core.errors import ClientError, MalformedRequest, UnsupportedEncoding
+from wire.web.cors import read_origin, set_cors_headers
 from wire.web.http import ENCODINGS_MESSAGE, error_response
 
 log = logging.getLogger("wire.web.parser_errors")
@@ -34,6 +39,14 @@ MESSAGE_MAX = 100
 
 class JSONErrorsProtocol(RequestHandler):
     """aiohttp's protocol for one connection, its own errors answered in JSON."""
+
+    # One per connection, subscribers' included: a slot, not a __dict__.
+    __slots__ = ("origins",)
+
+    def __init__(self, *args: Any, origins: Collection[str] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: ``WIRE_ALLOWED_ORIGINS``, for the answer's CORS headers.
+        self.origins = origins
 
     def handle_error(
         self,
@@ -58,6 +71,8 @@ class JSONErrorsProtocol(RequestHandler):
             # query may carry a ?token=.
             log.info("refused a malformed request from %s (%s)", request.remote, error.code)
             response = error_response(error.status, error.as_dict())
+        # Headers the parser did not reach are not there: no Origin to echo.
+        set_cors_headers(response, read_origin(request.headers.get("Origin"), self.origins))
         response.force_close()
         return response
 
