@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import orjson
 import pytest
+from playwright.async_api import Page
 
 from tests.conftest import ServerFactory
 from tests.support import (
@@ -124,14 +125,15 @@ async def test_an_event_source_refused_at_the_connection_cap_comes_back_once_the
             async with http.get(server.base + "/v1/sse") as plain:
                 assert plain.status == 503  # no Accept: the JSON refusal, as before
         await wait_for(lambda: not server.app[HUB].conns, "the held stream to end")
-        await page.wait_for_function(
-            "window.seen.includes('subscribed')", timeout=WAIT * 1000
-        )
-        item = (await publish(http, server.base, "Back", ["world"]))["id"]
-        await page.wait_for_function(
-            f"window.seen.includes('item {item}')", timeout=WAIT * 1000
-        )
-        assert await page.evaluate("window.source.readyState") == 1
+        await comes_back(page, http, server.base)
+
+
+async def comes_back(page: Page, http: aiohttp.ClientSession, base: str) -> None:
+    """The page's EventSource subscribes again and reads an item published now."""
+    await page.wait_for_function("window.seen.includes('subscribed')", timeout=WAIT * 1000)
+    item = (await publish(http, base, "Back", ["world"]))["id"]
+    await page.wait_for_function(f"window.seen.includes('item {item}')", timeout=WAIT * 1000)
+    assert await page.evaluate("window.source.readyState") == 1
 
 
 # ---- an EventSource at the plain HTTP connection cap ------------------------------
@@ -213,14 +215,7 @@ async def test_a_browser_event_source_over_the_http_connection_cap_comes_back(
         assert await page.evaluate("window.seen") == ["error 0"]  # to be retried, not closed
         for s in idle:
             s.close()
-        await page.wait_for_function(
-            "window.seen.includes('subscribed')", timeout=WAIT * 1000
-        )
-        item = (await publish(http, proc.base, "Back", ["world"]))["id"]
-        await page.wait_for_function(
-            f"window.seen.includes('item {item}')", timeout=WAIT * 1000
-        )
-        assert await page.evaluate("window.source.readyState") == 1
+        await comes_back(page, http, proc.base)
 
 
 # ---- what the HTTP parser refuses, read from another origin ------------------------
