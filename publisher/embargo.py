@@ -27,7 +27,7 @@ from publisher.query import query_limit
 from wire.core.errors import NotFound, ServiceUnavailable, ValidationError, quoted
 from wire.core.items import Submission
 from wire.runtime.supervisor import SUPERVISOR
-from wire.storage.store import RELEASE_BATCH, EmbargoCursor, Store
+from wire.storage.store import CURSOR_MEMBER, RELEASE_BATCH, EmbargoCursor, Store
 from wire.web.appkeys import SETTINGS, STORE
 from wire.web.http import json_response, raw_json, redis_unavailable
 
@@ -56,8 +56,11 @@ async def accept_embargoed(
 
 
 #: ``?after=`` of a listing: the score (due ms) and the schedule member the
-#: last page ended with, base64url; opaque to clients, who only pass ``next`` on.
-_CURSOR = re.compile(r"([-+.0-9a-z]{1,40})~([A-Za-z0-9_-]{1,400})")
+#: last page ended with (at most CURSOR_MEMBER bytes), base64url; opaque to
+#: clients, who only pass ``next`` on.
+_CURSOR = re.compile(
+    r"([-+.0-9a-z]{1,40})~([A-Za-z0-9_-]{1," + str(CURSOR_MEMBER * 4 // 3) + "})"
+)
 
 
 async def list_embargoes(request: web.Request) -> web.Response:
@@ -75,8 +78,11 @@ async def list_embargoes(request: web.Request) -> web.Response:
 
 
 def format_embargo_cursor(cursor: EmbargoCursor) -> bytes:
-    """The ``next`` of a listing page."""
-    return cursor.score + b"~" + base64.urlsafe_b64encode(cursor.member).rstrip(b"=")
+    """The ``next`` of a listing page. Without the "+" of an exponent (a score
+    written by hand, "1e+20"): a client that puts ``next`` in a URL as it is
+    would send a space."""
+    score = cursor.score.replace(b"+", b"")
+    return score + b"~" + base64.urlsafe_b64encode(cursor.member).rstrip(b"=")
 
 
 def parse_embargo_cursor(raw: str) -> EmbargoCursor:

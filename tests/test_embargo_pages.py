@@ -125,3 +125,24 @@ async def test_a_damaged_schedule_member_is_skipped_not_a_500(
     finally:
         await client.aclose()
     assert [g for page in pages for g in page] == ["good"]
+
+
+async def test_a_page_ending_at_a_long_damaged_member_goes_on(
+    server: Server, http: aiohttp.ClientSession
+) -> None:
+    """Redis data written by hand: schedule members longer than a cursor can
+    carry (the wire's own are 71 bytes), some sharing their first 300 bytes,
+    and one at a score Redis writes with an exponent. Each page ends at one of
+    them (limit=1), and its ``next`` still goes on: every pending item is
+    listed once (was a 400 for the ``next`` the page before had written)."""
+    await _embargo(http, server.base, "before", _later(10))
+    await _embargo(http, server.base, "after", _later(30))
+    client = redis.Redis.from_url(server.settings.redis_url or "")
+    try:
+        when = (datetime.now(UTC) + timedelta(minutes=20)).timestamp() * 1000
+        long = {b"x" * 300 + bytes([n]) * n: when for n in range(1, 4)}
+        await client.zadd(keys.EMBARGOES, {**long, b"y" * 500: when + 0.5, b"z": 1e20})
+        pages = await _pages(http, server.base, 1)
+    finally:
+        await client.aclose()
+    assert [g for page in pages for g in page] == ["before", "after"]

@@ -362,6 +362,9 @@ class EmbargoPageArgs(ScriptArgs):
     after_score: bytes
     after_member: bytes
     limit: int
+    #: 1 when ``after_member`` is a member cut short to fit a cursor (see
+    #: ``EmbargoCursor``): the page goes on past every member it may be cut from.
+    after_cut: int
 
 
 # A page of the schedule in its own order (due time, then member bytes), after
@@ -373,11 +376,14 @@ class EmbargoPageArgs(ScriptArgs):
 # 'p' field (damaged data is listed as nothing, not an error).
 EMBARGO_PAGE = r"""
 -- KEYS: 1 schedule
--- ARGV: 1 after_score, 2 after_member, 3 limit
+-- ARGV: 1 after_score, 2 after_member, 3 limit, 4 after_cut
 if redis.call('TYPE', KEYS[1])['ok'] ~= 'zset' then return {} end
+local cut = ARGV[4] == '1'
 -- a > b, comparing bytes as the sorted set orders its members (Lua's own
--- comparison follows the server's locale).
+-- comparison follows the server's locale); when b was cut short, no member
+-- that begins with it (they sort right after it) is beyond it.
 local function beyond(a, b)
+  if cut and string.sub(a, 1, #b) == b then return false end
   for i = 1, math.min(#a, #b) do
     local x, y = string.byte(a, i), string.byte(b, i)
     if x ~= y then return x > y end
@@ -387,7 +393,7 @@ end
 local start = 0
 if ARGV[1] ~= '' then
   local score = redis.call('ZSCORE', KEYS[1], ARGV[2])
-  if score and tonumber(score) == tonumber(ARGV[1]) then
+  if score and not cut and tonumber(score) == tonumber(ARGV[1]) then
     start = redis.call('ZRANK', KEYS[1], ARGV[2]) + 1
   else
     local lo = redis.call('ZCOUNT', KEYS[1], '-inf', '(' .. ARGV[1])

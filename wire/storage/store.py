@@ -149,9 +149,18 @@ class Retention(NamedTuple):
     story_ttl: int
 
 
+#: The most bytes of a schedule member a cursor carries (the wire's own are
+#: 71): one written by hand may be longer than a URL can hold.
+CURSOR_MEMBER = 300
+
+
 class EmbargoCursor(NamedTuple):
     """Where a listing of the embargo schedule goes on: after this member, whose
-    score (its due time in ms) is given as Redis wrote it, so it compares exactly."""
+    score (its due time in ms) is given as Redis wrote it, so it compares exactly.
+
+    A member longer than :data:`CURSOR_MEMBER` is cut to it, and the listing
+    goes on past every member that begins so (only damaged data is that long).
+    """
 
     score: bytes
     member: bytes
@@ -650,13 +659,17 @@ class Store:
         ``after``; and the cursor to go on from, or None at the end."""
         score, member = after if after is not None else (b"", b"")
         names, args = scripts.EmbargoPageArgs(
-            schedule=keys.EMBARGOES, after_score=score, after_member=member, limit=limit
+            schedule=keys.EMBARGOES,
+            after_score=score,
+            after_member=member,
+            limit=limit,
+            after_cut=int(len(member) >= CURSOR_MEMBER),
         ).lists()
         rows: Any = await self._embargo_page(keys=names, args=args)
         pending = [row[2] for row in rows if row[2]]
         if len(rows) < limit:
             return pending, None
-        return pending, EmbargoCursor(bytes(rows[-1][1]), bytes(rows[-1][0]))
+        return pending, EmbargoCursor(bytes(rows[-1][1]), bytes(rows[-1][0][:CURSOR_MEMBER]))
 
     async def embargo_pending(self, guid: str) -> bool:
         """True when an embargoed item of ``guid`` waits for its time."""
