@@ -323,6 +323,10 @@ async def test_a_webhook_is_delivered_next_to_damaged_ones_which_are_reported(
     assert ready["checks"]["task:webhooks"] is True
 
 
+def _received(receiver: Receiver) -> bool:
+    return len(receiver.ok()) >= 1
+
+
 async def test_webhooks_are_delivered_whatever_order_a_non_hash_webhook_key_comes_in(
     make_server: ServerFactory, http: Http
 ) -> None:
@@ -343,7 +347,7 @@ async def test_webhooks_are_delivered_whatever_order_a_non_hash_webhook_key_come
             await add_webhook(http, server, receiver.url, t)
         sent = await publish(http, server.base, "to every good webhook", [t])
         for n, receiver in enumerate(receivers):
-            await wait_for(lambda r=receiver: len(r.ok()) >= 1, f"delivery to webhook {n}", 8)
+            await wait_for(partial(_received, receiver), f"delivery to webhook {n}", 8)
             assert receiver.ok_ids() == [sent["id"]]
     finally:
         for receiver in receivers:
