@@ -190,6 +190,30 @@ def test_each_connection_gets_its_share_in_order_with_one_write() -> None:
     assert hub.deliveries == 8
 
 
+def test_runs_of_entries_for_the_same_connections_keep_each_connections_order() -> None:
+    """The hub routes consecutive entries bound for the same index set as one run
+    (issue 15); runs of different sets interleaved, an entry on two tags (a union
+    of sets, a run of its own) and a replaying connection each keep stream order."""
+    hub = Hub()
+    _, world = conn_for(hub, "world")
+    _, sport = conn_for(hub, "sport")
+    _, both = conn_for(hub, "world", "sport")
+    held, held_t = conn_for(hub, "world")
+    hub.begin_replay(held)
+    tags = ["world", "world", "world/asia", "sport", "sport", "world", "world sport", "sport"]
+    es = [entry(*t.split()) for t in tags]
+    hub.dispatch(es)
+    on_world = [e.id for e in es if "world" in e.tags[0] or "world" in e.tags]
+    on_sport = [e.id for e in es if "sport" in e.tags]
+    assert item_ids(world.read()) == on_world
+    assert item_ids(sport.read()) == on_sport
+    assert item_ids(both.read()) == [e.id for e in es]
+    assert world.writes == sport.writes == both.writes == 1
+    assert held_t.read() == []  # held while replaying, then sent in order
+    hub.end_replay(held)
+    assert item_ids(held_t.read()) == on_world
+
+
 def test_order_across_batches() -> None:
     hub = Hub()
     _, t = conn_for(hub, "*")
