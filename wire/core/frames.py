@@ -124,6 +124,12 @@ def sse_comment(text: str) -> bytes:
     return b": %s\n\n" % text.encode()
 
 
+#: An event stream's response headers (``X-Accel-Buffering``: nginx must not buffer it).
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
 #: How long (ms) an EventSource turned away at a connection cap waits to try again.
 FULL_RETRY_MS = 5000
 FULL_REASON = "too many connections, retry"

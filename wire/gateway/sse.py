@@ -24,12 +24,7 @@ from wire.web.http import error_response
 
 #: How long a browser waits before reconnecting, sent first on every stream.
 RETRY = frames.http_chunk(b"retry: 1000\n\n")
-#: An event stream's response headers (``X-Accel-Buffering``: nginx must not buffer it).
-HEADERS = {
-    "Content-Type": "text/event-stream",
-    "Cache-Control": "no-cache",
-    "X-Accel-Buffering": "no",
-}
+HEADERS = frames.SSE_HEADERS
 
 
 async def sse_handler(request: web.Request) -> web.StreamResponse:

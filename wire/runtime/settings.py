@@ -9,6 +9,7 @@ from pathlib import Path
 from types import UnionType
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
+from wire.core.entitlements import named_token
 from wire.core.tokens import usable
 
 
@@ -40,9 +41,8 @@ def _check_tokens(values: Mapping[str, Any]) -> None:
     for name in _TOKEN_FIELDS:
         value = values.get(name)
         for configured in (value,) if isinstance(value, str) else value or ():
-            named = name == "subscriber_tokens" and ":" in configured
-            token = configured.partition(":")[2] if named else configured
-            if not usable(token):
+            named = name == "subscriber_tokens"
+            if not usable(named_token(configured)[1] if named else configured):
                 raise SystemExit(
                     f"wire: WIRE_{name.upper()} holds a token with a character a client"
                     " cannot send (tokens are visible ASCII, no spaces)"
