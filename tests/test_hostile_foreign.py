@@ -28,6 +28,7 @@ from tests.support import (
     wait_for,
 )
 from wire.gateway.reader import HUB
+from wire.web.listen import MAX_PEEKING, REFUSAL, ConnectionCap
 
 WAIT = 15.0
 
@@ -198,6 +199,46 @@ async def test_an_event_source_over_the_http_connection_cap_is_told_to_come_back
         refused = await until_closed(proc.port, request)
         assert refused.startswith(b"HTTP/1.1 503 "), refused  # a silent client too
         assert b'"too_many_connections"' in refused
+
+
+class HeldTransport:
+    """What the refusal writes, and whether it closed the connection."""
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def test_a_flood_over_the_cap_holds_at_most_max_peeking_connections_open() -> None:
+    """Reading refused connections' heads must not hand a flood of silent sockets
+    the descriptors the cap protects: past MAX_PEEKING being read, a refused
+    connection is answered the 503 at once, and one whose head came (or that
+    went away) frees its place."""
+    cap = ConnectionCap(lambda: asyncio.Protocol(), 0, streams=lambda: 0, answer=REFUSAL)
+    flood = [(cap(), HeldTransport()) for _ in range(MAX_PEEKING + 8)]
+    for protocol, transport in flood:
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+    waiting = [t for _, t in flood if not t.closed]
+    assert len(waiting) == cap.peeking == MAX_PEEKING
+    assert all(t.data == REFUSAL for _, t in flood[MAX_PEEKING:])
+    first, first_t = flood[0]
+    first.data_received(EVENT_SOURCE)
+    assert first_t.closed and first_t.data.startswith(b"HTTP/1.1 200 OK")
+    flood[1][0].connection_lost(None)
+    assert cap.peeking == MAX_PEEKING - 2
+    late, late_t = cap(), HeldTransport()
+    late.connection_made(late_t)  # type: ignore[arg-type]
+    assert not late_t.closed and cap.peeking == MAX_PEEKING - 1
+    for protocol, _ in flood[2:MAX_PEEKING]:
+        protocol.eof_received()
+    late.data_received(b"GET /healthz HTTP/1.1\r\nHost: wire\r\n\r\n")
+    assert late_t.data == REFUSAL and cap.peeking == 0
 
 
 async def test_a_browser_event_source_over_the_http_connection_cap_comes_back(

@@ -105,21 +105,24 @@ class _Refused(asyncio.Protocol):
 
     def __init__(self, cap: ConnectionCap, peek: bool) -> None:
         self.cap = cap
-        self.peek = peek
         self.head = b""
         self.timer: asyncio.TimerHandle | None = None
         self.transport: asyncio.Transport | None = None
+        if peek:
+            # Counted from here, not from connection_made: one accept burst
+            # makes many protocols before any connection is made, and the
+            # cap's count must see each. The timer ends the read (and the
+            # count) even for a connection that is never made.
+            cap.peeking += 1
+            self.timer = asyncio.get_running_loop().call_later(PEEK_SECONDS, self._answer)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A TCP transport, though uvloop's does not derive from asyncio's
         # classes (an isinstance check here failed, and uvloop then closed the
         # connection without the 503).
         self.transport = cast(asyncio.Transport, transport)
-        if not self.peek:
+        if self.timer is None:  # not read: the readers' places are taken, or time is up
             self._answer()
-            return
-        self.cap.peeking += 1
-        self.timer = asyncio.get_running_loop().call_later(PEEK_SECONDS, self._answer)
 
     def data_received(self, data: bytes) -> None:
         self.head += data
@@ -237,9 +240,14 @@ def _come_back_stream(allow_origin: str | None) -> bytes:
         cors = b"Access-Control-Allow-Origin: %s\r\n" % allow_origin.encode("latin-1")
     if allow_origin != "*":
         cors += b"Vary: Origin\r\n"
+    stream = b"".join(
+        b"%s: %s\r\n" % (name.encode(), value.encode())
+        for name, value in frames.SSE_HEADERS.items()
+    )
     return (
-        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
-        b"Transfer-Encoding: chunked\r\nConnection: close\r\n"
+        b"HTTP/1.1 200 OK\r\n"
+        + stream
+        + b"Transfer-Encoding: chunked\r\nConnection: close\r\n"
         + cors
         + b"\r\n"
         + frames.http_chunk(frames.sse_come_back_later())
