@@ -5,6 +5,7 @@ Tiny sizes and no timing assertions: these runs prove the verification, not the 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,9 @@ import orjson
 import pytest
 
 from tests.support import ROOT
+from wire.bench.report import label
+from wire.bench.runner import default_run_workers
+from wire.bench.scenarios import Config
 
 TINY = [
     "--conns", "12",
@@ -56,8 +60,13 @@ def test_both_shapes_and_both_baselines_pass_verification(tmp_path: Path) -> Non
     assert plot.read_bytes().startswith(b"\x89PNG")
     assert report["verification"] == {"ok": True, "failures": []}
     assert report["config"]["shapes"] == ["run", "split"]
-    assert set(report["results"]) == {"wire", "wire-split", "fastpath", "baseline"}
-    for system in ("wire", "wire-split", "fastpath", "baseline"):
+    # `wire run` with two workers beside one, where the box has a second core.
+    workers = list(default_run_workers(os.cpu_count()))
+    assert report["config"]["run_workers"] == workers
+    more = {f"wire-run-{n}w" for n in workers[1:]}
+    systems = {"wire", "wire-split", "fastpath", "baseline"} | more
+    assert set(report["results"]) == systems
+    for system in systems:
         results = report["results"][system]
         assert {"burst", "latency12", "memory", "resume"} <= set(results)
         assert results["burst"]["deliveries"] == 12 * 8
@@ -156,3 +165,17 @@ def test_run_workers_measures_each_worker_count() -> None:
         results = report["results"][system]
         assert results["burst"]["deliveries"] == 12 * 8
         assert results["latency12"]["verified"]
+
+
+def test_the_run_shape_is_measured_with_one_and_two_workers_where_two_cores_are() -> None:
+    """Issue 15's latency goals hold for the best worker count of the box: both are run."""
+    assert default_run_workers(1) == (1,)
+    assert default_run_workers(None) == (1,)
+    assert default_run_workers(2) == (1, 2)
+    assert default_run_workers(16) == (1, 2)
+    cfg = Config(shapes=("run", "split"))
+    assert [label(s, cfg) for s in ("wire", "wire-run-2w", "wire-split")] == [
+        "wire (run)",
+        "wire (run, 2 workers)",
+        "wire (split)",
+    ]

@@ -180,10 +180,10 @@ def add_command(sub: Any) -> None:
     h.add_argument(
         "--run-workers",
         type=_ints,
-        default=(),
+        default=None,
         metavar="N,N",
-        help="measure `wire run --workers N` for each N (e.g. 1,2) instead of the "
-        "separate publisher and gateway; each is published to on its own port",
+        help="the run shape as `wire run --workers N` for each N, each published to on "
+        "its own port (default: 1,2 where there are two cores or more, else 1)",
     )
     h.add_argument(
         "--uvloop",

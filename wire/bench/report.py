@@ -1,7 +1,8 @@
 """The bench's outputs: the table, the targets, JSON, and the plot.
 
 The table has a column per system measured: wire in the ``wire run`` shape
-(one process) and in the split shape (publisher and gateway apart), the fast
+(one process, and ``wire run --workers 2`` beside it where there are two
+cores) and in the split shape (publisher and gateway apart), the fast
 path (:mod:`wire.bench.fastpath`) and the naive baseline
 (:mod:`wire.bench.baseline`). The targets (issue 15) are data, :data:`TARGETS`:
 each names the result it reads (system, result key, field), so a scenario
@@ -11,6 +12,7 @@ added elsewhere plugs in by the key it stores its result under.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,9 @@ def label(system: str, cfg: Config) -> str:
     """A system's column heading."""
     if system == "wire":
         return f"wire ({cfg.shapes[0]})" if cfg.shapes else "wire"
+    workers = re.fullmatch(r"wire-run-(\d+)w", system)
+    if workers:
+        return f"wire (run, {workers[1]} workers)"
     if system.startswith("wire-"):
         return f"wire ({system.removeprefix('wire-')})"
     return {"fastpath": "fast path", "baseline": "naive"}.get(system, system)
@@ -351,6 +356,7 @@ COLORS = {
     "wire": "#1f77b4",
     "wire-split": "#17becf",
     "wire-run": "#17becf",
+    "wire-run-2w": "#9467bd",
     "fastpath": "#ff7f0e",
     "baseline": "#d62728",
 }
