@@ -21,7 +21,7 @@ from typing import Any
 from wire.bench.scenarios import Config
 
 #: Column order; results under other names (more shapes, workers) follow them.
-SYSTEMS = ("wire", "wire-run", "wire-split", "fastpath", "baseline")
+SYSTEMS = ("wire", "wire-run", "wire-run-2w", "wire-split", "fastpath", "baseline")
 
 
 def label(system: str, cfg: Config) -> str:
