@@ -19,7 +19,8 @@ import pytest
 from tests.conftest import Server, ServerFactory
 from tests.support import get_json, post, publish, wait_for
 from wire.core.entry import Entry
-from wire.core.ids import ZERO, StreamKey
+from wire.core.ids import ZERO
+from wire.core.resume import Kept
 from wire.gateway import session as session_module
 from wire.gateway.reader import HUB
 from wire.storage import store as store_module
@@ -120,10 +121,10 @@ def spy_redis_pages(store: Store, pages: list[int]) -> None:
         pages.append(sum(len(e.json) for e in page))
         return page
 
-    async def page(*args: Any, **kwargs: Any) -> tuple[list[Entry], bool, StreamKey]:
-        found, more, trimmed = await original_page(*args, **kwargs)
+    async def page(*args: Any, **kwargs: Any) -> tuple[list[Entry], bool, Kept]:
+        found, more, kept = await original_page(*args, **kwargs)
         pages.append(sum(len(e.json) for e in found))
-        return found, more, trimmed
+        return found, more, kept
 
     store.range_after = range_after  # type: ignore[method-assign]
     store._page = page  # type: ignore[method-assign]

@@ -27,7 +27,7 @@ from wire.core.errors import (
     TooManyTags,
     ValidationError,
 )
-from wire.core.ids import ZERO, StreamKey, format_id
+from wire.core.ids import ZERO, StreamKey, format_id, preceding
 from wire.core.protocol import (
     MAX_BACKFILL,
     PONG,
@@ -40,7 +40,7 @@ from wire.core.protocol import (
     subscribed_message,
     truncated_message,
 )
-from wire.core.resume import Window, compact, fresh, is_truncated, replay_window
+from wire.core.resume import Kept, Window, compact, fresh, is_truncated, replay_window
 
 
 def msg(**fields: Any) -> bytes:
@@ -399,6 +399,31 @@ def test_truncated_only_when_unseen_items_were_removed() -> None:
     assert is_truncated(ZERO, (6, 0))
     assert not is_truncated((6, 0), (6, 0))  # the client saw the last trimmed item
     assert not is_truncated((7, 0), (6, 0))
+
+
+def test_the_id_before_another() -> None:
+    assert preceding((7, 3)) == (7, 2)
+    assert preceding((7, 0)) == (6, 2**64 - 1)
+    assert preceding((0, 1)) == ZERO
+    assert preceding(ZERO) == ZERO  # nothing precedes the start
+
+
+def test_a_cursor_older_than_a_stream_never_trimmed_has_lost_what_followed_it() -> None:
+    """A stream keeps every id it made until retention trims: a cursor older than its
+    first entry comes from a stream Redis lost (restart without persistence)."""
+    new_stream = Kept(trimmed=ZERO, first=(100, 0))
+    assert new_stream.lost_upto((50, 2)) == (99, 2**64 - 1)
+    assert is_truncated((50, 2), new_stream.lost_upto((50, 2)))
+    assert not is_truncated(ZERO, new_stream.lost_upto(ZERO)), "0-0 names no item"
+    assert not is_truncated((100, 0), new_stream.lost_upto((100, 0)))
+    assert not is_truncated((150, 0), new_stream.lost_upto((150, 0)))
+    # Retention's own record wins when it reaches further (and applies to 0-0 too).
+    trimmed = Kept(trimmed=(99, 5), first=(100, 0))
+    assert trimmed.lost_upto((50, 0)) == (99, 2**64 - 1)
+    assert trimmed.lost_upto(ZERO) == (99, 5)
+    # An empty stream names no first entry: only what retention says.
+    assert Kept(trimmed=(40, 0), first=None).lost_upto((50, 0)) == (40, 0)
+    assert Kept(trimmed=ZERO, first=None).lost_upto((50, 0)) == ZERO
 
 
 # --- resume: fresh ---------------------------------------------------------------

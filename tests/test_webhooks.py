@@ -31,6 +31,7 @@ from tests.support import (
     Receiver,
     WireProcess,
     admin,
+    batch_ids,
     free_port,
     get_json,
     publish,
@@ -206,6 +207,29 @@ async def test_pause_holds_delivery_and_resume_delivers_what_was_held(
     assert (await control(http, server, made["id"], "resume"))["webhook"]["status"] == "active"
     await wait_for(lambda: len(receiver.ok()) >= 4, "the held items")
     assert receiver.ok_ids() == [first, *held]
+
+
+async def test_a_webhook_whose_cursor_retention_passed_is_marked_and_goes_on(
+    make_server: ServerFactory, http: aiohttp.ClientSession, receiver: Receiver
+) -> None:
+    """Paused while the stream ran past its limit: on resume the items retention
+    removed are not waited for or skipped in silence; the webhook says
+    ``history_truncated`` and every item still kept follows, in order."""
+    server = await make_server(max_items=300, **FAST)
+    made = await hook(http, server, receiver.url, tags=["world"])
+    first = await publish(http, server.base, tags=["world"], title="first")
+    await wait_for(lambda: len(receiver.ok()) == 1, "the first delivery")
+    await control(http, server, made["id"], "pause")
+    await batch_ids(http, server.base, "Gone", 50, "world")
+    for part in range(3):  # the stream past its limit: the oldest are trimmed
+        await batch_ids(http, server.base, f"Other {part}", 200, "other")
+    late = await batch_ids(http, server.base, "Late", 3, "world")
+    assert not (await state(http, server, made["id"]))["history_truncated"]
+    await control(http, server, made["id"], "resume")
+    await wait_for(lambda: len(receiver.ok()) == 4, "the items still kept")
+    delivered = [orjson.loads(body)["item"]["id"] for _, body in receiver.ok()]
+    assert delivered == [first["id"], *late]
+    assert (await state(http, server, made["id"]))["history_truncated"] is True
 
 
 async def test_nothing_is_posted_once_pause_has_answered(

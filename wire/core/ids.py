@@ -54,3 +54,11 @@ def parse_cursor(raw: str, *, field: str) -> StreamKey:
 def format_id(key: StreamKey) -> str:
     """The ``ms-seq`` text of a key."""
     return f"{key[0]}-{key[1]}"
+
+
+def preceding(key: StreamKey) -> StreamKey:
+    """The greatest id before ``key`` (``key`` itself for 0-0, which has none)."""
+    ms, seq = key
+    if seq:
+        return ms, seq - 1
+    return (ms - 1, _MAX) if ms else ZERO

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from wire.core.entry import Entry
-from wire.core.ids import ZERO, StreamKey
+from wire.core.ids import ZERO, StreamKey, preceding
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +46,32 @@ def replay_window(since: StreamKey, last_sent: StreamKey, position: StreamKey) -
 def is_truncated(since: StreamKey, trimmed_upto: StreamKey) -> bool:
     """True when retention removed entries the client has not seen."""
     return trimmed_upto != ZERO and since < trimmed_upto
+
+
+@dataclass(frozen=True, slots=True)
+class Kept:
+    """What the stream still holds, as far as a reader resuming in it can tell."""
+
+    #: The greatest id retention removed ((0, 0): none).
+    trimmed: StreamKey
+    #: The oldest entry kept (None: the stream holds none).
+    first: StreamKey | None
+
+    def lost_upto(self, since: StreamKey) -> StreamKey:
+        """The greatest id a reader resuming after ``since`` can no longer read
+        (nothing is lost when it is not after ``since``, see :func:`is_truncated`).
+
+        What retention removed, and everything before the stream's oldest
+        entry when ``since`` names an id older than it. A stream that was never
+        trimmed keeps every id it ever made, so a cursor older than its first
+        entry comes from a stream that is gone: Redis lost its data (a restart
+        without persistence, a failover to an empty replica) or the key was
+        deleted, and whatever followed that cursor went with it. 0-0 names no
+        item: a reader from the very start lost nothing it knew of.
+        """
+        if since == ZERO or self.first is None or since >= self.first:
+            return self.trimmed
+        return max(self.trimmed, preceding(self.first))
 
 
 def fresh(entries: Iterable[Entry], last_sent: StreamKey) -> list[Entry]:

@@ -34,8 +34,9 @@ from wire.core import frames
 from wire.core.entitlements import EVERYTHING, Entitlements, Grant
 from wire.core.entry import Entry
 from wire.core.errors import quoted
-from wire.core.ids import StreamKey
+from wire.core.ids import StreamKey, format_id
 from wire.core.ledger import WEBHOOK, Tally
+from wire.core.resume import Window
 from wire.delivery import signing
 from wire.delivery.registry import Registry, Webhook
 from wire.delivery.urls import PublicResolver, refusal
@@ -267,7 +268,7 @@ class Deliverer:
             )
             raise LeaseLost
         wanted = Filter(grant.narrow(frozenset(webhook.tags)), frozenset(webhook.languages))
-        cursor = await self._start_cursor(webhook)
+        cursor = webhook.cursor
         resolver = PublicResolver(self.settings.webhook_allow_private)
         timeout = aiohttp.ClientTimeout(total=self.settings.webhook_timeout)
         connector = aiohttp.TCPConnector(resolver=resolver, limit=1)
@@ -279,16 +280,6 @@ class Deliverer:
                 self.lag[webhook_id] = 0.0
                 await self._wait_beyond(cursor)
 
-    async def _start_cursor(self, webhook: Webhook) -> StreamKey:
-        """The cursor, or the oldest kept entry when retention has passed it."""
-        trimmed = await self.store.trimmed_before()
-        if webhook.cursor >= trimmed:
-            return webhook.cursor
-        log.warning("webhook %s: retention passed its cursor; history truncated", webhook.id)
-        if not await self.registry.advance(webhook.id, self.token, trimmed, truncated=True):
-            raise LeaseLost
-        return trimmed
-
     async def _catch_up(
         self,
         webhook: Webhook,
@@ -298,7 +289,10 @@ class Deliverer:
         http: aiohttp.ClientSession,
     ) -> StreamKey:
         """Send everything matching after ``cursor``; return the last entry read."""
-        async for page, _ in self.store.pages_raw(cursor, None):
+        lost: list[Window] = []
+        async for page, _ in self.store.pages_raw(cursor, None, lost):
+            if lost:
+                cursor = await self._skip_lost(webhook, lost, cursor)
             if not page:
                 break
             chosen = await self.store.redact([e for e in page if wanted.passes(e)])
@@ -317,6 +311,26 @@ class Deliverer:
                 if not await self.registry.advance(webhook.id, self.token, cursor):
                     raise LeaseLost
         return cursor
+
+    async def _skip_lost(
+        self, webhook: Webhook, lost: list[Window], cursor: StreamKey
+    ) -> StreamKey:
+        """Items after the cursor were gone before they were read (retention passed
+        it, or Redis lost them: see :meth:`Kept.lost_upto`): mark the webhook
+        ``history_truncated`` and move its cursor past them, before what follows."""
+        upto = max(gap.upto for gap in lost)
+        lost.clear()
+        if upto <= cursor:
+            return cursor
+        log.warning(
+            "webhook %s: items after %s up to %s are no longer kept; history truncated",
+            webhook.id,
+            format_id(cursor),
+            format_id(upto),
+        )
+        if not await self.registry.advance(webhook.id, self.token, upto, truncated=True):
+            raise LeaseLost
+        return upto
 
     async def _send(
         self, webhook: Webhook, entry: Entry, http: aiohttp.ClientSession, secret: str | None

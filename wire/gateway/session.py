@@ -288,18 +288,19 @@ class Session:
         self.reply(truncated_message(gap.after, gap.upto))
 
     async def _check_retention(self) -> None:
-        """Say ``history_truncated`` (once per ``since``) and skip what retention removed.
+        """Say ``history_truncated`` (once per ``since``) and skip what is lost.
 
-        Retention removed those items on every gateway; one that still has
-        some in memory must not send them (nor contradict the error).
+        Retention removed those items on every gateway (or Redis lost them,
+        see :meth:`Kept.lost_upto`); one that still has some in memory must
+        not send them (nor contradict the error).
         """
         for i, source in enumerate(self.owed):
             if isinstance(source, Since) and source.unchecked is not None:
                 since, window = source.unchecked, source.window
-                trimmed = await self.store.trimmed_before()
-                if is_truncated(since, trimmed):
-                    self.reply(truncated_message(since, trimmed))
-                    window = Window(max(window.after, trimmed), window.upto)
+                lost = (await self.store.kept()).lost_upto(since)
+                if is_truncated(since, lost):
+                    self.reply(truncated_message(since, lost))
+                    window = Window(max(window.after, lost), window.upto)
                 self.owed[i] = replace(source, window=window, unchecked=None)
 
     async def _send(self, entries: list[Entry]) -> None:

@@ -37,9 +37,9 @@ from wire.core.errors import (
     ValidationError,
     WireError,
 )
-from wire.core.ids import ZERO, StreamKey, format_id, parse_id
+from wire.core.ids import ZERO, StreamKey, format_id, parse_id, preceding
 from wire.core.items import Submission
-from wire.core.resume import Window
+from wire.core.resume import Kept, Window
 from wire.core.stored import Layout, published_now, with_id
 from wire.runtime.settings import Settings
 from wire.storage import keys, scripts, story_pages
@@ -115,9 +115,9 @@ class Filter(NamedTuple):
         return not self.languages or entry.withdrawal or entry.language in self.languages
 
 
-def trimmed_of(info: dict[str, Any]) -> StreamKey:
-    """The greatest id retention removed, from ``XINFO STREAM``'s fields (values as
-    str, bytes or int; those missing count as nothing trimmed)."""
+def kept_of(info: dict[str, Any]) -> Kept:
+    """What retention removed and the oldest entry kept, from ``XINFO STREAM``'s
+    fields (values as str, bytes or int; those missing count as nothing trimmed)."""
 
     def text(name: str) -> str:
         raw = info.get(name)
@@ -128,17 +128,14 @@ def trimmed_of(info: dict[str, Any]) -> StreamKey:
         return parse_id(raw if raw != "0" else "0-0", field=name)
 
     trimmed = key("max-deleted-entry-id")
+    length = int(text("length"))
+    first = key("recorded-first-entry-id") if length else None
     # Redis 7.0 does not move max-deleted-entry-id on XTRIM, which is how
     # retention removes entries: when fewer entries remain than were ever
     # added, everything before the first one kept is gone too.
-    length = int(text("length"))
     if int(text("entries-added")) > length:
-        if length:
-            ms, seq = key("recorded-first-entry-id")
-            trimmed = max(trimmed, (ms, seq - 1) if seq else (ms - 1, 2**64 - 1))
-        else:
-            trimmed = max(trimmed, key("last-generated-id"))
-    return trimmed
+        trimmed = max(trimmed, preceding(first) if first is not None else key("last-generated-id"))
+    return Kept(trimmed, first)
 
 
 class Retention(NamedTuple):
@@ -289,7 +286,7 @@ class Store:
     def __init__(self, redis: aioredis.Redis, settings: Settings) -> None:
         self.redis = redis
         self.settings = settings
-        self._trimmed: asyncio.Future[StreamKey] | None = None
+        self._kept: asyncio.Future[Kept] | None = None
         self._publish = redis.register_script(scripts.PUBLISH)
         self._withdraw = redis.register_script(scripts.WITHDRAW)
         self._embargo = redis.register_script(scripts.EMBARGO)
@@ -720,23 +717,23 @@ class Store:
         rows = await self.redis.xrevrange(keys.STREAM, count=1)
         return _entries(rows)[0].key if rows else (0, 0)
 
-    async def trimmed_before(self) -> StreamKey:
-        """The greatest id ever trimmed away by retention ((0, 0) if none).
+    async def kept(self) -> Kept:
+        """What retention removed and the oldest entry kept (see :class:`Kept`).
 
         Concurrent callers (a resume storm: thousands of clients at once)
         share one ``XINFO`` in flight instead of sending one each, so an
         answer is at most one round trip old.
         """
-        if self._trimmed is None or self._trimmed.done():
-            self._trimmed = asyncio.ensure_future(self._read_trimmed())
-        return await asyncio.shield(self._trimmed)
+        if self._kept is None or self._kept.done():
+            self._kept = asyncio.ensure_future(self._read_kept())
+        return await asyncio.shield(self._kept)
 
-    async def _read_trimmed(self) -> StreamKey:
+    async def _read_kept(self) -> Kept:
         try:
             info = await self.redis.xinfo_stream(keys.STREAM)
         except aioredis.ResponseError:  # no such key: nothing stored, nothing trimmed
-            return (0, 0)
-        return trimmed_of(info)
+            return Kept(ZERO, None)
+        return kept_of(info)
 
     async def length(self) -> int:
         """Number of entries currently kept."""
@@ -799,15 +796,16 @@ class Store:
             yield found, onward is None
 
     async def pages_raw(
-        self, after: StreamKey, upto: StreamKey | None
+        self, after: StreamKey, upto: StreamKey | None, gaps: list[Window] | None = None
     ) -> AsyncIterator[tuple[list[Entry], bool]]:
         """Every entry with after < id <= upto, unfiltered and unredacted, oldest
         first, in pages of about PAGE_BYTES: (page, whether more may remain).
 
         A short page does not mean the range ended (a page of big items is
-        short); only the second element says so.
+        short); only the second element says so. Ranges lost before they were
+        read go to ``gaps`` (when given), as for :meth:`pages_after`.
         """
-        read, cursor = self._reader_after(upto), after
+        read, cursor = self._reader_after(upto, gaps), after
         while True:
             page, more = await read(cursor, PAGE)
             more = more and bool(page)
@@ -834,16 +832,16 @@ class Store:
 
     async def _page(
         self, low: str, high: str, count: int, newest_first: bool = False
-    ) -> tuple[list[Entry], bool, StreamKey]:
+    ) -> tuple[list[Entry], bool, Kept]:
         """Up to ``count`` entries and about PAGE_BYTES of them (see ``scripts.RANGE``),
-        whether more may follow, and what retention had removed when they were read."""
+        whether more may follow, and what the stream kept when they were read."""
         args: list[str | int] = [low, high, count, PAGE_BYTES, 1 if newest_first else 0]
         rows, ended, trim = await self._range(keys=[keys.STREAM], args=args)
         entries = [
             Entry.from_fields(eid, dict(zip(f[::2], f[1::2], strict=True))) for eid, f in rows
         ]
         fields = {name.decode(): value for name, value in zip(trim[::2], trim[1::2], strict=True)}
-        return entries, not ended, trimmed_of(fields)
+        return entries, not ended, kept_of(fields)
 
     async def _reader_before(
         self, cursor: StreamKey | None, count: int
@@ -855,14 +853,15 @@ class Store:
         return page, more
 
     def _reader_after(self, upto: StreamKey | None, gaps: list[Window] | None = None) -> _Read:
-        """Reads forward up to ``upto``; with ``gaps``, each range that retention
-        removed after the cursor before it was read is added to it."""
+        """Reads forward up to ``upto``; with ``gaps``, each range that was lost after
+        the cursor before it was read (see :meth:`Kept.lost_upto`) is added to it."""
         high = format_id(upto) if upto is not None else "+"
 
         async def read(cursor: StreamKey | None, count: int) -> tuple[list[Entry], bool]:
             assert cursor is not None
-            page, more, trimmed = await self._page("(" + format_id(cursor), high, count)
-            end = trimmed if upto is None else min(trimmed, upto)
+            page, more, kept = await self._page("(" + format_id(cursor), high, count)
+            lost = kept.lost_upto(cursor)
+            end = lost if upto is None else min(lost, upto)
             if gaps is not None and end > cursor:  # not a window already read to its end
                 gaps.append(Window(cursor, end))
             return page, more

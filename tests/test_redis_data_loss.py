@@ -1,0 +1,128 @@
+"""Redis loses its data: a client resuming from an item it saw is told so.
+
+A Redis restarted without persistence (or a failover to an empty replica)
+comes back with no stream; the wire goes on publishing into a new one, whose
+ids are later than every id of the old (they are times). A client that
+resumes from an item of the old stream used to get the new items without a
+word about those lost in between. Now every read from such a cursor says
+``history_truncated``, up to just before the new stream's first item, as for
+what retention removed; a read from the very start (0-0) lost nothing it
+knew of, and is not told. Real Redis, restarted; real sockets.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from tests.conftest import ServerFactory
+from tests.support import (
+    WEBHOOKS_FAST,
+    Receiver,
+    RedisServer,
+    admin,
+    eventually,
+    get_json,
+    publish,
+    sse_events,
+    wait_for,
+)
+from wire.core.ids import format_id, parse_id, preceding
+from wire.storage import keys
+
+pytestmark = pytest.mark.fault  # restarts the Redis it runs on
+
+
+def tag() -> str:
+    return "loss-" + os.urandom(4).hex()
+
+
+async def ws_messages(url: str, count: int) -> list[dict[str, Any]]:
+    """The first ``count`` messages of a WebSocket subscription."""
+    async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
+        return [await ws.receive_json(timeout=10) for _ in range(count)]
+
+
+async def test_a_cursor_from_before_redis_lost_its_data_is_told_history_truncated(
+    make_server: ServerFactory, redis_server: RedisServer, http: aiohttp.ClientSession
+) -> None:
+    server = await make_server()
+    news = tag()
+    before = [
+        (await publish(http, server.base, tags=[news], title=f"before {i}"))["id"] for i in range(3)
+    ]
+    redis_server.stop()  # no persistence: everything is gone
+    redis_server.start()
+    await eventually(
+        lambda: get_json(http, server.base + "/readyz"), lambda r: r[0] == 200, "ready again"
+    )
+    after = [
+        (await publish(http, server.base, tags=[news], title=f"after {i}"))["id"] for i in range(2)
+    ]
+    assert parse_id(after[0]) > parse_id(before[-1]), "the new stream's ids are later"
+    gone = format_id(preceding(parse_id(after[0])))
+    told = f"items after {before[1]} up to {gone} are no longer kept"
+
+    # WebSocket, resuming from the second item it saw.
+    got = await ws_messages(f"{server.ws}?tags={news}&since={before[1]}", 4)
+    assert [m["type"] for m in got] == ["subscribed", "error", "item", "item"], got
+    assert got[1]["code"] == "history_truncated" and told in got[1]["message"]
+    assert [m["item"]["id"] for m in got[2:]] == after
+    # From the very start: everything kept, and nothing to tell.
+    got = await ws_messages(f"{server.ws}?tags={news}&since=0-0", 3)
+    assert [m["type"] for m in got] == ["subscribed", "item", "item"], got
+
+    # An EventSource reconnecting with the last id it saw.
+    url = f"{server.base}/v1/sse?tags={news}"
+    async with http.get(url, headers={"Last-Event-ID": before[-1]}) as resp:
+        events = await sse_events(resp, 4)
+    assert [name for name, _ in events] == ["subscribed", "error", "item", "item"], events
+    assert events[1][1]["code"] == "history_truncated"
+    assert f"items after {before[-1]} up to {gone}" in events[1][1]["message"]
+    assert [data["id"] for _, data in events[2:]] == after
+
+    # A partner polling with the cursor of its last read.
+    url = f"{server.base}/v1/items"
+    status, body = await get_json(http, url, params={"after": before[0], "tags": news})
+    assert status == 200, body
+    assert body["history_truncated"] == [{"after": before[0], "upto": gone}]
+    assert [i["id"] for i in body["items"]] == after
+    status, body = await get_json(http, url, params={"after": "0-0", "tags": news})
+    assert status == 200 and "history_truncated" not in body, body
+    assert [i["id"] for i in body["items"]] == after
+    status, body = await get_json(http, url, params={"after": after[0], "tags": news})
+    assert status == 200 and body["items"][0]["id"] == after[1], "a cursor of the new stream"
+    assert "history_truncated" not in body
+
+
+async def test_a_webhook_whose_stream_was_lost_is_marked_history_truncated(
+    make_server: ServerFactory, redis_server: RedisServer, http: aiohttp.ClientSession
+) -> None:
+    """The stream alone is gone (its key deleted; the webhook registry kept): the
+    deliverer that takes the webhook up again says so, and goes on with what is kept."""
+    receiver = await Receiver().start()
+    try:
+        server = await make_server(**WEBHOOKS_FAST)
+        news = tag()
+        body = {"url": receiver.url, "tags": [news]}
+        async with http.post(server.base + "/v1/webhooks", json=body, headers=admin()) as resp:
+            assert resp.status == 201, await resp.text()
+            hook = (await resp.json())["webhook"]["id"]
+        before = [(await publish(http, server.base, tags=[news], title="before"))["id"]]
+        await wait_for(lambda: len(receiver.ok()) == 1, "the first delivery")
+        await server.stop()  # its deliverer lets the webhook go
+        with redis_server.client() as r:
+            r.delete(keys.STREAM)
+        server = await make_server(**WEBHOOKS_FAST)
+        after = [(await publish(http, server.base, tags=[news], title="after"))["id"]]
+        await wait_for(lambda: len(receiver.ok()) == 2, "the delivery after the loss")
+        status, got = await get_json(http, f"{server.base}/v1/webhooks/{hook}", headers=admin())
+        assert status == 200 and got["webhook"]["history_truncated"] is True, got
+        delivered = [orjson.loads(b)["item"]["id"] for _, b in receiver.ok()]
+        assert delivered == before + after
+    finally:
+        await receiver.stop()
