@@ -274,6 +274,11 @@ class WireProcess:
         return code
 
 
+def own_tag(prefix: str) -> str:
+    """A tag of the calling test's own, so items of other tests never match it."""
+    return f"{prefix}-{os.urandom(4).hex()}"
+
+
 def item(title: str = "Headline", tags: list[str] | None = None, **extra: Any) -> dict[str, Any]:
     """A valid item body."""
     return {"title": title, "tags": tags or ["world"], **extra}

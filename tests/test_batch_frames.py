@@ -10,7 +10,6 @@ subscriber library (which asks for batches by default).
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import Any
 
 import aiohttp
@@ -22,7 +21,7 @@ from websockets.exceptions import InvalidStatus
 
 import subscriber
 from tests.conftest import Server
-from tests.support import parse_frames, post, publish
+from tests.support import own_tag, parse_frames, post, publish
 from tests.test_fanout import FakeTransport, drained, entry
 from tests.test_gateway import WAIT, refused
 from wire.core import frames
@@ -154,9 +153,6 @@ def test_sse_ignores_batch() -> None:
 # --- real sockets -----------------------------------------------------------------
 
 
-def tag() -> str:
-    return "batch-" + os.urandom(4).hex()
-
 
 async def frames_until(url: str, count: int) -> list[list[dict[str, Any]]]:
     """Connect, then the item messages of each frame until ``count`` items came."""
@@ -174,7 +170,7 @@ async def frames_until(url: str, count: int) -> list[list[dict[str, Any]]]:
 async def test_a_replay_comes_in_one_frame_to_a_batch_connection(
     server: Server, http: aiohttp.ClientSession
 ) -> None:
-    world = tag()
+    world = own_tag("batch")
     since = (await publish(http, server.base, tags=[world], title="before"))["id"]
     ids = [(await publish(http, server.base, tags=[world], title=str(i)))["id"] for i in range(20)]
     url = f"{server.ws}?tags={world}&since={since}"
@@ -188,7 +184,7 @@ async def test_a_replay_comes_in_one_frame_to_a_batch_connection(
 async def test_live_items_with_newlines_arrive_once_in_order(
     server: Server, http: aiohttp.ClientSession
 ) -> None:
-    world = tag()
+    world = own_tag("batch")
     body = "first line\nsecond line\n\u2028third \\n \\"
     async with connect(f"{server.ws}?tags={world}&batch=true", proxy=None) as ws:
         assert orjson.loads(await ws.recv())["type"] == "subscribed"
@@ -219,7 +215,7 @@ async def test_a_bad_batch_value_is_refused_with_a_400(server: Server, value: st
 async def test_the_subscriber_library_yields_the_same_with_and_without_batches(
     server: Server, http: aiohttp.ClientSession
 ) -> None:
-    world = tag()
+    world = own_tag("batch")
     ids = [(await publish(http, server.base, tags=[world], title=str(i)))["id"] for i in range(30)]
     since = ids[0]
     seen: dict[bool, list[str]] = {}

@@ -7,7 +7,6 @@ must stay false (well-formed XML, a valid Atom document).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +17,10 @@ from multidict import CIMultiDict
 from playwright.async_api import expect
 
 from tests.conftest import Server, ServerFactory
-from tests.support import EDITOR_TOKEN, chromium, publish, sport_partner
+from tests.support import EDITOR_TOKEN, chromium, own_tag, publish, sport_partner
 
 AUTH = {"Authorization": f"Bearer {EDITOR_TOKEN}"}
 
-
-def tag() -> str:
-    """A tag of this test's own, so other tests' items never match."""
-    return "feed-" + os.urandom(4).hex()
 
 
 async def fetch(
@@ -44,14 +39,14 @@ def parse(body: bytes) -> Any:
 async def test_a_feed_parses_cleanly_with_entries_authors_categories_and_links(
     server: Server, http: aiohttp.ClientSession
 ) -> None:
-    t = tag()
+    t = own_tag("feed")
     first = await publish(
         http, server.base, "First <story> & more", [t, f"{t}/sub"],
         byline="Ann Reporter", subtitle="A subtitle", body="Body text\nsecond line",
         url="https://example.com/first",
     )
     second = await publish(http, server.base, "Second", [t], summary="The summary")
-    await publish(http, server.base, "Elsewhere", [tag()])
+    await publish(http, server.base, "Elsewhere", [own_tag("feed")])
     status, headers, body = await fetch(http, f"{server.base}/v1/feed.atom?tags={t}")
     assert status == 200
     assert headers["Content-Type"] == "application/atom+xml; charset=utf-8"
@@ -82,7 +77,7 @@ async def test_a_feed_parses_cleanly_with_entries_authors_categories_and_links(
 async def test_a_later_version_is_published_when_the_story_first_ran(
     server: Server, http: aiohttp.ClientSession
 ) -> None:
-    t = tag()
+    t = own_tag("feed")
     first = await publish(http, server.base, "v1", [t], guid=f"{t}-story")
     second = await publish(http, server.base, "v2", [t], guid=f"{t}-story")
     _, _, body = await fetch(http, f"{server.base}/v1/feed.atom?tags={t}")
@@ -96,7 +91,7 @@ async def test_a_later_version_is_published_when_the_story_first_ran(
 async def test_limit_and_language_filter_and_bad_limit(
     server: Server, http: aiohttp.ClientSession
 ) -> None:
-    t = tag()
+    t = own_tag("feed")
     for i in range(3):
         await publish(http, server.base, f"en {i}", [t], language="en")
     await publish(http, server.base, "ru", [t], language="ru")
@@ -109,7 +104,7 @@ async def test_limit_and_language_filter_and_bad_limit(
 async def test_if_none_match_gives_304_until_something_new_matches(
     server: Server, http: aiohttp.ClientSession
 ) -> None:
-    t = tag()
+    t = own_tag("feed")
     await publish(http, server.base, "One", [t])
     url = f"{server.base}/v1/feed.atom?tags={t}"
     _, headers, _ = await fetch(http, url)
@@ -120,7 +115,7 @@ async def test_if_none_match_gives_304_until_something_new_matches(
     assert again["Access-Control-Allow-Origin"] == "*"  # a read, like GET /v1/items
     status, _, _ = await fetch(http, url, {"If-None-Match": f'"other", W/{etag}'})
     assert status == 304
-    await publish(http, server.base, "Elsewhere", [tag()])  # does not match: still 304
+    await publish(http, server.base, "Elsewhere", [own_tag("feed")])  # does not match: still 304
     status, _, _ = await fetch(http, url, {"If-None-Match": etag})
     assert status == 304
     await publish(http, server.base, "Two", [t])
@@ -130,7 +125,7 @@ async def test_if_none_match_gives_304_until_something_new_matches(
 
 
 async def test_a_withdrawn_story_is_absent(server: Server, http: aiohttp.ClientSession) -> None:
-    t = tag()
+    t = own_tag("feed")
     await publish(http, server.base, "Kept", [t], guid=f"{t}-kept")
     await publish(http, server.base, "Killed v1", [t], guid=f"{t}-killed")
     await publish(http, server.base, "Killed v2", [t], guid=f"{t}-killed")
@@ -175,7 +170,7 @@ async def test_entitlements_apply_and_the_token_is_never_echoed(
 async def test_the_desk_links_the_feed_of_its_current_filter(
     server: Server, http: aiohttp.ClientSession
 ) -> None:
-    t = tag()
+    t = own_tag("feed")
     await publish(http, server.base, "Linked", [t])
     async with chromium() as browser:
         page = await browser.new_page()

@@ -9,7 +9,6 @@ either the validator refuses it or every output carries it, unchanged.
 from __future__ import annotations
 
 import json
-import os
 import xml.dom.minidom
 from pathlib import Path
 from typing import Any
@@ -20,12 +19,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from tests.conftest import Server
-from tests.support import chromium, item, post
-
-
-def tag() -> str:
-    """A tag of this test's own, so other tests' items never match."""
-    return "foreign-" + os.urandom(4).hex()
+from tests.support import chromium, item, own_tag, post
 
 
 async def atom(http: aiohttp.ClientSession, url: str) -> Any:
@@ -47,7 +41,7 @@ async def test_a_character_xml_cannot_carry_is_refused_not_dropped_from_the_feed
     """XML 1.0 has no U+FFFE or U+FFFF, even as a character reference: the
     feed dropped them while JSON, ninjs and SSE kept them, so the same item
     read differently (a link in the feed pointed elsewhere). They are refused."""
-    t = tag()
+    t = own_tag("foreign")
     value = f"https://example.com/a{char}b" if field == "url" else f"a{char}b"
     sent: dict[str, Any] = {**item("T", [t]), field: value}
     status, body = await post(http, server.base, sent)
@@ -79,7 +73,7 @@ async def test_extra_that_ninjs_cannot_carry_is_refused(
     """``extra`` goes out at the top level of ninjs: a name ninjs 3.x does not
     have (and no ``prefix:name`` of another provider), or a ninjs property of
     the wrong JSON type, made every ninjs read of the item schema-invalid."""
-    status, body = await post(http, server.base, item("T", [tag()], extra=extra))
+    status, body = await post(http, server.base, item("T", [own_tag("foreign")], extra=extra))
     if status == 201:
         url = f"{server.base}/v1/items/{body['item']['id']}?format=ninjs"
         async with http.get(url) as resp:
@@ -92,7 +86,7 @@ async def test_extra_that_ninjs_can_carry_reads_as_valid_ninjs(
     server: Server, http: aiohttp.ClientSession
 ) -> None:
     extra = {"profile": "p", "eventDetails": {"a": 1}, "acme:note": [1, {"x": None}]}
-    status, body = await post(http, server.base, item("T", [tag()], extra=extra))
+    status, body = await post(http, server.base, item("T", [own_tag("foreign")], extra=extra))
     assert status == 201, body
     async with http.get(f"{server.base}/v1/items/{body['item']['id']}?format=ninjs") as resp:
         doc = await resp.json(content_type=None)
@@ -155,7 +149,7 @@ async def test_chromium_parses_the_feed_and_reads_every_hostile_title_back(
 ) -> None:
     """Chromium's XML parser (``DOMParser``, ``application/xml``), as a page or
     extension would read the feed: well-formed, and every entry's text exact."""
-    t = tag()
+    t = own_tag("foreign")
     sent = hostile_items(t, "Atom")
     stored = []
     for body in sent:

@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from websockets.exceptions import InvalidStatus
 
 from tests.conftest import Server, ServerFactory
-from tests.support import EDITOR_TOKEN, publish
+from tests.support import EDITOR_TOKEN, own_tag, publish
 from tests.test_gateway import SSE, fence, refused, sse, subscriber
 from wire.core.entry import Entry, language_keys
 from wire.core.errors import ValidationError
@@ -27,11 +27,6 @@ from wire.gateway.conn import Conn
 from wire.gateway.holding import Holding
 from wire.gateway.hub import Hub
 from wire.storage import keys as store_keys
-
-
-def tag() -> str:
-    """A tag of this test's own, so items of other tests never match."""
-    return "lang-" + os.urandom(4).hex()
 
 
 async def item(
@@ -59,7 +54,7 @@ async def sse_items_until(events: SSE, title: str) -> list[tuple[str, str]]:
 async def test_filtered_and_unfiltered_connections_each_get_exactly_theirs_in_order(
     server: Server, http: aiohttp.ClientSession
 ) -> None:
-    world, sport = tag(), tag()
+    world, sport = own_tag("lang"), own_tag("lang")
     async with (
         subscriber(server.ws) as ru,
         subscriber(server.ws) as everyone,
@@ -92,7 +87,7 @@ async def test_filtered_and_unfiltered_connections_each_get_exactly_theirs_in_or
 async def test_languages_are_a_property_of_the_subscription(
     server: Server, http: aiohttp.ClientSession
 ) -> None:
-    world, more = tag(), tag()
+    world, more = own_tag("lang"), own_tag("lang")
     async with subscriber(server.ws) as s:
         await s.send(type="subscribe", tags=[world], languages=["ru"])
         await s.expect("subscribed", tags=[world], languages=["ru"])
@@ -120,7 +115,7 @@ async def test_languages_are_a_property_of_the_subscription(
 
 
 async def test_query_lang_on_the_websocket_url(server: Server, http: aiohttp.ClientSession) -> None:
-    world = tag()
+    world = own_tag("lang")
     async with subscriber(f"{server.ws}?tags={world}&lang=EN,ru") as s:
         await s.expect("subscribed", tags=[world], languages=["en", "ru"])
         await item(http, server, [world], "de", "de")
@@ -140,7 +135,7 @@ async def test_query_lang_on_the_websocket_url(server: Server, http: aiohttp.Cli
 async def test_a_withdrawal_passes_every_language_filter(
     server: Server, http: aiohttp.ClientSession
 ) -> None:
-    world = tag()
+    world = own_tag("lang")
     guid = "lang-kill-" + os.urandom(4).hex()
     async with subscriber(server.ws) as ru, subscriber(server.ws) as en:
         await ru.send(type="subscribe", tags=[world], languages=["ru"])
@@ -197,7 +192,7 @@ async def test_bad_lang_on_sse_is_a_400(server: Server, http: aiohttp.ClientSess
 async def test_sse_lang_live_and_on_last_event_id_resume(
     server: Server, http: aiohttp.ClientSession
 ) -> None:
-    world = tag()
+    world = own_tag("lang")
     url = f"{server.base}/v1/sse?tags={world}&lang=ru"
     async with sse(http, url) as events:
         _head, data = await events.event()
@@ -224,7 +219,7 @@ async def test_resume_with_since_backfill_and_compact_is_filtered(
 ) -> None:
     """With ``recent_items=1`` the window holds (almost) nothing: history comes from Redis."""
     server = await make_server(recent_items=recent_items)
-    world = tag()
+    world = own_tag("lang")
     start = await item(http, server, [world], "en", "start")
     ids = {}
     for n in range(3):
@@ -255,7 +250,7 @@ async def test_resume_with_since_backfill_and_compact_is_filtered(
 async def test_the_stream_entry_carries_the_normalized_language(
     server: Server, http: aiohttp.ClientSession, redis_url: str
 ) -> None:
-    stored = await publish(http, server.base, tags=[tag()], language="pt-br", title="x")
+    stored = await publish(http, server.base, tags=[own_tag("lang")], language="pt-br", title="x")
     client = aioredis.from_url(redis_url)
     try:
         rows: Any = await client.xrange(store_keys.STREAM, stored["id"], stored["id"])

@@ -10,7 +10,6 @@ answer empty).
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +18,10 @@ import pytest
 
 from publisher.longpoll import WATCHER
 from tests.conftest import Server, ServerFactory
-from tests.support import batch_ids, get_json, publish, sport_partner, wait_for
+from tests.support import batch_ids, get_json, own_tag, publish, sport_partner, wait_for
 from tests.test_ninjs import run_export
 from wire.core.ids import parse_id
 from wire.web.appkeys import ARRIVALS
-
-
-def tag() -> str:
-    """A tag of this test's own, so other tests' items never match."""
-    return "poll-" + os.urandom(4).hex()
 
 
 async def poll(
@@ -43,7 +37,7 @@ async def poll(
 async def test_a_loop_on_next_gets_every_item_of_four_publishers_once_in_order(
     server: Server, http: aiohttp.ClientSession
 ) -> None:
-    t = tag()
+    t = own_tag("poll")
 
     async def publisher(k: int) -> None:
         for i in range(125):
@@ -75,13 +69,13 @@ async def test_a_loop_on_next_gets_every_item_of_four_publishers_once_in_order(
 async def test_a_wait_ends_with_a_matching_item_and_not_with_another(
     server: Server, http: aiohttp.ClientSession
 ) -> None:
-    t = tag()
+    t = own_tag("poll")
     start = (await publish(http, server.base, "before", [t]))["id"]
     arrivals = server.app[ARRIVALS]
     waiting = asyncio.create_task(poll(http, server, start, tags=t))
     await wait_for(lambda: arrivals.waiting == 1, "the request to wait")
     seen = arrivals.published
-    await publish(http, server.base, "other", [tag()])
+    await publish(http, server.base, "other", [own_tag("poll")])
     await wait_for(lambda: arrivals.published > seen, "the reader to dispatch the other item")
     for _ in range(20):  # let the woken waiter run: it must go back to waiting
         await asyncio.sleep(0)
@@ -96,9 +90,9 @@ async def test_a_wait_ends_with_a_matching_item_and_not_with_another(
 async def test_an_empty_answer_carries_the_cursor_it_waited_from(
     server: Server, http: aiohttp.ClientSession
 ) -> None:
-    t = tag()
+    t = own_tag("poll")
     start = (await publish(http, server.base, "only", [t]))["id"]
-    await publish(http, server.base, "other", [tag()])
+    await publish(http, server.base, "other", [own_tag("poll")])
     assert await poll(http, server, start, "0", tags=t) == {"items": [], "next": start}
     # Without wait, the end of the stream still has no next (paging as before).
     status, body = await get_json(
@@ -125,7 +119,7 @@ async def test_past_max_waiters_a_read_answers_at_once_and_a_gone_client_frees_i
     make_server: ServerFactory, http: aiohttp.ClientSession
 ) -> None:
     server = await make_server(max_waiters=1)
-    t = tag()
+    t = own_tag("poll")
     arrivals = server.app[ARRIVALS]
     async with aiohttp.ClientSession() as other:
         first = asyncio.create_task(poll(other, server, "0-0", tags=t))
@@ -140,7 +134,7 @@ async def test_a_publisher_only_process_waits_on_its_own_watcher(
     make_server: ServerFactory, http: aiohttp.ClientSession
 ) -> None:
     server = await make_server(gateway=False)
-    t = tag()
+    t = own_tag("poll")
     start = (await publish(http, server.base, "before", [t]))["id"]
     arrivals, watcher = server.app[ARRIVALS], server.app[WATCHER]
     assert not watcher.started  # nobody waited yet: no reads of its own
@@ -148,7 +142,7 @@ async def test_a_publisher_only_process_waits_on_its_own_watcher(
     await wait_for(lambda: arrivals.waiting == 1, "the request to wait")
     await wait_for(lambda: watcher.position is not None, "the watcher to find the end")
     seen = arrivals.published
-    await publish(http, server.base, "other", [tag()])
+    await publish(http, server.base, "other", [own_tag("poll")])
     await wait_for(lambda: arrivals.published > seen, "the watcher to read the other item")
     for _ in range(20):
         await asyncio.sleep(0)
@@ -196,11 +190,11 @@ async def test_a_cursor_retention_passed_is_told_history_truncated_and_moves_pas
     moves past it even when nothing matched, so the notice is not repeated;
     ``wire export --after`` says so on stderr."""
     server = await make_server(max_items=300)
-    news, quiet = tag(), tag()
+    news, quiet = own_tag("poll"), own_tag("poll")
     early = await batch_ids(http, server.base, "Early", 50, news)
     gone = await batch_ids(http, server.base, "Quiet", 5, quiet)
     for part in range(3):  # the stream past its limit: the oldest are trimmed
-        await batch_ids(http, server.base, f"Other {part}", 200, tag())
+        await batch_ids(http, server.base, f"Other {part}", 200, own_tag("poll"))
     late = await batch_ids(http, server.base, "Late", 5, news)
     url = f"{server.base}/v1/items"
     for wait in ({}, {"wait": "5"}):

@@ -12,7 +12,6 @@ knew of, and is not told. Real Redis, restarted; real sockets.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import aiohttp
@@ -27,6 +26,7 @@ from tests.support import (
     admin,
     eventually,
     get_json,
+    own_tag,
     publish,
     sse_events,
     wait_for,
@@ -36,9 +36,6 @@ from wire.storage import keys
 
 pytestmark = pytest.mark.fault  # restarts the Redis it runs on
 
-
-def tag() -> str:
-    return "loss-" + os.urandom(4).hex()
 
 
 async def ws_messages(url: str, count: int) -> list[dict[str, Any]]:
@@ -51,7 +48,7 @@ async def test_a_cursor_from_before_redis_lost_its_data_is_told_history_truncate
     make_server: ServerFactory, redis_server: RedisServer, http: aiohttp.ClientSession
 ) -> None:
     server = await make_server()
-    news = tag()
+    news = own_tag("loss")
     before = [
         (await publish(http, server.base, tags=[news], title=f"before {i}"))["id"] for i in range(3)
     ]
@@ -107,7 +104,7 @@ async def test_a_webhook_whose_stream_was_lost_is_marked_history_truncated(
     receiver = await Receiver().start()
     try:
         server = await make_server(**WEBHOOKS_FAST)
-        news = tag()
+        news = own_tag("loss")
         body = {"url": receiver.url, "tags": [news]}
         async with http.post(server.base + "/v1/webhooks", json=body, headers=admin()) as resp:
             assert resp.status == 201, await resp.text()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -28,6 +27,7 @@ from tests.support import (
     admin,
     eventually,
     get_json,
+    own_tag,
     publish,
     sse_items,
     wait_for,
@@ -47,9 +47,6 @@ DAMAGED: list[dict[str, Any]] = [
     {"j": b"{}", "t": b"\xff\xfe", "u": "1", "g": "bad-utf8", "l": "en"},
 ]
 
-
-def tag() -> str:
-    return "loop-" + os.urandom(4).hex()
 
 
 def add_damaged(server: Server) -> list[str]:
@@ -92,7 +89,7 @@ async def test_the_gateway_reader_skips_a_damaged_entry_and_delivers_what_follow
     server: Server, http: Http, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING)
-    t = tag()
+    t = own_tag("loop")
     await all_tasks_ready(http, server)
     async with watching(http, server, t) as (resp, _):
         bad = add_damaged(server)
@@ -109,7 +106,7 @@ async def test_history_and_long_polls_read_past_a_damaged_entry(
     # A publisher alone: its long polls have a watcher of their own.
     server = await make_server(gateway=False)
     caplog.set_level(logging.WARNING)
-    t = tag()
+    t = own_tag("loop")
     before = await publish(http, server.base, "before", [t])
     params = {"after": before["id"], "wait": "5", "tags": t}
     # The first wait starts the watcher; it answers empty once its wait ends.
@@ -138,7 +135,7 @@ async def test_a_webhook_is_delivered_past_a_damaged_entry(
     receiver = await Receiver().start()
     try:
         server = await make_server(**WEBHOOKS_FAST)
-        t = tag()
+        t = own_tag("loop")
         await add_webhook(http, server, receiver.url, t)
         before = await publish(http, server.base, "before", [t])
         await wait_for(lambda: len(receiver.ok()) >= 1, "the first delivery")
@@ -185,7 +182,7 @@ async def test_a_reader_of_everything_never_sees_the_damaged_entries(
     """The stand-in matches no subscription, ``*`` included: an event stream and a
     history read of everything go from the item before it to the item after."""
     caplog.set_level(logging.WARNING)
-    t = tag()
+    t = own_tag("loop")
     await all_tasks_ready(http, server)
     async with watching(http, server, t, everything=True) as (resp, before):
         add_damaged(server)
@@ -235,7 +232,7 @@ async def test_a_due_embargo_is_released_past_damaged_ones_due_with_it(
     server: Server, http: Http, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    t = tag()
+    t = own_tag("loop")
     await all_tasks_ready(http, server)
     # The stream exists, so a damaged item naming it finds a stream, not nothing.
     async with watching(http, server, t) as (resp, before):
@@ -294,7 +291,7 @@ async def test_a_webhook_is_delivered_next_to_damaged_ones_which_are_reported(
     receiver = await Receiver().start()
     try:
         server = await make_server(**WEBHOOKS_FAST)
-        t = tag()
+        t = own_tag("loop")
         await add_webhook(http, server, receiver.url, t)
         damaged = {
             name: await add_damaged_webhook(http, server, receiver.url, t, name)
@@ -337,7 +334,7 @@ async def test_webhooks_are_delivered_whatever_order_a_non_hash_webhook_key_come
     receivers = [await Receiver().start() for _ in range(4)]
     try:
         server = await make_server(**WEBHOOKS_FAST)
-        t = tag()
+        t = own_tag("loop")
         broken = await add_webhook(http, server, receivers[0].url, t)
         await control(http, server, broken, "pause")
         with sync_redis.Redis.from_url(server.settings.redis_url or "") as r:
