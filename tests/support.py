@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any, Protocol, Self, TypeVar
 
 import aiohttp
 import orjson
@@ -476,6 +476,54 @@ class Receiver:
             await self.runner.cleanup()
             self.runner = None
 
+
+
+# --- webhooks, through the admin API -------------------------------------------------
+
+
+class HasBase(Protocol):
+    """A running wire (an app in this process or a child process): its base URL."""
+
+    @property
+    def base(self) -> str: ...
+
+
+async def create_webhook(
+    http: aiohttp.ClientSession, server: HasBase, **body: Any
+) -> tuple[int, Any]:
+    """``POST /v1/webhooks`` with ``body``: the status and the decoded answer."""
+    async with http.post(server.base + "/v1/webhooks", json=body, headers=admin()) as resp:
+        return resp.status, await resp.json(content_type=None)
+
+
+async def add_webhook(
+    http: aiohttp.ClientSession, server: HasBase, url: str, **body: Any
+) -> dict[str, Any]:
+    """A webhook to ``url`` (``body`` the rest: tags...), created: its ``webhook`` object."""
+    status, answer = await create_webhook(http, server, url=url, **body)
+    assert status == 201, answer
+    made: dict[str, Any] = answer["webhook"]
+    return made
+
+
+async def webhook_state(
+    http: aiohttp.ClientSession, server: HasBase, webhook_id: str
+) -> dict[str, Any]:
+    """``GET /v1/webhooks/<id>``: its ``webhook`` object."""
+    status, body = await get_json(http, f"{server.base}/v1/webhooks/{webhook_id}", headers=admin())
+    assert status == 200, body
+    found: dict[str, Any] = body["webhook"]
+    return found
+
+
+async def webhook_control(
+    http: aiohttp.ClientSession, server: HasBase, webhook_id: str, op: str
+) -> dict[str, Any]:
+    """``POST /v1/webhooks/<id>/<op>`` (pause, resume, rotate-secret): its ``webhook``."""
+    async with http.post(f"{server.base}/v1/webhooks/{webhook_id}/{op}", headers=admin()) as resp:
+        assert resp.status == 200, await resp.text()
+        found: dict[str, Any] = (await resp.json())["webhook"]
+        return found
 
 # --- a catch-up stalled on a client that reads nothing yet -----------------------
 

@@ -11,40 +11,29 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import orjson
 import redis
 from aiohttp import web
 
-from tests.conftest import Server, ServerFactory
+from tests.conftest import ServerFactory
 from tests.support import (
     ADMIN,
     WEBHOOKS_FAST,
     Receiver,
     WireProcess,
     admin,
+    create_webhook,
     free_port,
     get_json,
     publish,
     wait_for,
+    webhook_state,
 )
 from wire.storage import keys
 
 FAST = WEBHOOKS_FAST
-
-
-async def create(http: aiohttp.ClientSession, server: Server, **body: Any) -> tuple[int, Any]:
-    async with http.post(server.base + "/v1/webhooks", json=body, headers=admin()) as resp:
-        return resp.status, await resp.json(content_type=None)
-
-
-async def state(http: aiohttp.ClientSession, server: Server, webhook_id: str) -> dict[str, Any]:
-    status, body = await get_json(http, f"{server.base}/v1/webhooks/{webhook_id}", headers=admin())
-    assert status == 200, body
-    found: dict[str, Any] = body["webhook"]
-    return found
 
 
 @dataclass
@@ -94,7 +83,7 @@ async def test_a_malformed_webhook_url_is_a_400_naming_url_never_a_500(
         "http://127.0.0.1:99999/hook",  # a port out of range: never deliverable
         "http://127.0.0.1:http/hook",  # a port that is not a number
     ):
-        status, answer = await create(http, server, url=url, tags=["world"])
+        status, answer = await create_webhook(http, server, url=url, tags=["world"])
         assert status == 400, (url, status, answer)
         assert answer["error"]["code"] == "invalid_field", (url, answer)
         assert answer["error"]["field"] == "url", (url, answer)
@@ -112,7 +101,7 @@ async def test_a_partner_that_is_not_a_name_is_refused_not_taken_for_no_partner(
     server = await make_server(**FAST, entitlements=grants)
     partners: tuple[object, ...] = (False, 0, [], {})
     for partner in partners:
-        status, answer = await create(
+        status, answer = await create_webhook(
             http, server, url="http://127.0.0.1:9/hook", tags=["*"], partner=partner
         )
         assert status == 400, (partner, status, answer)
@@ -129,16 +118,18 @@ async def test_a_webhooks_filter_is_bounded_like_a_subscriptions(
     server = await make_server(**FAST, max_tags=5)
     url = "http://127.0.0.1:9/hook"
     many = [f"topic-{n}" for n in range(6)]
-    status, answer = await create(http, server, url=url, tags=many)
+    status, answer = await create_webhook(http, server, url=url, tags=many)
     assert status == 400 and answer["error"]["code"] == "too_many_tags", answer
     assert answer["error"]["field"] == "tags", answer
     languages = ["en", "fr", "de", "it", "es", "pt"]
-    status, answer = await create(http, server, url=url, tags=["*"], languages=languages)
+    status, answer = await create_webhook(http, server, url=url, tags=["*"], languages=languages)
     assert status == 400 and answer["error"]["field"] == "languages", answer
     # At the limit both are fine; duplicates count once.
-    status, answer = await create(http, server, url=url, tags=[*many[:5], "TOPIC-0"])
+    status, answer = await create_webhook(http, server, url=url, tags=[*many[:5], "TOPIC-0"])
     assert status == 201, answer
-    status, answer = await create(http, server, url=url, tags=["*"], languages=languages[:5])
+    status, answer = await create_webhook(
+        http, server, url=url, tags=["*"], languages=languages[:5]
+    )
     assert status == 201, answer
 
 
@@ -164,7 +155,7 @@ async def test_a_receivers_gzip_bomb_answer_is_never_inflated_by_the_deliverer(
     receiver.chunks = [gzip_of_zeros(1 << 30)]
     await receiver.start()
     server = await make_server(**FAST, deliver_webhooks=False)
-    status, made = await create(http, server, url=receiver.url, tags=["world"])
+    status, made = await create_webhook(http, server, url=receiver.url, tags=["world"])
     assert status == 201, made
     env = {
         "WIRE_REDIS_URL": redis_url,
@@ -186,7 +177,7 @@ async def test_a_receivers_gzip_bomb_answer_is_never_inflated_by_the_deliverer(
         await publish(http, server.base, "bomb", ["world"])
         await wait_for(lambda: len(receiver.requests) >= 1, "the POST", within=30)
         deadline = time.monotonic() + 60
-        while (await state(http, server, webhook_id))["delivered"] < 1:
+        while (await webhook_state(http, server, webhook_id))["delivered"] < 1:
             assert time.monotonic() < deadline, "the 2xx was never counted"
             await asyncio.sleep(0.05)
         grown = peak_rss_mib(deliverer.proc.pid) - before
@@ -207,16 +198,16 @@ async def test_a_2xx_whose_body_never_ends_is_one_delivery_not_a_retry_loop(
     await receiver.start()
     try:
         server = await make_server(**FAST, webhook_timeout=1.0)
-        status, made = await create(http, server, url=receiver.url, tags=["world"])
+        status, made = await create_webhook(http, server, url=receiver.url, tags=["world"])
         assert status == 201, made
         await publish(http, server.base, "once", ["world"])
         webhook_id = made["webhook"]["id"]
-        shown = await state(http, server, webhook_id)
+        shown = await webhook_state(http, server, webhook_id)
         deadline = time.monotonic() + 15
         while shown["delivered"] < 1 and len(receiver.requests) < 3:
             assert time.monotonic() < deadline, shown
             await asyncio.sleep(0.05)
-            shown = await state(http, server, webhook_id)
+            shown = await webhook_state(http, server, webhook_id)
         assert shown["delivered"] == 1 and shown["last_status"] == 200, shown
         assert len(receiver.requests) == 1
     finally:
@@ -237,11 +228,12 @@ async def test_an_ipv4_address_embedded_in_ipv6_is_checked_like_the_ipv4_one(
         "https://[2002:7f00:1::]/hook",  # 6to4 of 127.0.0.1
         "https://[::169.254.169.254]/latest",  # IPv4-compatible
     ):
-        status, answer = await create(http, server, url=url, tags=["world"])
+        status, answer = await create_webhook(http, server, url=url, tags=["world"])
         assert status == 400, (url, status, answer)
         assert answer["error"]["field"] == "url", (url, answer)
     # A public IPv4 address behind NAT64 stays deliverable.
-    status, answer = await create(http, server, url="https://[64:ff9b::808:808]/", tags=["world"])
+    nat64 = "https://[64:ff9b::808:808]/"
+    status, answer = await create_webhook(http, server, url=nat64, tags=["world"])
     assert status == 201, answer
 
 
@@ -256,18 +248,18 @@ async def test_a_since_beyond_the_newest_item_still_gets_the_items_that_follow(
     try:
         server = await make_server(**FAST)
         await publish(http, server.base, "before", ["world"])
-        status, made = await create(
+        status, made = await create_webhook(
             http, server, url=receiver.url, tags=["world"], since="99999999999999-0"
         )
         assert status == 201, made
         after = await publish(http, server.base, "after", ["world"])
         webhook_id = made["webhook"]["id"]
-        shown = await state(http, server, webhook_id)
+        shown = await webhook_state(http, server, webhook_id)
         deadline = time.monotonic() + 10
         while shown["delivered"] < 1:
             assert time.monotonic() < deadline, f"nothing delivered: {shown}"
             await asyncio.sleep(0.05)
-            shown = await state(http, server, webhook_id)
+            shown = await webhook_state(http, server, webhook_id)
         assert shown["cursor"] == after["id"]
         assert [orjson.loads(b)["item"]["id"] for _, b in receiver.requests] == [after["id"]]
     finally:

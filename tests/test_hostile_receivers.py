@@ -24,31 +24,16 @@ from tests.conftest import Server, ServerFactory
 from tests.support import (
     WEBHOOKS_FAST,
     Receiver,
+    add_webhook,
     admin,
     free_port,
-    get_json,
     publish,
     wait_for,
+    webhook_state,
 )
 from wire.web.webhooks import DELIVERER
 
 FAST = WEBHOOKS_FAST
-
-
-async def hook(http: aiohttp.ClientSession, server: Server, url: str) -> str:
-    async with http.post(
-        server.base + "/v1/webhooks", json={"url": url, "tags": ["world"]}, headers=admin()
-    ) as resp:
-        assert resp.status == 201
-        made: str = (await resp.json())["webhook"]["id"]
-        return made
-
-
-async def state(http: aiohttp.ClientSession, server: Server, webhook_id: str) -> dict[str, Any]:
-    status, body = await get_json(http, f"{server.base}/v1/webhooks/{webhook_id}", headers=admin())
-    assert status == 200, body
-    found: dict[str, Any] = body["webhook"]
-    return found
 
 
 async def until(
@@ -57,7 +42,7 @@ async def until(
 ) -> dict[str, Any]:
     """The webhook as shown once ``check`` accepts it (within 15 s)."""
     deadline = time.monotonic() + 15
-    while not check(shown := await state(http, server, webhook_id)):
+    while not check(shown := await webhook_state(http, server, webhook_id)):
         assert time.monotonic() < deadline, f"timed out waiting for {what}: {shown}"
         await asyncio.sleep(0.02)
     return shown
@@ -97,7 +82,7 @@ async def test_a_redirect_is_not_followed_and_is_recorded_as_one(
         moved = True
         answering.reply = lambda n: (307, {"Location": target.url}) if moved else (200, {})
         server = await make_server(**FAST)
-        webhook_id = await hook(http, server, answering.url)
+        webhook_id = (await add_webhook(http, server, answering.url, tags=["world"]))["id"]
         await publish(http, server.base, "redirected", ["world"])
         shown = await until(http, server, webhook_id, lambda s: s["last_status"] == 307, "a 307")
         await wait_for(lambda: len(answering.requests) >= 3, "retries")
@@ -119,7 +104,7 @@ async def test_410_gone_disables_the_webhook_at_once(
     gone = True
     answering.reply = lambda n: (410, {}) if gone else (200, {})
     server = await make_server(**FAST)
-    webhook_id = await hook(http, server, answering.url)
+    webhook_id = (await add_webhook(http, server, answering.url, tags=["world"]))["id"]
     first = (await publish(http, server.base, "gone", ["world"]))["id"]
     shown = await until(http, server, webhook_id, lambda s: s["status"] != "active", "disabled")
     assert shown["status"] == "disabled" and shown["last_status"] == 410
@@ -143,7 +128,7 @@ async def test_429_with_retry_after_is_waited_for(
     least that long, whatever the (here 10 ms) backoff would have said."""
     answering.reply = lambda n: (429, {"Retry-After": "2"}) if n == 0 else (200, {})
     server = await make_server(**{**FAST, "webhook_backoff_max": 30.0})
-    webhook_id = await hook(http, server, answering.url)
+    webhook_id = (await add_webhook(http, server, answering.url, tags=["world"]))["id"]
     await publish(http, server.base, "throttled", ["world"])
     shown = await until(http, server, webhook_id, lambda s: s["last_status"] == 429, "a 429")
     assert "Retry-After" in shown["last_error"]
@@ -158,7 +143,7 @@ async def test_last_error_is_cleared_by_a_success(
     """``last_error`` is the text of the last answer: after a 2xx there is none."""
     answering.reply = lambda n: (500, {}) if n < 2 else (200, {})
     server = await make_server(**FAST)
-    webhook_id = await hook(http, server, answering.url)
+    webhook_id = (await add_webhook(http, server, answering.url, tags=["world"]))["id"]
     await publish(http, server.base, "recovered", ["world"])
     shown = await until(http, server, webhook_id, lambda s: s["delivered"] == 1, "the delivery")
     assert shown["last_status"] == 200 and shown["failing_since"] is None
@@ -234,7 +219,7 @@ async def test_a_receiver_that_never_answers_is_a_clear_timeout_then_delivery(
     receiver = await RawReceiver(answer).start()
     try:
         server = await make_server(**FAST, webhook_timeout=0.5)
-        webhook_id = await hook(http, server, receiver.url)
+        webhook_id = (await add_webhook(http, server, receiver.url, tags=["world"]))["id"]
         first = (await publish(http, server.base, "unanswered", ["world"]))["id"]
         shown = await until(
             http, server, webhook_id, lambda s: s["last_error"] is not None, "a failure"
@@ -264,7 +249,7 @@ async def test_a_2xx_after_the_timeout_is_retried_with_the_same_webhook_id(
     receiver = await RawReceiver(answer).start()
     try:
         server = await make_server(**FAST, webhook_timeout=0.3)
-        webhook_id = await hook(http, server, receiver.url)
+        webhook_id = (await add_webhook(http, server, receiver.url, tags=["world"]))["id"]
         first = (await publish(http, server.base, "late", ["world"]))["id"]
         await wait_for(lambda: len(receiver.ids) >= 2, "a repeat after the timeout")
         slow = False
@@ -294,7 +279,7 @@ async def test_a_receiver_that_hangs_up_mid_answer(
     receiver = await RawReceiver(answer).start()
     try:
         server = await make_server(**FAST)
-        webhook_id = await hook(http, server, receiver.url)
+        webhook_id = (await add_webhook(http, server, receiver.url, tags=["world"]))["id"]
         first = (await publish(http, server.base, "cut", ["world"]))["id"]
         shown = await until(http, server, webhook_id, lambda s: s["delivered"] == 1, "delivery")
         assert receiver.ids == [first, first]

@@ -23,13 +23,14 @@ from tests.support import (
     WEBHOOKS_FAST,
     Receiver,
     RedisServer,
-    admin,
+    add_webhook,
     eventually,
     get_json,
     own_tag,
     publish,
     sse_events,
     wait_for,
+    webhook_state,
 )
 from wire.core.ids import format_id, parse_id, preceding
 from wire.storage import keys
@@ -105,10 +106,7 @@ async def test_a_webhook_whose_stream_was_lost_is_marked_history_truncated(
     try:
         server = await make_server(**WEBHOOKS_FAST)
         news = own_tag("loss")
-        body = {"url": receiver.url, "tags": [news]}
-        async with http.post(server.base + "/v1/webhooks", json=body, headers=admin()) as resp:
-            assert resp.status == 201, await resp.text()
-            hook = (await resp.json())["webhook"]["id"]
+        hook = (await add_webhook(http, server, receiver.url, tags=[news]))["id"]
         before = [(await publish(http, server.base, tags=[news], title="before"))["id"]]
         await wait_for(lambda: len(receiver.ok()) == 1, "the first delivery")
         await server.stop()  # its deliverer lets the webhook go
@@ -117,8 +115,7 @@ async def test_a_webhook_whose_stream_was_lost_is_marked_history_truncated(
         server = await make_server(**WEBHOOKS_FAST)
         after = [(await publish(http, server.base, tags=[news], title="after"))["id"]]
         await wait_for(lambda: len(receiver.ok()) == 2, "the delivery after the loss")
-        status, got = await get_json(http, f"{server.base}/v1/webhooks/{hook}", headers=admin())
-        assert status == 200 and got["webhook"]["history_truncated"] is True, got
+        assert (await webhook_state(http, server, hook))["history_truncated"] is True
         delivered = [orjson.loads(b)["item"]["id"] for _, b in receiver.ok()]
         assert delivered == before + after
     finally:

@@ -24,6 +24,7 @@ from tests.conftest import Server, ServerFactory
 from tests.support import (
     WEBHOOKS_FAST,
     Receiver,
+    add_webhook,
     admin,
     eventually,
     get_json,
@@ -31,6 +32,7 @@ from tests.support import (
     publish,
     sse_items,
     wait_for,
+    webhook_control,
 )
 from wire.runtime.supervisor import Supervisor
 from wire.storage import keys
@@ -136,7 +138,7 @@ async def test_a_webhook_is_delivered_past_a_damaged_entry(
     try:
         server = await make_server(**WEBHOOKS_FAST)
         t = own_tag("loop")
-        await add_webhook(http, server, receiver.url, t)
+        (await add_webhook(http, server, receiver.url, tags=[t]))["id"]
         before = await publish(http, server.base, "before", [t])
         await wait_for(lambda: len(receiver.ok()) >= 1, "the first delivery")
         bad = add_damaged(server)
@@ -256,31 +258,17 @@ WEBHOOK_DAMAGE: dict[str, dict[str, Any]] = {
 }
 
 
-async def add_webhook(http: Http, server: Server, url: str, t: str) -> str:
-    async with http.post(
-        server.base + "/v1/webhooks", json={"url": url, "tags": [t]}, headers=admin()
-    ) as resp:
-        assert resp.status == 201, await resp.text()
-        webhook_id: str = (await resp.json())["webhook"]["id"]
-        return webhook_id
-
-
-async def control(http: Http, server: Server, webhook_id: str, op: str) -> None:
-    async with http.post(f"{server.base}/v1/webhooks/{webhook_id}/{op}", headers=admin()) as resp:
-        assert resp.status == 200, await resp.text()
-
-
 async def add_damaged_webhook(http: Http, server: Server, url: str, t: str, name: str) -> str:
     """A webhook damaged while paused (so no deliverer holds what it read before)."""
-    webhook_id = await add_webhook(http, server, url, t)
-    await control(http, server, webhook_id, "pause")
+    webhook_id: str = (await add_webhook(http, server, url, tags=[t]))["id"]
+    await webhook_control(http, server, webhook_id, "pause")
     with sync_redis.Redis.from_url(server.settings.redis_url or "") as r:
         for field, value in WEBHOOK_DAMAGE[name].items():
             if value is None:
                 r.hdel(keys.webhook(webhook_id), field)
             else:
                 r.hset(keys.webhook(webhook_id), field, value)
-    await control(http, server, webhook_id, "resume")
+    await webhook_control(http, server, webhook_id, "resume")
     return webhook_id
 
 
@@ -292,7 +280,7 @@ async def test_a_webhook_is_delivered_next_to_damaged_ones_which_are_reported(
     try:
         server = await make_server(**WEBHOOKS_FAST)
         t = own_tag("loop")
-        await add_webhook(http, server, receiver.url, t)
+        (await add_webhook(http, server, receiver.url, tags=[t]))["id"]
         damaged = {
             name: await add_damaged_webhook(http, server, receiver.url, t, name)
             for name in WEBHOOK_DAMAGE
@@ -335,13 +323,13 @@ async def test_webhooks_are_delivered_whatever_order_a_non_hash_webhook_key_come
     try:
         server = await make_server(**WEBHOOKS_FAST)
         t = own_tag("loop")
-        broken = await add_webhook(http, server, receivers[0].url, t)
-        await control(http, server, broken, "pause")
+        broken = (await add_webhook(http, server, receivers[0].url, tags=[t]))["id"]
+        await webhook_control(http, server, broken, "pause")
         with sync_redis.Redis.from_url(server.settings.redis_url or "") as r:
             r.delete(keys.webhook(broken))
             r.set(keys.webhook(broken), "not a hash")
         for receiver in receivers:
-            await add_webhook(http, server, receiver.url, t)
+            (await add_webhook(http, server, receiver.url, tags=[t]))["id"]
         sent = await publish(http, server.base, "to every good webhook", [t])
         for n, receiver in enumerate(receivers):
             await wait_for(partial(_received, receiver), f"delivery to webhook {n}", 8)

@@ -30,12 +30,16 @@ from tests.support import (
     WEBHOOKS_FAST,
     Receiver,
     WireProcess,
+    add_webhook,
     admin,
     batch_ids,
+    create_webhook,
     free_port,
     get_json,
     publish,
     wait_for,
+    webhook_control,
+    webhook_state,
 )
 from wire.core.ids import parse_id
 from wire.delivery.deliverer import Deliverer
@@ -63,41 +67,11 @@ async def receiver() -> AsyncIterator[Receiver]:
     await r.stop()
 
 
-async def create(
-    http: aiohttp.ClientSession, server: Server | WireProcess, **body: Any
-) -> tuple[int, Any]:
-    async with http.post(server.base + "/v1/webhooks", json=body, headers=admin()) as resp:
-        return resp.status, await resp.json()
-
-
-async def hook(
-    http: aiohttp.ClientSession, server: Server, url: str, **body: Any
-) -> dict[str, Any]:
-    status, answer = await create(http, server, url=url, **body)
-    assert status == 201, answer
-    made: dict[str, Any] = answer["webhook"]
-    return made
-
-
-async def state(http: aiohttp.ClientSession, server: Server, webhook_id: str) -> dict[str, Any]:
-    status, body = await get_json(http, f"{server.base}/v1/webhooks/{webhook_id}", headers=admin())
-    assert status == 200, body
-    found: dict[str, Any] = body["webhook"]
-    return found
-
-
-async def control(http: aiohttp.ClientSession, server: Server, webhook_id: str, op: str) -> Any:
-    url = f"{server.base}/v1/webhooks/{webhook_id}/{op}"
-    async with http.post(url, headers=admin()) as resp:
-        assert resp.status == 200
-        return await resp.json()
-
-
 async def test_items_arrive_signed_in_order_with_the_websocket_message(
     make_server: ServerFactory, http: aiohttp.ClientSession, receiver: Receiver
 ) -> None:
     server = await make_server(**FAST)
-    made = await hook(http, server, receiver.url, tags=["world"], description="CMS")
+    made = await add_webhook(http, server, receiver.url, tags=["world"], description="CMS")
     secret = made["secret"]
     assert secret.startswith("whsec_") and len(base64.b64decode(secret[6:])) == 32
     assert made["status"] == "active" and made["tags"] == ["world"]
@@ -119,7 +93,7 @@ async def test_items_arrive_signed_in_order_with_the_websocket_message(
     else:
         for headers, body in receiver.ok():
             library.Webhook(secret).verify(body, headers)
-    shown = await state(http, server, made["id"])
+    shown = await webhook_state(http, server, made["id"])
     assert "secret" not in shown
     assert shown["delivered"] == 15 and shown["lag"] == 0
     async with http.get(server.base + "/metrics") as resp:
@@ -132,7 +106,7 @@ async def test_a_withdrawal_is_delivered_and_the_listing_has_no_secret(
     make_server: ServerFactory, http: aiohttp.ClientSession, receiver: Receiver
 ) -> None:
     server = await make_server(**FAST)
-    made = await hook(http, server, receiver.url, tags=["*"])
+    made = await add_webhook(http, server, receiver.url, tags=["*"])
     await publish(http, server.base, "v1", ["world"], guid="story-1")
     await wait_for(lambda: len(receiver.ok()) >= 1, "the item")
     async with http.post(
@@ -156,14 +130,14 @@ async def test_a_receiver_failing_for_a_while_loses_nothing_and_doubles_nothing(
 ) -> None:
     receiver.answer = lambda n: 500 if n < 6 or n % 3 == 0 else 200
     server = await make_server(**FAST)
-    made = await hook(http, server, receiver.url, tags=["world"])
+    made = await add_webhook(http, server, receiver.url, tags=["world"])
     published = [(await publish(http, server.base, f"n{i}"))["id"] for i in range(10)]
     await wait_for(lambda: len(receiver.ok()) >= 10, "10 deliveries")
     assert receiver.ok_ids() == published
     # Every attempt of one item carries the same webhook-id, and retries come in order.
     attempts = [h["webhook-id"] for h, _ in receiver.requests]
     assert sorted(set(attempts), key=attempts.index) == published
-    shown = await state(http, server, made["id"])
+    shown = await webhook_state(http, server, made["id"])
     assert shown["delivered"] == 10 and shown["last_status"] == 200
     assert shown["failing_since"] is None and shown["lag"] == 0
     assert shown["cursor"] == published[-1]
@@ -174,12 +148,12 @@ async def test_a_receiver_down_longer_than_the_first_backoff(
 ) -> None:
     receiver = Receiver()  # not listening yet: connections are refused
     server = await make_server(**FAST)
-    made = await hook(http, server, receiver.url, tags=["world"])
+    made = await add_webhook(http, server, receiver.url, tags=["world"])
     published = [(await publish(http, server.base, f"n{i}"))["id"] for i in range(5)]
     failures = server.app[DELIVERER].failures
     # Several attempts refused: down for longer than the first backoff (and the second).
     await wait_for(lambda: failures.get(made["id"], 0) >= 4, "repeated refusals")
-    failing = await state(http, server, made["id"])
+    failing = await webhook_state(http, server, made["id"])
     assert failing["last_status"] == 0 and failing["failing_since"] is not None
     assert failing["last_error"] and failing["lag"] == 5 and failing["delivered"] == 0
     await receiver.start()
@@ -194,17 +168,17 @@ async def test_pause_holds_delivery_and_resume_delivers_what_was_held(
     make_server: ServerFactory, http: aiohttp.ClientSession, receiver: Receiver
 ) -> None:
     server = await make_server(**FAST)
-    made = await hook(http, server, receiver.url, tags=["world"])
+    made = await add_webhook(http, server, receiver.url, tags=["world"])
     first = (await publish(http, server.base, "before"))["id"]
     await wait_for(lambda: receiver.ok_ids() == [first], "the first item")
-    assert (await control(http, server, made["id"], "pause"))["webhook"]["status"] == "paused"
+    assert (await webhook_control(http, server, made["id"], "pause"))["status"] == "paused"
     deliverer = server.app[DELIVERER]
     await wait_for(lambda: made["id"] not in deliverer.tasks, "the deliverer to let go")
     held = [(await publish(http, server.base, f"held {i}"))["id"] for i in range(3)]
     await asyncio.sleep(0.5)  # a few lease rounds: nothing may go out while paused
     assert receiver.ok_ids() == [first]
-    assert (await state(http, server, made["id"]))["lag"] == 3
-    assert (await control(http, server, made["id"], "resume"))["webhook"]["status"] == "active"
+    assert (await webhook_state(http, server, made["id"]))["lag"] == 3
+    assert (await webhook_control(http, server, made["id"], "resume"))["status"] == "active"
     await wait_for(lambda: len(receiver.ok()) >= 4, "the held items")
     assert receiver.ok_ids() == [first, *held]
 
@@ -216,30 +190,30 @@ async def test_a_webhook_whose_cursor_retention_passed_is_marked_and_goes_on(
     removed are not waited for or skipped in silence; the webhook says
     ``history_truncated`` and every item still kept follows, in order."""
     server = await make_server(max_items=300, **FAST)
-    made = await hook(http, server, receiver.url, tags=["world"])
+    made = await add_webhook(http, server, receiver.url, tags=["world"])
     first = await publish(http, server.base, tags=["world"], title="first")
     await wait_for(lambda: len(receiver.ok()) == 1, "the first delivery")
-    await control(http, server, made["id"], "pause")
+    await webhook_control(http, server, made["id"], "pause")
     await batch_ids(http, server.base, "Gone", 50, "world")
     for part in range(3):  # the stream past its limit: the oldest are trimmed
         await batch_ids(http, server.base, f"Other {part}", 200, "other")
     late = await batch_ids(http, server.base, "Late", 3, "world")
-    assert not (await state(http, server, made["id"]))["history_truncated"]
-    await control(http, server, made["id"], "resume")
+    assert not (await webhook_state(http, server, made["id"]))["history_truncated"]
+    await webhook_control(http, server, made["id"], "resume")
     await wait_for(lambda: len(receiver.ok()) == 4, "the items still kept")
     delivered = [orjson.loads(body)["item"]["id"] for _, body in receiver.ok()]
     assert delivered == [first["id"], *late]
-    assert (await state(http, server, made["id"]))["history_truncated"] is True
+    assert (await webhook_state(http, server, made["id"]))["history_truncated"] is True
 
 
 async def test_nothing_is_posted_once_pause_has_answered(
     make_server: ServerFactory, http: aiohttp.ClientSession, receiver: Receiver
 ) -> None:
     server = await make_server(**FAST)
-    made = await hook(http, server, receiver.url, tags=["world"])
+    made = await add_webhook(http, server, receiver.url, tags=["world"])
     first = (await publish(http, server.base, "before"))["id"]
     await wait_for(lambda: receiver.ok_ids() == [first], "the first item")
-    await control(http, server, made["id"], "pause")
+    await webhook_control(http, server, made["id"], "pause")
     # Published at once, while the deliverer still runs the webhook's task
     # (it notices the pause only at its next lease round): it checks the
     # lease before each POST, so none of these may go out.
@@ -247,7 +221,7 @@ async def test_nothing_is_posted_once_pause_has_answered(
     deliverer = server.app[DELIVERER]
     await wait_for(lambda: made["id"] not in deliverer.tasks, "the deliverer to let go")
     assert [h["webhook-id"] for h, _ in receiver.requests] == [first]
-    await control(http, server, made["id"], "resume")
+    await webhook_control(http, server, made["id"], "resume")
     await wait_for(lambda: len(receiver.ok()) >= 4, "the held items")
     assert receiver.ok_ids() == [first, *held]
 
@@ -257,16 +231,16 @@ async def test_a_pause_mid_stream_lets_at_most_the_item_in_flight_arrive(
 ) -> None:
     receiver.delay = 0.02  # each answer takes a while: a POST is nearly always in flight
     server = await make_server(**FAST)
-    made = await hook(http, server, receiver.url, tags=["world"])
+    made = await add_webhook(http, server, receiver.url, tags=["world"])
     published = [(await publish(http, server.base, f"n{i}"))["id"] for i in range(30)]
     await wait_for(lambda: len(receiver.requests) >= 3, "the first deliveries")
-    await control(http, server, made["id"], "pause")
+    await webhook_control(http, server, made["id"], "pause")
     arrived = len(receiver.requests)
     deliverer = server.app[DELIVERER]
     await wait_for(lambda: made["id"] not in deliverer.tasks, "the deliverer to let go")
     assert len(receiver.requests) <= arrived + 1
     assert len(receiver.requests) < len(published)
-    await control(http, server, made["id"], "resume")
+    await webhook_control(http, server, made["id"], "resume")
     await wait_for(lambda: set(receiver.ok_ids()) >= set(published), "every item after resume")
     ids = receiver.ok_ids()
     assert sorted(set(ids), key=ids.index) == published
@@ -279,7 +253,7 @@ async def test_lag_is_exact_up_to_1000_and_says_so_beyond(
     make_server: ServerFactory, http: aiohttp.ClientSession, receiver: Receiver
 ) -> None:
     server = await make_server(**FAST, deliver_webhooks=False)
-    made = await hook(http, server, receiver.url, tags=["world"])
+    made = await add_webhook(http, server, receiver.url, tags=["world"])
     sem = asyncio.Semaphore(8)
 
     async def one(i: int) -> str:
@@ -287,13 +261,13 @@ async def test_lag_is_exact_up_to_1000_and_says_so_beyond(
             return str((await publish(http, server.base, f"n{i}", ["world"]))["id"])
 
     published = sorted(await asyncio.gather(*(one(i) for i in range(1001))), key=parse_id)
-    shown = await state(http, server, made["id"])
+    shown = await webhook_state(http, server, made["id"])
     assert (shown["lag"], shown["lag_exact"]) == (1000, False)
-    recent = await hook(http, server, receiver.url, tags=["world"], since=published[1])
-    shown = await state(http, server, recent["id"])
+    recent = await add_webhook(http, server, receiver.url, tags=["world"], since=published[1])
+    shown = await webhook_state(http, server, recent["id"])
     assert (shown["lag"], shown["lag_exact"]) == (999, True)
-    caught_up = await hook(http, server, receiver.url, tags=["world"])
-    shown = await state(http, server, caught_up["id"])
+    caught_up = await add_webhook(http, server, receiver.url, tags=["world"])
+    shown = await webhook_state(http, server, caught_up["id"])
     assert (shown["lag"], shown["lag_exact"]) == (0, True)
 
 
@@ -301,8 +275,8 @@ async def test_rotate_secret_signs_later_deliveries_with_the_new_secret(
     make_server: ServerFactory, http: aiohttp.ClientSession, receiver: Receiver
 ) -> None:
     server = await make_server(**FAST)
-    made = await hook(http, server, receiver.url, tags=["world"])
-    rotated = (await control(http, server, made["id"], "rotate-secret"))["webhook"]["secret"]
+    made = await add_webhook(http, server, receiver.url, tags=["world"])
+    rotated = (await webhook_control(http, server, made["id"], "rotate-secret"))["secret"]
     assert rotated != made["secret"] and rotated.startswith("whsec_")
     await publish(http, server.base, "after rotation")
     await wait_for(lambda: len(receiver.ok()) >= 1, "a delivery")
@@ -316,18 +290,18 @@ async def test_a_webhook_failing_past_the_window_is_disabled_and_resume_restarts
     broken = True
     receiver.answer = lambda n: 500 if broken else 200
     server = await make_server(**FAST, webhook_disable_after=0.3)
-    made = await hook(http, server, receiver.url, tags=["world"])
+    made = await add_webhook(http, server, receiver.url, tags=["world"])
     published = [(await publish(http, server.base, f"n{i}"))["id"] for i in range(3)]
     shown: dict[str, Any] = {}
     for _ in range(500):
-        shown = await state(http, server, made["id"])
+        shown = await webhook_state(http, server, made["id"])
         if shown["status"] == "disabled":
             break
         await asyncio.sleep(0.02)
     assert shown["status"] == "disabled" and shown["last_status"] == 500
     assert shown["delivered"] == 0 and receiver.ok_ids() == []
     broken = False
-    await control(http, server, made["id"], "resume")
+    await webhook_control(http, server, made["id"], "resume")
     await wait_for(lambda: len(receiver.ok()) >= 3, "delivery after resume")
     assert receiver.ok_ids() == published
 
@@ -338,9 +312,11 @@ async def test_a_partner_webhook_gets_only_the_partners_grant(
     grants = tmp_path / "partners.toml"
     grants.write_text('[[token]]\ntoken = "p-sport"\nname = "Partner A"\ntags = ["sport"]\n')
     server = await make_server(**FAST, entitlements=grants)
-    status, answer = await create(http, server, url=receiver.url, tags=["*"], partner="Nobody")
+    status, answer = await create_webhook(
+        http, server, url=receiver.url, tags=["*"], partner="Nobody"
+    )
     assert status == 400 and answer["error"]["field"] == "partner"
-    made = await hook(http, server, receiver.url, tags=["*"], partner="Partner A")
+    made = await add_webhook(http, server, receiver.url, tags=["*"], partner="Partner A")
     assert made["partner"] == "Partner A"
     await publish(http, server.base, "world only", ["world"])
     both = await publish(http, server.base, "both", ["world", "sport"], guid="g-both")
@@ -371,7 +347,7 @@ async def test_private_targets_are_refused_without_the_setting(
         "ftp://example.com/",
         "https://user:pw@example.com/",
     ):
-        status, answer = await create(http, server, url=url, tags=["world"])
+        status, answer = await create_webhook(http, server, url=url, tags=["world"])
         assert status == 400, (url, answer)
         assert answer["error"]["field"] == "url"
     assert not public("10.1.2.3") and not public("::ffff:127.0.0.1") and not public("fe80::1")
@@ -386,7 +362,7 @@ async def test_the_registry_holds_at_most_max_webhooks_even_under_concurrent_cre
     a place."""
     server = await make_server(**FAST, max_webhooks=5)
     answers = await asyncio.gather(
-        *(create(http, server, url=receiver.url, tags=[f"t{n}"]) for n in range(20))
+        *(create_webhook(http, server, url=receiver.url, tags=[f"t{n}"]) for n in range(20))
     )
     made = sorted(body["webhook"]["id"] for status, body in answers if status == 201)
     refused = [body["error"] for status, body in answers if status != 201]
@@ -399,9 +375,9 @@ async def test_the_registry_holds_at_most_max_webhooks_even_under_concurrent_cre
     assert status == 200 and sorted(w["id"] for w in listing["webhooks"]) == made
     async with http.delete(f"{server.base}/v1/webhooks/{made[0]}", headers=admin()) as resp:
         assert resp.status == 200
-    status, body = await create(http, server, url=receiver.url, tags=["again"])
+    status, body = await create_webhook(http, server, url=receiver.url, tags=["again"])
     assert status == 201, body
-    status, body = await create(http, server, url=receiver.url, tags=["one-too-many"])
+    status, body = await create_webhook(http, server, url=receiver.url, tags=["one-too-many"])
     assert status == 409 and body["error"]["code"] == "too_many_webhooks"
 
 
@@ -434,7 +410,7 @@ async def test_a_sigkilled_deliverer_is_taken_over_and_nothing_is_skipped(
 ) -> None:
     receiver.delay = 0.005
     server = await make_server(**FAST, deliver_webhooks=False)
-    made = await hook(http, server, receiver.url, tags=["world"])
+    made = await add_webhook(http, server, receiver.url, tags=["world"])
     env = {
         "WIRE_REDIS_URL": redis_url,
         "WIRE_WEBHOOK_LEASE": "1",
@@ -451,10 +427,10 @@ async def test_a_sigkilled_deliverer_is_taken_over_and_nothing_is_skipped(
         published += [(await publish(http, server.base, f"m{i}"))["id"] for i in range(60)]
         await wait_for(lambda: set(receiver.ok_ids()) >= set(published), "every item", within=60)
         for _ in range(500):  # the cursor write follows the receiver's 2xx
-            if (await state(http, server, made["id"]))["cursor"] == published[-1]:
+            if (await webhook_state(http, server, made["id"]))["cursor"] == published[-1]:
                 break
             await asyncio.sleep(0.02)
-        assert (await state(http, server, made["id"]))["cursor"] == published[-1]
+        assert (await webhook_state(http, server, made["id"]))["cursor"] == published[-1]
     finally:
         first.kill()
         if second is not None:
@@ -476,13 +452,15 @@ async def test_private_targets_are_refused_at_delivery_too(
     await make_server(
         admin_tokens=(ADMIN,), webhook_backoff=0.01, webhook_backoff_max=0.05, webhook_lease=1.0
     )
-    by_literal = await hook(http, creator, receiver.url, tags=["world"])
-    by_name = await hook(http, creator, f"https://localhost:{receiver.port}/hook", tags=["world"])
+    by_literal = await add_webhook(http, creator, receiver.url, tags=["world"])
+    by_name_url = f"https://localhost:{receiver.port}/hook"
+    by_name = await add_webhook(http, creator, by_name_url, tags=["world"])
     await publish(http, creator.base, "must not leave")
     errors: dict[str, str] = {}
     for _ in range(500):
         for made in (by_literal, by_name):
-            errors[made["id"]] = (await state(http, creator, made["id"]))["last_error"] or ""
+            shown = await webhook_state(http, creator, made["id"])
+            errors[made["id"]] = shown["last_error"] or ""
         if all(errors.values()):
             break
         await asyncio.sleep(0.02)
@@ -518,7 +496,7 @@ async def test_in_wire_run_a_burst_goes_out_before_the_webhooks_then_they_follow
     """While the fan-out writes (held busy here), the deliverer POSTs nothing; once it
     rests, everything follows, in order, with a lease check made after the wait."""
     server = await make_server(**FAST, deliver_webhooks=False)
-    made = await hook(http, server, receiver.url, tags=["world"])
+    made = await add_webhook(http, server, receiver.url, tags=["world"])
     way = Yielding(most=60)
     way.take()
     deliverer, task, watch = await run_deliverer(server, way)
@@ -526,13 +504,13 @@ async def test_in_wire_run_a_burst_goes_out_before_the_webhooks_then_they_follow
         published = [(await publish(http, server.base, f"n{i}", ["world"]))["id"] for i in range(5)]
         await asyncio.wait_for(way.asked.wait(), 15)
         assert receiver.requests == []
-        await control(http, server, made["id"], "pause")  # answered during the wait
+        await webhook_control(http, server, made["id"], "pause")  # answered during the wait
         delivering = deliverer.tasks[made["id"]]
         way.give()
         # The lease is checked after the wait: paused, delivery stops without a POST.
         await asyncio.wait_for(asyncio.gather(delivering, return_exceptions=True), 15)
         assert receiver.requests == []
-        await control(http, server, made["id"], "resume")
+        await webhook_control(http, server, made["id"], "resume")
         await wait_for(lambda: len(receiver.ok()) >= 5, "5 deliveries")
         assert receiver.ok_ids() == published
     finally:
@@ -545,7 +523,7 @@ async def test_a_fan_out_that_never_rests_still_lets_each_webhook_through(
     make_server: ServerFactory, http: aiohttp.ClientSession, receiver: Receiver
 ) -> None:
     server = await make_server(**FAST, deliver_webhooks=False)
-    await hook(http, server, receiver.url, tags=["world"])
+    await add_webhook(http, server, receiver.url, tags=["world"])
     way = Yielding(most=0.02)
     way.take()  # and never given back
     _, task, watch = await run_deliverer(server, way)

@@ -29,10 +29,11 @@ from tests.support import (
     EDITOR_TOKEN,
     WEBHOOKS_FAST,
     Receiver,
-    admin,
+    add_webhook,
     npm_package,
     publish,
     wait_for,
+    webhook_control,
 )
 
 FAST = WEBHOOKS_FAST
@@ -108,21 +109,6 @@ async def receiver() -> AsyncIterator[RawReceiver]:
     await r.stop()
 
 
-async def hook(http: aiohttp.ClientSession, server: Server, url: str) -> dict[str, Any]:
-    async with http.post(
-        server.base + "/v1/webhooks", json={"url": url, "tags": ["*"]}, headers=admin()
-    ) as resp:
-        assert resp.status == 201
-        made: dict[str, Any] = (await resp.json())["webhook"]
-        return made
-
-
-async def control(http: aiohttp.ClientSession, server: Server, webhook_id: str, op: str) -> Any:
-    async with http.post(f"{server.base}/v1/webhooks/{webhook_id}/{op}", headers=admin()) as resp:
-        assert resp.status == 200
-        return (await resp.json())["webhook"]
-
-
 async def withdraw(http: aiohttp.ClientSession, server: Server, guid: str) -> dict[str, Any]:
     async with http.post(
         f"{server.base}/v1/stories/{guid}/withdraw",
@@ -154,7 +140,7 @@ async def test_the_pypi_verifier_accepts_items_withdrawals_large_and_non_ascii_b
     make_server: ServerFactory, http: aiohttp.ClientSession, receiver: RawReceiver, reference: Any
 ) -> None:
     server = await make_server(**FAST)
-    made = await hook(http, server, receiver.url)
+    made = await add_webhook(http, server, receiver.url, tags=["*"])
     ids = await varied_deliveries(http, server, receiver)
     assert receiver.ok_ids() == ids
     for (headers, body), names in zip(receiver.ok(), receiver.names, strict=True):
@@ -181,7 +167,7 @@ async def test_the_npm_verifier_accepts_the_same_deliveries(
     node_verifier: Path,
 ) -> None:
     server = await make_server(**FAST)
-    made = await hook(http, server, receiver.url)
+    made = await add_webhook(http, server, receiver.url, tags=["*"])
     await varied_deliveries(http, server, receiver)
     verdicts = await node_verdicts(node_verifier, made["secret"], receiver.ok())
     assert verdicts == ["ok"] * len(receiver.ok())
@@ -199,10 +185,10 @@ async def test_retries_keep_the_webhook_id_and_each_attempt_verifies_then_rotati
     failing = True
     receiver.answer = lambda n: 503 if failing else 200
     server = await make_server(**FAST)
-    made = await hook(http, server, receiver.url)
+    made = await add_webhook(http, server, receiver.url, tags=["*"])
     first = (await publish(http, server.base, "retried", ["world"]))["id"]
     await wait_for(lambda: len(receiver.requests) >= 3, "a few failed attempts")
-    rotated = (await control(http, server, made["id"], "rotate-secret"))["secret"]
+    rotated = (await webhook_control(http, server, made["id"], "rotate-secret"))["secret"]
     # The attempt under way at the rotation was signed before it.
     seen = len(receiver.requests) + 1
     await wait_for(lambda: len(receiver.requests) >= seen + 1, "attempts after the rotation")
@@ -225,7 +211,7 @@ async def test_a_timestamp_outside_the_tolerance_is_refused_by_the_verifier(
     """The timestamp is part of what is signed: a receiver's five-minute check
     refuses a replayed delivery, and a changed timestamp breaks the signature."""
     server = await make_server(**FAST)
-    made = await hook(http, server, receiver.url)
+    made = await add_webhook(http, server, receiver.url, tags=["*"])
     await publish(http, server.base, "stamped", ["world"])
     await wait_for(lambda: len(receiver.ok()) >= 1, "the delivery")
     headers, body = receiver.ok()[0]
