@@ -103,9 +103,10 @@ end
 """
 
 #: ARGV: lease token, new cursor, delivered increment, last_status ('' keeps it),
-#: '1' to mark history_truncated, cover (ms, see _COVER). Moves the cursor
-#: forward only. Answers the secret (false when the lease is lost): the
-#: deliverer's check before its next POST.
+#: '1' to mark history_truncated, cover (ms, see _COVER). Sets the cursor as
+#: given: only the lease's holder calls it, and it reads in stream order, so
+#: the cursor only moves forward. Answers the secret (false when the lease is
+#: lost): the deliverer's check before its next POST.
 _ADVANCE = _COVER + """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return false end
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
