@@ -138,7 +138,7 @@ async def test_a_webhook_is_delivered_past_a_damaged_entry(
     try:
         server = await make_server(**WEBHOOKS_FAST)
         t = own_tag("loop")
-        (await add_webhook(http, server, receiver.url, tags=[t]))["id"]
+        await add_webhook(http, server, receiver.url, tags=[t])
         before = await publish(http, server.base, "before", [t])
         await wait_for(lambda: len(receiver.ok()) >= 1, "the first delivery")
         bad = add_damaged(server)
@@ -280,7 +280,7 @@ async def test_a_webhook_is_delivered_next_to_damaged_ones_which_are_reported(
     try:
         server = await make_server(**WEBHOOKS_FAST)
         t = own_tag("loop")
-        (await add_webhook(http, server, receiver.url, tags=[t]))["id"]
+        await add_webhook(http, server, receiver.url, tags=[t])
         damaged = {
             name: await add_damaged_webhook(http, server, receiver.url, t, name)
             for name in WEBHOOK_DAMAGE
@@ -329,7 +329,7 @@ async def test_webhooks_are_delivered_whatever_order_a_non_hash_webhook_key_come
             r.delete(keys.webhook(broken))
             r.set(keys.webhook(broken), "not a hash")
         for receiver in receivers:
-            (await add_webhook(http, server, receiver.url, tags=[t]))["id"]
+            await add_webhook(http, server, receiver.url, tags=[t])
         sent = await publish(http, server.base, "to every good webhook", [t])
         for n, receiver in enumerate(receivers):
             await wait_for(partial(_received, receiver), f"delivery to webhook {n}", 8)
@@ -353,3 +353,29 @@ async def test_webhooks_are_delivered_whatever_order_a_non_hash_webhook_key_come
         assert resp.status == 200
     status, body = await get_json(http, server.base + "/v1/webhooks", headers=admin())
     assert broken not in {w["id"] for w in body["webhooks"]}
+
+
+@pytest.mark.parametrize("lease", ["a string", "a hash"])
+async def test_a_lease_key_no_deliverer_wrote_does_not_hold_a_webhook_forever(
+    make_server: ServerFactory, http: Http, lease: str
+) -> None:
+    """A webhook's lease key written by hand with no expiry (a string, or another
+    type): every lease wire writes expires, but the deliverers' ``SET NX`` found the
+    key there and never took the webhook, which showed ``active`` and got nothing."""
+    receiver = await Receiver().start()
+    try:
+        server = await make_server(**WEBHOOKS_FAST)
+        t = own_tag("loop")
+        webhook_id = (await add_webhook(http, server, receiver.url, tags=[t]))["id"]
+        await webhook_control(http, server, webhook_id, "pause")
+        with sync_redis.Redis.from_url(server.settings.redis_url or "") as r:
+            if lease == "a string":
+                r.set(keys.webhook_lease(webhook_id), "someone")
+            else:
+                r.hset(keys.webhook_lease(webhook_id), "holder", "someone")
+        await webhook_control(http, server, webhook_id, "resume")
+        sent = await publish(http, server.base, "after the lease key", [t])
+        await wait_for(partial(_received, receiver), "the delivery")
+        assert receiver.ok_ids() == [sent["id"]]
+    finally:
+        await receiver.stop()

@@ -67,8 +67,12 @@ local function active(webhook)
 end
 """
 
+# Every lease wire writes expires (PX), whatever its type: a lease key without
+# an expiry (written by hand, or of another type) is no deliverer's, and left
+# there it would keep the webhook from ever being delivered.
 _ACQUIRE = _ACTIVE + """
 if not active(KEYS[1]) then return 0 end
+if redis.call('PTTL', KEYS[2]) == -1 then redis.call('DEL', KEYS[2]) end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
 return 0
 """
