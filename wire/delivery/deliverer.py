@@ -346,6 +346,10 @@ class Deliverer:
         attempt = 0
         settings = self.settings
         while True:
+            # A cancel lost inside redis-py (see _cancelled) must still end the
+            # retries: a target that keeps failing would hold up the shutdown.
+            if _cancelled():
+                raise asyncio.CancelledError
             self.lag[webhook.id] = max(0.0, time.time() - entry.key[0] / 1000)
             secret = await self._cleared(webhook.id, secret)
             headers = signing.headers(secret, entry.id, int(time.time()), body)
