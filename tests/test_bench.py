@@ -165,6 +165,10 @@ def test_run_workers_measures_each_worker_count() -> None:
         results = report["results"][system]
         assert results["burst"]["deliveries"] == 12 * 8
         assert results["latency12"]["verified"]
+    # How the bursts coalesced comes from /metrics, which answers for one process:
+    # reported for one worker, not for two (one worker's counters minus another's).
+    assert report["results"]["wire"]["burst"]["items_per_write"] >= 1
+    assert "items_per_write" not in report["results"]["wire-run-2w"]["burst"]
 
 
 def test_the_run_shape_is_measured_with_one_and_two_workers_where_two_cores_are() -> None:

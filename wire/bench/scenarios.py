@@ -82,6 +82,8 @@ class System:
     groups: dict[str, int] = field(default_factory=dict)
     #: The publisher its items are posted to ("" for the run's default one).
     publisher_url: str = ""
+    #: Processes serving its port (``--workers``): its ``/metrics`` answer for one.
+    processes: int = 1
 
 
 def percentile(values: Sequence[float], p: float) -> float:
