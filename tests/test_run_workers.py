@@ -17,14 +17,17 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import EDITOR_TOKEN, get_json, publish, wait_for
 from tests.test_cli_run import Run, process_gone, runs, wait_gone
 from tests.test_gateway import Sub, fence, subscriber
 from wire.cli.workers import auto_workers, worker_count
+from wire.web import groupmetrics
 
 __all__ = ["runs"]  # the fixture, shared with test_cli_run
 Http = aiohttp.ClientSession
+PUBLISHED = "wire_items_published_total"
 MAX_CONNS = 40  # 2**-39 odds that the kernel puts them all on one of two workers
 
 
@@ -133,6 +136,41 @@ async def test_two_workers_publish_and_fan_out_from_either_and_resume_across(
         await wait_gone(pid)
 
 
+async def scrape(fresh: Http, run: Run) -> dict[tuple[str, str], float]:
+    """``GET /metrics`` on a fresh connection: (sample name, worker) -> value."""
+    async with fresh.get(run.base + "/metrics") as r:
+        assert r.status == 200
+        text = await r.text()
+    return {
+        (s.name, s.labels.get("worker", "")): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.labels.get("kind", "item") == "item"
+    }
+
+
+async def test_metrics_answer_for_every_worker_whichever_takes_the_scrape(
+    runs: Callable[..., Run], http: Http
+) -> None:
+    """Before, each scrape answered for one process at random: the count of
+    items published went up and down between scrapes."""
+    run, pids = await start_two(runs, http)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as fresh:
+        answered: set[int] = set()
+        while answered != pids:  # both serve the port
+            status, body = await get_json(fresh, run.base + "/readyz")
+            assert status == 200, body
+            answered.add(body["pid"])
+        for i in range(8):  # on fresh connections: on either process
+            await publish(fresh, run.base, f"m{i}", ["world"])
+        for _ in range(8):  # 2**-7 odds that one process takes them all
+            found = await scrape(fresh, run)
+            assert {w for name, w in found if name == "wire_connections"} == {"0", "1"}, found
+            published = [v for (name, _), v in found.items() if name == PUBLISHED]
+            assert sum(published) == 8, found
+    assert await run.stop() == 0
+
+
 async def test_sigint_stops_the_workers_then_redis(runs: Callable[..., Run], http: Http) -> None:
     run, _ = await start_two(runs, http)
     assert run.proc is not None
@@ -154,6 +192,9 @@ async def test_a_worker_that_dies_is_restarted(runs: Callable[..., Run], http: H
             if status == 200:
                 served.add(body["pid"])
         await publish(fresh, run.base, "after the restart", ["world"])
+        # The new worker took its predecessor's slot: a scrape still covers both.
+        found = await scrape(fresh, run)
+        assert {w for name, w in found if name == "wire_connections"} == {"0", "1"}
     assert run.proc is not None and run.proc.returncode is None
     everything = tree(run.proc.pid)
     assert await run.stop() == 0
@@ -178,8 +219,25 @@ async def test_a_worker_that_dies_soon_after_start_stops_the_run(
 async def test_workers_die_with_a_killed_run(runs: Callable[..., Run], http: Http) -> None:
     run, _ = await start_two(runs, http)
     (worker,) = workers_of(run)
+    directory = worker_dir_of(worker)
     assert await run.stop(signal.SIGKILL) == -9
     await wait_gone(worker)  # PR_SET_PDEATHSIG; the redis-server is the next run's to stop
+    # Nothing could remove the group's socket directory: the test does.
+    assert remove_group_directory(directory)
+
+
+def worker_dir_of(pid: int) -> str:
+    """The group's socket directory, from a worker's environment."""
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    (found,) = [v[16:].decode() for v in environ if v.startswith(b"WIRE_WORKER_DIR=")]
+    return found
+
+
+def remove_group_directory(directory: str) -> bool:
+    """Remove it (and what is in it); whether it existed and is gone."""
+    existed = Path(directory).is_dir()
+    groupmetrics.remove_directory(directory)
+    return existed and not Path(directory).exists()
 
 
 def test_worker_count_reads_counts_and_auto() -> None:

@@ -16,6 +16,7 @@ from wire.runtime import loop
 from wire.runtime.logs import setup_logging
 from wire.runtime.settings import Settings
 from wire.storage.embedded import embedded_redis, find_server
+from wire.web import groupmetrics
 from wire.web.app import create_app, serve
 
 log = logging.getLogger("wire")
@@ -98,6 +99,18 @@ def _serve_command(args: argparse.Namespace) -> int:
     )
     setup_logging(settings.log_level)
     workers = worker_count(settings.workers)
+    if workers <= 1:
+        return _serve(args, settings, workers)
+    # The group's processes answer each other's /metrics scrapes there.
+    directory = groupmetrics.own_directory()
+    try:
+        return _serve(args, settings.with_(worker_dir=directory, worker_slot=0), workers)
+    finally:
+        groupmetrics.remove_directory(directory)
+
+
+def _serve(args: argparse.Namespace, settings: Settings, workers: int) -> int:
+    """Serve ``args.command`` with ``workers`` processes; the exit code."""
     if args.command != "run" and workers > 1:
         if args.command == "publisher" and not settings.editor_tokens:
             settings = settings.with_(editor_tokens=(_announce_token(settings),))

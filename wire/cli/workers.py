@@ -67,8 +67,9 @@ def auto_workers(cpus: int | None) -> int:
     return max(1, (cpus or 1) - 1)
 
 
-def _worker_env(settings: Settings, role: str) -> dict[str, str]:
-    return {**os.environ, **settings.to_env(), ROLE: role, PARENT: str(os.getpid())}
+def _worker_env(settings: Settings, role: str, slot: int) -> dict[str, str]:
+    own = settings.with_(worker_slot=slot).to_env()
+    return {**os.environ, **own, ROLE: role, PARENT: str(os.getpid())}
 
 
 def _worker_argv() -> list[str]:
@@ -79,8 +80,10 @@ def run_workers(n: int, settings: Settings, role: str = "gateway") -> int:
     """Start ``n`` workers of ``role``, forward SIGINT/SIGTERM to them, wait for all."""
     if settings.redis_url is None:
         raise SystemExit(f"wire {role} --workers needs --redis or WIRE_REDIS_URL")
-    env = _worker_env(settings, role)
-    procs = [subprocess.Popen(_worker_argv(), env=env) for _ in range(n)]
+    procs = [
+        subprocess.Popen(_worker_argv(), env=_worker_env(settings, role, slot))
+        for slot in range(n)
+    ]
 
     def forward(signum: int, _frame: object) -> None:
         for p in procs:
@@ -98,24 +101,26 @@ class WorkerPool:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.env = _worker_env(settings, "run")
         self.procs: list[asyncio.subprocess.Process] = []
         self.started: list[float] = []
         #: Why the pool stopped the run (a worker that crashed at start), if it did.
         self.failure: str | None = None
 
-    async def _spawn(self) -> tuple[asyncio.subprocess.Process, float]:
+    async def _spawn(self, index: int) -> tuple[asyncio.subprocess.Process, float]:
+        """Worker ``index`` (from 0), in slot ``index + 1`` of the group: the
+        main process is slot 0; a restarted worker takes its predecessor's."""
         # A session of its own: a terminal's Ctrl-C reaches the main process
         # only, which stops the workers in order.
+        env = _worker_env(self.settings, "run", index + 1)
         proc = await asyncio.create_subprocess_exec(
-            *_worker_argv(), env=self.env, start_new_session=True
+            *_worker_argv(), env=env, start_new_session=True
         )
         return proc, time.monotonic()
 
     async def start(self, n: int) -> None:
         """Start ``n`` workers."""
-        for _ in range(n):
-            proc, at = await self._spawn()
+        for index in range(n):
+            proc, at = await self._spawn(index)
             self.procs.append(proc)
             self.started.append(at)
 
@@ -154,7 +159,7 @@ class WorkerPool:
                 stop.set()
                 return
             log.warning("worker pid %d exited with %s; starting another", proc.pid, code)
-            proc, at = await self._spawn()
+            proc, at = await self._spawn(slot)
             self.procs[slot] = proc
             if stop.is_set():  # stopped while it was starting: the sweep missed it
                 proc.terminate()

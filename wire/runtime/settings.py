@@ -145,6 +145,11 @@ class Settings:
     #: Seconds a ``wire run`` worker must have run to be restarted when it dies;
     #: one that dies sooner stops the whole run, exit 1 (a crash at start repeats).
     worker_restart_after: float = 10.0
+    #: Set by ``--workers`` for the processes it starts, not by hand: the
+    #: directory where each process of the group answers the others' scrapes
+    #: of ``/metrics`` (see wire.web.groupmetrics), and this process's slot.
+    worker_dir: str = ""
+    worker_slot: int = 0
     #: The agency's name: the Atom feeds' title and the author of items with no byline.
     agency: str = "wire"
     #: Seconds between the delivery ledger's flushes to Redis (per process).

@@ -26,6 +26,7 @@ from wire.core.tokens import bearer, require
 from wire.gateway.hub import Hub
 from wire.gateway.reader import HUB, READER, Reader
 from wire.storage.ledger import Ledger
+from wire.web import groupmetrics
 from wire.web.appkeys import LEDGER, SETTINGS, STORE
 from wire.web.http import REDIS_DOWN
 
@@ -137,6 +138,7 @@ def setup_metrics(app: web.Application) -> None:
     # would, about 400 bytes per connection).
     app.on_response_prepare.append(count_response)
     app.cleanup_ctx.append(_attach_gateway)
+    app.cleanup_ctx.append(_answer_the_group)
 
 
 class LedgerCollector(Collector):
@@ -184,20 +186,40 @@ async def count_response(request: web.Request, response: web.StreamResponse) -> 
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
-    """Prometheus text exposition, with stream length and reader lag read now."""
-    token = request.app[SETTINGS].metrics_token
-    if token:
-        require(bearer(request.headers), (token,), what="metrics")
-    metrics = request.app[METRICS]
-    store = request.app[STORE]
+    """Prometheus text exposition, with stream length and reader lag read now;
+    in a group of processes, every process's (see :mod:`wire.web.groupmetrics`)."""
+    settings = request.app[SETTINGS]
+    if settings.metrics_token:
+        require(bearer(request.headers), (settings.metrics_token,), what="metrics")
+    body = await exposition(request.app)
+    if settings.worker_dir:
+        others = await groupmetrics.gather(settings.worker_dir, settings.worker_slot)
+        body = groupmetrics.merge(sorted([(settings.worker_slot, body), *others]))
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def exposition(app: web.Application) -> bytes:
+    """This process's metrics as Prometheus text, stream length and reader lag read now."""
+    metrics = app[METRICS]
     try:
-        metrics.stream_length.set(await store.length())
-        newest = await store.last_key()
+        metrics.stream_length.set(await app[STORE].length())
+        newest = await app[STORE].last_key()
     except REDIS_DOWN:
         metrics.redis_errors.labels("metrics").inc()
     else:
-        hub = request.app.get(HUB)
+        hub = app.get(HUB)
         if hub is not None:
             metrics.reader_lag.set(max(0, newest[0] - hub.position[0]) / 1000)
-    body = generate_latest(metrics.registry)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    return generate_latest(metrics.registry)
+
+
+async def _answer_the_group(app: web.Application) -> AsyncIterator[None]:
+    """In a group of processes, answer the others' scrapes on this one's socket."""
+    settings = app[SETTINGS]
+    if not settings.worker_dir:
+        yield
+        return
+    async with groupmetrics.answering(
+        settings.worker_dir, settings.worker_slot, lambda: exposition(app)
+    ):
+        yield
