@@ -120,3 +120,33 @@ async def test_a_webhook_whose_stream_was_lost_is_marked_history_truncated(
         assert delivered == before + after
     finally:
         await receiver.stop()
+
+
+async def test_a_client_that_subscribed_after_the_loss_is_told_nothing_when_it_resumes(
+    make_server: ServerFactory, redis_server: RedisServer, http: aiohttp.ClientSession
+) -> None:
+    """The gateway lived through the loss: the position it gives is the new stream's,
+    not the last id it had read of the lost one (from which a resume was told of a
+    loss that happened before the client subscribed)."""
+    server = await make_server()
+    news = own_tag("loss")
+    before = [(await publish(http, server.base, tags=[news], title="before"))["id"]]
+    got = await ws_messages(f"{server.ws}?tags={news}", 1)
+    assert got[0]["position"] == before[0], "the gateway had read the first stream"
+    redis_server.stop()  # no persistence: everything is gone
+    redis_server.start()
+    await eventually(
+        lambda: get_json(http, server.base + "/readyz"), lambda r: r[0] == 200, "ready again"
+    )
+    (subscribed,) = await ws_messages(f"{server.ws}?tags={news}", 1)
+    position = subscribed["position"]
+    assert parse_id(position) < parse_id(before[0]), "a position of the new, empty stream"
+    after = (await publish(http, server.base, tags=[news], title="after"))["id"]
+    got = await ws_messages(f"{server.ws}?tags={news}&since={position}", 2)
+    assert [m["type"] for m in got] == ["subscribed", "item"], got
+    assert got[1]["item"]["id"] == after
+    status, body = await get_json(
+        http, server.base + "/v1/items", params={"after": position, "tags": news}
+    )
+    assert status == 200 and "history_truncated" not in body, body
+    assert [i["id"] for i in body["items"]] == [after]

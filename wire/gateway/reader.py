@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from aiohttp import web
 
 from wire.core.entry import Entry
+from wire.core.ids import format_id
 from wire.gateway import keepalive
 from wire.gateway.hub import Hub
 from wire.runtime.arrivals import Arrivals
@@ -105,6 +106,7 @@ class Reader:
                     # Back after an outage: ready as soon as Redis answers, not
                     # when the blocking read below returns (up to 5 s later).
                     await self.store.ping()
+                    await self.restart_if_lost()
                     self.ready = True
                 await self.step(gather)
                 delay = 0.05
@@ -128,6 +130,27 @@ class Reader:
                 log.warning("stream reader: redis unavailable (%s); retrying in %.2fs", err, delay)
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 2.0)
+
+    async def restart_if_lost(self) -> None:
+        """Back after an outage: if Redis lost the stream, start again at its end.
+
+        A Redis restarted without persistence (or a failover to an empty
+        replica) holds a stream that ends before what this reader had read.
+        Reading on from there would still deliver the new items (their ids
+        are later times), but until one came the gateway would give the lost
+        stream's last id as ``subscribed``'s position, and a client resuming
+        from it would be told of a loss that happened before it subscribed.
+        The recent window goes too: its items are in no Redis any more.
+        """
+        end = await self.store.last_generated()
+        if end < self.hub.position:
+            log.warning(
+                "stream reader: redis lost the stream (it ends at %s, %s was read); "
+                "starting again from its end",
+                format_id(end),
+                format_id(self.hub.position),
+            )
+            self.hub.start(end)
 
     def write_owed_now(self) -> None:
         """Reading failed: write what was already taken (it is in memory) and rest.

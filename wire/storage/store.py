@@ -717,6 +717,20 @@ class Store:
         rows = await self.redis.xrevrange(keys.STREAM, count=1)
         return _entries(rows)[0].key if rows else (0, 0)
 
+    async def last_generated(self) -> StreamKey:
+        """The last id the stream ever made ((0, 0): there is no stream).
+
+        Unlike the newest entry, retention never moves it back: it is behind
+        an id this wire once read only when Redis lost the stream.
+        """
+        try:
+            info = await self.redis.xinfo_stream(keys.STREAM)
+        except aioredis.ResponseError:  # no such key
+            return ZERO
+        raw = info.get("last-generated-id")
+        text = raw.decode() if isinstance(raw, bytes) else str(raw or "0-0")
+        return parse_id(text, field="last-generated-id")
+
     async def kept(self) -> Kept:
         """What retention removed and the oldest entry kept (see :class:`Kept`).
 
