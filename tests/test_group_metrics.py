@@ -7,8 +7,10 @@ tests/test_run_workers.py.
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -73,10 +75,26 @@ async def test_a_process_answers_on_its_socket_and_a_gone_one_is_left_out(
     async def mine() -> bytes:
         return body
 
-    # Slot 2's process died without removing its socket.
+    # Slot 2's process died without removing its socket; a stray file has a
+    # name of digits Python's int() refuses.
     groupmetrics.socket_path(directory, 2).touch()
+    (tmp_path / "\u00b2.sock").touch()
     async with groupmetrics.answering(directory, 1, mine):
         async with asyncio.timeout(10):
             got = await groupmetrics.gather(directory, 0)
     assert got == [(1, body)]
     assert not groupmetrics.socket_path(directory, 1).exists()  # removed when it stops
+
+
+def test_a_temporary_directory_too_long_for_unix_sockets_is_not_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    long = tmp_path / ("d" * (groupmetrics.MAX_SOCKET_PATH - len(str(tmp_path))))
+    long.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(long))
+    directory = groupmetrics.own_directory()
+    try:
+        assert Path(directory).parent == Path("/tmp")
+        assert len(str(groupmetrics.socket_path(directory, 1000))) <= groupmetrics.MAX_SOCKET_PATH
+    finally:
+        groupmetrics.remove_directory(directory)

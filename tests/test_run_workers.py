@@ -168,6 +168,21 @@ async def test_metrics_answer_for_every_worker_whichever_takes_the_scrape(
             assert {w for name, w in found if name == "wire_connections"} == {"0", "1"}, found
             published = [v for (name, _), v in found.items() if name == PUBLISHED]
             assert sum(published) == 8, found
+        # A storm of scrapes (the /metrics of a wire without a metrics token is
+        # anyone's): every answer still covers both (one round of asking per
+        # process, not one each; a full socket backlog dropped a worker).
+        unlimited = aiohttp.TCPConnector(force_close=True, limit=0)
+        async with aiohttp.ClientSession(connector=unlimited) as many:
+            storm = await asyncio.gather(*(scrape(many, run) for _ in range(400)))
+        assert all({w for n, w in f if n == "wire_connections"} == {"0", "1"} for f in storm)
+        # Redis hung: each process gives up on it in time to answer the others.
+        (redis,) = children(pids_main(run)) - pids
+        os.kill(redis, signal.SIGSTOP)
+        try:
+            found = await scrape(fresh, run)
+        finally:
+            os.kill(redis, signal.SIGCONT)
+        assert {w for name, w in found if name == "wire_connections"} == {"0", "1"}, found
     assert await run.stop() == 0
 
 
@@ -224,6 +239,11 @@ async def test_workers_die_with_a_killed_run(runs: Callable[..., Run], http: Htt
     await wait_gone(worker)  # PR_SET_PDEATHSIG; the redis-server is the next run's to stop
     # Nothing could remove the group's socket directory: the test does.
     assert remove_group_directory(directory)
+
+
+def pids_main(run: Run) -> int:
+    assert run.proc is not None
+    return run.proc.pid
 
 
 def worker_dir_of(pid: int) -> str:

@@ -8,10 +8,14 @@ Unix socket of its own in the group's directory (``WIRE_WORKER_DIR``, made
 by ``--workers``; ``<slot>.sock``), and whichever process a scrape reaches
 asks the others there and answers for all: every sample of process ``n``
 carries the label ``worker="n"``, so each series stays one process's and
-monotonic, and ``sum without (worker)`` gives the whole. A process that
-does not answer within :data:`ASK_TIMEOUT` (restarting, say) is left out of
-that scrape. A single process has no directory and answers as before,
-without the label.
+monotonic, and ``sum without (worker)`` gives a counter's whole (gauges read
+from Redis are the same in every process). A process that does not answer
+within :data:`ASK_TIMEOUT` (restarting, say) is left out of that scrape.
+Concurrent scrapes of one process share one round of asking (a storm of
+them is one ask per process, not one each), and each process bounds its
+own Redis reads for a scrape well under that timeout, so a hung Redis does
+not drop the others. A single process has no directory and answers as
+before, without the label.
 
 The sockets are made with the process's umask in a directory only its
 user may enter (``mkdtemp``): what they answer is what ``/metrics`` shows,
@@ -29,8 +33,13 @@ from pathlib import Path
 
 #: Seconds a scrape waits for each of the other processes.
 ASK_TIMEOUT = 2.0
-#: The most one process's exposition may be, read from its socket.
-MAX_EXPOSITION = 16 << 20
+#: The most one process's exposition may be, read from its socket (a wire's
+#: is some KB; with a thousand webhooks, about one MB).
+MAX_EXPOSITION = 4 << 20
+#: Connections waiting on a process's socket (asyncio's default is 100).
+BACKLOG = 1024
+#: The longest Unix socket path Linux takes (sun_path holds 108 bytes).
+MAX_SOCKET_PATH = 107
 
 Exposition = Callable[[], Awaitable[bytes]]
 
@@ -57,13 +66,21 @@ async def answering(directory: str, slot: int, exposition: Exposition) -> AsyncI
         finally:
             writer.close()
 
-    server = await asyncio.start_unix_server(answer, path=str(path))
+    _check_directory(directory)
+    server = await asyncio.start_unix_server(answer, path=str(path), backlog=BACKLOG)
     try:
         yield
     finally:
         server.close()
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+
+
+def _check_directory(directory: str) -> None:
+    if not os.path.isdir(directory):
+        raise RuntimeError(
+            f"WIRE_WORKER_DIR={directory!r} is not a directory (--workers sets it, not a person)"
+        )
 
 
 async def gather(directory: str, slot: int) -> list[tuple[int, bytes]]:
@@ -75,7 +92,8 @@ async def gather(directory: str, slot: int) -> list[tuple[int, bytes]]:
 
 def slots(directory: str) -> list[int]:
     """The slots with a socket in the group's directory (a listing of a few entries)."""
-    return sorted(int(p.stem) for p in Path(directory).glob("*.sock") if p.stem.isdigit())
+    names = (p.stem for p in Path(directory).glob("*.sock"))
+    return sorted(int(n) for n in names if n.isascii() and n.isdigit())
 
 
 async def _ask(path: Path) -> bytes | None:
@@ -107,7 +125,7 @@ def merge(parts: Sequence[tuple[int, bytes]]) -> bytes:
     samples: dict[str, list[str]] = {}
     for slot, text in parts:
         family = ""
-        for line in text.decode().splitlines():
+        for line in text.decode(errors="replace").splitlines():
             if line.startswith("# HELP ") or line.startswith("# TYPE "):
                 family = line.split(" ", 3)[2]
                 if len(headers.setdefault(family, [])) < 2:
@@ -137,8 +155,34 @@ def labelled(sample: str, slot: int) -> str:
 
 
 def own_directory() -> str:
-    """A new directory for a group's sockets, that only this user may enter."""
-    return tempfile.mkdtemp(prefix="wire-workers-")
+    """A new directory for a group's sockets, that only this user may enter:
+    in the temporary directory, or in /tmp when that one's path is too long
+    for a Unix socket."""
+    longest = len("/wire-workers-12345678/1000.sock")
+    for base in (tempfile.gettempdir(), "/tmp"):
+        if len(base) + longest <= MAX_SOCKET_PATH and os.path.isdir(base):
+            return tempfile.mkdtemp(prefix="wire-workers-", dir=base)
+    raise SystemExit(
+        "wire: --workers needs a temporary directory with a path short enough for "
+        f"Unix sockets (at most {MAX_SOCKET_PATH - longest} characters); set TMPDIR to one"
+    )
+
+
+class Shared:
+    """Concurrent calls of ``make`` share the one in flight.
+
+    A storm of scrapes then costs one round (one exposition, one ask of
+    each other process), not one each; each caller gets that round's answer.
+    """
+
+    def __init__(self, make: Exposition) -> None:
+        self._make = make
+        self._running: asyncio.Future[bytes] | None = None
+
+    async def __call__(self) -> bytes:
+        if self._running is None or self._running.done():
+            self._running = asyncio.ensure_future(self._make())
+        return await asyncio.shield(self._running)
 
 
 def remove_directory(directory: str) -> None:
@@ -149,3 +193,24 @@ def remove_directory(directory: str) -> None:
             p.unlink()
     with contextlib.suppress(OSError):
         os.rmdir(directory)
+
+
+class Group:
+    """This process's place in a group: its answers to the others' scrapes,
+    and its own scrapes' view of every process."""
+
+    def __init__(self, directory: str, slot: int, exposition: Exposition) -> None:
+        self.directory = directory
+        self.slot = slot
+        #: This process's exposition, for its own scrapes and the others' asks.
+        self.own = Shared(exposition)
+        #: Every process's, merged.
+        self.everyone = Shared(self._collect)
+
+    async def _collect(self) -> bytes:
+        mine, others = await asyncio.gather(self.own(), gather(self.directory, self.slot))
+        return merge(sorted([(self.slot, mine), *others]))
+
+    def answering(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """Answer the others on this process's socket while the context lasts."""
+        return answering(self.directory, self.slot, self.own)

@@ -12,6 +12,7 @@ With ``WIRE_METRICS_TOKEN`` set, ``/metrics`` requires it as a Bearer token.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 
@@ -127,6 +128,10 @@ class HubCollector(Collector):
 
 
 METRICS = web.AppKey("metrics", Metrics)
+#: This process's place in a ``--workers`` group (absent for a single process).
+GROUP = web.AppKey("group_metrics", groupmetrics.Group)
+#: Seconds a scrape gives Redis for the stream's length and newest id.
+REDIS_READ_TIMEOUT = 1.0
 
 
 def setup_metrics(app: web.Application) -> None:
@@ -188,23 +193,28 @@ async def count_response(request: web.Request, response: web.StreamResponse) -> 
 async def metrics_handler(request: web.Request) -> web.Response:
     """Prometheus text exposition, with stream length and reader lag read now;
     in a group of processes, every process's (see :mod:`wire.web.groupmetrics`)."""
-    settings = request.app[SETTINGS]
-    if settings.metrics_token:
-        require(bearer(request.headers), (settings.metrics_token,), what="metrics")
-    body = await exposition(request.app)
-    if settings.worker_dir:
-        others = await groupmetrics.gather(settings.worker_dir, settings.worker_slot)
-        body = groupmetrics.merge(sorted([(settings.worker_slot, body), *others]))
+    token = request.app[SETTINGS].metrics_token
+    if token:
+        require(bearer(request.headers), (token,), what="metrics")
+    group = request.app.get(GROUP)
+    body = await group.everyone() if group is not None else await exposition(request.app)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def exposition(app: web.Application) -> bytes:
-    """This process's metrics as Prometheus text, stream length and reader lag read now."""
+    """This process's metrics as Prometheus text, stream length and reader lag read now.
+
+    Redis gets :data:`REDIS_READ_TIMEOUT` to answer: a scrape of a group
+    waits :data:`~wire.web.groupmetrics.ASK_TIMEOUT` for each process, and a
+    hung Redis must not make them all miss it (the gauges then keep their
+    last values, and the miss is counted).
+    """
     metrics = app[METRICS]
     try:
-        metrics.stream_length.set(await app[STORE].length())
-        newest = await app[STORE].last_key()
-    except REDIS_DOWN:
+        async with asyncio.timeout(REDIS_READ_TIMEOUT):
+            metrics.stream_length.set(await app[STORE].length())
+            newest = await app[STORE].last_key()
+    except (*REDIS_DOWN, TimeoutError):
         metrics.redis_errors.labels("metrics").inc()
     else:
         hub = app.get(HUB)
@@ -219,7 +229,7 @@ async def _answer_the_group(app: web.Application) -> AsyncIterator[None]:
     if not settings.worker_dir:
         yield
         return
-    async with groupmetrics.answering(
-        settings.worker_dir, settings.worker_slot, lambda: exposition(app)
-    ):
+    group = groupmetrics.Group(settings.worker_dir, settings.worker_slot, lambda: exposition(app))
+    app[GROUP] = group
+    async with group.answering():
         yield
