@@ -150,3 +150,34 @@ async def test_a_client_that_subscribed_after_the_loss_is_told_nothing_when_it_r
     )
     assert status == 200 and "history_truncated" not in body, body
     assert [i["id"] for i in body["items"]] == [after]
+
+
+async def test_a_reconnect_where_redis_refuses_xinfo_sends_nothing_again(
+    make_server: ServerFactory, redis_server: RedisServer, http: aiohttp.ClientSession
+) -> None:
+    """An ACL that refuses XINFO says nothing of the stream: not a loss. (Taken for
+    one, the reader started again at 0-0 and sent every kept item to the live
+    connections as new.)"""
+    from wire.gateway.reader import READER
+
+    user = own_tag("noxinfo").replace("/", "-")
+    with redis_server.client() as r:
+        r.execute_command("ACL", "SETUSER", user, "on", ">pw", "~*", "&*", "+@all", "-xinfo")
+    try:
+        server = await make_server(redis_url=f"redis://{user}:pw@127.0.0.1:{redis_server.port}/0")
+        news = own_tag("kept")
+        for i in range(3):
+            await publish(http, server.base, tags=[news], title=f"kept {i}")
+        reader = server.app[READER]
+        async with http.ws_connect(f"{server.ws}?tags={news}") as ws:
+            assert (await ws.receive_json(timeout=10))["type"] == "subscribed"
+            errors = reader.errors
+            with redis_server.client() as r:
+                r.client_kill_filter(_type="normal")  # the reader's connection among them
+            await wait_for(lambda: reader.errors > errors and reader.ready, "the reader back")
+            new = (await publish(http, server.base, tags=[news], title="new"))["id"]
+            message = await ws.receive_json(timeout=10)
+            assert message["type"] == "item" and message["item"]["id"] == new, message
+    finally:
+        with redis_server.client() as r:
+            r.execute_command("ACL", "DELUSER", user)

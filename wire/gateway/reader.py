@@ -143,7 +143,9 @@ class Reader:
         The recent window goes too: its items are in no Redis any more.
         """
         end = await self.store.last_generated()
-        if end < self.hub.position:
+        # Unknown (XINFO refused) is not lost: starting again would send every
+        # kept item to the live connections as new.
+        if end is not None and end < self.hub.position:
             log.warning(
                 "stream reader: redis lost the stream (it ends at %s, %s was read); "
                 "starting again from its end",

@@ -717,16 +717,17 @@ class Store:
         rows = await self.redis.xrevrange(keys.STREAM, count=1)
         return _entries(rows)[0].key if rows else (0, 0)
 
-    async def last_generated(self) -> StreamKey:
-        """The last id the stream ever made ((0, 0): there is no stream).
+    async def last_generated(self) -> StreamKey | None:
+        """The last id the stream ever made ((0, 0): there is no stream; None:
+        Redis would not say, e.g. an ACL that refuses ``XINFO``).
 
         Unlike the newest entry, retention never moves it back: it is behind
         an id this wire once read only when Redis lost the stream.
         """
         try:
             info = await self.redis.xinfo_stream(keys.STREAM)
-        except aioredis.ResponseError:  # no such key
-            return ZERO
+        except aioredis.ResponseError as err:
+            return ZERO if "no such key" in str(err).lower() else None
         raw = info.get("last-generated-id")
         text = raw.decode() if isinstance(raw, bytes) else str(raw or "0-0")
         return parse_id(text, field="last-generated-id")
