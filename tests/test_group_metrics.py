@@ -14,6 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from wire.runtime.shared import Shared
 from wire.web import groupmetrics
 
 
@@ -98,3 +99,23 @@ def test_a_temporary_directory_too_long_for_unix_sockets_is_not_used(
         assert len(str(groupmetrics.socket_path(directory, 1000))) <= groupmetrics.MAX_SOCKET_PATH
     finally:
         groupmetrics.remove_directory(directory)
+
+
+async def test_concurrent_calls_share_one_round_and_a_cancelled_caller_ends_none() -> None:
+    calls = 0
+    release = asyncio.Event()
+
+    async def make() -> bytes:
+        nonlocal calls
+        calls += 1
+        await release.wait()
+        return b"answer %d" % calls
+
+    shared: Shared[bytes] = Shared(make)
+    waiting = [asyncio.ensure_future(shared()) for _ in range(50)]
+    await asyncio.sleep(0)
+    waiting[0].cancel()
+    release.set()
+    answers = await asyncio.gather(*waiting[1:])
+    assert calls == 1 and set(answers) == {b"answer 1"}
+    assert await shared() == b"answer 2"  # the next call, once that one is done, is new

@@ -8,7 +8,6 @@ the same Idempotency-Key finds.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import time
@@ -42,6 +41,7 @@ from wire.core.items import Submission
 from wire.core.resume import Kept, Window
 from wire.core.stored import Layout, published_now, with_id
 from wire.runtime.settings import Settings
+from wire.runtime.shared import Shared
 from wire.storage import keys, scripts, story_pages
 from wire.storage.coalescer import Coalescer
 from wire.storage.pipeline import run_scripts
@@ -286,7 +286,7 @@ class Store:
     def __init__(self, redis: aioredis.Redis, settings: Settings) -> None:
         self.redis = redis
         self.settings = settings
-        self._kept: asyncio.Future[Kept] | None = None
+        self._kept: Shared[Kept] = Shared(self._read_kept)
         self._publish = redis.register_script(scripts.PUBLISH)
         self._withdraw = redis.register_script(scripts.WITHDRAW)
         self._embargo = redis.register_script(scripts.EMBARGO)
@@ -739,9 +739,7 @@ class Store:
         share one ``XINFO`` in flight instead of sending one each, so an
         answer is at most one round trip old.
         """
-        if self._kept is None or self._kept.done():
-            self._kept = asyncio.ensure_future(self._read_kept())
-        return await asyncio.shield(self._kept)
+        return await self._kept()
 
     async def _read_kept(self) -> Kept:
         try:

@@ -31,6 +31,8 @@ import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 
+from wire.runtime.shared import Shared
+
 #: Seconds a scrape waits for each of the other processes.
 ASK_TIMEOUT = 2.0
 #: The most one process's exposition may be, read from its socket (a wire's
@@ -168,23 +170,6 @@ def own_directory() -> str:
     )
 
 
-class Shared:
-    """Concurrent calls of ``make`` share the one in flight.
-
-    A storm of scrapes then costs one round (one exposition, one ask of
-    each other process), not one each; each caller gets that round's answer.
-    """
-
-    def __init__(self, make: Exposition) -> None:
-        self._make = make
-        self._running: asyncio.Future[bytes] | None = None
-
-    async def __call__(self) -> bytes:
-        if self._running is None or self._running.done():
-            self._running = asyncio.ensure_future(self._make())
-        return await asyncio.shield(self._running)
-
-
 def remove_directory(directory: str) -> None:
     """The group's directory, once its processes have stopped (sockets left by
     killed ones included)."""
@@ -202,10 +187,12 @@ class Group:
     def __init__(self, directory: str, slot: int, exposition: Exposition) -> None:
         self.directory = directory
         self.slot = slot
+        # Shared: a storm of scrapes costs one round (one exposition, one ask
+        # of each other process), not one each.
         #: This process's exposition, for its own scrapes and the others' asks.
-        self.own = Shared(exposition)
+        self.own: Shared[bytes] = Shared(exposition)
         #: Every process's, merged.
-        self.everyone = Shared(self._collect)
+        self.everyone: Shared[bytes] = Shared(self._collect)
 
     async def _collect(self) -> bytes:
         mine, others = await asyncio.gather(self.own(), gather(self.directory, self.slot))
