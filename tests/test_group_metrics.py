@@ -119,3 +119,14 @@ async def test_concurrent_calls_share_one_round_and_a_cancelled_caller_ends_none
     answers = await asyncio.gather(*waiting[1:])
     assert calls == 1 and set(answers) == {b"answer 1"}
     assert await shared() == b"answer 2"  # the next call, once that one is done, is new
+
+
+async def test_a_process_whose_exposition_fails_is_left_out_at_once(tmp_path: Path) -> None:
+    directory = str(tmp_path)
+
+    async def broken() -> bytes:
+        raise RuntimeError("a collector that raises")
+
+    async with groupmetrics.answering(directory, 1, broken):
+        async with asyncio.timeout(groupmetrics.ASK_TIMEOUT / 2):  # not waited out
+            assert await groupmetrics.gather(directory, 0) == []

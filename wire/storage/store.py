@@ -115,26 +115,30 @@ class Filter(NamedTuple):
         return not self.languages or entry.withdrawal or entry.language in self.languages
 
 
+def _info_text(info: dict[str, Any], name: str) -> str:
+    """An ``XINFO STREAM`` field as text (values come as str, bytes or int)."""
+    raw = info.get(name)
+    return raw.decode() if isinstance(raw, bytes) else str(raw or "0")
+
+
+def _info_key(info: dict[str, Any], name: str) -> StreamKey:
+    """An id field of ``XINFO STREAM`` (a missing one, or ``0``, is 0-0)."""
+    raw = _info_text(info, name)
+    return parse_id(raw if raw != "0" else "0-0", field=name)
+
+
 def kept_of(info: dict[str, Any]) -> Kept:
     """What retention removed and the oldest entry kept, from ``XINFO STREAM``'s
-    fields (values as str, bytes or int; those missing count as nothing trimmed)."""
-
-    def text(name: str) -> str:
-        raw = info.get(name)
-        return raw.decode() if isinstance(raw, bytes) else str(raw or "0")
-
-    def key(name: str) -> StreamKey:
-        raw = text(name)
-        return parse_id(raw if raw != "0" else "0-0", field=name)
-
-    trimmed = key("max-deleted-entry-id")
-    length = int(text("length"))
-    first = key("recorded-first-entry-id") if length else None
+    fields (those missing count as nothing trimmed)."""
+    trimmed = _info_key(info, "max-deleted-entry-id")
+    length = int(_info_text(info, "length"))
+    first = _info_key(info, "recorded-first-entry-id") if length else None
     # Redis 7.0 does not move max-deleted-entry-id on XTRIM, which is how
     # retention removes entries: when fewer entries remain than were ever
     # added, everything before the first one kept is gone too.
-    if int(text("entries-added")) > length:
-        trimmed = max(trimmed, preceding(first) if first is not None else key("last-generated-id"))
+    if int(_info_text(info, "entries-added")) > length:
+        end = preceding(first) if first is not None else _info_key(info, "last-generated-id")
+        trimmed = max(trimmed, end)
     return Kept(trimmed, first)
 
 
@@ -728,9 +732,7 @@ class Store:
             info = await self.redis.xinfo_stream(keys.STREAM)
         except aioredis.ResponseError as err:
             return ZERO if "no such key" in str(err).lower() else None
-        raw = info.get("last-generated-id")
-        text = raw.decode() if isinstance(raw, bytes) else str(raw or "0-0")
-        return parse_id(text, field="last-generated-id")
+        return _info_key(info, "last-generated-id")
 
     async def kept(self) -> Kept:
         """What retention removed and the oldest entry kept (see :class:`Kept`).
@@ -744,7 +746,9 @@ class Store:
     async def _read_kept(self) -> Kept:
         try:
             info = await self.redis.xinfo_stream(keys.STREAM)
-        except aioredis.ResponseError:  # no such key: nothing stored, nothing trimmed
+        except aioredis.ResponseError:
+            # No such key: nothing stored, nothing trimmed. (An ACL refusing
+            # XINFO lands here too: the wire then cannot tell what is lost.)
             return Kept(ZERO, None)
         return kept_of(info)
 

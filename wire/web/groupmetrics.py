@@ -26,12 +26,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 
 from wire.runtime.shared import Shared
+
+log = logging.getLogger("wire.metrics")
 
 #: Seconds a scrape waits for each of the other processes.
 ASK_TIMEOUT = 2.0
@@ -54,6 +57,7 @@ def socket_path(directory: str, slot: int) -> Path:
 @contextlib.asynccontextmanager
 async def answering(directory: str, slot: int, exposition: Exposition) -> AsyncIterator[None]:
     """Answer this process's exposition on its socket while the context lasts."""
+    _check_directory(directory)
     path = socket_path(directory, slot)
     # A process that died left its socket behind; its successor takes the slot.
     with contextlib.suppress(FileNotFoundError):
@@ -65,10 +69,12 @@ async def answering(directory: str, slot: int, exposition: Exposition) -> AsyncI
             await writer.drain()
         except (ConnectionError, OSError):
             pass  # the asking process gave up: nothing to tell it
+        except Exception:
+            # Closed without an answer, the asker leaves this process out.
+            log.exception("metrics: this process's exposition failed for a group scrape")
         finally:
             writer.close()
 
-    _check_directory(directory)
     server = await asyncio.start_unix_server(answer, path=str(path), backlog=BACKLOG)
     try:
         yield
